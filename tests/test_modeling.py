@@ -63,9 +63,9 @@ def test_rank_to_bin_edge_cases():
     bins = rank_to_bin(torch.rand(2, 5), torch.zeros(2, 5), bin_num=3)
     assert bins.min() >= 0 and bins.max() <= 3
     assert prune_step(torch.rand(2, 5), torch.zeros(2, 5), torch.ones(3), torch.tensor(1.0)).eq(0).all()
-    # Ties: equal scores get distinct ranks, so the bins of a tied row are a permutation.
+    # Ties: equal scores still get distinct ranks 0..3, so the tied row fills bins 0, 0, 1, 2.
     bins = rank_to_bin(torch.full((1, 4), 0.25), torch.ones(1, 4), bin_num=4)
-    assert sorted(bins[0].tolist()) == [0, 1, 2, 3]
+    assert sorted(bins[0].tolist()) == [0, 0, 1, 2]
 
 
 def test_prune_step_keep_rule_and_straight_through_layer_gate():
