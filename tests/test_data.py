@@ -123,9 +123,10 @@ GLUE_FILES = {
         "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
         "sentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n"
         "0\t63735\t63735n\tslate\t( ( The ) )\t( ( It ) )\t(ROOT (S))\t(ROOT (S))\tThe new rights are nice "
-        "enough\tEveryone really likes the \"newest\" benefits \tneutral\tentailment\tneutral\tneutral\tneutral\tneutral\n"
+        "enough\tEveryone really likes the \"newest\" benefits \t"
+        "neutral\tentailment\tneutral\tneutral\tneutral\tneutral\n"
         "1\t91383\t91383c\tgovernment\t( x )\t( y )\t(ROOT)\t(ROOT)\tThis site includes a list.\t"
-        "The site has no list.\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n"
+        "The site has no list.\t" + "\t".join(["contradiction"] * 6) + "\n"
         "2\t755\t755e\tfiction\t( x )\t( y )\t(ROOT)\t(ROOT)\tHe ran.\tHe moved.\tentailment\tentailment\t"
         "neutral\tentailment\tentailment\tentailment\n",
         [Example("The new rights are nice enough", 'Everyone really likes the "newest" benefits ', 1),

@@ -123,7 +123,9 @@ def write_glue_tsv(task: TaskLike, examples: Sequence[Example], path: Union[str,
             values[task.text_b] = example.text_b or ""
         cells = [values.get(column, "") for column in columns]
         if any(("\t" in cell or "\n" in cell or "\r" in cell) for cell in cells):
-            raise UserError(f"Example {n} for {path} holds a tab or line break, which a GLUE TSV cannot; clean its text.")
+            raise UserError(
+                f"Example {n} for {path} holds a tab or line break, which a GLUE TSV cannot hold; clean its text."
+            )
         out.write("\t".join(cells) + "\n")
     atomic_write_text(path, out.getvalue())
 
