@@ -1,0 +1,118 @@
+"""Builders for tests: tiny tokenizers, checkpoints in the published layout, GLUE-layout data.
+
+Everything here is made from scratch in a temporary directory, so no test needs the hub.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+WORDS = (
+    "the a movie film plot actor was is very not good bad great awful funny boring dull bright "
+    "story scene music quite really too slow fast charming clumsy smart silly warm cold"
+).split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_vocab(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "vocab.txt"
+    path.write_text("\n".join(SPECIAL + list(WORDS)) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_tokenizer(directory: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = write_vocab(directory)
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+def tiny_config(num_labels: int = 2, layers: int = 4, finetuning_task: Optional[str] = None):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=300,
+        num_labels=num_labels,
+        finetuning_task=finetuning_task,
+    )
+
+
+def gate_state(prune_locations: Sequence[int], bin_num: int, keep_bins: int, seed: int = 0) -> dict:
+    """Gate logits whose deterministic masks keep the first ``keep_bins`` bins at every location."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(prune_locations)
+    token_loga = torch.full((n, bin_num), -4.0) + 0.01 * torch.randn(n, bin_num, generator=gen)
+    token_loga[:, :keep_bins] = 4.0
+    return {
+        "token_loga": token_loga,
+        "pruner_loga": torch.full((n,), 4.0),
+        "lambda_1": torch.tensor(0.5),
+        "lambda_2": torch.tensor(-0.25),
+        "prune_locations": list(prune_locations),
+        "bin_num": bin_num,
+        "temperature": 2.0 / 3.0,
+        "magical_number": 0.8,
+    }
+
+
+def tiny_checkpoint(
+    directory: Path,
+    num_labels: int = 2,
+    layers: int = 4,
+    prune_locations: Optional[Sequence[int]] = None,
+    bin_num: int = 10,
+    keep_bins: int = 6,
+    seed: int = 0,
+    finetuning_task: Optional[str] = None,
+    pruned: bool = True,
+) -> Path:
+    """A random tiny BERT saved in the published layout (config, weights, zs.pt, l0_module.pt, tokenizer)."""
+    from transformers import BertForSequenceClassification
+
+    from top.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    config = tiny_config(num_labels, layers, finetuning_task)
+    model = BertForSequenceClassification(config)
+    tokenizer = tiny_tokenizer(directory.parent / f".{directory.name}-vocab")
+    locations = list(prune_locations) if prune_locations is not None else list(range(2, layers))
+    gates = gate_state(locations, bin_num, keep_bins, seed) if pruned else None
+    return save_checkpoint(
+        directory, model_state_dict=model.state_dict(), config=config, gate_state=gates, tokenizer=tokenizer
+    )
+
+
+def sentences(n: int, seed: int = 0, low: int = 3, high: int = 14) -> List[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
+
+
+def write_cola_dev(glue_dir: Path, n: int = 40, seed: int = 0) -> Path:
+    """CoLA's dev.tsv: no header; source, label, original label, sentence."""
+    rng = random.Random(seed)
+    path = glue_dir / "CoLA" / "dev.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"src{i % 3}\t{rng.randint(0, 1)}\t\t{s}" for i, s in enumerate(sentences(n, seed))]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_custom_csv(path: Path, n: int = 30, seed: int = 0, regression: bool = False) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["sentence,label"]
+    for s in sentences(n, seed):
+        label = f"{rng.uniform(0, 5):.3f}" if regression else str(rng.randint(0, 1))
+        lines.append(f"{s},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,102 @@
+"""``top eval`` end to end on checkpoints in the published layout that the tests build."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
+from top.cli import main
+
+EVAL_KEYS = {
+    "task", "mode", "n_examples", "metrics", "expected_sparsity", "expected_sequence_sparsity",
+    "flops_reduction", "flops_reduction_unpadded", "remaining_token_ratio",
+    "exact_flops_reduction", "exact_flops_reduction_unpadded",
+}
+
+
+@pytest.fixture(scope="module")
+def cola_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    checkpoint = tiny_checkpoint(root / "ckpt", layers=4, bin_num=10, keep_bins=5)
+    write_cola_dev(root / "glue", n=37)
+    return root, checkpoint
+
+
+@pytest.mark.parametrize("mode", ["faithful", "compact"])
+def test_eval_writes_json_and_predictions(cola_setup, mode):
+    root, checkpoint = cola_setup
+    out = root / f"out-{mode}"
+    code = main(["eval", "--task", "CoLA", "--checkpoint", str(checkpoint), "--data-dir", str(root / "glue"),
+                 "--mode", mode, "--max-seq-length", "32", "--batch-size", "8", "--device", "cpu",
+                 "--output-dir", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads((out / "cola.json").read_text())
+    assert EVAL_KEYS <= set(record)
+    assert record["task"] == "cola" and record["mode"] == mode and record["n_examples"] == 37
+    assert set(record["metrics"]) == {"matthews_correlation", "accuracy"}
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    # Half the bins are off at two locations: a real reduction, larger against the padded length.
+    assert record["flops_reduction_unpadded"] > 1.0
+    assert record["flops_reduction"] > record["flops_reduction_unpadded"]
+    assert record["flops_reduction"] == pytest.approx(1 / (1 - record["expected_sequence_sparsity"]))
+    assert len(record["remaining_token_ratio"]) == 4
+    assert record["remaining_token_ratio"][:2] == [1.0, 1.0] and record["remaining_token_ratio"][3] < 1.0
+    lines = (out / "cola.predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 37
+    rows = [json.loads(line) for line in lines]
+    assert [r["index"] for r in rows] == list(range(37))
+    assert all(r["prediction"] == max(range(2), key=lambda k: r["logits"][k]) for r in rows)
+
+
+def test_faithful_and_compact_agree_on_predictions(cola_setup):
+    root, _ = cola_setup
+    preds = {}
+    for mode in ("faithful", "compact"):
+        rows = (root / f"out-{mode}" / "cola.predictions.jsonl").read_text().splitlines()
+        preds[mode] = [json.loads(r)["prediction"] for r in rows]
+    agree = sum(a == b for a, b in zip(preds["faithful"], preds["compact"])) / len(preds["faithful"])
+    assert agree >= 0.9
+
+
+def test_dense_checkpoint_has_no_reduction_unpadded(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "dense", pruned=False)
+    data = write_custom_csv(tmp_path / "dev.csv", n=12)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--validation-file", str(data), "--max-seq-length", "24",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "out" / "custom.json").read_text())
+    assert record["task"] == "custom" and set(record["metrics"]) == {"accuracy"}
+    assert record["flops_reduction_unpadded"] == pytest.approx(1.0)
+    assert record["exact_flops_reduction_unpadded"] == pytest.approx(1.0)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "top", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, cola_setup):
+    root, checkpoint = cola_setup
+    cases = {
+        "unknown task": ["eval", "--task", "wnli2", "--checkpoint", str(checkpoint), "--data-dir", str(root / "glue")],
+        "missing checkpoint": ["eval", "--task", "cola", "--checkpoint", str(tmp_path / "nope"),
+                               "--data-dir", str(root / "glue")],
+        "labels": ["eval", "--task", "mnli", "--checkpoint", str(checkpoint), "--data-dir", str(root / "glue")],
+        "empty file": ["eval", "--checkpoint", str(checkpoint), "--validation-file", str(tmp_path / "empty.csv")],
+        "columns": ["eval", "--checkpoint", str(checkpoint), "--validation-file", str(tmp_path / "cols.csv")],
+    }
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "cols.csv").write_text("text,target\nhello,1\n")
+    write_glue_mnli = root / "glue" / "MNLI"
+    write_glue_mnli.mkdir(parents=True, exist_ok=True)
+    (write_glue_mnli / "dev_matched.tsv").write_text(
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+        "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+        "0\t1\t1\tfic\t(a)\t(b)\t(a)\t(b)\tthe movie\ta film\tneutral\tneutral\n"
+    )
+    for name, args in cases.items():
+        result = run_cli(*args, "--output-dir", str(tmp_path / "o"), "--device", "cpu")
+        assert result.returncode == 2, (name, result.stderr)
+        message = result.stderr.strip().splitlines()
+        assert len(message) == 1 and message[0].startswith("error: "), (name, result.stderr)
+        assert "Traceback" not in result.stderr
