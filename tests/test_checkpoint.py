@@ -1,0 +1,420 @@
+"""Reading the published checkpoint layout, refusing unsafe pickles, and our own save/load."""
+
+import importlib
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from top.checkpoint import GATES_FORMAT, load_checkpoint, save_checkpoint
+from top.errors import UserError
+
+# Gate logits at the clamp bounds of the original: log(1e2) keeps a gate open, log(1e-2) closes
+# it (its expected-zero share is 0.953, so up to 10 closed gates per row round to themselves).
+OPEN, CLOSED = 4.6, -4.6
+
+# The authors' class, reduced to what is pickled: parameters, plain attributes, dicts that alias
+# the parameters, a tensor attribute and the transformers config. The test writes it to a temporary
+# package ``models`` so that the pickle names ``models.l0_module.L0ModuleForMAC`` like theirs.
+ORIGINAL_L0_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch.nn import Module, Parameter
+
+
+    class L0Module(Module):
+        def __init__(self, config, token_prune_loc, bin_num, token_loga, pruner_loga,
+                     lambda_1, lambda_2, temperature=2. / 3., magical_number=0.8):
+            super().__init__()
+            self.bin_num = bin_num
+            self.token_prune_loc = list(token_prune_loc)
+            self.temperature = temperature
+            self.magical_number = magical_number
+            self.droprate_init = 0.5
+            self.pruning_type = "token+pruner"
+            self.num_hidden_layers = config.num_hidden_layers
+            self.types = ["token", "pruner"]
+            self.hidden_loga = None
+            self.token_loga = Parameter(token_loga.clone())
+            self.pruner_loga = Parameter(pruner_loga.clone())
+            self.z_logas = {"token": self.token_loga, "pruner": self.pruner_loga}
+            self.sizes = {"token": bin_num, "pruner": 1}
+            self.shapes = {"token": [len(token_prune_loc), bin_num], "pruner": [len(token_prune_loc)]}
+            self.parameters_per_dim = {"token": None, "pruner": None}
+            self.lambda_1 = Parameter(torch.tensor(lambda_1))
+            self.lambda_2 = Parameter(torch.tensor(lambda_2))
+            self.lambda_3 = torch.tensor(0.0)
+            self.lagrangian_warmup = 100
+            self.target_sparsity = 0.5
+
+
+    class L0ModuleForMAC(L0Module):
+        def __init__(self, config, **kwargs):
+            super().__init__(config, **kwargs)
+            self.config = config
+    """
+)
+
+
+def tiny_config(**kwargs):
+    return BertConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=99,
+        finetuning_task="sst2",
+        **kwargs,
+    )
+
+
+def tiny_state_dict(config):
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).state_dict()
+
+
+def logits_for(pattern):
+    """Gate logits whose deterministic masks are ``pattern`` (distinct values, no ties)."""
+    pattern = torch.as_tensor(pattern, dtype=torch.float32)
+    jitter = torch.arange(pattern.numel(), dtype=torch.float32).reshape(pattern.shape) * 0.01
+    return torch.where(pattern > 0, OPEN - jitter, CLOSED + jitter)
+
+
+def save_original_gates(tmp_path, config, legacy=False, **gate_kwargs):
+    """Pickle the authors' class with torch.save, then make that class unimportable again."""
+    source = tmp_path / "original_src"
+    (source / "models").mkdir(parents=True)
+    (source / "models" / "__init__.py").write_text("")
+    (source / "models" / "l0_module.py").write_text(ORIGINAL_L0_MODULE)
+    sys.path.insert(0, str(source))
+    try:
+        module = importlib.import_module("models.l0_module")
+        gate_module = module.L0ModuleForMAC(config, **gate_kwargs)
+        file = tmp_path / "l0_module.pt"
+        torch.save(gate_module, str(file), _use_new_zipfile_serialization=not legacy)
+    finally:
+        sys.path.remove(str(source))
+        for name in ("models.l0_module", "models"):
+            sys.modules.pop(name, None)
+    return file
+
+
+def publish(tmp_path, *, token_pattern, pruner_pattern, locations, zs=True, l0=True, token_loga=None, legacy=False):
+    """A directory in the authors' layout; returns (directory, the gate values it was built from).
+
+    The gate logits give exactly the two patterns as masks, unless ``token_loga`` is given.
+    """
+    config = tiny_config()
+    directory = tmp_path / "published"
+    directory.mkdir()
+    config.save_pretrained(str(directory))
+    torch.save(tiny_state_dict(config), str(directory / "pytorch_model.bin"))
+    token_pattern = torch.tensor(token_pattern, dtype=torch.float32)
+    pruner_pattern = torch.tensor(pruner_pattern, dtype=torch.float32)
+    gates = dict(
+        token_prune_loc=locations,
+        bin_num=token_pattern.shape[1],
+        token_loga=logits_for(token_pattern) if token_loga is None else token_loga,
+        pruner_loga=logits_for(pruner_pattern),
+        lambda_1=0.25,
+        lambda_2=-1.5,
+        temperature=2.0 / 3.0,
+        magical_number=0.8,
+    )
+    if zs:
+        torch.save({"token_z": token_pattern, "pruner_z": pruner_pattern}, str(directory / "zs.pt"))
+    if l0:
+        file = save_original_gates(tmp_path, config, legacy=legacy, **gates)
+        os.replace(str(file), str(directory / "l0_module.pt"))
+    return directory, gates
+
+
+TOKEN_PATTERN = [[1, 0, 1, 1, 0, 1], [0, 0, 1, 0, 1, 1]]
+PRUNER_PATTERN = [1, 0]
+
+
+@pytest.fixture
+def published(tmp_path):
+    return publish(tmp_path, token_pattern=TOKEN_PATTERN, pruner_pattern=PRUNER_PATTERN, locations=[1, 3])
+
+
+def test_published_layout_round_trip(published):
+    directory, gates = published
+    checkpoint = load_checkpoint(directory)
+
+    assert "models.l0_module" not in sys.modules and "models" not in sys.modules
+    assert checkpoint.prune_locations == [1, 3]  # from token_prune_loc, not the trailing-layers guess
+    assert checkpoint.bin_num == 6
+    assert torch.equal(checkpoint.token_z, torch.tensor(TOKEN_PATTERN, dtype=torch.float32))
+    assert torch.equal(checkpoint.pruner_z, torch.tensor(PRUNER_PATTERN, dtype=torch.float32))
+    state = checkpoint.gate_state
+    assert torch.equal(state["token_loga"], gates["token_loga"])
+    assert torch.equal(state["pruner_loga"], gates["pruner_loga"])
+    assert state["lambda_1"].item() == pytest.approx(0.25)
+    assert state["lambda_2"].item() == pytest.approx(-1.5)
+    assert not isinstance(state["token_loga"], torch.nn.Parameter)
+    assert checkpoint.temperature == pytest.approx(2.0 / 3.0)
+    assert checkpoint.magical_number == pytest.approx(0.8)
+    assert checkpoint.config.hidden_size == 32 and checkpoint.config.num_hidden_layers == 4
+
+    model = BertForSequenceClassification(tiny_config())
+    model.load_state_dict(checkpoint.state_dict)  # strict: every key and shape fits
+    expected = tiny_state_dict(tiny_config())
+    assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_masks_recomputed_from_gates_when_zs_is_missing(tmp_path, legacy):
+    directory, _ = publish(
+        tmp_path,
+        token_pattern=TOKEN_PATTERN,
+        pruner_pattern=PRUNER_PATTERN,
+        locations=[1, 3],
+        zs=False,
+        legacy=legacy,
+    )
+    checkpoint = load_checkpoint(directory)
+    assert torch.equal(checkpoint.token_z, torch.tensor(TOKEN_PATTERN, dtype=torch.float32))
+    assert torch.equal(checkpoint.pruner_z, torch.tensor(PRUNER_PATTERN, dtype=torch.float32))
+    assert checkpoint.prune_locations == [1, 3]
+
+
+def test_mismatching_zs_is_refused(published):
+    directory, _ = published
+    flipped = torch.tensor(TOKEN_PATTERN, dtype=torch.float32)
+    flipped[0, 0] = 0.0
+    flipped[0, 1] = 1.0  # same count closed, but a large gate closed and a small one open
+    torch.save(
+        {"token_z": flipped, "pruner_z": torch.tensor(PRUNER_PATTERN, dtype=torch.float32)}, str(directory / "zs.pt")
+    )
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(directory)
+    assert "zs.pt" in str(caught.value) and "l0_module.pt" in str(caught.value)
+
+
+def test_zs_shape_not_matching_gates_is_refused(published):
+    directory, _ = published
+    torch.save({"token_z": torch.ones(2, 5), "pruner_z": torch.ones(2)}, str(directory / "zs.pt"))
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(directory)
+    assert "zs.pt" in str(caught.value) and "l0_module.pt" in str(caught.value)
+
+
+def test_ties_broken_differently_are_accepted_but_a_wrong_choice_is_not(tmp_path):
+    # 12 closed gates at the same clamped logit: 12 * 0.953 rounds to 11, so one of the tied gates
+    # stays open, and which one depends on topk's tie-breaking (CUDA and CPU may differ).
+    row = [0.0] * 12 + [1.0, 1.0]
+    token_loga = torch.tensor([[CLOSED] * 12 + [OPEN, OPEN]])
+    directory, _ = publish(
+        tmp_path, token_pattern=[row], pruner_pattern=[1], locations=[3], zs=False, token_loga=token_loga
+    )
+
+    computed = load_checkpoint(directory).token_z[0]
+    assert int((computed[:12] == 0).sum()) == 11 and computed[12:].tolist() == [1.0, 1.0]
+    other_tie = torch.tensor(row)
+    kept = int(torch.nonzero(computed[:12])[0])
+    other_tie[(kept + 1) % 12] = 1.0
+    torch.save({"token_z": other_tie[None], "pruner_z": torch.ones(1)}, str(directory / "zs.pt"))
+    assert torch.equal(load_checkpoint(directory).token_z[0], other_tie)
+
+    wrong = computed.clone()
+    wrong[12], wrong[kept] = 0.0, 0.0
+    wrong[(kept + 1) % 12] = 1.0  # still 11 closed, but an open-logit gate is among them
+    torch.save({"token_z": wrong[None], "pruner_z": torch.ones(1)}, str(directory / "zs.pt"))
+    with pytest.raises(UserError, match="zs.pt"):
+        load_checkpoint(directory)
+
+
+def test_prune_locations_fall_back_to_the_last_layers(tmp_path):
+    directory, _ = publish(
+        tmp_path, token_pattern=TOKEN_PATTERN, pruner_pattern=PRUNER_PATTERN, locations=[1, 3], l0=False
+    )
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.prune_locations == [2, 3]  # 2 gates on a 4-layer model
+    assert checkpoint.gate_state is None
+    assert checkpoint.bin_num == 6
+    assert torch.equal(checkpoint.pruner_z, torch.tensor(PRUNER_PATTERN, dtype=torch.float32))
+
+
+def test_too_many_gate_rows_for_the_model_are_refused(tmp_path):
+    pattern = [[1, 0, 1]] * 4  # 4 rows cannot sit on layers 1..3 of a 4-layer model
+    directory, _ = publish(tmp_path, token_pattern=pattern, pruner_pattern=[1] * 4, locations=[0, 1, 2, 3], l0=False)
+    with pytest.raises(UserError, match="zs.pt"):
+        load_checkpoint(directory)
+
+
+def test_dense_checkpoint_has_no_masks(tmp_path):
+    directory, _ = publish(
+        tmp_path, token_pattern=TOKEN_PATTERN, pruner_pattern=PRUNER_PATTERN, locations=[1, 3], zs=False, l0=False
+    )
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.token_z is None and checkpoint.pruner_z is None and not checkpoint.is_pruned
+    assert checkpoint.prune_locations == [] and checkpoint.gate_state is None and checkpoint.bin_num is None
+
+
+class _ShellPayload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, ("touch " + self.marker,))
+
+
+class _ExecPayload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("payload", [_ShellPayload, _ExecPayload], ids=["os.system", "exec"])
+@pytest.mark.parametrize("file_name", ["l0_module.pt", "zs.pt", "pytorch_model.bin"])
+def test_pickled_code_is_refused_and_never_runs(published, tmp_path, payload, file_name):
+    directory, _ = published
+    marker = tmp_path / "pwned_{}".format(file_name.replace(".", "_"))
+    evil = payload(str(marker))
+    if file_name == "zs.pt":
+        obj = {"token_z": evil, "pruner_z": torch.ones(2)}
+    elif file_name == "pytorch_model.bin":
+        obj = dict(tiny_state_dict(tiny_config()), evil=evil)
+    else:
+        obj = evil
+    torch.save(obj, str(directory / file_name))
+
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(directory)
+    assert file_name in str(caught.value) and "disallowed" in str(caught.value)
+    assert not marker.exists()
+
+
+def test_unknown_class_inside_the_gate_module_is_refused(published, tmp_path):
+    directory, _ = published
+    # A class from an allowed-looking package that is not on the list is refused by name.
+    torch.save({"format": GATES_FORMAT, "token_loga": torch.nn.Linear(2, 2)}, str(directory / "l0_module.pt"))
+    with pytest.raises(UserError, match=r"l0_module\.pt contains a disallowed object torch\.nn"):
+        load_checkpoint(directory)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_weights_are_reported(published, damage):
+    directory, _ = published
+    weights = directory / "pytorch_model.bin"
+    data = weights.read_bytes()
+    weights.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"\x00not a torch file" * 50, "empty": b""}[damage]
+    )
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(directory)
+    assert "pytorch_model.bin" in str(caught.value) and "corrupt" in str(caught.value)
+
+
+def test_missing_pieces_are_reported(tmp_path, published):
+    directory, _ = published
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    (directory / "pytorch_model.bin").unlink()
+    with pytest.raises(UserError, match="pytorch_model.bin"):
+        load_checkpoint(directory)
+    (directory / "config.json").unlink()
+    with pytest.raises(UserError, match="config.json"):
+        load_checkpoint(directory)
+
+
+def test_weights_that_are_not_a_state_dict_are_refused(published):
+    directory, _ = published
+    torch.save([torch.ones(2)], str(directory / "pytorch_model.bin"))
+    with pytest.raises(UserError, match="state dict"):
+        load_checkpoint(directory)
+
+
+def _tokenizer(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    return BertTokenizer(str(vocab))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = tiny_config()
+    state_dict = tiny_state_dict(config)
+    gate_state = {
+        "token_loga": logits_for(TOKEN_PATTERN).requires_grad_(),
+        "pruner_loga": logits_for(PRUNER_PATTERN),
+        "lambda_1": torch.tensor(0.5),
+        "lambda_2": torch.tensor(-2.0),
+        "prune_locations": [1, 2],
+        "temperature": 0.5,
+        "magical_number": 0.9,
+    }
+    target = tmp_path / "out"
+    save_checkpoint(
+        target,
+        model_state_dict=state_dict,
+        config=config,
+        token_z=None,
+        pruner_z=None,
+        gate_state=gate_state,
+        tokenizer=_tokenizer(tmp_path),
+        extra={"trainer_state.json": {"step": 7}},
+    )
+    checkpoint = load_checkpoint(target)
+    assert checkpoint.prune_locations == [1, 2]
+    assert checkpoint.temperature == 0.5 and checkpoint.magical_number == pytest.approx(0.9)
+    assert torch.equal(checkpoint.token_z, torch.tensor(TOKEN_PATTERN, dtype=torch.float32))
+    assert torch.equal(checkpoint.gate_state["token_loga"], gate_state["token_loga"].detach())
+    assert checkpoint.gate_state["lambda_2"].item() == -2.0
+    assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in state_dict.items())
+    assert json.loads((target / "trainer_state.json").read_text()) == {"step": 7}
+    assert BertTokenizer.from_pretrained(str(target)).convert_tokens_to_ids("b") == 6
+
+    if "weights_only" in __import__("inspect").signature(torch.load).parameters:
+        raw = torch.load(str(target / "l0_module.pt"), weights_only=True)  # a plain dict, no classes
+        assert raw["format"] == GATES_FORMAT and raw["token_prune_loc"] == [1, 2]
+
+    # Saving again replaces the directory whole: stale extra files do not survive.
+    save_checkpoint(target, model_state_dict=state_dict, config=config, token_z=None, pruner_z=None, gate_state=None)
+    assert not (target / "trainer_state.json").exists()
+    assert load_checkpoint(target).token_z is None
+
+
+def test_save_refuses_masks_that_disagree_with_the_gates(tmp_path):
+    config = tiny_config()
+    gate_state = {"token_loga": logits_for(TOKEN_PATTERN), "pruner_loga": logits_for(PRUNER_PATTERN)}
+    wrong = 1 - torch.tensor(TOKEN_PATTERN, dtype=torch.float32)
+    with pytest.raises(ValueError, match="token_z"):
+        save_checkpoint(
+            tmp_path / "out",
+            model_state_dict={},
+            config=config,
+            token_z=wrong,
+            pruner_z=torch.tensor(PRUNER_PATTERN, dtype=torch.float32),
+            gate_state=gate_state,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_safetensors_weights(published):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    directory, _ = published
+    state = {k: v.contiguous() for k, v in tiny_state_dict(tiny_config()).items()}
+    (directory / "pytorch_model.bin").unlink()
+    safetensors_torch.save_file(state, str(directory / "model.safetensors"))
+    checkpoint = load_checkpoint(directory)
+    assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in state.items())
+
+    (directory / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    with pytest.raises(UserError, match="model.safetensors is corrupt"):
+        load_checkpoint(directory)
+
+
+def test_loading_does_not_modify_the_directory(published):
+    directory, _ = published
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    load_checkpoint(directory)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert Path(directory).is_dir()
