@@ -13,6 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from top.checkpoint import GATES_FORMAT, load_checkpoint, save_checkpoint
 from top.errors import UserError
+from top.gates import TokenGates
 
 # Gate logits at the clamp bounds of the original: log(1e2) keeps a gate open, log(1e-2) closes
 # it (its expected-zero share is 0.953, so up to 10 closed gates per row round to themselves).
@@ -161,6 +162,9 @@ def test_published_layout_round_trip(published):
     assert checkpoint.temperature == pytest.approx(2.0 / 3.0)
     assert checkpoint.magical_number == pytest.approx(0.8)
     assert checkpoint.config.hidden_size == 32 and checkpoint.config.num_hidden_layers == 4
+    gates = TokenGates.from_state(state)  # the gate state feeds the trainable gates whole
+    assert gates.prune_locations == [1, 3]
+    assert all(torch.equal(a, b) for a, b in zip(gates.deterministic(), (checkpoint.token_z, checkpoint.pruner_z)))
 
     model = BertForSequenceClassification(tiny_config())
     model.load_state_dict(checkpoint.state_dict)  # strict: every key and shape fits
