@@ -1,0 +1,322 @@
+"""`top grid`: expansion, launching, skipping, resuming, results, promotion and bad grid files.
+
+Most tests replace `python -m top train` with a fake trainer (a small script written here)
+that leaves what a real run leaves: best/, last/ and summary.json. One test runs the real
+`top train` on a tiny model.
+"""
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from top import grid as grid_module
+from top.cli import main
+from top.errors import UserError
+
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+
+    argv = sys.argv[1:]
+    opts = {}
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            opts[a[2:]] = nxt if nxt is not None and not nxt.startswith("--") else True
+    out = Path(opts["output-dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(os.environ["FAKE_CALLS"], "a") as log:
+        log.write(json.dumps({"argv": argv, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                              "start": time.time()}) + "\\n")
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    # An interruption: the first attempt of the named run dies after saving last/.
+    if out.name == os.environ.get("FAKE_INTERRUPT") and not (out / "last").exists():
+        (out / "last").mkdir()
+        (out / "last" / "state.pt").write_text("step 3")
+        sys.exit(137)
+    if "resume" in opts and not (out / "last").exists():
+        sys.exit("--resume without last/")
+    lr, alpha = float(opts["learning-rate"]), float(opts.get("rank-loss-alpha", 0.01))
+    score = 0.9 - abs(lr - 3e-5) * 1000 - alpha  # best at lr 3e-5 and the smallest alpha
+    (out / "last").mkdir(exist_ok=True)
+    (out / "best").mkdir(exist_ok=True)
+    (out / "best" / "config.json").write_text(json.dumps({"lr": lr}))
+    (out / "best" / "zs.pt").write_text("masks")
+    summary = {"metric": "accuracy", "target_sparsity": 0.4, "steps": 10, "seconds": 0.1,
+               "best": {"score": score, "step": 10, "expected_sparsity": 0.41,
+                        "expected_sequence_sparsity": 0.8, "flops_reduction": 5.0}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    """
+)
+
+SMALL_GRID = """
+[grid]
+learning_rate = [2e-5, 3e-5]
+rank_loss_alpha = [0.01, 0.001]
+
+[fixed]
+target_sparsity = 0.4
+max_steps = 10
+"""
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.delenv("FAKE_INTERRUPT", raising=False)
+    monkeypatch.delenv(grid_module.TRAIN_COMMAND_ENV, raising=False)
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(SMALL_GRID)
+
+    class Fake:
+        command = f"{sys.executable} {script}"
+        grid = grid_file
+        out = tmp_path / "out"
+
+        @staticmethod
+        def calls():
+            if not calls.exists():
+                return []
+            return [json.loads(line) for line in calls.read_text().splitlines()]
+
+        @staticmethod
+        def run(*extra):
+            argv = ["grid", "--task", "SST-2", "--grid", str(grid_file), "--model", "student-dir",
+                    "--output-dir", str(Fake.out), "--train-command", Fake.command, *extra]
+            return main(argv)
+
+    return Fake
+
+
+def _run_ids(calls):
+    return [Path(c["argv"][c["argv"].index("--output-dir") + 1]).name for c in calls]
+
+
+def test_default_grid_is_the_papers():
+    grid = grid_module.load_grid()
+    assert grid.axes == {
+        "learning_rate": [6e-5, 5e-5, 4e-5, 3e-5, 2e-5, 1e-5],
+        "reg_learning_rate": [0.04, 0.02, 0.01],
+        "rank_loss_alpha": [1e-2, 1e-3, 1e-4, 1e-5],
+    }
+    runs = grid_module.expand(grid)
+    assert len(runs) == 72
+    assert len({r.run_id for r in runs}) == 72
+    assert runs[0].run_id == "lr6e-05_reglr0.04_alpha0.01"
+    assert runs[0].hyperparameters == {"learning_rate": 6e-5, "reg_learning_rate": 0.04, "rank_loss_alpha": 0.01}
+
+
+def test_grid_runs_every_point_and_marks_the_best(fake):
+    assert fake.run() == 0
+    calls = fake.calls()
+    assert sorted(_run_ids(calls)) == sorted(
+        ["lr2e-05_alpha0.01", "lr2e-05_alpha0.001", "lr3e-05_alpha0.01", "lr3e-05_alpha0.001"])
+    argv = calls[0]["argv"]
+    assert argv[:2] == ["--task", "sst2"]
+    for flag, value in [("--model", "student-dir"), ("--teacher", "student-dir"), ("--target-sparsity", "0.4"),
+                        ("--max-steps", "10"), ("--learning-rate", "2e-05"), ("--rank-loss-alpha", "0.01")]:
+        assert argv[argv.index(flag) + 1] == value
+    assert "--resume" not in argv
+
+    result = json.loads((fake.out / "grid.json").read_text())
+    rows = result["runs"]
+    assert [r["run_id"] for r in rows] == ["lr2e-05_alpha0.01", "lr2e-05_alpha0.001",
+                                          "lr3e-05_alpha0.01", "lr3e-05_alpha0.001"]
+    assert result["best"] == "lr3e-05_alpha0.001"
+    assert [r["best"] for r in rows] == [False, False, False, True]
+    winner = rows[3]
+    assert winner["status"] == "done"
+    assert winner["best_score"] == pytest.approx(0.9 - 0.001)
+    assert winner["sparsity"] == pytest.approx(0.41)
+    assert winner["flops_reduction"] == pytest.approx(5.0)
+    assert winner["metric"] == "accuracy"
+    assert winner["wall_s"] > 0
+    table = (fake.out / "grid.md").read_text().splitlines()
+    assert len(table) == 2 + 4
+    assert "**best**" in table[-1] and "lr3e-05_alpha0.001" in table[-1]
+    assert "5.00x" in table[-1]
+    assert sum("**best**" in line for line in table) == 1
+
+
+def test_finished_runs_are_skipped(fake):
+    assert fake.run() == 0
+    assert len(fake.calls()) == 4
+    assert fake.run() == 0
+    assert len(fake.calls()) == 4  # nothing launched again
+    rows = json.loads((fake.out / "grid.json").read_text())["runs"]
+    assert all(r["status"] == "done" for r in rows)
+
+
+def test_an_interrupted_run_resumes_from_last(fake, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_INTERRUPT", "lr3e-05_alpha0.01")
+    assert fake.run() == 1  # one run died
+    assert "lr3e-05_alpha0.01" in capsys.readouterr().err
+    rows = {r["run_id"]: r for r in json.loads((fake.out / "grid.json").read_text())["runs"]}
+    assert rows["lr3e-05_alpha0.01"]["status"] == "failed"
+    assert rows["lr3e-05_alpha0.01"]["best_score"] is None
+    assert len(fake.calls()) == 4
+
+    assert fake.run() == 0
+    calls = fake.calls()
+    assert _run_ids(calls[4:]) == ["lr3e-05_alpha0.01"]  # only the interrupted one runs again
+    assert calls[4]["argv"][-1] == "--resume"
+    assert "--resume" not in calls[0]["argv"]
+    status = json.loads((fake.out / "runs" / "lr3e-05_alpha0.01" / grid_module.STATUS_FILE).read_text())
+    assert status["attempts"] == 2 and status["status"] == "done"
+
+
+def test_runs_go_out_one_per_gpu_in_parallel(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    assert fake.run("--devices", "0,1") == 0
+    calls = fake.calls()
+    assert sorted(c["cuda"] for c in calls) == ["0", "0", "1", "1"]
+    starts = sorted(c["start"] for c in calls)
+    assert starts[1] - starts[0] < 0.4  # the first two started together, not one after the other
+
+
+def test_several_gpus_per_run_use_torchrun():
+    assert grid_module.device_slots("0,1,2,3", 2) == ["0,1", "2,3"]
+    assert grid_module.device_slots(None, 1) == [None]
+    prefix = grid_module.train_command_prefix(2)
+    assert prefix[0] == "torchrun"
+    assert prefix[prefix.index("--nproc_per_node") + 1] == "2"
+    assert prefix[-3:] == ["-m", "top", "train"]
+    assert grid_module.train_command_prefix(1)[1:] == ["-m", "top", "train"]
+    with pytest.raises(UserError, match="multiple"):
+        grid_module.device_slots("0,1,2", 2)
+    with pytest.raises(UserError, match="--devices"):
+        grid_module.device_slots(None, 2)
+    with pytest.raises(UserError, match="GPU numbers"):
+        grid_module.device_slots("0,gpu1", 1)
+
+
+def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
+    assert fake.run("--dry-run") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    assert all("--output-dir" in line and "--learning-rate" in line for line in lines)
+    assert fake.calls() == []
+
+
+def test_promote_copies_the_winners_best(fake):
+    stale = fake.out / "best"
+    stale.mkdir(parents=True)
+    (stale / "old.txt").write_text("old")
+    assert fake.run("--promote") == 0
+    best = fake.out / "best"
+    assert sorted(p.name for p in best.iterdir()) == ["config.json", "zs.pt"]
+    assert json.loads((best / "config.json").read_text()) == {"lr": 3e-5}
+
+
+def test_the_train_command_can_come_from_the_environment(fake, monkeypatch):
+    monkeypatch.setenv(grid_module.TRAIN_COMMAND_ENV, fake.command)
+    grid = grid_module.load_grid(fake.grid)
+    rows = grid_module.run_grid("sst2", grid, fake.out, options={"model": "m"})
+    assert len(fake.calls()) == 4
+    assert sum(r["best"] for r in rows) == 1
+
+
+def test_a_model_is_required(fake, capsys):
+    code = main(["grid", "--task", "sst2", "--grid", str(fake.grid), "--output-dir", str(fake.out),
+                 "--train-command", fake.command])
+    assert code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+BAD_GRIDS = {
+    "syntax": ("[grid]\nlearning_rate = [1e-5,\n", "not valid TOML"),
+    "no grid table": ("[fixed]\nepochs = 3\n", "no [grid] table"),
+    "unknown option": ("[grid]\nlearnin_rate = [1e-5]\n", "grid.learnin_rate is not an option"),
+    "not a list": ("[grid]\nlearning_rate = 1e-5\n", "non-empty list"),
+    "empty list": ("[grid]\nlearning_rate = []\n", "non-empty list"),
+    "string value": ("[grid]\nlearning_rate = ['fast']\n", "must be a number"),
+    "bool value": ("[grid]\nbin_num = [true]\n", "must be an integer"),
+    "duplicate": ("[grid]\nlearning_rate = [1e-5, 1e-5]\n", "twice"),
+    "both tables": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nlearning_rate = 2e-5\n", "both in [grid] and [fixed]"),
+    "unknown table": ("[grid]\nlearning_rate = [1e-5]\n[extra]\nx = 1\n", "unknown table"),
+    "fixed-only in grid": ("[grid]\nmodel = ['a', 'b']\n", "put it under [fixed]"),
+    "bad fixed": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nwarmup = 3\n", "fixed.warmup is not"),
+    "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "both epochs and max_steps"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_GRIDS))
+def test_bad_grid_files_give_one_clear_error(tmp_path, capsys, name):
+    text, expected = BAD_GRIDS[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code = main(["grid", "--task", "sst2", "--grid", str(path), "--model", "m", "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert expected in err
+    assert str(path) in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_grid_file_is_a_user_error(tmp_path, capsys):
+    code = main(["grid", "--task", "sst2", "--grid", str(tmp_path / "nope.toml"), "--model", "m",
+                 "--output-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_unknown_task_is_a_user_error(fake, capsys):
+    code = main(["grid", "--task", "sst3", "--grid", str(fake.grid), "--model", "m", "--output-dir", str(fake.out),
+                 "--train-command", fake.command])
+    assert code == 2
+    assert "sst3" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path(grid_module.__file__).with_name("train.py").exists(), reason="top train not built yet")
+def test_the_real_top_train_runs_under_the_grid(tmp_path, monkeypatch):
+    from builders import tiny_checkpoint, write_custom_csv
+
+    monkeypatch.delenv(grid_module.TRAIN_COMMAND_ENV, raising=False)
+    model = tiny_checkpoint(tmp_path / "dense", layers=3, pruned=False)
+    train_file = write_custom_csv(tmp_path / "train.csv", n=16, seed=1)
+    dev_file = write_custom_csv(tmp_path / "dev.csv", n=8, seed=2)
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text(textwrap.dedent(
+        f"""
+        [grid]
+        learning_rate = [2e-5]
+        rank_loss_alpha = [0.01, 0.001]
+
+        [fixed]
+        train_file = "{train_file.as_posix()}"
+        validation_file = "{dev_file.as_posix()}"
+        max_steps = 2
+        eval_steps = 1
+        save_steps = 1
+        batch_size = 8
+        max_seq_length = 16
+        bin_num = 4
+        topk = 2
+        target_sparsity = 0.1
+        device = "cpu"
+        """))
+    out = tmp_path / "out"
+    code = main(["grid", "--task", "sst2", "--grid", str(grid_file), "--model", str(model), "--output-dir", str(out)])
+    log = "\n".join(p.read_text(errors="replace") for p in out.glob("runs/*/train.log"))
+    assert code == 0, log
+    rows = json.loads((out / "grid.json").read_text())["runs"]
+    assert [r["status"] for r in rows] == ["done", "done"]
+    for row in rows:
+        run_dir = out / "runs" / row["run_id"]
+        assert (run_dir / "summary.json").is_file()
+        assert (run_dir / "last").is_dir()
+        assert row["metric"] is not None
+    # A second call finds both runs finished and launches nothing.
+    before = [(out / "runs" / r["run_id"] / "train.log").stat().st_size for r in rows]
+    assert main(["grid", "--task", "sst2", "--grid", str(grid_file), "--model", str(model),
+                 "--output-dir", str(out)]) == 0
+    assert [(out / "runs" / r["run_id"] / "train.log").stat().st_size for r in rows] == before
