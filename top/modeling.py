@@ -121,7 +121,7 @@ class ToPForSequenceClassification(nn.Module):
         return self.hf_model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> "ToPForSequenceClassification":
+    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> ToPForSequenceClassification:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **{
@@ -133,7 +133,7 @@ class ToPForSequenceClassification(nn.Module):
         return cls(model, prune_locations)
 
     @classmethod
-    def from_config(cls, config, prune_locations=None) -> "ToPForSequenceClassification":
+    def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
         from transformers import AutoModelForSequenceClassification
 
         force_eager_attention(config)
