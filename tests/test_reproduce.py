@@ -11,8 +11,8 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from builders import sentences, tiny_checkpoint, write_cola_dev
+
 from top import hub
 from top.cli import main
 from top.errors import UserError
