@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The image's entrypoint: dispatches to `python -m top`.
+#
+#   <top command> ARGS...   eval, reproduce, finetune, train, bench, demo, grid -> python -m top ...
+#   train-task TASK         the task's full recipe (docker/train_task.sh): finetune, then train
+#   eval-task TASK [ARGS]   top eval on the task's checkpoint: $CHECKPOINT, else the published one
+#                           (from $CHECKPOINT_DIR/<repo name>, the HF cache or a download), else
+#                           outputs/TASK/best (RTE has no published checkpoint)
+#   test [PYTEST ARGS]      the test suite, on the image's pinned stack
+#   anything else           run as a command (bash, python, nvidia-smi, ...)
+set -euo pipefail
+
+TOP_HOME="${TOP_HOME:-/opt/top}"
+GLUE_DIR="${GLUE_DIR:-/data/glue}"
+
+# --data-dir only when GLUE_DIR holds data; otherwise top reads the `datasets` hub copy.
+data_args() {
+    if [ -d "$GLUE_DIR" ] && [ -n "$(ls -A "$GLUE_DIR" 2>/dev/null)" ]; then
+        printf '%s\n' --data-dir "$GLUE_DIR"
+    fi
+}
+
+eval_task() {
+    local task="$1"; shift
+    local checkpoint="${CHECKPOINT:-}"
+    if [ -z "$checkpoint" ]; then
+        checkpoint="$(python - "$task" <<'PY'
+import os, sys
+from top.hub import resolve_checkpoint
+from top.published import load_results_table
+row = load_results_table().get(sys.argv[1])
+repo = getattr(row, "checkpoint", "") if row is not None else ""
+if repo:
+    print(resolve_checkpoint(repo, checkpoint_dir=os.environ.get("CHECKPOINT_DIR") or None, task=sys.argv[1]))
+PY
+)"
+    fi
+    checkpoint="${checkpoint:-outputs/$task/best}"
+    if [ ! -d "$checkpoint" ]; then
+        echo "eval-$task: no checkpoint at $checkpoint; set CHECKPOINT=DIR or run train-$task first." >&2
+        exit 2
+    fi
+    mapfile -t data < <(data_args)
+    exec python -m top eval --task "$task" --checkpoint "$checkpoint" "${data[@]}" \
+        --output-dir "outputs/eval-$task" "$@"
+}
+
+if [ "$#" -eq 0 ]; then
+    exec python -m top --help
+fi
+
+command="$1"
+case "$command" in
+    eval|reproduce|finetune|train|bench|demo|grid|--help|-h|--version)
+        exec python -m top "$@" ;;
+    train-task)
+        shift; exec bash "$TOP_HOME/docker/train_task.sh" "$@" ;;
+    eval-task)
+        shift; [ "$#" -ge 1 ] || { echo "eval-task: give the task name, e.g. eval-task cola." >&2; exit 2; }
+        eval_task "$@" ;;
+    test)
+        shift; cd "$TOP_HOME"; exec python -m pytest -p no:cacheprovider "${@:-tests}" ;;
+    *)
+        exec "$@" ;;
+esac

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A task's full ToP recipe, as `docker compose run train-<task>` runs it:
+#   1. `top finetune` the dense teacher from $BASE_MODEL (skipped when $TEACHER is set, or when
+#      outputs/<task>/teacher/best already exists from an earlier run);
+#   2. `top train` from that teacher with the task's preset (top/tasks.toml), into outputs/<task>/,
+#      resuming from outputs/<task>/last when an earlier run was interrupted.
+# Usage: train_task.sh TASK [extra `top train` arguments...]
+set -euo pipefail
+
+if [ "$#" -lt 1 ]; then
+    echo "train_task.sh: give the task name, e.g. train_task.sh cola." >&2
+    exit 2
+fi
+task="$1"; shift
+output="outputs/$task"
+glue_dir="${GLUE_DIR:-/data/glue}"
+data=()
+if [ -d "$glue_dir" ] && [ -n "$(ls -A "$glue_dir" 2>/dev/null)" ]; then
+    data=(--data-dir "$glue_dir")
+fi
+
+if [ -n "${TEACHER:-}" ]; then
+    if [ ! -d "$TEACHER" ]; then
+        echo "TEACHER=$TEACHER is not a directory; point it at a fine-tuned teacher or unset it to fine-tune one." >&2
+        exit 2
+    fi
+    teacher="$TEACHER"
+else
+    teacher="$output/teacher/best"
+    if [ ! -d "$teacher" ]; then
+        python -m top finetune --model "${BASE_MODEL:-bert-base-uncased}" --task "$task" "${data[@]}" \
+            --output-dir "$output/teacher"
+    fi
+fi
+
+resume=()
+if [ -d "$output/last" ]; then
+    resume=(--resume)
+fi
+exec python -m top train --model "$teacher" --teacher "$teacher" --task "$task" "${data[@]}" \
+    --output-dir "$output" "${resume[@]}" "$@"
