@@ -18,6 +18,8 @@ SEED_VARIABLES="TASK SPARSITY PRUNE_LOCATION LEARNING_RATE REG_LEARNING_RATE DIS
 WARMUP_EPOCHS BIN_NUM TOPK EPOCHS EVAL_STEP DISTILLATION_PATH"
 OUR_VARIABLES="SPARSITY_EPSILON EX_CATE SUFFIX GLUE_DIR OUTPUT_DIR PYTHON"
 ACCEPTED=$(echo $SEED_VARIABLES $OUR_VARIABLES)
+# The seed's own script set these but token pruning never read them.
+RETIRED="PRUNING_TYPE DISTILL_LAYER_LOSS_ALPHA LAYER_DISTILL_VERSION"
 
 usage="usage: bash run_token_prune.sh [--dry-run] [NAME=VALUE ...] [-- TOP_TRAIN_FLAGS]; NAME one of: $ACCEPTED"
 
@@ -27,8 +29,9 @@ is_accepted() {
 
 # Exported variables within a small edit distance of an accepted name (underscores and case
 # ignored): distance <= 1, or <= 2 for names of 8+ letters. TOP_K, SPARSITIY, EVAL_STEPS, EPOCH.
+# Also the seed's retired names, which would otherwise look as if they did something.
 misspelt_environment() {
-    compgen -e | awk -v accepted="$ACCEPTED" '
+    compgen -e | awk -v accepted="$ACCEPTED" -v retired="$RETIRED" '
         function norm(s) { s = toupper(s); gsub(/_/, "", s); return s }
         function lev(a, b,    la, lb, i, j, d, cost, best) {
             la = length(a); lb = length(b)
@@ -44,9 +47,10 @@ misspelt_environment() {
                 }
             return d[la, lb]
         }
-        BEGIN { n = split(accepted, names, " ") }
+        BEGIN { n = split(accepted, names, " "); r = split(retired, old, " ") }
         {
             for (k = 1; k <= n; k++) if ($0 == names[k]) next
+            for (k = 1; k <= r; k++) if ($0 == old[k]) { print $0 " (not used by token pruning)"; next }
             for (k = 1; k <= n; k++) {
                 a = norm($0); b = norm(names[k])
                 limit = (length(b) >= 8) ? 2 : 1
@@ -65,6 +69,10 @@ while [ "$#" -gt 0 ]; do
         [A-Za-z_]*=*)
             name=${1%%=*}
             if ! is_accepted "$name"; then
+                case " $RETIRED " in *" $name "*)
+                    echo "error: $name is not used by token pruning (the seed ignored it too); leave it out." >&2
+                    exit 2 ;;
+                esac
                 echo "error: unknown setting $name; use one of: $ACCEPTED." >&2
                 exit 2
             fi
@@ -84,13 +92,13 @@ fi
 TASK=${TASK:-SST2}
 task_key=$(echo "$TASK" | tr 'A-Z' 'a-z' | tr -d '_-')
 if [ "$task_key" = sst2 ]; then
-    # The seed's example (its run_token_prune.sh).
-    SPARSITY=${SPARSITY:-0.4}
-    PRUNE_LOCATION=${PRUNE_LOCATION:-2,3,4,5,6,7,8,9,10,11}
-    WARMUP_EPOCHS=${WARMUP_EPOCHS:-10}
-    BIN_NUM=${BIN_NUM:-25}
-    TOPK=${TOPK:-20}
-    EPOCHS=${EPOCHS:-40}
+    # The seed's example (its run_token_prune.sh). Set to empty (EPOCHS=) a value is left out.
+    SPARSITY=${SPARSITY-0.4}
+    PRUNE_LOCATION=${PRUNE_LOCATION-2,3,4,5,6,7,8,9,10,11}
+    WARMUP_EPOCHS=${WARMUP_EPOCHS-10}
+    BIN_NUM=${BIN_NUM-25}
+    TOPK=${TOPK-20}
+    EPOCHS=${EPOCHS-40}
     DISTILLATION_PATH=${DISTILLATION_PATH:-senfu/bert-base-uncased-finetuned-sst2}
 elif [ -z "${DISTILLATION_PATH:-}" ]; then
     echo "error: TASK=$TASK needs DISTILLATION_PATH, the model fine-tuned on $TASK (e.g. from python -m top finetune); set it." >&2
@@ -120,6 +128,8 @@ cmd=("${PYTHON:-python}" -m top train
 [ -n "${WARMUP_EPOCHS:-}" ] && cmd+=(--warmup-epochs "$WARMUP_EPOCHS")
 [ -n "${BIN_NUM:-}" ] && cmd+=(--bin-num "$BIN_NUM")
 [ -n "${TOPK:-}" ] && cmd+=(--topk "$TOPK")
+# --max-steps after -- replaces the epoch count.
+case " ${extra[*]-} " in *" --max-steps "*) EPOCHS="" ;; esac
 [ -n "${EPOCHS:-}" ] && cmd+=(--epochs "$EPOCHS")
 [ -n "${GLUE_DIR:-}" ] && cmd+=(--data-dir "$GLUE_DIR")
 cmd+=(--output-dir "$OUTPUT_DIR" ${extra[@]+"${extra[@]}"})

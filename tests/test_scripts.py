@@ -222,6 +222,14 @@ def test_token_prune_maps_each_variable(stub, name):
     _check_top_train_accepts(argv)
 
 
+def test_token_prune_empty_values_and_max_steps_leave_flags_out(stub):
+    assert stub.run(TRAIN_SCRIPT, "BIN_NUM=", "--", "--max-steps", "5").returncode == 0
+    argv, opts = _train_call(stub)
+    assert "--bin-num" not in opts and "--epochs" not in opts
+    assert opts["--max-steps"] == "5" and opts["--topk"] == "20"
+    _check_top_train_accepts(argv)
+
+
 def test_token_prune_distillation_path_is_student_and_teacher(stub):
     assert stub.run(TRAIN_SCRIPT, DISTILLATION_PATH="/models/sst2-dense").returncode == 0
     _, opts = _train_call(stub)
@@ -273,6 +281,17 @@ def test_token_prune_reports_misspelt_environment_variables(stub, name, meant):
     assert stub.calls() == []
 
 
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_token_prune_reports_the_seeds_retired_variables(stub, how):
+    if how == "argument":
+        result = stub.run(TRAIN_SCRIPT, "DISTILL_LAYER_LOSS_ALPHA=0.9")
+    else:
+        result = stub.run(TRAIN_SCRIPT, PRUNING_TYPE="token+pruner")
+    assert result.returncode == 2
+    assert "not used by token pruning" in result.stderr
+    assert stub.calls() == []
+
+
 def test_token_prune_ignores_unrelated_environment_variables(stub):
     result = stub.run(TRAIN_SCRIPT, MY_TASK_LIST="a", TMP="/tmp", TERM="xterm", HOME="/root", LANG="C", USER="u")
     assert result.returncode == 0, result.stderr
@@ -284,6 +303,31 @@ def test_token_prune_dry_run_prints_the_command(stub):
     assert result.stdout.startswith("python -m top train --task SST2 ")
     assert "--target-sparsity 0.5" in result.stdout
     assert stub.calls() == []
+
+
+def test_token_prune_end_to_end_with_the_real_top_train(tmp_path):
+    """The seed's command with the real `top train` on a tiny model and SST-2-layout files."""
+    if not (ROOT / "top" / "train.py").exists():
+        pytest.skip("top train not built yet")
+    from builders import sentences, tiny_checkpoint
+
+    from top.data import Example, write_glue_tsv
+
+    model = tiny_checkpoint(tmp_path / "dense", layers=3, pruned=False)
+    glue = tmp_path / "glue"
+    for split, n in (("train", 16), ("dev", 8)):
+        rows = [Example(s, None, i % 2) for i, s in enumerate(sentences(n, seed=n))]
+        write_glue_tsv("sst2", rows, glue / "SST-2" / f"{split}.tsv", split)
+    env = {k: v for k, v in os.environ.items() if k not in SEED_VARIABLES}
+    env.update(PYTHON=sys.executable, GLUE_DIR=str(glue), DISTILLATION_PATH=str(model), PRUNE_LOCATION="1,2",
+               BIN_NUM="4", TOPK="2", EVAL_STEP="1", OUTPUT_DIR=str(tmp_path / "run"))
+    result = subprocess.run(["bash", str(TRAIN_SCRIPT), "--", "--max-steps", "2", "--device", "cpu",
+                             "--batch-size", "8", "--max-seq-length", "16", "--no-progress"],
+                            env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["steps"] == 2
+    assert (tmp_path / "run" / "last").is_dir()
 
 
 # --------------------------------------------------------------------------- the chore scripts
