@@ -61,6 +61,11 @@ def install_pinned(session: nox.Session) -> None:
     _print_versions(session)
 
 
+def install_pinned_test_extras(session: nox.Session) -> None:
+    """pytorchltr, for the test that our LambdaARP2 equals the original's (see the file's comment)."""
+    session.install("--no-deps", "--require-hashes", "-r", str(REQUIREMENTS / "pinned-test.txt"))
+
+
 def run_pytest(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
@@ -76,6 +81,7 @@ def tests(session: nox.Session) -> None:
 def tests_pinned(session: nox.Session) -> None:
     """The test suite on the paper's pinned stack (Python 3.8, torch 1.12.1, transformers 4.16.0)."""
     install_pinned(session)
+    install_pinned_test_extras(session)
     run_pytest(session)
 
 
