@@ -1,0 +1,99 @@
+"""`top finetune`: the dense teacher in Hugging Face layout, best and last, with the paper's defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from test_train import read_log, tiny, write_data  # noqa: F401  (tiny is a fixture)
+from top import cli
+
+
+def finetune_argv(tiny, out, *extra):
+    return ["finetune", "--model", str(tiny["model"]), "--train-file", str(tiny["train"]),
+            "--validation-file", str(tiny["dev"]), "--batch-size", "16", "--learning-rate", "1e-3",
+            "--device", "cpu", "--no-progress", "--output-dir", str(out), *extra]
+
+
+def test_finetune_keeps_the_best_and_the_last_in_hf_layout(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "ft"
+    assert cli.main(finetune_argv(tiny, out, "--epochs", "3")) == 0
+
+    evals = [r for r in read_log(out) if "eval" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]  # 64 examples / 16 = 4 steps an epoch: once per epoch
+    best_score = max(r["score"] for r in evals)
+    first_best = next(r for r in evals if r["score"] == best_score)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] == {"score": best_score, "step": first_best["step"]}
+    assert json.loads((out / "best" / "trainer_state.json").read_text())["step"] == first_best["step"]
+
+    start = AutoModelForSequenceClassification.from_pretrained(str(tiny["model"])).state_dict()
+    for name in ("best", "last"):
+        directory = out / name
+        assert (directory / "config.json").is_file() and (directory / "vocab.txt").is_file()
+        assert not (directory / "zs.pt").exists() and not (directory / "l0_module.pt").exists()
+        trained = AutoModelForSequenceClassification.from_pretrained(str(directory)).state_dict()
+        # The embeddings stay frozen, as in the original; everything after them trains.
+        for key in start:
+            if "embeddings" in key:
+                assert torch.equal(trained[key], start[key]), key
+        assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])
+        assert not torch.equal(trained["bert.encoder.layer.0.output.dense.weight"],
+                               start["bert.encoder.layer.0.output.dense.weight"])
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 12
+
+    # The fine-tuned model is what `top train` takes as student and teacher.
+    pruned = tmp_path / "pruned"
+    assert cli.main(["train", "--model", str(out / "best"), "--teacher", str(out / "best"),
+                     "--train-file", str(tiny["train"]), "--validation-file", str(tiny["dev"]),
+                     "--target-sparsity", "0.3", "--max-steps", "4", "--eval-steps", "2", "--bin-num", "5",
+                     "--topk", "5", "--batch-size", "16", "--device", "cpu", "--no-progress",
+                     "--output-dir", str(pruned)]) == 0
+    assert (pruned / "last" / "zs.pt").is_file()
+
+
+def test_finetune_runs_are_deterministic(tiny, tmp_path):
+    for name in ("a", "b"):
+        assert cli.main(finetune_argv(tiny, tmp_path / name, "--max-steps", "3")) == 0
+    from transformers import AutoModelForSequenceClassification
+
+    a, b = (AutoModelForSequenceClassification.from_pretrained(str(tmp_path / n / "last")).state_dict() for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _parse():
+    from top import finetune
+
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    return parser.parse_args(["--model", "m", "--output-dir", "o"])
+
+
+def test_defaults_follow_the_preft_script():
+    args = _parse()
+    assert (args.learning_rate, args.batch_size, args.max_seq_length, args.seed) == (2e-5, 32, 256, 57)
+    assert args.epochs is None and args.eval_steps is None  # per task; once per epoch
+
+
+@pytest.mark.parametrize("task, epochs", [("mrpc", 10), ("rte", 10), ("stsb", 10), ("cola", 10),
+                                          ("sst2", 3), ("qnli", 3), ("qqp", 3), ("mnli", 3)])
+def test_epochs_default_by_task_size(task, epochs):
+    from top.finetune import default_epochs
+    from top.loop import TaskData
+    from top.tasks import get_task
+
+    t = get_task(task)
+    data = TaskData(t.name, t, [], [], t.num_labels, t.is_regression, t, t.task_length)
+    assert default_epochs(data) == epochs
+
+
+def test_finetune_data_without_labels_exits_2(tiny, tmp_path, capsys):
+    argv = finetune_argv(tiny, tmp_path / "ft", "--epochs", "1")
+    argv[argv.index("--validation-file") + 1] = str(write_data(tmp_path / "nolabel.csv", 5, 4, labels=False))
+    assert cli.main(argv) == 2
+    assert "label" in capsys.readouterr().err

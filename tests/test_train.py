@@ -1,0 +1,319 @@
+"""`top train` on a tiny random BERT: reaches its target, deterministic, resumable after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+from builders import WORDS, tiny_config, tiny_tokenizer
+from top import cli
+from top.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------- builders
+
+
+def save_tiny_model(directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: float = 0.1,
+                    vocab_extra: int = 0, seed: int = 0) -> Path:
+    """A random tiny BERT classifier plus its tokenizer, in HF layout readable by both stacks."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_config(num_labels, layers)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    config.vocab_size += vocab_extra
+    model = BertForSequenceClassification(config)
+    kwargs = {"safe_serialization": False} if "safe_serialization" in inspect.signature(model.save_pretrained).parameters else {}
+    model.save_pretrained(str(directory), **kwargs)
+    tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
+    return directory
+
+
+def write_data(path: Path, n: int, seed: int, labels: bool = True) -> Path:
+    """Sentences of 8-30 words; the label says whether 'good' or 'great' occurs."""
+    rng = random.Random(seed)
+    lines = ["sentence,label" if labels else "sentence"]
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 30))]
+        text = " ".join(words)
+        lines.append(f"{text},{int('good' in words or 'great' in words)}" if labels else text)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "model": save_tiny_model(root / "model"),
+        "model_no_dropout": save_tiny_model(root / "model_no_dropout", dropout=0.0),
+        "train": write_data(root / "train.csv", 64, seed=1),
+        "dev": write_data(root / "dev.csv", 24, seed=2),
+        "root": root,
+    }
+
+
+def train_argv(tiny: Dict[str, Path], out: Path, *extra: str, model_key: str = "model") -> List[str]:
+    return [
+        "train", "--model", str(tiny[model_key]), "--teacher", str(tiny[model_key]),
+        "--train-file", str(tiny["train"]), "--validation-file", str(tiny["dev"]),
+        "--bin-num", "10", "--topk", "5", "--batch-size", "8", "--device", "cpu",
+        "--no-progress", "--output-dir", str(out), *extra,
+    ]
+
+
+SHORT = ("--target-sparsity", "0.3", "--max-steps", "12", "--warmup-epochs", "1", "--reg-learning-rate", "0.1",
+         "--eval-steps", "4", "--save-steps", "3", "--logging-steps", "2")
+
+
+def tensors(directory: Path) -> Dict[str, torch.Tensor]:
+    """Every tensor a checkpoint holds: weights, masks, gate logits and lambdas."""
+    found = {}
+    found.update({f"w.{k}": v for k, v in torch.load(str(directory / "pytorch_model.bin")).items()})
+    found.update({f"z.{k}": v for k, v in torch.load(str(directory / "zs.pt")).items()})
+    gates = torch.load(str(directory / "l0_module.pt"))
+    found.update({f"g.{k}": v for k, v in gates.items() if torch.is_tensor(v)})
+    return found
+
+
+def assert_bit_identical(a: Path, b: Path) -> None:
+    left, right = tensors(a), tensors(b)
+    assert left.keys() == right.keys()
+    different = [k for k in left if not torch.equal(left[k], right[k])]
+    assert not different, f"differ: {different[:5]}"
+
+
+def read_log(out: Path) -> List[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert cli.main(train_argv(tiny, out, *SHORT)) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+
+def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
+    out = tmp_path / "out"
+    argv = train_argv(tiny, out, "--target-sparsity", "0.3", "--max-steps", "60", "--warmup-epochs", "1",
+                      "--reg-learning-rate", "0.2", "--eval-steps", "5", "--save-steps", "20", "--logging-steps", "5")
+    assert cli.main(argv) == 0
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["prune_locations"] == [2, 3]  # 2..L-1 for 4 layers
+    assert run["settings"]["bin_num"] == 10 and run["total_steps"] == 60 and run["warmup_steps"] == 8
+
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best"]
+    assert best["score"] is not None, "no evaluation reached the target sparsity"
+    assert best["expected_sparsity"] >= 0.3 - 0.01
+    assert best["flops_reduction"] > 1.0
+
+    log = read_log(out)
+    steps = [r for r in log if "eval" not in r]
+    for key in ("loss", "task_loss", "lagrangian", "lambda_1", "lambda_2", "expected_sparsity", "target"):
+        assert key in steps[-1]
+    assert steps[-1]["target"] == pytest.approx(0.3)  # warm-up over: the full target
+    assert steps[0]["target"] < 0.3  # ramping from 0
+    evals = [r for r in log if "eval" in r]
+    best_evals = [r for r in evals if r["is_best"]]
+    assert best_evals and best_evals[-1]["step"] == best["step"]
+    assert all(r["expected_sparsity"] >= 0.29 for r in best_evals)
+
+    from top.checkpoint import load_checkpoint
+
+    for name in ("best", "last"):
+        checkpoint = load_checkpoint(out / name)
+        assert checkpoint.is_pruned and checkpoint.prune_locations == [2, 3] and checkpoint.bin_num == 10
+        assert (out / name / "vocab.txt").is_file()
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 60
+
+    # `top eval` reads best/ and finds the sparsity the training run reported.
+    assert cli.main(["eval", "--checkpoint", str(out / "best"), "--validation-file", str(tiny["dev"]),
+                     "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "eval")]) == 0
+    record = json.loads((tmp_path / "eval" / "custom.json").read_text())
+    assert record["expected_sparsity"] == pytest.approx(best["expected_sparsity"], abs=1e-6)
+    assert record["metrics"]["accuracy"] == pytest.approx(best["score"])
+
+
+# ------------------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_gives_bit_identical_runs(tiny, reference_run, tmp_path):
+    again = tmp_path / "again"
+    assert cli.main(train_argv(tiny, again, *SHORT)) == 0
+    assert_bit_identical(reference_run / "last", again / "last")
+    assert [r for r in read_log(again) if "eval" in r] == [r for r in read_log(reference_run) if "eval" in r]
+
+    other = tmp_path / "other-seed"
+    assert cli.main(train_argv(tiny, other, *SHORT, "--seed", "58")) == 0
+    with pytest.raises(AssertionError):
+        assert_bit_identical(reference_run / "last", other / "last")
+
+
+# ------------------------------------------------------------------------------------- resume
+
+KILLER = r"""
+import os, signal, sys, torch
+from top import cli
+mode, at = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def kill_on_call():
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if mode == "step":
+    adamw_step = torch.optim.AdamW.step
+    def step(self, *args, **kwargs):
+        kill_on_call()
+        return adamw_step(self, *args, **kwargs)
+    torch.optim.AdamW.step = step
+else:
+    torch_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if ".last.tmp" in str(f):
+            kill_on_call()
+        return torch_save(obj, f, *args, **kwargs)
+    torch.save = save
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, at, saved_step",
+    [
+        # AdamW steps: 1 per step before pruning starts (steps 0-1), then 3 (weights, gates, lambdas);
+        # call 19 is the gates step of step index 7, after last/ was written at step 6.
+        ("step", 19, 6),
+        # Four torch.save calls per last/ (weights, masks, gates, state); call 6 is inside the
+        # step-6 write, so last/ must still be the whole step-3 one.
+        ("save", 6, 3),
+    ],
+    ids=["mid-step", "mid-checkpoint-write"],
+)
+def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mode, at, saved_step):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    killed = subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *train_argv(tiny, out, *SHORT)],
+                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == saved_step
+
+    assert cli.main(train_argv(tiny, out, *SHORT, "--resume")) == 0
+    assert_bit_identical(reference_run / "last", out / "last")
+    assert (out / "best").exists() == (reference_run / "best").exists()
+    if (reference_run / "best").exists():
+        assert_bit_identical(reference_run / "best", out / "best")
+    assert read_log(out) == read_log(reference_run)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="session")
+def odd_teachers(tiny) -> Dict[str, Path]:
+    root = tiny["root"]
+    return {
+        "labels": save_tiny_model(root / "teacher-3-labels", num_labels=3),
+        "vocab": save_tiny_model(root / "teacher-vocab", vocab_extra=7),
+    }
+
+
+@pytest.mark.parametrize(
+    "case, flags, needle",
+    [
+        ("target zero", ["--target-sparsity", "0"], "--target-sparsity"),
+        ("target above one", ["--target-sparsity", "1.5"], "--target-sparsity"),
+        ("prune location beyond depth", ["--target-sparsity", "0.3", "--prune-location", "2,4"], "--prune-location"),
+        ("bin_num below one", ["--target-sparsity", "0.3", "--bin-num", "0"], "--bin-num"),
+        ("resume without last", ["--target-sparsity", "0.3", "--resume"], "--resume"),
+    ],
+)
+def test_bad_flags_exit_2(tiny, tmp_path, capsys, case, flags, needle):
+    argv = train_argv(tiny, tmp_path / "out", *flags)
+    # the later flag wins, so --bin-num 0 overrides the helper's --bin-num 10
+    assert cli.main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which, needle", [("labels", "labels"), ("vocab", "vocabulary")])
+def test_mismatched_teacher_exits_2(tiny, odd_teachers, tmp_path, capsys, which, needle):
+    argv = train_argv(tiny, tmp_path / "out", "--target-sparsity", "0.3")
+    argv[argv.index("--teacher") + 1] = str(odd_teachers[which])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "teacher" in err
+
+
+def test_data_without_labels_exits_2(tiny, tmp_path, capsys):
+    unlabelled = write_data(tmp_path / "unlabelled.csv", 10, seed=3, labels=False)
+    argv = train_argv(tiny, tmp_path / "out", "--target-sparsity", "0.3")
+    argv[argv.index("--train-file") + 1] = str(unlabelled)
+    assert cli.main(argv) == 2
+    assert "label" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+def _namespace(**flags) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    from top import train
+
+    train.add_arguments(parser)
+    argv = ["--model", "m", "--teacher", "t", "--output-dir", "o"]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(argv)
+
+
+def test_presets_come_from_the_task_file_and_flags_override():
+    from top.tasks import get_task
+    from top.train import resolve_settings
+
+    mrpc = get_task("mrpc")
+    settings = resolve_settings(_namespace(), mrpc)
+    assert settings == {"target_sparsity": mrpc.preset.sparsity, "bin_num": mrpc.preset.bin_num,
+                        "topk": mrpc.preset.topk, "warmup_epochs": mrpc.preset.warmup_epochs,
+                        "epochs": mrpc.preset.epochs}
+    overridden = resolve_settings(_namespace(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4), mrpc)
+    assert overridden == {"target_sparsity": 0.5, "bin_num": 7, "topk": 3, "warmup_epochs": 2, "epochs": 4}
+    with pytest.raises(UserError, match="--target-sparsity"):
+        resolve_settings(_namespace(), None)  # custom data has no preset target
+
+
+def test_defaults_follow_the_paper():
+    args = _namespace()
+    assert (args.learning_rate, args.reg_learning_rate, args.rank_loss_alpha) == (1e-5, 0.02, 0.01)
+    assert (args.sparsity_epsilon, args.droprate_init, args.distill_temperature) == (0.01, 0.01, 2.0)
+    assert (args.batch_size, args.max_seq_length, args.seed) == (32, 256, 57)
+
+
+def test_prune_locations_default_to_two_through_depth_minus_one():
+    from top.train import prune_locations
+
+    assert prune_locations(None, 12) == list(range(2, 12))
+    assert prune_locations(None, 6) == [2, 3, 4, 5]
+    assert prune_locations("1,3", 6) == [1, 3]
+    for bad in ("6", "0,2", "3,2", "x"):
+        with pytest.raises(UserError, match="--prune-location"):
+            prune_locations(bad, 6)
