@@ -108,8 +108,9 @@ def _load_state(model: torch.nn.Module, checkpoint) -> None:
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if missing or unexpected:
         raise UserError(
-            "{} does not fit its config.json (missing {}, unexpected {}); use a checkpoint saved "
-            "with its own config.".format(checkpoint.path, missing[:3], unexpected[:3])
+            f"{checkpoint.path} does not fit its config.json (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); use a checkpoint saved "
+            "with its own config."
         )
 
 
@@ -125,6 +126,10 @@ def _load_examples(args: argparse.Namespace, task):
     return examples
 
 
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+
+
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -132,8 +137,8 @@ def _load_tokenizer(path: Path):
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as error:
         raise UserError(
-            "{} holds no usable tokenizer ({}); save the tokenizer files into the checkpoint "
-            "directory.".format(path, str(error).splitlines()[0][:160] if str(error) else type(error).__name__)
+            f"{path} holds no usable tokenizer ({_first_line(error)}); save the tokenizer files into the checkpoint "
+            "directory."
         ) from None
 
 
@@ -262,7 +267,7 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
                 peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
         return peaks, "torch.cuda.max_memory_allocated rise during one batch"
     root = str(Path(__file__).resolve().parent.parent)
-    code = "import sys; sys.path.insert(0, {!r}); from top.bench import memory_probe_main; memory_probe_main()".format(root)
+    code = f"import sys; sys.path.insert(0, {root!r}); from top.bench import memory_probe_main; memory_probe_main()"
     peaks, how = {}, "vmhwm"
     with tempfile.TemporaryDirectory() as tmp:
         batch_path = os.path.join(tmp, "batch.pt")
@@ -304,7 +309,7 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     checkpoint = load_checkpoint(args.checkpoint)
     if not checkpoint.is_pruned:
         raise UserError(
-            "{} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench.".format(checkpoint.path)
+            f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
         )
     tokenizer = _load_tokenizer(checkpoint.path)
     examples = _load_examples(args, task)
@@ -314,9 +319,8 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     full_batches = [b for b in batches if b["size"] == args.batch_size]
     if not full_batches:
         raise UserError(
-            "The dev set has {} examples, fewer than one batch of {}; pass a smaller --batch-size.".format(
-                len(examples), args.batch_size
-            )
+            f"The dev set has {len(examples)} examples, fewer than one batch of {args.batch_size}; "
+            "pass a smaller --batch-size."
         )
 
     dense, top_model = load_models(checkpoint)
@@ -396,7 +400,9 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         "passes": args.passes,
         "warmup_passes": args.warmup_passes,
         "per_pass_ms": {name: [1000.0 * v for v in values] for name, values in per_pass.items()},
-        "mean_tokens_per_example": float(torch.cat([b["trimmed"]["attention_mask"].sum(dim=1).cpu() for b in batches]).double().mean()),
+        "mean_tokens_per_example": float(
+            torch.cat([b["trimmed"]["attention_mask"].sum(dim=1).cpu() for b in batches]).double().mean()
+        ),
         "task_length": task.task_length,
         "peak_memory_mb": memory,
         "peak_memory_measure": memory_how,

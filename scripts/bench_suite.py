@@ -1,0 +1,290 @@
+"""`nox -s bench`: `top bench` on bert-base-shaped checkpoints it builds itself, plus a plot.
+
+For each task (CoLA-like, MNLI-like) it writes, in the published checkpoint layout, a model
+with bert-base shapes and random weights, and 0/1 gates at prune locations 2..11 that prune
+about as much as the paper's checkpoints (token sparsity ~0.43 for CoLA, ~0.5 for MNLI; counted
+exactly on the synthetic dev set). The dev sets are synthetic with the tasks' length
+distributions (CoLA: single sentences, mean ~11 tokens, task length 64; MNLI: pairs, mean ~39,
+task length 128). For each batch size the dev file holds a few batches drawn from across the
+length-sorted full-size dev set, so the sorted batches `top bench` times are those a full dev
+set would give, at a fraction of the time.
+
+Writes bench/<task>-b<batch>.json, bench/summary.json, bench/summary.md and bench/speedup.png;
+with scripts/bench_train_step.py present, also its training step-cost numbers.
+"""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from top import bench  # noqa: E402
+from top.checkpoint import save_checkpoint  # noqa: E402
+from top.compact import survivor_table  # noqa: E402
+from top.data import Example, write_glue_tsv  # noqa: E402
+from top.flops import model_macs  # noqa: E402
+from top.io import atomic_write_json, atomic_write_text  # noqa: E402
+from top.tasks import get_task  # noqa: E402
+
+GOAL = 0.85  # speedup at batch 32 on the CPU >= GOAL x flops_ratio, for each baseline
+# name -> (mean tokens incl. special ones, target token sparsity, full dev-set size, pairs)
+TASKS = {
+    "cola": {"mean_tokens": 11.0, "sparsity": 0.43, "dev_size": 1043, "pairs": False},
+    "mnli": {"mean_tokens": 39.0, "sparsity": 0.50, "dev_size": 9815, "pairs": True},
+}
+BATCHES_TIMED = {1: 16, 8: 4, 32: 3}  # batches per batch size in the timed dev file
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="bench")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--small", action="store_true", help="a small model (hidden 256, 4 layers) for a smoke run")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic data
+
+
+def synthetic_lengths(spec: Dict, task_length: int, gen: torch.Generator) -> List[int]:
+    """Token counts (with [CLS]/[SEP]) of a full-size dev set: log-normal around the task's mean."""
+    sigma = 0.45
+    mu = math.log(spec["mean_tokens"]) - sigma ** 2 / 2
+    raw = torch.exp(mu + sigma * torch.randn(spec["dev_size"], generator=gen))
+    low = 5 if spec["pairs"] else 3
+    return raw.round().clamp(low, task_length).long().tolist()
+
+
+def make_example(length: int, pairs: bool, words: List[str], gen: torch.Generator) -> Example:
+    def sentence(n):
+        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (max(n, 1),), generator=gen))
+
+    if not pairs:
+        return Example(sentence(length - 2), None, int(torch.randint(0, 2, (1,), generator=gen)))
+    body = length - 3  # [CLS] a [SEP] b [SEP]
+    first = max(1, int(round(body * 0.7)))
+    return Example(sentence(first), sentence(body - first), int(torch.randint(0, 3, (1,), generator=gen)))
+
+
+def timed_subset(lengths: List[int], batch_size: int, n_batches: int) -> List[int]:
+    """Lengths of ``n_batches`` length-sorted batches spread evenly across the full dev set."""
+    ordered = sorted(lengths, reverse=True)
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered) - batch_size + 1, batch_size)]
+    picks = [batches[int((k + 0.5) * len(batches) / n_batches)] for k in range(n_batches)]
+    return [n for batch in picks for n in batch]
+
+
+# ----------------------------------------------------------------------------------------------
+# The checkpoint
+
+
+def gates_for_sparsity(lengths: List[int], config, bin_num: int, locations: List[int], target: float):
+    """0/1 gates closing the lowest-ranked bins, as the paper's checkpoints do, reaching ``target``.
+
+    Sparsity is ``1 - compact MACs / dense MACs`` on the unpadded examples, counted exactly.
+    Bins close evenly over the locations, then one more at a time from the first location on,
+    until the target is reached.
+    """
+    layers = config.num_hidden_layers
+    full = torch.tensor(lengths, dtype=torch.long)[:, None].expand(-1, layers)
+    dense = model_macs(full, config).double().sum()
+
+    def sparsity(closed: List[int]) -> float:
+        token_z = torch.ones(len(locations), bin_num)
+        for row, count in enumerate(closed):
+            if count:
+                token_z[row, bin_num - count :] = 0.0
+        table = survivor_table(token_z, torch.ones(len(locations)), max(lengths))
+        kept = []
+        for n in lengths:
+            row, current = [], n
+            for layer in range(layers):
+                if layer in locations:
+                    current = 1 + table[locations.index(layer)][current - 1]
+                row.append(current)
+            kept.append(row)
+        return 1.0 - float(model_macs(torch.tensor(kept), config).double().sum() / dense), token_z
+
+    closed = [0] * len(locations)
+    best = sparsity(closed)
+    for step in range(bin_num * len(locations)):
+        if best[0] >= target:
+            break
+        closed[step % len(locations)] += 1
+        best = sparsity(closed)
+    return best[1], best[0]
+
+
+def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool, seed: int):
+    from transformers import BertConfig, BertTokenizer
+
+    task = get_task(task_name)
+    spec = TASKS[task_name]
+    vocab_size = 30522
+    words = [f"w{i}" for i in range(vocab_size - 5)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vocab_file = path.parent / (path.name + "-vocab.txt")
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    tokenizer = BertTokenizer(str(vocab_file))
+    shape = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024) if small else {}
+    config = BertConfig(vocab_size=vocab_size, num_labels=task.num_labels, **shape)
+    locations = list(range(2, config.num_hidden_layers))
+    token_z, reached = gates_for_sparsity(lengths, config, task.preset.bin_num, locations, spec["sparsity"])
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    save_checkpoint(
+        path, model_state_dict=model.state_dict(), config=config, token_z=token_z,
+        pruner_z=torch.ones(len(locations)), tokenizer=tokenizer,
+        extra={"bench_gates.json": {"prune_locations": locations, "token_sparsity": reached}},
+    )
+    return words, reached
+
+
+# ----------------------------------------------------------------------------------------------
+# Running and reporting
+
+
+def run_one(task_name, batch_size, checkpoint, data_dir, args, output: Path) -> Dict:
+    argv = [
+        "--task", task_name, "--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
+        "--batch-size", str(batch_size), "--device", args.device, "--threads", str(args.threads),
+        "--passes", str(args.passes), "--output", str(output),
+    ]
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    namespace = parser.parse_args(argv)
+    bench.run(namespace)
+    return json.loads(output.read_text())
+
+
+def summary_table(results: List[Dict]) -> str:
+    lines = [
+        "| task | batch | compact ms | vs dense padded: speedup / FLOPs limit (ratio) "
+        "| vs dense dynamic: speedup / FLOPs limit (ratio) | agreement | peak MB compact / padded / dynamic |",
+        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+    ]
+    for r in results:
+        cells = []
+        for name in ("dense_padded", "dense_dynamic"):
+            b = r["baselines"][name]
+            ratio = b["speedup"] / b["flops_ratio"]
+            cells.append("{:.2f}x / {:.2f}x ({:.2f})".format(b["speedup"], b["flops_ratio"], ratio))
+        peak = r.get("peak_memory_mb") or {}
+        mb = {name: "-" if peak.get(name) is None else f"{peak[name]:.0f}" for name in bench.METHODS}
+
+        lines.append("| {} | {} | {:.1f} | {} | {} | {:.3f} | {} / {} / {} |".format(
+            r["task"], r["batch_size"], r["compact"]["ms_per_batch"], cells[0], cells[1],
+            r["agreement_with_faithful"], mb["compact"], mb["dense_padded"], mb["dense_dynamic"],
+        ))
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: List[Dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing; no plot written (pip install matplotlib)", file=sys.stderr)
+        return False
+    tasks = sorted({r["task"] for r in results})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    colors = {"dense_padded": "tab:blue", "dense_dynamic": "tab:orange"}
+    for ax, task in zip(axes[0], tasks):
+        rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["batch_size"])
+        sizes = [r["batch_size"] for r in rows]
+        for name, color in colors.items():
+            ax.plot(sizes, [r["baselines"][name]["speedup"] for r in rows], "o-", color=color,
+                    label="measured vs " + name)
+            ax.plot(sizes, [r["baselines"][name]["flops_ratio"] for r in rows], "--", color=color,
+                    label="FLOPs limit vs " + name)
+            ax.plot(sizes, [GOAL * r["baselines"][name]["flops_ratio"] for r in rows], ":", color=color,
+                    alpha=0.6, label=f"goal ({GOAL} x limit)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(s) for s in sizes])
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speedup of compact")
+        device = rows[0]["device"] if rows else ""
+        ax.set_title("{} ({}, {} threads)".format(task, device, rows[0]["threads"] if rows else ""))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+    return True
+
+
+def train_step_numbers(output_dir: Path, args) -> None:
+    script = ROOT / "scripts" / "bench_train_step.py"
+    if not script.is_file():
+        return
+    command = [sys.executable, str(script), "--output-dir", str(output_dir)]
+    print("running", " ".join(command))
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        print(f"bench_train_step.py failed with exit status {result.returncode}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    work = output_dir / "work"
+    results = []
+    for task_name in args.tasks:
+        task = get_task(task_name)
+        spec = TASKS[task_name]
+        gen = torch.Generator().manual_seed(args.seed)
+        lengths = synthetic_lengths(spec, task.task_length, gen)
+        checkpoint = work / f"{task_name}-checkpoint"
+        words, reached = build_checkpoint(checkpoint, task_name, lengths, args.small, args.seed)
+        print(f"{task_name}: mean length {sum(lengths) / len(lengths):.1f}, gates reach token sparsity {reached:.3f}")
+        for batch_size in args.batch_sizes:
+            subset = timed_subset(lengths, batch_size, BATCHES_TIMED.get(batch_size, 4))
+            examples = [make_example(n, spec["pairs"], words, gen) for n in subset]
+            data_dir = work / f"data-{task_name}-b{batch_size}"
+            write_glue_tsv(task, examples, data_dir / task.glue_dir / task.file_name("dev"), split="dev")
+            result = run_one(task_name, batch_size, checkpoint, data_dir, args,
+                             output_dir / f"{task_name}-b{batch_size}.json")
+            result["token_sparsity"] = reached
+            atomic_write_json(output_dir / f"{task_name}-b{batch_size}.json", result)
+            results.append(result)
+    table = summary_table(results)
+    goal_rows = [r for r in results if r["batch_size"] == 32 and r["device"] == "cpu"]
+    met = None
+    if goal_rows:
+        met = all(
+            r["baselines"][name]["speedup"] >= GOAL * r["baselines"][name]["flops_ratio"]
+            for r in goal_rows for name in ("dense_padded", "dense_dynamic")
+        )
+    verdict = {None: "not measured", True: "met", False: "not met"}[met]
+    note = f"Goal (batch 32, CPU): speedup >= {GOAL} x FLOPs ratio for each baseline: {verdict}.\n"
+    atomic_write_text(output_dir / "summary.md", table + "\n" + note)
+    atomic_write_json(output_dir / "summary.json", {"goal": GOAL, "goal_met": met,
+                                                    "results": results})
+    plot(results, output_dir / "speedup.png")
+    train_step_numbers(output_dir, args)
+    print(table + "\n" + note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
