@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_train import build_tiny, read_log, single_thread, subprocess_env, tensors, train_argv
 
-from test_train import ROOT, read_log, tensors, tiny, train_argv  # noqa: F401  (tiny is a fixture)
 from top import cli
 
-STEPS = ("--target-sparsity", "0.3", "--max-steps", "6", "--warmup-epochs", "1", "--reg-learning-rate", "0.1",
-         "--eval-steps", "3", "--save-steps", "3", "--logging-steps", "1")
+STEPS = (
+    "--target-sparsity",
+    "0.3",
+    "--max-steps",
+    "6",
+    "--warmup-epochs",
+    "1",
+    "--reg-learning-rate",
+    "0.1",
+    "--eval-steps",
+    "3",
+    "--save-steps",
+    "3",
+    "--logging-steps",
+    "1",
+)
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
 
 
 def _free_port() -> int:
@@ -33,11 +48,29 @@ def test_two_processes_match_one_process(tiny, tmp_path):
     double = tmp_path / "double"
     argv = train_argv(tiny, double, *STEPS, model_key="model_no_dropout")
     argv[argv.index("--batch-size") + 1] = "4"  # 2 x 4: the same global batch
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = subprocess_env()
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "top", *argv],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "top",
+            *argv,
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
 

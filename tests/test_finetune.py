@@ -7,15 +7,34 @@ import json
 
 import pytest
 import torch
+from test_train import build_tiny, read_log, single_thread, write_data
 
-from test_train import read_log, tiny, write_data  # noqa: F401  (tiny is a fixture)
 from top import cli
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
 
 
 def finetune_argv(tiny, out, *extra):
-    return ["finetune", "--model", str(tiny["model"]), "--train-file", str(tiny["train"]),
-            "--validation-file", str(tiny["dev"]), "--batch-size", "16", "--learning-rate", "1e-3",
-            "--device", "cpu", "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "finetune",
+        "--model",
+        str(tiny["model"]),
+        "--train-file",
+        str(tiny["train"]),
+        "--validation-file",
+        str(tiny["dev"]),
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def test_finetune_keeps_the_best_and_the_last_in_hf_layout(tiny, tmp_path):
@@ -43,17 +62,46 @@ def test_finetune_keeps_the_best_and_the_last_in_hf_layout(tiny, tmp_path):
             if "embeddings" in key:
                 assert torch.equal(trained[key], start[key]), key
         assert not torch.equal(trained["classifier.weight"], start["classifier.weight"])
-        assert not torch.equal(trained["bert.encoder.layer.0.output.dense.weight"],
-                               start["bert.encoder.layer.0.output.dense.weight"])
+        assert not torch.equal(
+            trained["bert.encoder.layer.0.output.dense.weight"], start["bert.encoder.layer.0.output.dense.weight"]
+        )
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 12
 
     # The fine-tuned model is what `top train` takes as student and teacher.
     pruned = tmp_path / "pruned"
-    assert cli.main(["train", "--model", str(out / "best"), "--teacher", str(out / "best"),
-                     "--train-file", str(tiny["train"]), "--validation-file", str(tiny["dev"]),
-                     "--target-sparsity", "0.3", "--max-steps", "4", "--eval-steps", "2", "--bin-num", "5",
-                     "--topk", "5", "--batch-size", "16", "--device", "cpu", "--no-progress",
-                     "--output-dir", str(pruned)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--model",
+                str(out / "best"),
+                "--teacher",
+                str(out / "best"),
+                "--train-file",
+                str(tiny["train"]),
+                "--validation-file",
+                str(tiny["dev"]),
+                "--target-sparsity",
+                "0.3",
+                "--max-steps",
+                "4",
+                "--eval-steps",
+                "2",
+                "--bin-num",
+                "5",
+                "--topk",
+                "5",
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--output-dir",
+                str(pruned),
+            ]
+        )
+        == 0
+    )
     assert (pruned / "last" / "zs.pt").is_file()
 
 
@@ -80,8 +128,10 @@ def test_defaults_follow_the_preft_script():
     assert args.epochs is None and args.eval_steps is None  # per task; once per epoch
 
 
-@pytest.mark.parametrize("task, epochs", [("mrpc", 10), ("rte", 10), ("stsb", 10), ("cola", 10),
-                                          ("sst2", 3), ("qnli", 3), ("qqp", 3), ("mnli", 3)])
+@pytest.mark.parametrize(
+    "task, epochs",
+    [("mrpc", 10), ("rte", 10), ("stsb", 10), ("cola", 10), ("sst2", 3), ("qnli", 3), ("qqp", 3), ("mnli", 3)],
+)
 def test_epochs_default_by_task_size(task, epochs):
     from top.finetune import default_epochs
     from top.loop import TaskData

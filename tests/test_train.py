@@ -15,8 +15,8 @@ from typing import Dict, List
 
 import pytest
 import torch
-
 from builders import WORDS, tiny_config, tiny_tokenizer
+
 from top import cli
 from top.errors import UserError
 
@@ -26,8 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------- builders
 
 
-def save_tiny_model(directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: float = 0.1,
-                    vocab_extra: int = 0, seed: int = 0) -> Path:
+def single_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin for ages."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+
+
+def subprocess_env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+
+
+def save_tiny_model(
+    directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: float = 0.1, vocab_extra: int = 0, seed: int = 0
+) -> Path:
     """A random tiny BERT classifier plus its tokenizer, in HF layout readable by both stacks."""
     from transformers import BertForSequenceClassification
 
@@ -36,7 +52,11 @@ def save_tiny_model(directory: Path, *, num_labels: int = 2, layers: int = 4, dr
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     config.vocab_size += vocab_extra
     model = BertForSequenceClassification(config)
-    kwargs = {"safe_serialization": False} if "safe_serialization" in inspect.signature(model.save_pretrained).parameters else {}
+    kwargs = (
+        {"safe_serialization": False}
+        if "safe_serialization" in inspect.signature(model.save_pretrained).parameters
+        else {}
+    )
     model.save_pretrained(str(directory), **kwargs)
     tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
     return directory
@@ -54,8 +74,8 @@ def write_data(path: Path, n: int, seed: int, labels: bool = True) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Dict[str, Path]:
+def build_tiny(tmp_path_factory) -> Dict[str, Path]:
+    """Two tiny models (with and without dropout) and a train and a dev csv."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "model": save_tiny_model(root / "model"),
@@ -66,17 +86,51 @@ def tiny(tmp_path_factory) -> Dict[str, Path]:
     }
 
 
+tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
+
+
 def train_argv(tiny: Dict[str, Path], out: Path, *extra: str, model_key: str = "model") -> List[str]:
     return [
-        "train", "--model", str(tiny[model_key]), "--teacher", str(tiny[model_key]),
-        "--train-file", str(tiny["train"]), "--validation-file", str(tiny["dev"]),
-        "--bin-num", "10", "--topk", "5", "--batch-size", "8", "--device", "cpu",
-        "--no-progress", "--output-dir", str(out), *extra,
+        "train",
+        "--model",
+        str(tiny[model_key]),
+        "--teacher",
+        str(tiny[model_key]),
+        "--train-file",
+        str(tiny["train"]),
+        "--validation-file",
+        str(tiny["dev"]),
+        "--bin-num",
+        "10",
+        "--topk",
+        "5",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
     ]
 
 
-SHORT = ("--target-sparsity", "0.3", "--max-steps", "12", "--warmup-epochs", "1", "--reg-learning-rate", "0.1",
-         "--eval-steps", "4", "--save-steps", "3", "--logging-steps", "2")
+SHORT = (
+    "--target-sparsity",
+    "0.3",
+    "--max-steps",
+    "12",
+    "--warmup-epochs",
+    "1",
+    "--reg-learning-rate",
+    "0.1",
+    "--eval-steps",
+    "4",
+    "--save-steps",
+    "3",
+    "--logging-steps",
+    "2",
+)
 
 
 def tensors(directory: Path) -> Dict[str, torch.Tensor]:
@@ -112,8 +166,24 @@ def reference_run(tiny, tmp_path_factory) -> Path:
 
 def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
     out = tmp_path / "out"
-    argv = train_argv(tiny, out, "--target-sparsity", "0.3", "--max-steps", "60", "--warmup-epochs", "1",
-                      "--reg-learning-rate", "0.2", "--eval-steps", "5", "--save-steps", "20", "--logging-steps", "5")
+    argv = train_argv(
+        tiny,
+        out,
+        "--target-sparsity",
+        "0.3",
+        "--max-steps",
+        "60",
+        "--warmup-epochs",
+        "1",
+        "--reg-learning-rate",
+        "0.2",
+        "--eval-steps",
+        "5",
+        "--save-steps",
+        "20",
+        "--logging-steps",
+        "5",
+    )
     assert cli.main(argv) == 0
 
     run = json.loads((out / "run.json").read_text())
@@ -146,8 +216,23 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 60
 
     # `top eval` reads best/ and finds the sparsity the training run reported.
-    assert cli.main(["eval", "--checkpoint", str(out / "best"), "--validation-file", str(tiny["dev"]),
-                     "--device", "cpu", "--no-progress", "--output-dir", str(tmp_path / "eval")]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best"),
+                "--validation-file",
+                str(tiny["dev"]),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--output-dir",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "eval" / "custom.json").read_text())
     assert record["expected_sparsity"] == pytest.approx(best["expected_sparsity"], abs=1e-6)
     assert record["metrics"]["accuracy"] == pytest.approx(best["score"])
@@ -212,9 +297,15 @@ sys.exit(cli.main(sys.argv[3:]))
 )
 def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mode, at, saved_step):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    killed = subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *train_argv(tiny, out, *SHORT)],
-                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    env = subprocess_env()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, mode, str(at), *train_argv(tiny, out, *SHORT)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == saved_step
 
@@ -292,9 +383,13 @@ def test_presets_come_from_the_task_file_and_flags_override():
 
     mrpc = get_task("mrpc")
     settings = resolve_settings(_namespace(), mrpc)
-    assert settings == {"target_sparsity": mrpc.preset.sparsity, "bin_num": mrpc.preset.bin_num,
-                        "topk": mrpc.preset.topk, "warmup_epochs": mrpc.preset.warmup_epochs,
-                        "epochs": mrpc.preset.epochs}
+    assert settings == {
+        "target_sparsity": mrpc.preset.sparsity,
+        "bin_num": mrpc.preset.bin_num,
+        "topk": mrpc.preset.topk,
+        "warmup_epochs": mrpc.preset.warmup_epochs,
+        "epochs": mrpc.preset.epochs,
+    }
     overridden = resolve_settings(_namespace(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4), mrpc)
     assert overridden == {"target_sparsity": 0.5, "bin_num": 7, "topk": 3, "warmup_epochs": 2, "epochs": 4}
     with pytest.raises(UserError, match="--target-sparsity"):

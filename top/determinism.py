@@ -51,7 +51,13 @@ def rng_state() -> Dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: Dict[str, Any] = {
         "python": [int(version), [int(x) for x in internal], gauss],
-        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "numpy": [
+            str(kind),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": [],
     }

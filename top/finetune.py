@@ -33,7 +33,9 @@ SMALL_CUSTOM_EXAMPLES = 10_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pre-trained model directory or hub id, e.g. bert-base-uncased")
     loop.add_data_arguments(parser)
-    parser.add_argument("--epochs", type=float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3")
+    parser.add_argument(
+        "--epochs", type=float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
+    )
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--eval-steps", type=int, help="score the dev set every this many steps (default: every epoch)")
@@ -60,15 +62,19 @@ def load_model(args: argparse.Namespace, data: loop.TaskData):
     try:
         config = AutoConfig.from_pretrained(args.model, num_labels=data.num_labels, finetuning_task=data.name)
     except Exception as error:
-        raise UserError(f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it.") from None
+        raise UserError(
+            f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
+        ) from None
     if data.task is not None and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
     try:
         return AutoModelForSequenceClassification.from_pretrained(args.model, config=config)
     except (OSError, RuntimeError, ValueError) as error:
-        raise UserError(f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "
-                        f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder.") from None
+        raise UserError(
+            f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "
+            f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder."
+        ) from None
 
 
 def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
@@ -86,9 +92,13 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from top.data import encode
     from top.metrics import compute_metrics
 
-    loop.check_positive(batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                        max_seq_length=args.max_seq_length, eval_steps=args.eval_steps,
-                        logging_steps=args.logging_steps)
+    loop.check_positive(
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        max_seq_length=args.max_seq_length,
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+    )
     if not args.learning_rate >= 0:
         raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
     out = Path(args.output_dir)
@@ -100,7 +110,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except Exception as error:
-        raise UserError(f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one.") from None
+        raise UserError(
+            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
+        ) from None
     train_set = encode(data.train, tokenizer, args.max_seq_length)
     dev_set = encode(data.dev, tokenizer, args.max_seq_length)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
@@ -115,13 +127,22 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if (out / "log.jsonl").exists():
             (out / "log.jsonl").unlink()
-        atomic_write_json(out / "run.json", {
-            "command": "finetune", "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            "total_steps": total_steps, "steps_per_epoch": order.steps_per_epoch, "eval_steps": eval_steps,
-            "world_size": dist.world_size, "deterministic": flags, "environment": determinism.environment_record(),
-        })
-        logger.info("fine-tuning %s on %s: %d steps of %d examples", args.model, data.name, total_steps,
-                    order.global_batch)
+        atomic_write_json(
+            out / "run.json",
+            {
+                "command": "finetune",
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                "total_steps": total_steps,
+                "steps_per_epoch": order.steps_per_epoch,
+                "eval_steps": eval_steps,
+                "world_size": dist.world_size,
+                "deterministic": flags,
+                "environment": determinism.environment_record(),
+            },
+        )
+        logger.info(
+            "fine-tuning %s on %s: %d steps of %d examples", args.model, data.name, total_steps, order.global_batch
+        )
 
     best: Dict[str, Optional[float]] = {"score": None, "step": None}
     bar = tqdm(total=total_steps, desc="fine-tune", disable=args.no_progress or not dist.is_main, dynamic_ncols=True)
@@ -143,13 +164,20 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
         bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
         bar.update(1)
         if step % args.logging_steps == 0 or step == total_steps:
-            log.write({"step": step, "epoch": step / order.steps_per_epoch, "loss": loss,
-                       "learning_rate": scheduler.get_last_lr()[0]})
+            log.write(
+                {
+                    "step": step,
+                    "epoch": step / order.steps_per_epoch,
+                    "loss": loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                }
+            )
         if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 model.eval()
-                logits, labels = loop.predict(lambda b: model(**loop.model_inputs(b)), dev_set,
-                                              args.eval_batch_size, device)
+                logits, labels = loop.predict(
+                    lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
+                )
                 model.train()
                 metrics = compute_metrics(data.metric_kind, logits, labels)
                 score = metrics[data.metric]
@@ -163,7 +191,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     bar.close()
     if dist.is_main:
         save_model(out / "last", model, tokenizer, {"step": total_steps, "best": best})
-        atomic_write_json(out / "summary.json", {"metric": data.metric, "best": best, "steps": total_steps,
-                                                 "seconds": round(time.time() - start_time, 1)})
+        atomic_write_json(
+            out / "summary.json",
+            {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
+        )
         print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
     return 0

@@ -164,8 +164,9 @@ class BatchOrder:
         return chunk[self.rank :: self.world_size], chunk
 
 
-def step_batch(encoded: Dict[str, torch.Tensor], local: torch.Tensor, chunk: torch.Tensor,
-               device: torch.device) -> Dict[str, torch.Tensor]:
+def step_batch(
+    encoded: Dict[str, torch.Tensor], local: torch.Tensor, chunk: torch.Tensor, device: torch.device
+) -> Dict[str, torch.Tensor]:
     """This rank's share of a step, cut to the longest member of the whole global batch.
 
     Cutting every rank to the same length keeps the attention shapes (and so the token
@@ -385,7 +386,9 @@ def load_state_file(directory: Path) -> Dict[str, Any]:
     try:
         return torch.load(str(file), map_location="cpu", **kwargs)
     except Exception as error:
-        raise UserError(f"{file} cannot be read ({type(error).__name__}); start the run again without --resume.") from None
+        raise UserError(
+            f"{file} cannot be read ({type(error).__name__}); start the run again without --resume."
+        ) from None
 
 
 def iterate_steps(start: int, total: int) -> Iterator[int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -56,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-loss-alpha", type=float, default=0.01)
     parser.add_argument("--sparsity-epsilon", type=float, default=0.01)
     parser.add_argument(
-        "--droprate-init", type=float, default=0.01,
+        "--droprate-init",
+        type=float,
+        default=0.01,
         help="recorded for parity with the original, whose token and layer gates start at logits 10 and -10 regardless",
     )
     parser.add_argument("--distill-temperature", type=float, default=2.0)
@@ -72,10 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
     """Flags over the task's preset; bad values are the user's to fix."""
-    preset = dict(CUSTOM_PRESET) if task is None else {
-        "bin_num": task.preset.bin_num, "topk": task.preset.topk,
-        "warmup_epochs": task.preset.warmup_epochs, "epochs": task.preset.epochs,
-    }
+    preset = (
+        dict(CUSTOM_PRESET)
+        if task is None
+        else {
+            "bin_num": task.preset.bin_num,
+            "topk": task.preset.topk,
+            "warmup_epochs": task.preset.warmup_epochs,
+            "epochs": task.preset.epochs,
+        }
+    )
     target = args.target_sparsity
     if target is None:
         if task is None:
@@ -96,9 +103,14 @@ def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
         raise UserError(f"--topk is {settings['topk']}; give a positive number of tokens to rank, e.g. 20.")
     if settings["warmup_epochs"] < 0:
         raise UserError(f"--warmup-epochs is {settings['warmup_epochs']}; give 0 or more.")
-    loop.check_positive(batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                        max_seq_length=args.max_seq_length, eval_steps=args.eval_steps,
-                        save_steps=args.save_steps, logging_steps=args.logging_steps)
+    loop.check_positive(
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        max_seq_length=args.max_seq_length,
+        eval_steps=args.eval_steps,
+        save_steps=args.save_steps,
+        logging_steps=args.logging_steps,
+    )
     if not args.reg_learning_rate > 0 or not args.learning_rate >= 0:
         raise UserError("--learning-rate must be >= 0 and --reg-learning-rate > 0; fix their values.")
     return settings
@@ -114,7 +126,9 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
     try:
         locations = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--prune-location {spec!r} is not a comma-separated list of layer indices, e.g. 2,3,4.") from None
+        raise UserError(
+            f"--prune-location {spec!r} is not a comma-separated list of layer indices, e.g. 2,3,4."
+        ) from None
     bad = [loc for loc in locations if not 1 <= loc < num_layers]
     if bad or not locations:
         raise UserError(
@@ -132,7 +146,9 @@ def load_config(name: str, flag: str):
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as error:
-        raise UserError(f"{flag} {name} is not a model directory or hub id ({type(error).__name__}); fix the path.") from None
+        raise UserError(
+            f"{flag} {name} is not a model directory or hub id ({type(error).__name__}); fix the path."
+        ) from None
 
 
 def check_teacher(student_config, teacher_config, num_labels: int, args) -> None:
@@ -189,8 +205,12 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
     if dist.is_main:
-        logger.info("prune locations %s for a %d-layer model%s", locations, student_config.num_hidden_layers,
-                    "" if args.prune_location else " (default 2..L-1)")
+        logger.info(
+            "prune locations %s for a %d-layer model%s",
+            locations,
+            student_config.num_hidden_layers,
+            "" if args.prune_location else " (default 2..L-1)",
+        )
         logger.info("settings %s", settings)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -204,8 +224,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         student = ToPForSequenceClassification.from_pretrained(args.model, prune_locations=locations)
         teacher = ToPForSequenceClassification.from_pretrained(args.teacher, prune_locations=[])
     except (OSError, RuntimeError, ValueError) as error:
-        raise UserError(f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
-                        "give fine-tuned model directories.") from None
+        raise UserError(
+            f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
+            "give fine-tuned model directories."
+        ) from None
     student.config.finetuning_task = data.name
     gates = TokenGates(locations, settings["bin_num"])
     student.to(device)
@@ -219,16 +241,24 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         schedule_steps = total_steps - PREPRUNING_STEPS if pruning else total_steps
         optimizers = {"weights": weights, "scheduler": loop.linear_schedule(weights, schedule_steps)}
         if pruning:
-            optimizers["gates"] = torch.optim.AdamW(gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0)
+            optimizers["gates"] = torch.optim.AdamW(
+                gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0
+            )
             # The multipliers climb the Lagrangian: gradient ascent.
             optimizers["lambdas"] = torch.optim.AdamW(
-                gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True)
+                gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
+            )
         return optimizers
 
     # Training state: what last/ saves and --resume restores.
     step = 0
-    best = {"score": None, "step": None, "expected_sparsity": None, "expected_sequence_sparsity": None,
-            "flops_reduction": None}
+    best = {
+        "score": None,
+        "step": None,
+        "expected_sparsity": None,
+        "expected_sequence_sparsity": None,
+        "flops_reduction": None,
+    }
     saving_best = False
     optimizers = build_optimizers(False)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
@@ -241,12 +271,21 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if (out / "log.jsonl").exists():
             (out / "log.jsonl").unlink()
-        atomic_write_json(out / "run.json", {
-            "command": "train", "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            "settings": settings, "prune_locations": locations, "total_steps": total_steps,
-            "warmup_steps": warmup_steps, "steps_per_epoch": order.steps_per_epoch,
-            "world_size": dist.world_size, "deterministic": flags, "environment": determinism.environment_record(),
-        })
+        atomic_write_json(
+            out / "run.json",
+            {
+                "command": "train",
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                "settings": settings,
+                "prune_locations": locations,
+                "total_steps": total_steps,
+                "warmup_steps": warmup_steps,
+                "steps_per_epoch": order.steps_per_epoch,
+                "world_size": dist.world_size,
+                "deterministic": flags,
+                "environment": determinism.environment_record(),
+            },
+        )
     target = settings["target_sparsity"]
 
     def warmup_progress(pruned_steps: int) -> float:
@@ -262,14 +301,19 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
         def on_batch(batch, output):
             if pruning:
-                s, seq = flops.expected_sparsities(token_z, pruner_z, locations, student.config,
-                                                   batch["attention_mask"], data.task_length)
+                s, seq = flops.expected_sparsities(
+                    token_z, pruner_z, locations, student.config, batch["attention_mask"], data.task_length
+                )
                 sparsities.append(float(s))
                 sequence_sparsities.append(float(seq))
 
         logits, labels = loop.predict(
             lambda b: student(**loop.model_inputs(b), mode="faithful", token_z=token_z, pruner_z=pruner_z),
-            dev_set, args.eval_batch_size, device, on_batch)
+            dev_set,
+            args.eval_batch_size,
+            device,
+            on_batch,
+        )
         student.train()
         metrics = compute_metrics(data.metric_kind, logits, labels)
         record = {"step": at_step, "eval": metrics, "score": metrics[data.metric]}
@@ -288,19 +332,29 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if not dist.is_main:
             return
         state = {
-            "step": at_step, "pruning": "gates" in optimizers, "best": best, "saving_best": saving_best,
-            "world_size": dist.world_size, "rng": rng,
+            "step": at_step,
+            "pruning": "gates" in optimizers,
+            "best": best,
+            "saving_best": saving_best,
+            "world_size": dist.world_size,
+            "rng": rng,
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         }
         with atomic_directory(last_dir) as tmp:
-            write_checkpoint(tmp, student, gates, tokenizer, extra={"trainer_state.json": {
-                "step": at_step, "total_steps": total_steps, "best": best}})
+            write_checkpoint(
+                tmp,
+                student,
+                gates,
+                tokenizer,
+                extra={"trainer_state.json": {"step": at_step, "total_steps": total_steps, "best": best}},
+            )
             loop.save_state_file(tmp, state)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main, dynamic_ncols=True
+    )
     student.train()
     start_time = time.time()
     while step < total_steps:
@@ -337,12 +391,14 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             progress = warmup_progress(pruned_steps)
             step_target = target * progress
             token_score, pruner_score = gates.keep_probabilities()
-            relative, _ = flops.relative_macs(token_score, pruner_score, locations, student.config,
-                                              batch["attention_mask"], data.task_length)
+            relative, _ = flops.relative_macs(
+                token_score, pruner_score, locations, student.config, batch["attention_mask"], data.task_length
+            )
             expected = 1 - dist.gather_sum(relative.sum()) / global_batch
             lag = lagrangian_loss(expected, step_target, gates.lambda_1, gates.lambda_2)
-            rank = rank_distillation_loss(student_out.importance, teacher_out.importance[-1],
-                                          batch["attention_mask"][:, 1:], settings["topk"])
+            rank = rank_distillation_loss(
+                student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], settings["topk"]
+            )
             rank_weight = args.rank_loss_alpha * max(0.01, 1.0 - progress)
             loss = loss + share * rank_weight * rank + lag
         loss.backward()
@@ -361,37 +417,68 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
         values = {
             "loss": _number(task_loss) + rank_weight * _number(rank) + _number(lag),
-            "task_loss": _number(task_loss), "lagrangian": _number(lag), "rank_loss": _number(rank),
-            "lambda_1": _number(gates.lambda_1), "lambda_2": _number(gates.lambda_2),
-            "expected_sparsity": _number(expected), "target": step_target,
+            "task_loss": _number(task_loss),
+            "lagrangian": _number(lag),
+            "rank_loss": _number(rank),
+            "lambda_1": _number(gates.lambda_1),
+            "lambda_2": _number(gates.lambda_2),
+            "expected_sparsity": _number(expected),
+            "target": step_target,
         }
-        bar.set_postfix({"loss": f"{values['loss']:.4f}", "task": f"{values['task_loss']:.4f}",
-                         "lag": f"{values['lagrangian']:.4f}", "l1": f"{values['lambda_1']:.3f}",
-                         "l2": f"{values['lambda_2']:.3f}",
-                         "sparsity": f"{values['expected_sparsity']:.3f}/{step_target:.3f}"}, refresh=False)
+        bar.set_postfix(
+            {
+                "loss": f"{values['loss']:.4f}",
+                "task": f"{values['task_loss']:.4f}",
+                "lag": f"{values['lagrangian']:.4f}",
+                "l1": f"{values['lambda_1']:.3f}",
+                "l2": f"{values['lambda_2']:.3f}",
+                "sparsity": f"{values['expected_sparsity']:.3f}/{step_target:.3f}",
+            },
+            refresh=False,
+        )
         bar.update(1)
         if step % args.logging_steps == 0 or step == total_steps:
-            log.write({"step": step, "epoch": step / order.steps_per_epoch,
-                       "learning_rate": optimizers["scheduler"].get_last_lr()[0], **values})
+            log.write(
+                {
+                    "step": step,
+                    "epoch": step / order.steps_per_epoch,
+                    "learning_rate": optimizers["scheduler"].get_last_lr()[0],
+                    **values,
+                }
+            )
 
         if step % args.eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 record = evaluate(step)
                 if pruning and not saving_best and record["expected_sparsity"] >= target - args.sparsity_epsilon:
                     saving_best = True
-                    logger.info("step %d: expected sparsity %.4f reached the target %.2f - eps; best/ is saved from now on",
-                                step, record["expected_sparsity"], target)
+                    logger.info(
+                        "step %d: expected sparsity %.4f reached the target %.2f - eps; best/ is saved from now on",
+                        step,
+                        record["expected_sparsity"],
+                        target,
+                    )
                 record["is_best"] = bool(saving_best and (best["score"] is None or record["score"] > best["score"]))
                 if record["is_best"]:
-                    best = {"score": record["score"], "step": step,
-                            "expected_sparsity": record["expected_sparsity"],
-                            "expected_sequence_sparsity": record["expected_sequence_sparsity"],
-                            "flops_reduction": record["flops_reduction"]}
-                    write_checkpoint(best_dir, student, gates, tokenizer, extra={"trainer_state.json": {
-                        "step": step, "eval": record}})
+                    best = {
+                        "score": record["score"],
+                        "step": step,
+                        "expected_sparsity": record["expected_sparsity"],
+                        "expected_sequence_sparsity": record["expected_sequence_sparsity"],
+                        "flops_reduction": record["flops_reduction"],
+                    }
+                    write_checkpoint(
+                        best_dir,
+                        student,
+                        gates,
+                        tokenizer,
+                        extra={"trainer_state.json": {"step": step, "eval": record}},
+                    )
                 log.write(record)
-                bar.write(f"step {step}: {data.metric} {record['score']:.4f}"
-                          + (f", expected sparsity {record['expected_sparsity']:.4f} (target {target})" if pruning else ""))
+                bar.write(
+                    f"step {step}: {data.metric} {record['score']:.4f}"
+                    + (f", expected sparsity {record['expected_sparsity']:.4f} (target {target})" if pruning else "")
+                )
             dist.barrier()
         if step % args.save_steps == 0 or step == total_steps:
             save_last(step)
@@ -399,15 +486,24 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     bar.close()
 
     if dist.is_main:
-        summary = {"metric": data.metric, "best": best, "target_sparsity": target, "steps": step,
-                   "seconds": round(time.time() - start_time, 1)}
+        summary = {
+            "metric": data.metric,
+            "best": best,
+            "target_sparsity": target,
+            "steps": step,
+            "seconds": round(time.time() - start_time, 1),
+        }
         atomic_write_json(out / "summary.json", summary)
         if best["score"] is None:
-            print(f"No evaluation reached the target sparsity {target} within {args.sparsity_epsilon}; "
-                  f"best/ was not written (see {out / 'log.jsonl'}).")
+            print(
+                f"No evaluation reached the target sparsity {target} within {args.sparsity_epsilon}; "
+                f"best/ was not written (see {out / 'log.jsonl'})."
+            )
         else:
-            print(f"best {data.metric} {best['score']:.4f} at step {best['step']}: expected sparsity "
-                  f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {best_dir}")
+            print(
+                f"best {data.metric} {best['score']:.4f} at step {best['step']}: expected sparsity "
+                f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {best_dir}"
+            )
     return 0
 
 
@@ -419,8 +515,14 @@ def write_checkpoint(path: Path, student, gates, tokenizer, extra: Optional[Dict
     """The published layout (config, weights, zs.pt, l0_module.pt, tokenizer), written atomically."""
     from top.checkpoint import save_checkpoint
 
-    save_checkpoint(path, model_state_dict=student.hf_model.state_dict(), config=student.config,
-                    gate_state=gates.state_for_checkpoint(), tokenizer=tokenizer, extra=extra)
+    save_checkpoint(
+        path,
+        model_state_dict=student.hf_model.state_dict(),
+        config=student.config,
+        gate_state=gates.state_for_checkpoint(),
+        tokenizer=tokenizer,
+        extra=extra,
+    )
 
 
 def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distributed):
@@ -432,12 +534,16 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
     checkpoint = load_checkpoint(last_dir)
     missing, unexpected = student.hf_model.load_state_dict(checkpoint.state_dict, strict=False)
     if missing or unexpected:
-        raise UserError(f"{last_dir} does not fit the --model architecture (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); resume with the flags of the original run.")
+        raise UserError(
+            f"{last_dir} does not fit the --model architecture (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); resume with the flags of the original run."
+        )
     saved = TokenGates.from_state(checkpoint.gate_state)
     if saved.prune_locations != gates.prune_locations or saved.bin_num != gates.bin_num:
-        raise UserError(f"{last_dir} has gates at {saved.prune_locations} with {saved.bin_num} bins; "
-                        "resume with the --prune-location and --bin-num of the original run.")
+        raise UserError(
+            f"{last_dir} has gates at {saved.prune_locations} with {saved.bin_num} bins; "
+            "resume with the --prune-location and --bin-num of the original run."
+        )
     gates.load_state_dict(saved.state_dict())
     step = int(state["step"])
     optimizers = build_optimizers(bool(state["pruning"]))
@@ -447,5 +553,7 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
     if len(rng) == dist.world_size:
         determinism.set_rng_state(rng[dist.rank])
     else:
-        logger.warning("last/ was written by %d processes, not %d; dropout randomness restarts", len(rng), dist.world_size)
+        logger.warning(
+            "last/ was written by %d processes, not %d; dropout randomness restarts", len(rng), dist.world_size
+        )
     return step, dict(state["best"]), bool(state["saving_best"]), optimizers
