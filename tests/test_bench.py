@@ -74,6 +74,7 @@ def test_bench_json_has_the_contract_keys_and_sane_values(bench_result):
     assert r["max_abs_logit_diff_vs_reference_compact"] < 1e-4
     assert r["n_examples"] == 13 and r["n_timed_batches"] == 3 and r["passes"] == 5
     assert all(len(v) == 5 for v in r["per_pass_ms"].values())
+    assert all(r["min_ms_per_batch"][k] == min(v) for k, v in r["per_pass_ms"].items())
     peaks = r["peak_memory_mb"]
     assert set(peaks) == {"dense_padded", "dense_dynamic", "compact"}
     assert all(v is None or v >= 0 for v in peaks.values())
