@@ -6,6 +6,8 @@
 #   eval-task TASK [ARGS]   top eval on the task's checkpoint: $CHECKPOINT, else the published one
 #                           (from $CHECKPOINT_DIR/<repo name>, the HF cache or a download), else
 #                           outputs/TASK/best (RTE has no published checkpoint)
+#   grid-task TASK [ARGS]   top grid over the paper's grid, pruning the teacher that train-TASK
+#                           fine-tuned ($TEACHER, else outputs/TASK/teacher/best), winner promoted
 #   test [PYTEST ARGS]      the test suite, on the image's pinned stack
 #   anything else           run as a command (bash, python, nvidia-smi, ...)
 set -euo pipefail
@@ -45,6 +47,18 @@ PY
         --output-dir "outputs/eval-$task" "$@"
 }
 
+grid_task() {
+    local task="$1"; shift
+    local teacher="${TEACHER:-outputs/$task/teacher/best}"
+    if [ ! -d "$teacher" ]; then
+        echo "grid-$task: no fine-tuned teacher at $teacher; set TEACHER=DIR or run train-$task first." >&2
+        exit 2
+    fi
+    mapfile -t data < <(data_args)
+    exec python -m top grid --task "$task" --model "$teacher" "${data[@]}" \
+        --output-dir "outputs/grid-$task" --promote "$@"
+}
+
 if [ "$#" -eq 0 ]; then
     exec python -m top --help
 fi
@@ -55,6 +69,9 @@ case "$command" in
         exec python -m top "$@" ;;
     train-task)
         shift; exec bash "$TOP_HOME/docker/train_task.sh" "$@" ;;
+    grid-task)
+        shift; [ "$#" -ge 1 ] || { echo "grid-task: give the task name, e.g. grid-task cola." >&2; exit 2; }
+        grid_task "$@" ;;
     eval-task)
         shift; [ "$#" -ge 1 ] || { echo "eval-task: give the task name, e.g. eval-task cola." >&2; exit 2; }
         eval_task "$@" ;;

@@ -182,7 +182,7 @@ def test_compose_has_every_service_with_its_command_and_gpu():
     for task in TASKS:
         assert services[f"train-{task}"]["command"] == ["train-task", task]
         assert services[f"eval-{task}"]["command"] == ["eval-task", task]
-        assert services[f"grid-{task}"]["command"] == ["grid", "--task", task, "--output-dir", f"outputs/grid-{task}"]
+        assert services[f"grid-{task}"]["command"] == ["grid-task", task]
     assert services["eval-all"]["command"] == ["reproduce", "--no-assert", "--output-dir", "outputs/reproduce"]
     assert services["reproduce"]["command"] == ["reproduce", "--output-dir", "outputs/reproduce"]
     assert services["test"]["command"] == ["test"]
@@ -251,6 +251,18 @@ def test_entrypoint_passes_top_commands_through(stub):
     assert calls == ["-m top reproduce --no-assert --output-dir outputs/reproduce"]
     _, calls = stub("grid", "--task", "rte", "--output-dir", "outputs/grid-rte")
     assert calls == ["-m top grid --task rte --output-dir outputs/grid-rte"]
+
+
+def test_grid_task_prunes_the_teacher_of_train_task(stub):
+    result, calls = stub("grid-task", "mrpc")
+    assert result.returncode == 2 and "no fine-tuned teacher" in result.stderr
+    teacher = stub.work / "outputs" / "mrpc" / "teacher" / "best"
+    teacher.mkdir(parents=True)
+    result, calls = stub("grid-task", "mrpc", "--devices", "0,1")
+    assert result.returncode == 0, result.stderr
+    assert calls == [
+        "-m top grid --task mrpc --model outputs/mrpc/teacher/best --output-dir outputs/grid-mrpc --promote --devices 0,1"
+    ]
 
 
 def test_train_task_finetunes_then_trains_with_glue_data(stub):
