@@ -69,7 +69,10 @@ def load_model(args: argparse.Namespace, data: loop.TaskData):
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(args.model, config=config)
+        # A classifier head of another task is replaced by a fresh one of this task's size.
+        return AutoModelForSequenceClassification.from_pretrained(
+            args.model, config=config, ignore_mismatched_sizes=True
+        )
     except (OSError, RuntimeError, ValueError) as error:
         raise UserError(
             f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "

@@ -294,7 +294,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     def evaluate(at_step: int) -> Dict[str, Any]:
         """Dev score in faithful mode with the deterministic gates (dense before pruning starts)."""
         student.eval()
-        pruning = at_step >= PREPRUNING_STEPS
+        pruning = "gates" in optimizers
         token_z, pruner_z = gates.deterministic() if pruning else (None, None)
         sparsities: List[float] = []
         sequence_sparsities: List[float] = []
