@@ -147,12 +147,14 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
         "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(pruned),
     )
     best = pruned / "best"
-    if not (best / "config.json").exists():
-        raise UserError(
-            f"`top train` wrote no {best}: no evaluation reached the target sparsity; "
-            "train longer (--epochs) or with a larger --reg-learning-rate."
-        )
-    return best
+    if (best / "config.json").exists():
+        return best
+    # No evaluation reached the target: report the last state honestly rather than nothing.
+    logger.warning(
+        "no evaluation reached the target sparsity %s; reporting %s instead of best/ "
+        "(train longer with --epochs or a larger --reg-learning-rate)", recipe["target_sparsity"], pruned / "last",
+    )
+    return pruned / "last"
 
 
 def evaluate_stage(teacher: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str):
@@ -241,7 +243,7 @@ def plot(out: Path, records: Dict[str, Any]) -> List[Path]:
     return paths
 
 
-def build_report(records, bench, recipe, duration, example) -> Dict[str, Any]:
+def build_report(records, bench, recipe, duration, example, pruned_dir: Path) -> Dict[str, Any]:
     teacher, faithful, compact = records["teacher"], records["faithful"], records["compact"]
     agree = sum(
         a["prediction"] == b["prediction"] for a, b in zip(faithful["predictions"], compact["predictions"])
@@ -254,6 +256,8 @@ def build_report(records, bench, recipe, duration, example) -> Dict[str, Any]:
         "compact_speedup_vs_dense_dynamic": bench["baselines"]["dense_dynamic"]["speedup"] if bench else None,
         "compact_score": 100 * compact["metrics"]["accuracy"],
         "compact_agreement_with_faithful": agree,
+        "checkpoint": str(pruned_dir),
+        "reached_target": pruned_dir.name == "best",
         "expected_sparsity": faithful["expected_sparsity"],
         "remaining_token_ratio": faithful["remaining_token_ratio"],
         "mean_kept_tokens_per_layer": faithful["mean_kept_tokens_per_layer"],
@@ -315,6 +319,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    try:
+        import matplotlib  # noqa: F401 - checked up front: the plots come last, after minutes of work
+    except ImportError:
+        raise UserError("The demo draws its plots with matplotlib, which is not installed; "
+                        "pip install 'top[plot]' (nox -s demo does).") from None
     recipe = settings(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     stages.update(1)
     stages.set_postfix_str("report")
     example = token_example(loaded, eval_data, recipe["max_seq_length"])
-    report = build_report(records, bench, recipe, time.perf_counter() - started, example)
+    report = build_report(records, bench, recipe, time.perf_counter() - started, example, pruned)
     plot(out, records)
     atomic_write_json(out / "report.json", report)
     markdown = render_markdown(report)

