@@ -1,5 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
+import torch
+
 # The test builders (tiny tokenizers, checkpoints in the published layout) live next to the tests.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
+# that wait on each other make them several times slower. Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
