@@ -261,7 +261,8 @@ def test_grid_task_prunes_the_teacher_of_train_task(stub):
     result, calls = stub("grid-task", "mrpc", "--devices", "0,1")
     assert result.returncode == 0, result.stderr
     assert calls == [
-        "-m top grid --task mrpc --model outputs/mrpc/teacher/best --output-dir outputs/grid-mrpc --promote --devices 0,1"
+        "-m top grid --task mrpc --model outputs/mrpc/teacher/best"
+        " --output-dir outputs/grid-mrpc --promote --devices 0,1"
     ]
 
 

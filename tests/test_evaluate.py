@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
+
 from top.cli import main
 
 EVAL_KEYS = {

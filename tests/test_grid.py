@@ -6,7 +6,6 @@ that leaves what a real run leaves: best/, last/ and summary.json. One test runs
 """
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path

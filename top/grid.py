@@ -311,7 +311,7 @@ def run_grid(
             print(" ".join(shlex.quote(c) for c in command_for(run)))
         return []
 
-    free: "queue.Queue[Optional[str]]" = queue.Queue()
+    free: queue.Queue[Optional[str]] = queue.Queue()
     for slot in slots:
         free.put(slot)
     lock = threading.Lock()
