@@ -317,13 +317,19 @@ def predict(
     batch_size: int,
     device: torch.device,
     on_batch: Optional[Callable[[Dict[str, torch.Tensor], Any], None]] = None,
+    trim: bool = True,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every dev example, in order; ``on_batch`` sees each batch and its output."""
+    """Logits and labels of every dev example, in order; ``on_batch`` sees each batch and its output.
+
+    ``trim`` cuts each batch to its longest member, which changes nothing for a dense model. The
+    faithful evaluation of a pruned one must not trim: there every padded row counts in the
+    importance scores, as in ``top eval`` and the original's evaluation.
+    """
     from top.data import batches
 
     all_logits, all_labels = [], []
     for batch in batches(encoded, batch_size):
-        batch = to_device(shorten(batch), device)
+        batch = to_device(shorten(batch) if trim else batch, device)
         output = forward(batch)
         logits = output.logits if hasattr(output, "logits") else output
         all_logits.append(logits.float().cpu())

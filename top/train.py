@@ -259,11 +259,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         "expected_sequence_sparsity": None,
         "flops_reduction": None,
     }
-    saving_best = False
     optimizers = build_optimizers(False)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
     if args.resume:
-        step, best, saving_best, optimizers = restore(last_dir, student, gates, build_optimizers, dist)
+        step, best, optimizers = restore(last_dir, student, gates, build_optimizers, dist)
         log.truncate_after(step)
         if dist.is_main:
             logger.info("resumed from %s at step %d", last_dir, step)
@@ -313,6 +312,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             args.eval_batch_size,
             device,
             on_batch,
+            trim=not pruning,  # faithful: padded to max_seq_length, as `top eval` scores it
         )
         student.train()
         metrics = compute_metrics(data.metric_kind, logits, labels)
@@ -335,7 +335,6 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             "step": at_step,
             "pruning": "gates" in optimizers,
             "best": best,
-            "saving_best": saving_best,
             "world_size": dist.world_size,
             "rng": rng,
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -450,15 +449,11 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if step % args.eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 record = evaluate(step)
-                if pruning and not saving_best and record["expected_sparsity"] >= target - args.sparsity_epsilon:
-                    saving_best = True
-                    logger.info(
-                        "step %d: expected sparsity %.4f reached the target %.2f - eps; best/ is saved from now on",
-                        step,
-                        record["expected_sparsity"],
-                        target,
-                    )
-                record["is_best"] = bool(saving_best and (best["score"] is None or record["score"] > best["score"]))
+                # The rule, stricter than the original's: there, once one evaluation reached
+                # the target, every later one could become best/ even below it.
+                reached = pruning and record["expected_sparsity"] >= target - args.sparsity_epsilon
+                record["reached_target"] = bool(reached)
+                record["is_best"] = bool(reached and (best["score"] is None or record["score"] > best["score"]))
                 if record["is_best"]:
                     best = {
                         "score": record["score"],
@@ -556,4 +551,4 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
         logger.warning(
             "last/ was written by %d processes, not %d; dropout randomness restarts", len(rng), dist.world_size
         )
-    return step, dict(state["best"]), bool(state["saving_best"]), optimizers
+    return step, dict(state["best"]), optimizers
