@@ -85,33 +85,17 @@ def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
     """
     from transformers import AutoModelForSequenceClassification
 
-    from top.modeling import ToPForSequenceClassification
+    from top.evaluate import build_model, load_state_dict_strictly
 
     dense = top_model = None
     if need_dense:
         dense = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
-        _load_state(dense, checkpoint)
+        load_state_dict_strictly(dense, checkpoint.state_dict, checkpoint.path)
         dense.eval()
     if need_top:
-        top_model = ToPForSequenceClassification.from_config(
-            copy.deepcopy(checkpoint.config), prune_locations=checkpoint.prune_locations
-        )
-        _load_state(top_model.hf_model, checkpoint)
+        top_model = build_model(checkpoint)
         top_model.eval()
     return dense, top_model
-
-
-def _load_state(model: torch.nn.Module, checkpoint) -> None:
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    # Position-id buffers are saved by some transformers versions and not expected by others.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise UserError(
-            f"{checkpoint.path} does not fit its config.json (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); use a checkpoint saved "
-            "with its own config."
-        )
 
 
 def _load_examples(args: argparse.Namespace, task):
@@ -124,22 +108,6 @@ def _load_examples(args: argparse.Namespace, task):
     if args.max_examples is not None:
         examples = examples[: args.max_examples]
     return examples
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-
-
-def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as error:
-        raise UserError(
-            f"{path} holds no usable tokenizer ({_first_line(error)}); save the tokenizer files into the checkpoint "
-            "directory."
-        ) from None
 
 
 def sorted_batches(encoded: Dict[str, torch.Tensor], batch_size: int) -> List[Dict[str, torch.Tensor]]:
@@ -311,7 +279,9 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(
             f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
         )
-    tokenizer = _load_tokenizer(checkpoint.path)
+    from top.evaluate import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint.path)
     examples = _load_examples(args, task)
     encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
     encoded.pop("labels", None)
