@@ -77,7 +77,8 @@ def tests(session: nox.Session) -> None:
     run_pytest(session)
 
 
-@nox.session(name="tests-pinned", python=PINNED_PYTHON)
+# The stdlib venv: current virtualenv releases no longer seed pip into Python 3.8 environments.
+@nox.session(name="tests-pinned", python=PINNED_PYTHON, venv_backend="venv")
 def tests_pinned(session: nox.Session) -> None:
     """The test suite on the paper's pinned stack (Python 3.8, torch 1.12.1, transformers 4.16.0)."""
     install_pinned(session)
