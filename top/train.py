@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-loss-alpha", type=float, default=0.01)
     parser.add_argument("--sparsity-epsilon", type=float, default=0.01)
     parser.add_argument(
+        "--layer-gate-init", type=float, default=-10.0,
+        help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
+        "a positive value starts every location pruning, which suits short schedules",
+    )
+    parser.add_argument(
         "--droprate-init",
         type=float,
         default=0.01,
@@ -229,7 +234,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             "give fine-tuned model directories."
         ) from None
     student.config.finetuning_task = data.name
-    gates = TokenGates(locations, settings["bin_num"])
+    gates = TokenGates(locations, settings["bin_num"], layer_init=args.layer_gate_init)
     student.to(device)
     teacher.to(device).eval()
     gates.to(device)
