@@ -160,10 +160,12 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     q, k, v = _to_grid(qkv, layout).view(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     importance = None
     if rank or not _HAS_SDPA:
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_dim)
+        # In place: one [B, heads, n, n] buffer at a time keeps the peak memory at dense's.
+        probs = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(head_dim))
         if layout.key_bias is not None:
-            scores = scores + layout.key_bias
-        probs = torch.softmax(scores, dim=-1)
+            probs.add_(layout.key_bias)
+        probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
+        probs.div_(probs.sum(dim=-1, keepdim=True))
         context = torch.matmul(probs, v)
         if rank:
             # Sum over heads and real query rows, then the mean the reference takes.
