@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -306,7 +306,3 @@ def run(args: argparse.Namespace) -> int:
     print(summary_line(record))
     print(f"wrote {path}")
     return 0
-
-
-def task_names() -> Sequence[str]:
-    return tuple(TASKS)
