@@ -36,12 +36,15 @@ RECIPE = {
     "prune_location": "1,2,3,4,5",
     "bin_num": 16,
     "topk": 10,
-    "epochs": 3,
-    "warmup_epochs": 1,
-    "learning_rate": 3e-5,
+    "epochs": 5.0,
+    "warmup_epochs": 2.0,
+    "learning_rate": 5e-5,
     "reg_learning_rate": 0.05,
+    # Every location starts pruning: in five epochs the layer gates would not saturate from the
+    # paper's "off" start, and half-open layer gates make the deterministic masks overshoot.
+    "layer_gate_init": 10.0,
     "rank_loss_alpha": 0.01,
-    "eval_steps": 60,
+    "eval_steps": 25,
     "bench_task": "sst2",
     "seed": 57,
 }
@@ -143,6 +146,7 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
         "--epochs", str(recipe["epochs"]), "--warmup-epochs", str(recipe["warmup_epochs"]),
         "--learning-rate", str(recipe["learning_rate"]), "--reg-learning-rate", str(recipe["reg_learning_rate"]),
         "--rank-loss-alpha", str(recipe["rank_loss_alpha"]), "--eval-steps", str(recipe["eval_steps"]),
+        "--layer-gate-init", str(recipe["layer_gate_init"]),
         "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", "32",
         "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(pruned),
     )
