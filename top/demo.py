@@ -46,6 +46,7 @@ RECIPE = {
     "rank_loss_alpha": 0.01,
     "eval_steps": 25,
     "bench_task": "sst2",
+    "bench_examples": 512,  # 16 full batches of 32, timed over 5 passes
     "seed": 57,
 }
 QUICK = {  # a shortened run for the tests: same stages, a few steps on a slice of the data
@@ -180,9 +181,9 @@ def bench_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str
     path = out / "bench.json"
     argv = ["bench", "--task", recipe["bench_task"], "--checkpoint", str(pruned),
             "--validation-file", str(data["dev"]), "--batch-size", "32", "--device", device,
-            "--output", str(path)]
+            "--output", str(path), "--max-examples", str(64 if quick else recipe["bench_examples"])]
     if quick:
-        argv += ["--max-examples", "64", "--warmup-passes", "0", "--no-memory"]
+        argv += ["--warmup-passes", "0", "--no-memory"]
     _top(*argv)
     return json.loads(path.read_text())
 
