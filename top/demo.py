@@ -237,6 +237,7 @@ def plot(out: Path, records: Dict[str, Any]) -> List[Path]:
     axes[0].set_ylabel("dev accuracy (%)")
     axes[1].bar(names, reductions, color=["#9aa5b1", "#2f6fb0"])
     axes[1].set_ylabel("FLOPs reduction (x, unpadded)")
+    axes[1].set_ylim(0, max(reductions) * 1.15)
     for ax, values, fmt in ((axes[0], scores, "{:.1f}"), (axes[1], reductions, "{:.2f}x")):
         for i, v in enumerate(values):
             ax.text(i, v, fmt.format(v), ha="center", va="bottom")
