@@ -127,22 +127,13 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     scheduler = loop.linear_schedule(optimizer, total_steps)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "log.jsonl").exists():
-            (out / "log.jsonl").unlink()
-        atomic_write_json(
-            out / "run.json",
-            {
-                "command": "finetune",
-                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                "total_steps": total_steps,
-                "steps_per_epoch": order.steps_per_epoch,
-                "eval_steps": eval_steps,
-                "world_size": dist.world_size,
-                "deterministic": flags,
-                "environment": determinism.environment_record(),
-            },
-        )
+        loop.start_run(out, "finetune", args, {
+            "total_steps": total_steps,
+            "steps_per_epoch": order.steps_per_epoch,
+            "eval_steps": eval_steps,
+            "world_size": dist.world_size,
+            "deterministic": flags,
+        })
         logger.info(
             "fine-tuning %s on %s: %d steps of %d examples", args.model, data.name, total_steps, order.global_batch
         )

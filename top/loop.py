@@ -399,3 +399,18 @@ def load_state_file(directory: Path) -> Dict[str, Any]:
 
 def iterate_steps(start: int, total: int) -> Iterator[int]:
     return iter(range(start, total))
+
+
+def start_run(out: Path, command: str, args, record: Dict[str, Any]) -> None:
+    """A fresh run directory: the old log removed, ``run.json`` recording the command, its
+    arguments, ``record`` and the environment (rank 0 only; the caller checks)."""
+    from top import determinism
+    from top.io import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "log.jsonl").exists():
+        (out / "log.jsonl").unlink()
+    run = {"command": command, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    run.update(record)
+    run["environment"] = determinism.environment_record()
+    atomic_write_json(out / "run.json", run)

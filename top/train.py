@@ -272,24 +272,15 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if dist.is_main:
             logger.info("resumed from %s at step %d", last_dir, step)
     elif dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "log.jsonl").exists():
-            (out / "log.jsonl").unlink()
-        atomic_write_json(
-            out / "run.json",
-            {
-                "command": "train",
-                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                "settings": settings,
-                "prune_locations": locations,
-                "total_steps": total_steps,
-                "warmup_steps": warmup_steps,
-                "steps_per_epoch": order.steps_per_epoch,
-                "world_size": dist.world_size,
-                "deterministic": flags,
-                "environment": determinism.environment_record(),
-            },
-        )
+        loop.start_run(out, "train", args, {
+            "settings": settings,
+            "prune_locations": locations,
+            "total_steps": total_steps,
+            "warmup_steps": warmup_steps,
+            "steps_per_epoch": order.steps_per_epoch,
+            "world_size": dist.world_size,
+            "deterministic": flags,
+        })
     target = settings["target_sparsity"]
 
     def warmup_progress(pruned_steps: int) -> float:
