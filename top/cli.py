@@ -26,7 +26,10 @@ COMMANDS = {
 
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="top", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="top",
+        description="ToP: constraint-aware, ranking-distilled token pruning for BERT/RoBERTa (KDD'23).",
+    )
     parser.add_argument("--version", action="version", version=f"top {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
