@@ -23,6 +23,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from top.pruning import prune_step
+
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "faithful", "compact")
@@ -178,7 +180,7 @@ class ToPForSequenceClassification(nn.Module):
         for index, layer in enumerate(family.layers):
             if token_z is not None and index in self.prune_locations:
                 location = self.prune_locations.index(index)
-                keep = _prune(importance[-1], keep, token_z[location], pruner_z[location])
+                keep = prune_step(importance[-1], keep, token_z[location], pruner_z[location])
                 if mode == "train":
                     hidden = hidden * _with_cls(keep).unsqueeze(-1)
                 else:
@@ -210,7 +212,7 @@ class ToPForSequenceClassification(nn.Module):
         for index, layer in enumerate(family.layers):
             if token_z is not None and index in self.prune_locations:
                 location = self.prune_locations.index(index)
-                keep = _prune(last_importance, alive[:, 1:], token_z[location], pruner_z[location])
+                keep = prune_step(last_importance, alive[:, 1:], token_z[location], pruner_z[location])
                 alive = _with_cls(keep)
                 hidden, alive, positions = _gather_survivors(hidden, alive, positions)
                 current_mask = _scatter(alive > 0, positions, full_len)
@@ -225,12 +227,6 @@ class ToPForSequenceClassification(nn.Module):
             importance.append(_scatter(last_importance, positions[:, 1:] - 1, full_len - 1))
         logits = family.head(hidden)
         return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
-
-
-def _prune(importance, keep, bin_gates, layer_gate):
-    from top.pruning import prune_step
-
-    return prune_step(importance, keep, bin_gates, layer_gate)
 
 
 def _gather_survivors(hidden, alive, positions):
