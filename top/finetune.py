@@ -88,12 +88,43 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
+def build_optimizer(model, args: argparse.Namespace, total_steps: int):
+    """AdamW over the non-embedding weights, and the linear decay of its learning rate."""
+    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
+    return optimizer, loop.linear_schedule(optimizer, total_steps)
+
+
+def finetune_step(
+    model, optimizer, scheduler, batch: Dict[str, torch.Tensor], share: float, max_grad_norm: float,
+    dist: loop.Distributed,
+) -> float:
+    """One optimisation step on this process's ``share`` of the global batch; returns its own loss."""
+    output = model(**loop.model_inputs(batch), labels=batch["labels"])
+    (output.loss * share).backward()
+    dist.sum_gradients(list(model.parameters()))
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    model.zero_grad(set_to_none=True)
+    return float(output.loss.detach())
+
+
+def score_dev(model, dev_set, data: loop.TaskData, batch_size: int, device: torch.device) -> Dict[str, float]:
+    """Every metric of the task on the dev set (batches trimmed to their longest member)."""
+    from top import scoring
+    from top.metrics import compute_metrics
+
+    model.eval()
+    scored = scoring.predict(lambda batch: model(**loop.model_inputs(batch)), dev_set, batch_size, device)
+    model.train()
+    return compute_metrics(data.metric_kind, scored.logits.numpy(), scored.labels.numpy())
+
+
 def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from top.data import encode
-    from top.metrics import compute_metrics
 
     loop.check_positive(
         batch_size=args.batch_size,
@@ -123,8 +154,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     eval_steps = args.eval_steps or order.steps_per_epoch
 
     model = load_model(args, data).to(device)
-    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
-    scheduler = loop.linear_schedule(optimizer, total_steps)
+    optimizer, scheduler = build_optimizer(model, args, total_steps)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
     if dist.is_main:
         loop.start_run(out, "finetune", args, {
@@ -145,16 +175,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     for step in range(1, total_steps + 1):
         indices, chunk = order.indices(step - 1)
         batch = loop.step_batch(train_set, indices, chunk, device)
-        global_batch = len(chunk)
-        output = model(**loop.model_inputs(batch), labels=batch["labels"])
-        (output.loss * (len(indices) / global_batch)).backward()
-        dist.sum_gradients(list(model.parameters()))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        model.zero_grad(set_to_none=True)
-
-        loss = float(output.loss.detach())
+        loss = finetune_step(model, optimizer, scheduler, batch, len(indices) / len(chunk), args.max_grad_norm, dist)
         bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
         bar.update(1)
         if step % args.logging_steps == 0 or step == total_steps:
@@ -168,12 +189,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
             )
         if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
-                model.eval()
-                logits, labels = loop.predict(
-                    lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
-                )
-                model.train()
-                metrics = compute_metrics(data.metric_kind, logits, labels)
+                metrics = score_dev(model, dev_set, data, args.eval_batch_size, device)
                 score = metrics[data.metric]
                 is_best = best["score"] is None or score > best["score"]
                 if is_best:
