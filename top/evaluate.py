@@ -173,20 +173,8 @@ def evaluate(
         raise UserError(f"Unknown mode {mode!r}; pass --mode faithful or --mode compact.")
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
-    config = model.config
     encoded = data.encode(eval_data.examples, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
-
-    def measure(batch, out):
-        mask = batch["attention_mask"]
-        s, seq = _expected_sparsities(model, token_z, pruner_z, mask, eval_data.task_length)
-        lengths = mask.sum(dim=1, keepdim=True).float().expand(-1, config.num_hidden_layers)
-        macs = (
-            float(flops.exact_model_macs(out.kept_lengths, config).sum()),
-            float(flops.model_macs(lengths, config).sum()),
-            float(flops.model_macs(torch.full_like(lengths, float(eval_data.task_length)), config).sum()),
-        )
-        return s, seq, macs, out.kept_lengths.cpu()
 
     started = time.perf_counter()
     scored = scoring.predict(
@@ -195,7 +183,7 @@ def evaluate(
         batch_size,
         device,
         trim=False,  # padded to max_seq_length, as the original evaluates
-        measure=measure,
+        measure=lambda batch, out: _batch_costs(model, token_z, pruner_z, eval_data.task_length, batch, out),
         progress=f"eval {eval_data.name} ({mode})" if progress else None,
     )
     duration = time.perf_counter() - started
@@ -238,6 +226,20 @@ def evaluate(
         for i in range(len(logits))
     ]
     return record
+
+
+def _batch_costs(model, token_z, pruner_z, task_length: int, batch, out):
+    """One batch's expected sparsities, its MACs (as run; dense at its lengths; dense at the task's
+    length) and the tokens kept at each layer."""
+    config, mask = model.config, batch["attention_mask"]
+    s, seq = _expected_sparsities(model, token_z, pruner_z, mask, task_length)
+    lengths = mask.sum(dim=1, keepdim=True).float().expand(-1, config.num_hidden_layers)
+    macs = (
+        float(flops.exact_model_macs(out.kept_lengths, config).sum()),
+        float(flops.model_macs(lengths, config).sum()),
+        float(flops.model_macs(torch.full_like(lengths, float(task_length)), config).sum()),
+    )
+    return s, seq, macs, out.kept_lengths.cpu()
 
 
 def _sums(rows) -> List[float]:

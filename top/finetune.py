@@ -88,6 +88,22 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
+def encode_data(args: argparse.Namespace, data: loop.TaskData):
+    """The model's tokenizer, and the train and dev sets tokenised by it."""
+    from transformers import AutoTokenizer
+
+    from top.data import encode
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except Exception as error:
+        raise UserError(
+            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
+        ) from None
+    train_set = encode(data.train, tokenizer, args.max_seq_length)
+    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+
+
 def build_optimizer(model, args: argparse.Namespace, total_steps: int):
     """AdamW over the non-embedding weights, and the linear decay of its learning rate."""
     optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
@@ -122,9 +138,6 @@ def score_dev(model, dev_set, data: loop.TaskData, batch_size: int, device: torc
 
 def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
-    from transformers import AutoTokenizer
-
-    from top.data import encode
 
     loop.check_positive(
         batch_size=args.batch_size,
@@ -141,14 +154,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except Exception as error:
-        raise UserError(
-            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
-        ) from None
-    train_set = encode(data.train, tokenizer, args.max_seq_length)
-    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
+    tokenizer, train_set, dev_set = encode_data(args, data)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch
@@ -179,14 +185,8 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
         bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
         bar.update(1)
         if step % args.logging_steps == 0 or step == total_steps:
-            log.write(
-                {
-                    "step": step,
-                    "epoch": step / order.steps_per_epoch,
-                    "loss": loss,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                }
-            )
+            epoch, learning_rate = step / order.steps_per_epoch, scheduler.get_last_lr()[0]
+            log.write({"step": step, "epoch": epoch, "loss": loss, "learning_rate": learning_rate})
         if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 metrics = score_dev(model, dev_set, data, args.eval_batch_size, device)
