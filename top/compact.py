@@ -81,7 +81,7 @@ def survivor_table(token_z: torch.Tensor, pruner_z: torch.Tensor, max_alive: int
     return table
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # tensors have no truth value to compare by
 class CompactPlan:
     """One set of deterministic gates made ready for :func:`compact_forward`.
 
