@@ -176,6 +176,7 @@ def evaluate(
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
     config = model.config
+    forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.examples, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
     sparsity, sequence_sparsity = [], []
@@ -187,7 +188,7 @@ def evaluate(
         for batch in tqdm(data.batches(encoded, batch_size), total=total, desc=f"eval {eval_data.name} ({mode})",
                           disable=not progress, unit="batch"):
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            out = model(**inputs, mode=mode, token_z=token_z, pruner_z=pruner_z)
+            out = forward(inputs)
             mask = inputs["attention_mask"]
             s, seq = _expected_sparsities(model, token_z, pruner_z, mask, eval_data.task_length)
             sparsity.append(s)
@@ -237,6 +238,20 @@ def evaluate(
         for i in range(len(logits))
     ]
     return record
+
+
+def model_forward(loaded: LoadedModel, mode: str, max_seq_length: int):
+    """``inputs -> output`` with ``logits`` and ``kept_lengths``; compact mode's plan is built here, once."""
+    model, token_z, pruner_z = loaded.model, loaded.token_z, loaded.pruner_z
+    if mode == "faithful":
+        return lambda inputs: model(**inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z)
+    from top.compact import CompactPlan, compact_forward, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise UserError(f"--mode compact cannot run {loaded.path}: {reason}; evaluate it with --mode faithful.")
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, max_seq_length)
+    return lambda inputs: compact_forward(model, plan, **inputs)
 
 
 def _expected_sparsities(model, token_z, pruner_z, attention_mask, task_length):
