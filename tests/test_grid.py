@@ -275,7 +275,6 @@ def test_an_unknown_task_is_a_user_error(fake, capsys):
     assert "sst3" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not Path(grid_module.__file__).with_name("train.py").exists(), reason="top train not built yet")
 def test_the_real_top_train_runs_under_the_grid(tmp_path, monkeypatch):
     from builders import tiny_checkpoint, write_custom_csv
 
