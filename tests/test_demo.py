@@ -71,3 +71,33 @@ def test_snippets_parser_handles_crlf_and_tabs(tmp_path):
     path.write_bytes(b"1\t2.5\tA fine film.\r\n2\t-1.25\tDull\tand long.\r\n\r\n")
     rows = demo_assets.read_snippets(path)
     assert rows == [demo_assets.Snippet("1", 2.5, "A fine film."), demo_assets.Snippet("2", -1.25, "Dull\tand long.")]
+
+
+def _report(teacher_accuracy: float, pruned_accuracy: float, unpadded: float, duration: float) -> dict:
+    from pathlib import Path
+
+    from top import demo
+
+    def record(accuracy):
+        return {"metrics": {"accuracy": accuracy}, "predictions": [{"prediction": 1}], "flops_reduction": 3.0,
+                "flops_reduction_unpadded": unpadded, "expected_sparsity": 0.5, "remaining_token_ratio": [1.0],
+                "mean_kept_tokens_per_layer": [10.0]}
+
+    records = {"teacher": record(teacher_accuracy), "faithful": record(pruned_accuracy),
+               "compact": record(pruned_accuracy)}
+    return demo.build_report(records, None, demo.RECIPE, duration, [], Path("out/pruned/best"))
+
+
+def test_report_and_markdown_judge_the_same_targets():
+    from top.demo import TARGETS, render_markdown
+
+    drop = TARGETS["max_score_drop"] / 100
+    minutes = TARGETS["max_minutes"]
+    unpadded = TARGETS["min_flops_reduction_unpadded"]
+    met = _report(0.9, 0.9 - drop / 2, unpadded + 0.1, 60 * minutes - 1)
+    assert met["targets"]["min_score"] == pytest.approx(90 - TARGETS["max_score_drop"])
+    text = render_markdown(met)
+    assert text.count("(met)") == 3 and "MISSED" not in text
+    assert f"minus {TARGETS['max_score_drop']:g} points" in text
+    missed = render_markdown(_report(0.9, 0.9 - 2 * drop, unpadded - 0.1, 60 * minutes + 1))
+    assert missed.count("(MISSED)") == 3 and "(met)" not in missed
