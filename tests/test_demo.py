@@ -101,3 +101,43 @@ def test_report_and_markdown_judge_the_same_targets():
     assert f"minus {TARGETS['max_score_drop']:g} points" in text
     missed = render_markdown(_report(0.9, 0.9 - 2 * drop, unpadded - 0.1, 60 * minutes + 1))
     assert missed.count("(MISSED)") == 3 and "(met)" not in missed
+
+
+def _tiny_wheel(directory) -> tuple:
+    """A valid wheel of an empty package, for pip to serve from a local folder."""
+    import hashlib
+    import zipfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "top_pin_probe-0.1-py3-none-any.whl"
+    info = "top_pin_probe-0.1.dist-info"
+    files = {
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: top-pin-probe\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fetch_lets_pip_check_the_hash_and_caches_only_verified_files(tmp_path, monkeypatch):
+    wheel, digest = _tiny_wheel(tmp_path / "index")
+    monkeypatch.setenv("TOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
+    wrong = "0" * 64
+    with pytest.raises(Exception, match="does not have the recorded sha256 0000000000000000"):
+        demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=wrong)
+    downloads = demo_assets.cache_dir() / "downloads"
+    assert not (downloads / wheel.name).exists()
+    path = demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest)
+    assert path == downloads / wheel.name and path.read_bytes() == wheel.read_bytes()
+    assert sorted(p.name for p in downloads.iterdir()) == [wheel.name]  # pip's temporary folder is gone
+    wheel.unlink()  # the cached copy is used from now on
+    assert demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest) == path
+    path.write_bytes(b"corrupt")
+    with pytest.raises(Exception, match="corrupt copy was removed"):
+        demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest)
+    assert not path.exists()
