@@ -74,10 +74,11 @@ def test_bench_json_has_the_contract_keys_and_sane_values(bench_result):
     assert r["max_abs_logit_diff_vs_reference_compact"] < 1e-4
     assert r["n_examples"] == 13 and r["n_timed_batches"] == 3 and r["passes"] == 5
     assert all(len(v) == 5 for v in r["per_pass_ms"].values())
-    assert all(r["min_ms_per_batch"][k] == min(v) for k, v in r["per_pass_ms"].items())
     peaks = r["peak_memory_mb"]
     assert set(peaks) == {"dense_padded", "dense_dynamic", "compact"}
-    assert all(v is None or v >= 0 for v in peaks.values())
+    # On the CPU each method's probe runs in a fresh process; a probe that failed would be None.
+    assert all(isinstance(v, float) and v >= 0 for v in peaks.values()), peaks
+    assert "fresh process" in r["peak_memory_measure"]
 
 
 def test_sorted_batches_cover_every_example_once_trimmed_to_their_longest():
