@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
-from builders import write_cola_dev, write_custom_csv
+from builders import tiny_model_dir, write_cola_dev, write_custom_csv
 
 REFERENCE_COMMIT = "54f05d9"  # main before issue 13's redesign: the one place this hash is written
 
@@ -35,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 # Run in a subprocess with PYTHONPATH=<package root>:<tests>. It writes the checkpoints with the
-# package's own save_checkpoint (``build``), writes a dense model as config.json plus a torch.save'd
-# pytorch_model.bin (``model``), or runs a list of ``top`` command lines (``run``).
+# package's own save_checkpoint (``build``) or runs a list of ``top`` command lines (``run``).
 DRIVER = r'''
 import json, sys
 from pathlib import Path
@@ -62,17 +61,6 @@ if mode == "build":
         tokenizer = tiny_tokenizer(directory.parent / (".vocab-" + directory.name))
         save_checkpoint(directory, model_state_dict=model.state_dict(), config=config, gate_state=gates,
                         tokenizer=tokenizer)
-elif mode == "model":
-    from transformers import BertForSequenceClassification
-    from builders import tiny_config, tiny_tokenizer
-    torch.manual_seed(spec["seed"])
-    config = tiny_config(2, spec["layers"])
-    directory = Path(spec["path"])
-    directory.mkdir(parents=True)
-    config.save_pretrained(str(directory))
-    # The format every transformers version reads: a plain state dict saved with torch.save.
-    torch.save(BertForSequenceClassification(config).state_dict(), str(directory / "pytorch_model.bin"))
-    tiny_tokenizer(directory.parent / ".vocab-model").save_pretrained(str(directory))
 else:
     from top.cli import main
     for argv in spec["runs"]:
@@ -160,11 +148,17 @@ FINETUNE += "--no-progress"
 
 @pytest.fixture(scope="module")
 def inputs(reference, tmp_path_factory) -> Path:
-    """Checkpoints in the published layout written by the reference code, dev sets, a dense model."""
+    """Checkpoints in the published layout written by the reference code, dev sets, a dense model.
+
+    The reference writes the checkpoints so that they stay in the layout both codes read (the
+    published one), whatever the working tree's save_checkpoint comes to write.
+    """
     root = tmp_path_factory.mktemp("pin-inputs")
     spec = {"checkpoints": [dict(c, path=str(root / "ckpt" / name)) for name, c in CHECKPOINTS.items()]}
     drive(reference, "build", spec, root / "build")
-    drive(reference, "model", {"path": str(root / "model"), "layers": 3, "seed": 11}, root / "model-build")
+    # The dense model in the format transformers 4.16 reads too (torch.save'd pytorch_model.bin):
+    # the new code may save model.safetensors, which the reference cannot load on the pinned stack.
+    tiny_model_dir(root / "model", layers=3, seed=11)
     write_cola_dev(root / "glue", n=23, seed=3)
     write_custom_csv(root / "dev.csv", n=17, seed=4)
     write_custom_csv(root / "dev_regression.csv", n=13, seed=5, regression=True)

@@ -5,24 +5,17 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizer
+from builders import WORDS, tiny_config, tiny_tokenizer
 
 from top.bench import sorted_batches
 from top.checkpoint import save_checkpoint
 from top.cli import main
 from top.modeling import ToPForSequenceClassification
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "big", "red", "sun"]
-
 
 def make_checkpoint(root):
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
-    tokenizer = BertTokenizer(str(vocab))
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-        intermediate_size=37, num_labels=2, max_position_embeddings=64,
-    )
+    tokenizer = tiny_tokenizer(root / "vocab")
+    config = tiny_config(2, 4, max_position_embeddings=64)
     torch.manual_seed(0)
     model = ToPForSequenceClassification.from_config(config, prune_locations=[2, 3])
     token_z = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
