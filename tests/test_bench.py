@@ -5,24 +5,17 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizer
+from builders import WORDS, tiny_config, tiny_tokenizer
 
 from top.bench import sorted_batches
 from top.checkpoint import save_checkpoint
 from top.cli import main
 from top.modeling import ToPForSequenceClassification
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "big", "red", "sun"]
-
 
 def make_checkpoint(root):
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
-    tokenizer = BertTokenizer(str(vocab))
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-        intermediate_size=37, num_labels=2, max_position_embeddings=64,
-    )
+    tokenizer = tiny_tokenizer(root / "vocab")
+    config = tiny_config(2, 4, max_position_embeddings=64)
     torch.manual_seed(0)
     model = ToPForSequenceClassification.from_config(config, prune_locations=[2, 3])
     token_z = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
@@ -74,10 +67,11 @@ def test_bench_json_has_the_contract_keys_and_sane_values(bench_result):
     assert r["max_abs_logit_diff_vs_reference_compact"] < 1e-4
     assert r["n_examples"] == 13 and r["n_timed_batches"] == 3 and r["passes"] == 5
     assert all(len(v) == 5 for v in r["per_pass_ms"].values())
-    assert all(r["min_ms_per_batch"][k] == min(v) for k, v in r["per_pass_ms"].items())
     peaks = r["peak_memory_mb"]
     assert set(peaks) == {"dense_padded", "dense_dynamic", "compact"}
-    assert all(v is None or v >= 0 for v in peaks.values())
+    # On the CPU each method's probe runs in a fresh process; a probe that failed would be None.
+    assert all(isinstance(v, float) and v >= 0 for v in peaks.values()), peaks
+    assert "fresh process" in r["peak_memory_measure"]
 
 
 def test_sorted_batches_cover_every_example_once_trimmed_to_their_longest():

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from builders import tiny_config
 from reference_compact import reference_compact
-from transformers import BertConfig, RobertaConfig
 
 from top.compact import CompactPlan, compact_forward, prediction_agreement, survivor_table
 from top.modeling import ToPForSequenceClassification
@@ -11,14 +11,8 @@ from top.pruning import prune_step
 
 
 def tiny_model(kind="bert", layers=4, seed=0, prune_locations=None, labels=3):
-    common = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=37, num_labels=labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    if kind == "roberta":
-        config = RobertaConfig(pad_token_id=1, max_position_embeddings=70, **common)
-    else:
-        config = BertConfig(max_position_embeddings=64, **common)
+    positions = 70 if kind == "roberta" else 64
+    config = tiny_config(labels, layers, kind=kind, vocab_size=99, dropout=0.0, max_position_embeddings=positions)
     torch.manual_seed(seed)
     return ToPForSequenceClassification.from_config(config, prune_locations).eval()
 

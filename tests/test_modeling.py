@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from builders import tiny_config as builders_tiny_config
 from reference_compact import reference_compact
-from transformers import BertConfig, RobertaConfig
 
 from top.compact import CompactPlan, compact_forward
 from top.modeling import ToPForSequenceClassification, default_prune_locations
@@ -11,13 +11,7 @@ from top.pruning import prune_step, rank_to_bin
 
 
 def tiny_config(kind="bert", layers=4, labels=3):
-    common = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=37, num_labels=labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    if kind == "roberta":
-        return RobertaConfig(pad_token_id=1, max_position_embeddings=40, **common)
-    return BertConfig(**common)
+    return builders_tiny_config(labels, layers, kind=kind, vocab_size=99, dropout=0.0, max_position_embeddings=40)
 
 
 def batch(seed=0, size=5, length=14):

@@ -301,7 +301,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
-    parser.add_argument("--seed", type=int, default=57)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -311,7 +310,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
     if args.task and args.validation_file:
         raise UserError("Pass either --task (GLUE) or --validation-file (your own data), not both.")
-    torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     eval_data = load_eval_data(args.task, args.data_dir, args.validation_file, args.max_seq_length)
     loaded = load_model(args.checkpoint, device, args.tokenizer)
