@@ -197,7 +197,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
     out = Path(args.output_dir)
     last_dir, best_dir = out / "last", out / "best"
-    if args.resume and not (last_dir / loop.STATE_FILE).is_file():
+    if args.resume and not loop.has_state_file(last_dir):
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
 
     # Everything that can be wrong with the input is checked before any weights load.
