@@ -85,7 +85,8 @@ def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
     """
     from transformers import AutoModelForSequenceClassification
 
-    from top.evaluate import build_model, load_state_dict_strictly
+    from top.evaluate import build_model
+    from top.modeling import load_state_dict_strictly
 
     dense = top_model = None
     if need_dense:
@@ -204,13 +205,14 @@ def _reset_peak_rss() -> bool:
 def memory_probe_main(argv: Optional[List[str]] = None) -> None:
     """Child process: load one method, run it once on the saved batch, print the peak rise in MB."""
     from top.checkpoint import load_checkpoint
+    from top.safeload import read_tree
 
     checkpoint_path, method, batch_path, threads = (argv or sys.argv[1:])[:4]
     torch.set_num_threads(int(threads))
     checkpoint = load_checkpoint(checkpoint_path)
     dense, top_model = load_models(checkpoint, need_dense=method != "compact", need_top=method == "compact")
     functions = method_functions(dense, top_model, checkpoint.token_z, checkpoint.pruner_z)
-    batch = torch.load(batch_path)
+    batch = read_tree(batch_path, what="benchmark batch")
     before = _read_status_kb("VmRSS")
     how = "vmhwm" if before is not None and _reset_peak_rss() else "ru_maxrss"
     if how == "ru_maxrss":  # the lifetime peak, which loading may already have set
@@ -223,6 +225,8 @@ def memory_probe_main(argv: Optional[List[str]] = None) -> None:
 
 def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tuple[Dict[str, Optional[float]], str]:
     """Peak memory (MB) one forward pass on ``batch`` adds, per method."""
+    from top.safeload import write_tree
+
     if args.device == "cuda":
         peaks = {}
         with torch.no_grad():
@@ -238,8 +242,8 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
     code = f"import sys; sys.path.insert(0, {root!r}); from top.bench import memory_probe_main; memory_probe_main()"
     peaks, how = {}, "vmhwm"
     with tempfile.TemporaryDirectory() as tmp:
-        batch_path = os.path.join(tmp, "batch.pt")
-        torch.save(batch, batch_path)
+        batch_path = os.path.join(tmp, "batch.safetensors")
+        write_tree(batch_path, batch)
         for name in functions:
             result = subprocess.run(
                 [sys.executable, "-c", code, str(checkpoint.path), name, batch_path, str(threads)],

@@ -334,9 +334,9 @@ def _safetensors_torch() -> Any:
     return safetensors.torch
 
 
-def read_safetensors(path: PathLike, *, what: str = "file") -> Dict[str, torch.Tensor]:
+def read_safetensors(path: PathLike, *, what: str = "file", fix: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The tensors of a safetensors file, on the CPU; a ``UserError`` naming it when it is damaged."""
-    tensors, _ = read_safetensors_with_metadata(path, what=what)
+    tensors, _ = read_safetensors_with_metadata(path, what=what, fix=fix)
     return tensors
 
 
