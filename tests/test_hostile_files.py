@@ -431,3 +431,21 @@ def test_unknown_hub_model_offline_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="is not a model directory"):
         resolve_model(str(tmp_path / "missing-dir"), "--model")
 
+
+
+def test_train_refuses_a_model_without_its_classifier_head(world, tmp_path, capsys):
+    """top train loads --model strictly: a head left out is an error, never a random one."""
+    from top.safeload import write_safetensors
+
+    headless = tmp_path / "headless"
+    shutil.copytree(str(world["model"]), str(headless))
+    state = {k: v for k, v in read_state_dict(headless).items() if not k.startswith("classifier.")}
+    for p in headless.iterdir():
+        if p.name in ("pytorch_model.bin", "model.safetensors"):
+            p.unlink()
+    write_safetensors(headless / "model.safetensors", state)
+    out = tmp_path / "out"
+    code = cli.main(train_argv(headless, world["model"], world["train"], world["dev"], out, "--max-steps", "2"))
+    (line,) = error_lines(capsys.readouterr().err)
+    assert code == 2 and str(headless) in line and "missing classifier.weight" in line
+    assert not (out / "last").exists()

@@ -115,7 +115,9 @@ def model_dir() -> Path:
 
 
 WEIGHTS = "model.safetensors"
-MODEL_FILES = (WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+MODEL_FILES = (
+    WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"
+)
 
 
 def check_weights(path: Path) -> Dict[str, torch.Tensor]:

@@ -361,7 +361,9 @@ def read_safetensors_with_metadata(
 def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict] = None) -> None:
     """``tensors`` as one safetensors file; each is copied, so tensors that share memory are fine."""
     st = _safetensors_torch()
-    plain = {key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format) for key, value in tensors.items()}
+    plain = {
+        key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format) for key, value in tensors.items()
+    }
     st.save_file(plain, str(path), metadata=metadata)
 
 
