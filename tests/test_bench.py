@@ -107,7 +107,7 @@ def test_bench_needs_a_pruned_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_the_logit_check_is_an_independent_statement_of_the_oracle(kind):
     from reference_compact import reference_compact
-    from transformers import RobertaConfig
+    from transformers import BertConfig, RobertaConfig
 
     from top.bench import unpadded_reference_logits
     from top.compact import CompactPlan

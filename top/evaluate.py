@@ -73,7 +73,7 @@ def load_model(checkpoint_dir, device: torch.device, tokenizer_name: Optional[st
 
 def build_model(checkpoint) -> Any:
     """The HF model from the checkpoint's config, every weight key and shape checked."""
-    from top.modeling import ToPForSequenceClassification
+    from top.modeling import ToPForSequenceClassification, load_state_dict_strictly
 
     locations = checkpoint.prune_locations if checkpoint.token_z is not None else []
     try:
@@ -82,34 +82,6 @@ def build_model(checkpoint) -> Any:
         raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
     load_state_dict_strictly(model.hf_model, checkpoint.state_dict, checkpoint.path)
     return model
-
-
-# Buffers that some transformers versions save and others do not; never learned weights.
-_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
-
-
-def load_state_dict_strictly(hf_model, state_dict: Dict[str, torch.Tensor], where) -> None:
-    expected = hf_model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
-    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-        if unexpected:
-            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
-        raise UserError(
-            f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); "
-            "use a checkpoint saved for this architecture."
-        )
-    for key, tensor in state_dict.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(expected[key].shape)}; use a checkpoint saved for this architecture."
-            )
-    loadable = {k: v for k, v in state_dict.items() if k in expected}
-    hf_model.load_state_dict(loadable, strict=False)
 
 
 def load_tokenizer(path, tokenizer_name: Optional[str] = None):

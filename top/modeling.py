@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -125,16 +125,35 @@ class ToPForSequenceClassification(nn.Module):
         return self.hf_model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> ToPForSequenceClassification:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+    def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model") -> ToPForSequenceClassification:
+        """A fine-tuned classifier from a directory or hub id, every weight key and shape checked.
 
-        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **{
-            k: v for k, v in hf_kwargs.items() if k in ("num_labels", "finetuning_task")
-        })
-        force_eager_attention(config)
-        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k not in ("num_labels", "finetuning_task")}
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **hf_kwargs)
-        return cls(model, prune_locations)
+        The weights are read by ``top.safeload`` (transformers never unpickles them); a missing
+        classifier head is an error, never a fresh random one.
+        """
+        from transformers import AutoConfig
+
+        from top.errors import UserError
+        from top.hub import resolve_model
+        from top.safeload import error_detail, read_state_dict
+
+        directory = resolve_model(str(name_or_path), flag)
+        try:
+            config = AutoConfig.from_pretrained(str(directory))
+        except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
+            raise UserError(
+                f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
+            ) from None
+        state_dict = read_state_dict(directory)
+        try:
+            model = cls.from_config(config, prune_locations)
+        except ValueError as error:
+            raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
+        load_state_dict_strictly(
+            model.hf_model, state_dict, directory,
+            fix="give a model fine-tuned for sequence classification (`top finetune`)",
+        )
+        return model
 
     @classmethod
     def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
@@ -203,3 +222,33 @@ class ToPForSequenceClassification(nn.Module):
 def default_prune_locations(num_layers: int) -> List[int]:
     """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
     return list(range(2, num_layers))
+
+
+# Buffers that some transformers versions save and others do not; never learned weights.
+_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def load_state_dict_strictly(
+    hf_model, state_dict: Dict[str, torch.Tensor], where, fix: str = "use a checkpoint saved for this architecture"
+) -> None:
+    """Load ``state_dict`` into ``hf_model``; a ``UserError`` naming ``where`` unless every key and shape fits."""
+    from top.errors import UserError
+
+    expected = hf_model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
+    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
+        raise UserError(f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); {fix}.")
+    for key, tensor in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[key].shape)}; {fix}."
+            )
+    loadable = {k: v for k, v in state_dict.items() if k in expected}
+    hf_model.load_state_dict(loadable, strict=False)
