@@ -107,7 +107,11 @@ def stsb_with_label(tmp: Path, label: str) -> Path:
     glue = tmp / "glue"
     (glue / "STS-B").mkdir(parents=True)
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
-    rows = [header, "0\tg\tf\t2012\t0\ts\ts\tthe film\tthe movie\t3.5", f"1\tg\tf\t2012\t1\ts\ts\ta film\tgood\t{label}"]
+    rows = [
+        header,
+        "0\tg\tf\t2012\t0\ts\ts\tthe film\tthe movie\t3.5",
+        f"1\tg\tf\t2012\t1\ts\ts\ta film\tgood\t{label}",
+    ]
     (glue / "STS-B" / "dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return glue
 
