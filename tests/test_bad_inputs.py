@@ -342,3 +342,20 @@ def test_reports_refuse_nan():
 
     with pytest.raises(ValueError):
         json_text({"score": float("nan")})
+
+
+def test_download_onto_a_full_disk_is_not_called_a_network_problem(monkeypatch, tmp_path, capsys):
+    """A checkpoint download that fills the disk ends in exit 1 naming the path, not 'check the network'."""
+    import huggingface_hub
+
+    from top import hub
+
+    def fill_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "blobs" / "weights"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fill_disk)
+    monkeypatch.setattr(hub, "cached_checkpoint", lambda repo_id: None)
+    with pytest.raises(OSError) as raised:
+        hub._download_to_cache("senfu/bert-base-uncased-top-pruned-sst2", False, None)
+    assert raised.value.errno == errno.ENOSPC
+    assert cli.environment_message(raised.value).startswith(f"cannot write {tmp_path / 'blobs' / 'weights'}: ")

@@ -6,6 +6,7 @@ command line turns into one sentence and exit status 1.
 """
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -73,6 +74,15 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         if isinstance(error, OSError):
             _name_path(error, path)
         raise
+
+
+# OSError numbers that mean this machine cannot store a file, whatever the network does.
+LOCAL_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def is_local_write_failure(error: BaseException) -> bool:
+    """A full disk or a permission problem: the command line's exit 1, never to be turned into other advice."""
+    return isinstance(error, OSError) and error.errno in LOCAL_WRITE_FAILURES
 
 
 def json_text(obj: Any, **kwargs: Any) -> str:
