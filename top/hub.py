@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from top.errors import UserError
-from top.io import atomic_directory
+from top.io import atomic_directory, is_local_write_failure
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -100,6 +100,8 @@ def _download_to_cache(repo_id: str, progress: bool, task: Optional[str]) -> Pat
         with _progress_bars(progress):
             path = snapshot_download(repo_id, cache_dir=str(hub_cache_dir()), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001 - no network, unknown repo, hub down: the same advice
+        if is_local_write_failure(exc):
+            raise  # a full disk or no permission: the command line names the path (exit 1)
         cached = cached_checkpoint(repo_id)
         if cached is not None:
             return cached
@@ -139,6 +141,8 @@ def download_checkpoint(repo_id: str, output_dir: PathLike, progress: bool = Tru
         with _progress_bars(progress):
             snapshot_download(repo_id, local_dir=str(target), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001
+        if is_local_write_failure(exc):
+            raise
         raise UserError(
             f"Downloading {repo_id} into {target} failed ({_reason(exc)}); check the id and the network and run again."
         ) from None

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from top.argtypes import non_negative_int, positive_int
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text
 
@@ -36,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
     parser.add_argument("--results-table", help="a results table of your own (default: top/published.toml)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--output-dir", default="outputs/reproduce", help="where report.json and report.md go")
     parser.add_argument("--no-assert", action="store_true",
                         help="evaluate what can be evaluated and report, without asserting the table (eval-all)")
     parser.add_argument("--report", metavar="REPORT_JSON", help="re-print the table of an earlier run's report.json")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -187,14 +188,18 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         result.update(status=ERROR, reason=str(exc))
         return result
     faithful, compact = records["faithful"], records["compact"]
+    if faithful["metrics"][row.metric] is None:
+        result.update(status=FAIL, reason=f"{row.metric} is undefined on this dev set (see the warning above)")
+        return result
     measured = 100.0 * faithful["metrics"][row.metric]
+    compact_score = compact["metrics"][row.metric]
     result.update(
         measured_score=round(measured, 4),
         delta=round(measured - row.score, 4),
         measured_flops_reduction=round(faithful["flops_reduction"], 4),
         measured_flops_reduction_unpadded=round(faithful["flops_reduction_unpadded"], 4),
         exact_flops_reduction=round(faithful["exact_flops_reduction"], 4),
-        compact_score=round(100.0 * compact["metrics"][row.metric], 4),
+        compact_score=None if compact_score is None else round(100.0 * compact_score, 4),
         compact_exact_flops_reduction=round(compact["exact_flops_reduction"], 4),
     )
     problems = []
