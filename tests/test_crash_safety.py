@@ -20,8 +20,8 @@ from typing import Dict
 
 import pytest
 import torch
-from builders import WORDS
-from test_train import SHORT, build_tiny, read_log, save_tiny_model, single_thread, subprocess_env, train_argv
+from builders import WORDS, tiny_model_dir
+from test_train import SHORT, build_tiny, read_log, single_thread, subprocess_env, train_argv
 
 from top import cli, rundir
 from top.checkpoint import load_checkpoint
@@ -54,7 +54,7 @@ def runs(tiny, tmp_path_factory):
     """Per kind of run: its data and flags, and its uninterrupted output (made once)."""
     root = tmp_path_factory.mktemp("regression")
     regression = {
-        "model": save_tiny_model(root / "model", num_labels=1),
+        "model": tiny_model_dir(root / "model", num_labels=1),
         "train": write_regression_data(root / "train.csv", 64, seed=1),
         "dev": write_regression_data(root / "dev.csv", 24, seed=2),
     }

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
-from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
-from test_train import save_tiny_model, single_thread, write_data
+from builders import tiny_checkpoint, tiny_model_dir, write_cola_dev, write_custom_csv
+from test_train import single_thread, write_data
 
 from top import cli
 from top.errors import UserError
@@ -157,7 +157,7 @@ def world(tmp_path_factory) -> Dict[str, Path]:
     tiny_checkpoint(checkpoints / "tiny-cola", layers=3, keep_bins=5, seed=3)
     write_cola_dev(root / "glue", n=12)
     write_custom_csv(root / "dev.csv", n=12)
-    model = save_tiny_model(root / "model")
+    model = tiny_model_dir(root / "model")
     train, dev = write_data(root / "train.csv", 16, seed=1), write_data(root / "tdev.csv", 8, seed=2)
     run = root / "run"
     assert cli.main(train_argv(model, model, train, dev, run, "--max-steps", "3", "--save-steps", "3")) == 0
