@@ -9,6 +9,7 @@ import argparse
 import errno
 import importlib
 import logging
+import re
 import sys
 from typing import List, Optional
 
@@ -64,7 +65,34 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version(distribution: str) -> Optional[str]:
+    """The installed version of `distribution` from its metadata (no import), or None when absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def unsupported_stack() -> Optional[str]:
+    """One sentence when the installed transformers is one `top` cannot run with (5.x or later), else None."""
+    version = installed_version("transformers")
+    match = re.match(r"\d+", version or "")
+    if match is None or int(match.group()) < 5:
+        return None
+    return (
+        f"top needs transformers 4.x but transformers {version} is installed (5.x changed the model code that top "
+        "patches); install a 4.x release with `pip install 'transformers>=4.16,<5'`, in a virtual environment of its "
+        "own if another package wants transformers 5."
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    stack_error = unsupported_stack()
+    if stack_error:
+        print(f"error: {stack_error}", file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     try:
