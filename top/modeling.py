@@ -145,15 +145,28 @@ class ToPForSequenceClassification(nn.Module):
                 f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
             ) from None
         state_dict = read_state_dict(directory)
+        fix = "give a model fine-tuned for sequence classification (`top finetune`)"
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise UserError(
+                f"{flag} {name_or_path} is a {config.model_type!r} model; give a BERT or RoBERTa classifier."
+            )
+        force_eager_attention(config)
+        # transformers' own from_pretrained, handed the vetted state dict: it builds the model as the
+        # original did, so the random stream it leaves behind (and so training) is the original's.
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
         try:
-            model = cls.from_config(config, prune_locations)
+            hf_model = model_class.from_pretrained(None, config=config, state_dict=state_dict)
+        except RuntimeError as error:  # a weight whose shape config.json does not imply
+            raise UserError(
+                f"The weights in {directory} do not fit its config.json ({error_detail(error)}); {fix}."
+            ) from None
+        check_state_dict_fits(hf_model.state_dict(), state_dict, directory, fix)
+        try:
+            return cls(hf_model, prune_locations)
         except ValueError as error:
             raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
-        load_state_dict_strictly(
-            model.hf_model, state_dict, directory,
-            fix="give a model fine-tuned for sequence classification (`top finetune`)",
-        )
-        return model
 
     @classmethod
     def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
@@ -232,9 +245,18 @@ def load_state_dict_strictly(
     hf_model, state_dict: Dict[str, torch.Tensor], where, fix: str = "use a checkpoint saved for this architecture"
 ) -> None:
     """Load ``state_dict`` into ``hf_model``; a ``UserError`` naming ``where`` unless every key and shape fits."""
+    check_state_dict_fits(hf_model.state_dict(), state_dict, where, fix)
+    expected = hf_model.state_dict()
+    loadable = {k: v for k, v in state_dict.items() if k in expected}
+    hf_model.load_state_dict(loadable, strict=False)
+
+
+def check_state_dict_fits(
+    expected: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], where, fix: str
+) -> None:
+    """A ``UserError`` naming ``where`` unless ``state_dict`` has every key and shape of ``expected``."""
     from top.errors import UserError
 
-    expected = hf_model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
     unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
     if missing or unexpected:
@@ -250,5 +272,3 @@ def load_state_dict_strictly(
                 f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
                 f"{tuple(expected[key].shape)}; {fix}."
             )
-    loadable = {k: v for k, v in state_dict.items() if k in expected}
-    hf_model.load_state_dict(loadable, strict=False)
