@@ -99,18 +99,21 @@ def test_padding_past_the_longest_example_changes_nothing(exported):
 
 
 def layer_widths(model_path, inputs, layers):
-    """The sequence width entering each layer's query projection, read from the running graph."""
+    """The number of tokens each layer attends over, read from the running graph.
+
+    Every layer has one Softmax (the attention probabilities, ``[batch, heads, n, n]``), and the
+    exporter writes nodes in execution order, so the k-th Softmax belongs to layer k.
+    """
     model = onnx.load(str(model_path))
-    queries = [n for n in model.graph.node if n.op_type == "MatMul" and re.fullmatch(r"/query(_\d+)?/MatMul", n.name)]
-    queries.sort(key=lambda n: int(n.name.split("/")[1].partition("_")[2] or 0))
-    assert len(queries) == layers
-    model.graph.output.extend(
-        onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None) for n in queries
-    )
+    softmaxes = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == layers
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in softmaxes)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-    values = session.run([n.input[0] for n in queries], feed)
-    return [v.shape[1] for v in values]
+    values = session.run(softmaxes, feed)
+    assert all(v.shape[-1] == v.shape[-2] for v in values)
+    return [v.shape[-1] for v in values]
 
 
 def test_the_graph_really_computes_fewer_tokens_in_later_layers(exported):

@@ -37,7 +37,8 @@ from top.pruning import prune_step
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
+# torch 1.12's exporter stops at opset 16; 1.13 and newer write 17.
+DEFAULT_OPSET = 17 if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (1, 13) else 16
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and the PyTorch compact path
 # The additive mask value of transformers 4.16, as the compact paths use.
 MASK_VALUE = -10000.0
@@ -219,6 +220,7 @@ def _onnx_export(module: nn.Module, config, opset: int) -> bytes:
     kwargs = {}
     if "dynamo" in _export_parameters():
         kwargs["dynamo"] = False  # the TorchScript exporter: dynamic axes through data-dependent widths
+    _register_argsort(opset)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter's notice that it is the legacy one, and tracer notes on Python-side checks
@@ -226,11 +228,30 @@ def _onnx_export(module: nn.Module, config, opset: int) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            module, args, buffer, input_names=names, output_names=["logits"], dynamic_axes=axes,
-            opset_version=opset, do_constant_folding=True, **kwargs,
-        )
+        try:
+            torch.onnx.export(
+                module, args, buffer, input_names=names, output_names=["logits"], dynamic_axes=axes,
+                opset_version=opset, do_constant_folding=True, **kwargs,
+            )
+        except ValueError as exc:
+            if "opset" not in str(exc).lower():
+                raise
+            raise UserError(
+                f"torch {torch.__version__} cannot export opset {opset} ({exc}); pass --opset {DEFAULT_OPSET}."
+            ) from None
     return buffer.getvalue()
+
+
+def _register_argsort(opset: int) -> None:
+    """torch 1.12's exporter has ``sort`` but not ``argsort`` (which prune_step uses): map one to the other."""
+    if DEFAULT_OPSET >= 17:
+        return  # torch 1.13+ exports argsort itself
+    from torch.onnx import symbolic_opset11
+
+    def argsort(g, self, dim, descending, *args):
+        return symbolic_opset11.sort(g, self, dim, descending)[1]
+
+    torch.onnx.register_custom_op_symbolic("::argsort", argsort, opset)
 
 
 def _export_parameters() -> Sequence[str]:
