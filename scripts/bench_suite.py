@@ -11,6 +11,10 @@ set would give, at a fraction of the time.
 
 Writes bench/<task>-b<batch>.json, bench/summary.json, bench/summary.md and bench/speedup.png;
 with scripts/bench_train_step.py present, also its training step-cost numbers.
+
+With ``--runtime onnxruntime`` it times the exported graphs instead (`top bench --runtime
+onnxruntime`) and writes bench/<task>-b<batch>-onnx.json and bench/summary-onnx.{md,json}, with
+the weight-read floor and the batch-1 goal (>= 1.5x vs dense padded, >= 1.0x vs dense unpadded).
 """
 
 import argparse
