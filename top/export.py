@@ -354,19 +354,21 @@ def onnxruntime_available() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from top.evaluate import load_model
+    from top.checkpoint import load_checkpoint
+    from top.evaluate import build_model
 
     if args.opset < 14:
         raise UserError(f"--opset {args.opset} is too old for this graph; pass --opset 14 or newer.")
     _require_onnxruntime()
-    loaded = load_model(args.checkpoint, torch.device("cpu"))
-    if loaded.token_z is None and not args.dense:
+    checkpoint = load_checkpoint(args.checkpoint)  # no tokenizer needed: the graph starts at token ids
+    if checkpoint.token_z is None and not args.dense:
         raise UserError(
             f"{args.checkpoint} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint "
             "or pass --dense."
         )
+    model = build_model(checkpoint).eval()
     output = Path(args.output)
-    report = export_model(loaded.model, loaded.token_z, loaded.pruner_z, output, args.opset, dense=args.dense)
+    report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense)
     print(
         "wrote {out} ({mb:.1f} MB, opset {opset}); onnxruntime agrees with the PyTorch compact path within "
         "{diff:.2g} on lengths {lengths}".format(
