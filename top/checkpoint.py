@@ -164,7 +164,7 @@ def _gate_state(obj: Any, file: Path, num_layers: int) -> Optional[Dict[str, Any
     if obj is None:  # the original saves ``self.l0_module`` even when it is None
         return None
     if isinstance(obj, PickledGateModule):
-        attributes = obj.pickled_state
+        attributes = getattr(obj, "pickled_state", {})
         parameters = attributes.get("_parameters")
         fields = dict(parameters) if isinstance(parameters, Mapping) else {}
         for key in ("token_prune_loc", "bin_num", "temperature", "magical_number"):

@@ -40,6 +40,17 @@ def default_prune_locations(num_layers: int) -> List[int]:
     return list(range(2, num_layers))
 
 
+def _whole(value: Any) -> Optional[int]:
+    """``value`` as an int if it is a whole number (a Python or 0-dim tensor one), else None."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        number = int(value)
+        return number if float(value) == number else None
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # RuntimeError: a tensor of several values
+        return None
+
+
 def check_prune_locations(
     locations: Any,
     num_layers: Optional[int] = None,
@@ -55,15 +66,13 @@ def check_prune_locations(
     ``num_layers - 1`` when the depth is known; with ``n_gates`` there must be one location per
     gate row. Otherwise a ``UserError``: one sentence naming ``source`` and ending with ``fix``.
     """
-    try:
-        items = list(locations)
-        values = [int(loc) for loc in items]
-        whole = not isinstance(locations, (str, bytes)) and all(
-            not isinstance(loc, (str, bytes)) and float(loc) == value for loc, value in zip(items, values)
-        )
-    except (TypeError, ValueError, OverflowError):
-        values, whole = [], False
-    if not whole:
+    values = None
+    if not isinstance(locations, (str, bytes, Mapping)):
+        try:
+            values = [_whole(loc) for loc in locations]
+        except TypeError:  # not a sequence at all
+            pass
+    if values is None or None in values:
         raise UserError(f"Prune locations {locations!r} from {source} are not whole layer numbers; {fix}.")
     if not values and not allow_empty:
         raise UserError(f"There are no prune locations in {source}; {fix}.")
@@ -246,8 +255,7 @@ def read_gate_state(
     if n_rows > 0 and bins == 0:
         raise UserError(f"{source} has gates with 0 rank bins; {fix}.")
     bin_num = fields.get("bin_num")
-    bin_num = bins if bin_num is None else bin_num
-    if isinstance(bin_num, bool) or not isinstance(bin_num, int) or bin_num != bins:
+    if bin_num is not None and _whole(bin_num) != bins:
         raise UserError(f"{source} gives bin_num {bin_num!r} but its token_loga has {bins} bins; {fix}.")
     locations = fields.get("prune_locations", fields.get(_OLD_LOCATIONS_KEY))
     if locations is None:
