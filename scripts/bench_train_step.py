@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from top import determinism, finetune, loop, train  # noqa: E402
-from top.gates import TokenGates  # noqa: E402
+from top.gates import TokenGates, default_prune_locations  # noqa: E402
 from top.io import atomic_write_json  # noqa: E402
-from top.modeling import ToPForSequenceClassification, default_prune_locations  # noqa: E402
+from top.modeling import ToPForSequenceClassification  # noqa: E402
 
 GOAL = 1.5
 # Long enough that neither learning-rate schedule reaches 0 while timing.

@@ -16,6 +16,18 @@ MACs exactly on the same full batches: dense at the task length, dense at each b
 length, and compact at the real survivors of every layer. Peak memory of one forward pass over
 the longest batch is measured per method (the rise of the peak resident set in a fresh
 subprocess on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+Before timing, every batch is checked: ``agreement_with_faithful`` compares compact's
+predictions with faithful mode's, and ``max_abs_logit_diff_vs_reference_compact`` compares
+compact's logits with :func:`unpadded_reference_logits`, a second statement of compact
+inference that shares none of ``compact_forward``'s machinery (see there).
+
+``--runtime onnxruntime`` times the same three methods in onnxruntime instead (CPU only):
+``compact`` is the pruned graph of ``top export``, ``dense_padded`` and ``dense_dynamic`` the
+same weights exported dense (``top export --dense``), fed padded and trimmed batches; all three
+sessions get the same thread count. Both graphs pass the export's self-check first. Beside the
+speedups it reports the weight-read floor of one forward pass (see :func:`weight_read_floor`).
+Peak memory is not measured in this mode.
 """
 
 import argparse
@@ -34,11 +46,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from top.argtypes import int_at_least, non_negative_int, positive_int
 from top.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("dense_padded", "dense_dynamic", "compact")
+RUNTIMES = ("torch", "onnxruntime")
+FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,14 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
     parser.add_argument("--data-dir", help="GLUE data directory (e.g. glue_data)")
     parser.add_argument("--validation-file", help="a csv/tsv/json file to use instead of the GLUE dev set")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--passes", type=int, default=5, help="timed passes over the dev set (at least 5)")
-    parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes first")
-    parser.add_argument("--max-examples", type=int, default=None, help="use only the first N dev examples")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--passes", type=int_at_least(5), default=5, help="timed passes over the dev set (at least 5)")
+    parser.add_argument("--warmup-passes", type=non_negative_int, default=1, help="untimed passes first")
+    parser.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N dev examples")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--output", default="bench.json", help="where to write the results")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="torch (default) or onnxruntime: time the exported pruned graph against "
+                        "the same weights exported dense")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,6 +91,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max-examples {args.max_examples} must be at least 1; pass a positive number.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no GPU; pass --device cpu.")
+    runtime = getattr(args, "runtime", "torch")
+    if runtime == "onnxruntime" and args.device != "cpu":
+        raise UserError("--runtime onnxruntime times the CPU execution provider only; pass --device cpu.")
+    if runtime == "onnxruntime":
+        from top.export import onnxruntime_available
+
+        if not onnxruntime_available():
+            raise UserError("--runtime onnxruntime needs onnx and onnxruntime; pip install 'top[onnx]'.")
     if not args.validation_file and not args.data_dir:
         raise UserError("Neither --data-dir nor --validation-file was given; pass one to say which dev set to time.")
 
@@ -85,7 +111,8 @@ def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
     """
     from transformers import AutoModelForSequenceClassification
 
-    from top.evaluate import build_model, load_state_dict_strictly
+    from top.evaluate import build_model
+    from top.modeling import load_state_dict_strictly
 
     dense = top_model = None
     if need_dense:
@@ -131,7 +158,7 @@ def sorted_batches(encoded: Dict[str, torch.Tensor], batch_size: int) -> List[Di
 # The three methods
 
 
-def method_functions(dense, top_model, token_z, pruner_z) -> Dict[str, Callable[[Dict[str, Any]], torch.Tensor]]:
+def method_functions(dense, top_model, plan) -> Dict[str, Callable[[Dict[str, Any]], torch.Tensor]]:
     from top.compact import compact_forward
 
     def dense_padded(batch):
@@ -142,13 +169,119 @@ def method_functions(dense, top_model, token_z, pruner_z) -> Dict[str, Callable[
 
     def compact(batch):
         t = batch["trimmed"]
-        return compact_forward(
-            top_model, t["input_ids"], t["attention_mask"], t.get("token_type_ids"), token_z, pruner_z
-        ).logits
+        return compact_forward(top_model, plan, t["input_ids"], t["attention_mask"], t.get("token_type_ids")).logits
 
     functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact}
     return {name: functions[name] for name in METHODS if (dense is not None or name == "compact")
             and (top_model is not None or name != "compact")}
+
+
+def unpadded_reference_logits(top_model, plan, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    """Compact inference stated plainly, for the logit check in ``bench.json``.
+
+    The examples of each length run together through the stock Hugging Face layers, with no
+    padding and no attention mask. A prune step keeps the tokens :func:`top.pruning.prune_step`
+    picks from the layer's own attention probabilities (averaged over heads and rows), by boolean
+    indexing; equal lengths keep equal counts, so each group stays rectangular. Nothing is packed,
+    re-padded or planned, unlike :func:`top.compact.compact_forward`.
+    """
+    from top.pruning import prune_step
+
+    family = top_model._family
+    lengths = attention_mask.sum(dim=1)
+    logits = None
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().flatten()
+        hidden = family.embed(input_ids[rows, :n], None if token_type_ids is None else token_type_ids[rows, :n])
+        importance = None
+        for index, layer in enumerate(family.layers):
+            if plan.pruning and index in plan.prune_locations:
+                location = plan.prune_locations.index(index)
+                keep = prune_step(importance, torch.ones_like(importance), plan.token_z[location],
+                                  plan.pruner_z[location]) > 0
+                keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+                hidden = hidden[keep].view(hidden.shape[0], -1, hidden.shape[-1])
+            hidden, probs = layer(hidden, output_attentions=True)[:2]
+            importance = probs.mean(dim=(1, 2))[:, 1:]
+        group = family.head(hidden)
+        if logits is None:
+            logits = group.new_zeros(input_ids.shape[0], group.shape[-1])
+        logits[rows] = group
+    return logits
+
+
+def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, directory: Path):
+    """The three methods in onnxruntime: ``(functions, pruned session, export reports)``.
+
+    The pruned graph and the same weights exported dense are written to ``directory`` by
+    :func:`top.export.export_model`, which checks each against the PyTorch compact path first.
+    Every batch gets numpy copies of its inputs, so the timed calls convert nothing.
+    """
+    from top.export import export_model, onnxruntime_session, sample_inputs
+
+    reports = {
+        "compact": export_model(top_model, token_z, pruner_z, directory / "pruned.onnx"),
+        "dense": export_model(top_model, None, None, directory / "dense.onnx", dense=True),
+    }
+    pruned = onnxruntime_session(directory / "pruned.onnx", threads)
+    dense = onnxruntime_session(directory / "dense.onnx", threads)
+    names = [i.name for i in pruned.get_inputs()]
+    for batch in batches:
+        for part in ("full", "trimmed"):
+            batch[part + "_numpy"] = {k: batch[part][k].cpu().numpy() for k in names}
+
+    def dense_padded(batch):
+        return dense.run(["logits"], batch["full_numpy"])[0]
+
+    def dense_dynamic(batch):
+        return dense.run(["logits"], batch["trimmed_numpy"])[0]
+
+    def compact(batch):
+        return pruned.run(["logits"], batch["trimmed_numpy"])[0]
+
+    two = sample_inputs(top_model.config, [2])
+    two_tokens = {k: two[k].numpy() for k in names}
+
+    def dense_two_tokens(batch):
+        # The weight-read floor of batch 1, timed in turn with the others (see weight_read_floor).
+        return dense.run(["logits"], two_tokens)[0]
+
+    functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact,
+                 FLOOR_METHOD: dense_two_tokens}
+    return functions, pruned, reports
+
+
+def weight_read_floor(top_model, two_token_ms: float) -> Dict[str, Any]:
+    """What bounds one batch-1 forward pass from below: every weight matrix is read once.
+
+    Two measures. ``bandwidth_floor_ms``: the bytes of every weight the layers and the head read
+    whole (the embedding tables are only indexed, so they are left out) over the read bandwidth
+    of this machine, measured by summing a float32 buffer of the same size (numpy, one thread).
+    ``two_token_ms``: the dense graph on a two-token input ([CLS] [SEP]), timed in turn with the
+    other methods: the same weights streamed through the same kernels with next to no arithmetic,
+    onnxruntime's cost per operator included.
+    """
+    import numpy as np
+
+    weight_bytes = sum(
+        p.numel() * p.element_size() for name, p in top_model.named_parameters() if ".embeddings." not in name
+    )
+    buffer = np.ones(weight_bytes // 4, dtype=np.float32)
+    reads = []
+    for _ in range(5):
+        start = time.perf_counter()
+        buffer.sum()
+        reads.append(time.perf_counter() - start)
+    del buffer
+    read_s = statistics.median(reads)
+    return {
+        "weight_bytes": int(weight_bytes),
+        "read_bandwidth_gb_s": weight_bytes / read_s / 1e9,
+        "bandwidth_floor_ms": 1000.0 * read_s,
+        "two_token_ms": two_token_ms,
+        "method": "weight bytes / one-thread numpy read bandwidth; dense ONNX graph on 2 tokens at batch 1, "
+                  "timed in turn with the other methods, same threads",
+    }
 
 
 def _sync(device: str) -> None:
@@ -204,13 +337,17 @@ def _reset_peak_rss() -> bool:
 def memory_probe_main(argv: Optional[List[str]] = None) -> None:
     """Child process: load one method, run it once on the saved batch, print the peak rise in MB."""
     from top.checkpoint import load_checkpoint
+    from top.compact import CompactPlan
+    from top.safeload import read_tree
 
     checkpoint_path, method, batch_path, threads = (argv or sys.argv[1:])[:4]
     torch.set_num_threads(int(threads))
     checkpoint = load_checkpoint(checkpoint_path)
     dense, top_model = load_models(checkpoint, need_dense=method != "compact", need_top=method == "compact")
-    functions = method_functions(dense, top_model, checkpoint.token_z, checkpoint.pruner_z)
-    batch = torch.load(batch_path)
+    batch = read_tree(batch_path, what="benchmark batch")
+    plan = CompactPlan.from_gates(checkpoint.token_z, checkpoint.pruner_z, checkpoint.prune_locations,
+                                  batch["full"]["input_ids"].shape[1])
+    functions = method_functions(dense, top_model, plan)
     before = _read_status_kb("VmRSS")
     how = "vmhwm" if before is not None and _reset_peak_rss() else "ru_maxrss"
     if how == "ru_maxrss":  # the lifetime peak, which loading may already have set
@@ -223,6 +360,8 @@ def memory_probe_main(argv: Optional[List[str]] = None) -> None:
 
 def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tuple[Dict[str, Optional[float]], str]:
     """Peak memory (MB) one forward pass on ``batch`` adds, per method."""
+    from top.safeload import write_tree
+
     if args.device == "cuda":
         peaks = {}
         with torch.no_grad():
@@ -238,8 +377,8 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
     code = f"import sys; sys.path.insert(0, {root!r}); from top.bench import memory_probe_main; memory_probe_main()"
     peaks, how = {}, "vmhwm"
     with tempfile.TemporaryDirectory() as tmp:
-        batch_path = os.path.join(tmp, "batch.pt")
-        torch.save(batch, batch_path)
+        batch_path = os.path.join(tmp, "batch.safetensors")
+        write_tree(batch_path, batch)
         for name in functions:
             result = subprocess.run(
                 [sys.executable, "-c", code, str(checkpoint.path), name, batch_path, str(threads)],
@@ -264,8 +403,8 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
 
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     from top.checkpoint import load_checkpoint
-    from top.compact import compact_forward, prediction_agreement
-    from top.data import encode
+    from top.compact import CompactPlan, compact_forward, prediction_agreement
+    from top.data import check_max_seq_length, encode
     from top.flops import model_macs
     from top.tasks import get_task
 
@@ -279,6 +418,7 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(
             f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
         )
+    check_max_seq_length(task.task_length, checkpoint.config, f"the checkpoint {checkpoint.path}", None)
     from top.evaluate import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint.path)
@@ -298,26 +438,39 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     dense.to(device)
     top_model.to(device)
     token_z, pruner_z = checkpoint.token_z.to(device), checkpoint.pruner_z.to(device)
+    plan = CompactPlan.from_gates(token_z, pruner_z, top_model.prune_locations, task.task_length)
     for batch in batches:
         for part in ("full", "trimmed"):
             batch[part] = {k: v.to(device) for k, v in batch[part].items()}
-    functions = method_functions(dense, top_model, token_z, pruner_z)
+    functions = method_functions(dense, top_model, plan)
     config = top_model.config
+    runtime = getattr(args, "runtime", "torch")
+    onnx_dir = onnx_session = exports = None
+    if runtime == "onnxruntime":
+        onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
+        functions, onnx_session, exports = onnxruntime_functions(
+            top_model, token_z, pruner_z, batches, threads, Path(onnx_dir.name)
+        )
 
-    # Correctness: compact against faithful (predictions) and the reference compact mode (logits).
+    # Correctness: compact against faithful (predictions) and the unpadded reference (logits).
     agree: List[bool] = []
-    max_diff = 0.0
+    onnx_agree: List[bool] = []
+    max_diff = onnx_diff = 0.0
     kept = []
     with torch.no_grad():
         for batch in batches:
             t = batch["trimmed"]
             inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
-            fast = compact_forward(top_model, *inputs, token_z, pruner_z)
+            fast = compact_forward(top_model, plan, *inputs)
             faithful = top_model(*inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z).logits
-            reference = top_model(*inputs, mode="compact", token_z=token_z, pruner_z=pruner_z).logits
+            reference = unpadded_reference_logits(top_model, plan, *inputs)
             agree.extend(prediction_agreement(fast.logits, faithful))
             max_diff = max(max_diff, float((fast.logits - reference).abs().max()))
             kept.append(fast.kept_lengths.cpu())
+            if onnx_session is not None:
+                onnx_logits = torch.from_numpy(functions["compact"](batch))
+                onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
+                onnx_diff = max(onnx_diff, float((onnx_logits - fast.logits).abs().max()))
 
     # Exact MACs on the same examples.
     layers = int(config.num_hidden_layers)
@@ -337,8 +490,14 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     per_pass = time_methods(functions, full_batches, args.passes, args.warmup_passes, args.device)
     ms = {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
 
+    floor = None
+    if onnx_session is not None:
+        floor = weight_read_floor(top_model, ms.pop(FLOOR_METHOD))
+        del functions, onnx_session
+        onnx_dir.cleanup()
+
     memory, memory_how = None, None
-    if not args.no_memory:
+    if not args.no_memory and runtime == "torch":
         longest = full_batches[0]  # sorted longest first
         memory, memory_how = measure_peak_memory(args, checkpoint, functions, longest, threads)
 
@@ -381,7 +540,20 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         "dense_attention": getattr(dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "runtime": runtime,
     }
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        result.update({
+            "onnxruntime": onnxruntime.__version__,
+            "onnx_agreement_with_faithful": sum(onnx_agree) / len(onnx_agree),
+            "max_abs_logit_diff_onnx_vs_compact": onnx_diff,
+            "onnx_export_check": exports,
+            "weight_read_floor": floor,
+            "dense_graph": "the same weights exported by top export --dense (no pruning, padding computed)",
+        })
+        result["dense_attention"] = "onnx (MatMul/Softmax, as in the pruned graph)"
     return result
 
 
@@ -392,10 +564,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(args.output, result)
     base = result["baselines"]
     print(
-        "{task} batch {bs} on {dev} ({thr} threads): compact {c:.1f} ms; "
+        "{task} batch {bs} on {dev} ({thr} threads, {rt}): compact {c:.1f} ms; "
         "vs dense_padded {sp:.2f}x (FLOPs limit {fp:.2f}x); vs dense_dynamic {sd:.2f}x (FLOPs limit {fd:.2f}x); "
         "agreement with faithful {ag:.4f}".format(
             task=result["task"], bs=result["batch_size"], dev=result["device"], thr=result["threads"],
+            rt=result["runtime"],
             c=result["compact"]["ms_per_batch"], sp=base["dense_padded"]["speedup"],
             fp=base["dense_padded"]["flops_ratio"], sd=base["dense_dynamic"]["speedup"],
             fd=base["dense_dynamic"]["flops_ratio"], ag=result["agreement_with_faithful"],

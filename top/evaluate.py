@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from top import flops
+from top.argtypes import int_at_least, positive_int
 from top.errors import UserError
-from top.io import atomic_write_json, atomic_write_text
+from top.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
 from top.tasks import TASKS, get_task
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def load_model(checkpoint_dir, device: torch.device, tokenizer_name: Optional[st
 
 def build_model(checkpoint) -> Any:
     """The HF model from the checkpoint's config, every weight key and shape checked."""
-    from top.modeling import ToPForSequenceClassification
+    from top.modeling import ToPForSequenceClassification, load_state_dict_strictly
 
     locations = checkpoint.prune_locations if checkpoint.token_z is not None else []
     try:
@@ -82,34 +82,6 @@ def build_model(checkpoint) -> Any:
         raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
     load_state_dict_strictly(model.hf_model, checkpoint.state_dict, checkpoint.path)
     return model
-
-
-# Buffers that some transformers versions save and others do not; never learned weights.
-_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
-
-
-def load_state_dict_strictly(hf_model, state_dict: Dict[str, torch.Tensor], where) -> None:
-    expected = hf_model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
-    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-        if unexpected:
-            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
-        raise UserError(
-            f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); "
-            "use a checkpoint saved for this architecture."
-        )
-    for key, tensor in state_dict.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(expected[key].shape)}; use a checkpoint saved for this architecture."
-            )
-    loadable = {k: v for k, v in state_dict.items() if k in expected}
-    hf_model.load_state_dict(loadable, strict=False)
 
 
 def load_tokenizer(path, tokenizer_name: Optional[str] = None):
@@ -173,12 +145,13 @@ def evaluate(
         raise UserError(f"Unknown mode {mode!r}; pass --mode faithful or --mode compact.")
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
+    forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.examples, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
     started = time.perf_counter()
     scored = scoring.predict(
-        lambda batch: model(**loop.model_inputs(batch), mode=mode, token_z=token_z, pruner_z=pruner_z),
+        lambda batch: forward(loop.model_inputs(batch)),
         encoded,
         batch_size,
         device,
@@ -251,6 +224,20 @@ def _sums(rows) -> List[float]:
     return totals
 
 
+def model_forward(loaded: LoadedModel, mode: str, max_seq_length: int):
+    """``inputs -> output`` with ``logits`` and ``kept_lengths``; compact mode's plan is built here, once."""
+    model, token_z, pruner_z = loaded.model, loaded.token_z, loaded.pruner_z
+    if mode == "faithful":
+        return lambda inputs: model(**inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z)
+    from top.compact import CompactPlan, compact_forward, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise UserError(f"--mode compact cannot run {loaded.path}: {reason}; evaluate it with --mode faithful.")
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, max_seq_length)
+    return lambda inputs: compact_forward(model, plan, **inputs)
+
+
 def _expected_sparsities(model, token_z, pruner_z, attention_mask, task_length):
     if token_z is None:  # a dense model: nothing pruned, so only the padding convention differs
         token_z = attention_mask.new_ones(0, 1, dtype=torch.float)
@@ -273,7 +260,8 @@ def write_outputs(record: Dict[str, Any], output_dir) -> Path:
     output_dir = Path(output_dir)
     record = dict(record)
     predictions = record.pop("predictions")
-    lines = "".join(json.dumps(p) + "\n" for p in predictions)
+    # A model whose weights are broken gives NaN logits: they are written as null.
+    lines = "".join(json_text(finite_or_none(p)) + "\n" for p in predictions)
     atomic_write_text(output_dir / f"{record['task']}.predictions.jsonl", lines)
     path = output_dir / f"{record['task']}.json"
     atomic_write_json(path, record)
@@ -281,7 +269,7 @@ def write_outputs(record: Dict[str, Any], output_dir) -> Path:
 
 
 def summary_line(record: Dict[str, Any]) -> str:
-    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in record["metrics"].items())
+    metrics = ", ".join(f"{k} {'undefined' if v is None else f'{100 * v:.2f}'}" for k, v in record["metrics"].items())
     return (
         f"{record['task']} ({record['mode']}, {record['n_examples']} examples): {metrics} | "
         f"FLOPs reduction {record['flops_reduction']:.2f}x (unpadded {record['flops_reduction_unpadded']:.2f}x)"
@@ -294,11 +282,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
     parser.add_argument("--validation-file", help="a csv/tsv/json file with sentence[, sentence2], label")
     parser.add_argument("--mode", choices=EVAL_MODES, default="faithful")
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
-    parser.add_argument("--seed", type=int, default=57)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -308,10 +295,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
     if args.task and args.validation_file:
         raise UserError("Pass either --task (GLUE) or --validation-file (your own data), not both.")
-    torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     eval_data = load_eval_data(args.task, args.data_dir, args.validation_file, args.max_seq_length)
     loaded = load_model(args.checkpoint, device, args.tokenizer)
+    from top.data import check_max_seq_length
+
+    check_max_seq_length(args.max_seq_length, loaded.model.config, f"the checkpoint {loaded.path}")
     record = evaluate(loaded, eval_data, args.mode, args.max_seq_length, args.batch_size,
                       progress=not args.no_progress)
     path = write_outputs(record, args.output_dir)

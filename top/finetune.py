@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from top import determinism, loop
+from top import determinism, loop, rundir
+from top.argtypes import non_negative_float, positive_float, positive_int
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
 
@@ -34,11 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pre-trained model directory or hub id, e.g. bert-base-uncased")
     loop.add_data_arguments(parser)
     parser.add_argument(
-        "--epochs", type=float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
+        "--epochs", type=positive_float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
     )
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
-    parser.add_argument("--eval-steps", type=int, help="score the dev set every this many steps (default: every epoch)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--learning-rate", type=non_negative_float, default=2e-5)
+    parser.add_argument(
+        "--eval-steps", type=positive_int, help="score the dev set every this many steps (default: every epoch)"
+    )
     loop.add_run_arguments(parser)
 
 
@@ -51,51 +54,74 @@ def default_epochs(data: loop.TaskData) -> int:
 def run(args: argparse.Namespace) -> int:
     dist = loop.setup_distributed(args.device)
     try:
-        return finetune(args, dist)
+        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
+        with rundir.claim(Path(args.output_dir), dist.is_main):
+            dist.barrier()
+            return finetune(args, dist)
     finally:
         loop.teardown_distributed(dist)
 
 
-def load_model(args: argparse.Namespace, data: loop.TaskData):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_model(args: argparse.Namespace, data: loop.TaskData, directory: Path):
+    """The pre-trained encoder in ``directory`` (``--model`` resolved) with this task's classifier head.
+
+    The weights are read by ``top.safeload`` and handed to transformers as a state dict, so it
+    never unpickles a file; a head of another size is replaced by a fresh one, base-model key
+    prefixes are matched as transformers does.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from top.checkpoint import check_config
+    from top.data import check_max_seq_length
+    from top.safeload import read_state_dict
 
     try:
-        config = AutoConfig.from_pretrained(args.model, num_labels=data.num_labels, finetuning_task=data.name)
+        config = AutoConfig.from_pretrained(str(directory), num_labels=data.num_labels, finetuning_task=data.name)
     except Exception as error:
         raise UserError(
             f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
         ) from None
+    check_config(config, f"The config.json of --model {args.model}")
+    check_max_seq_length(args.max_seq_length, config, f"--model {args.model}")
     if data.task is not None and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
+    state_dict = read_state_dict(directory)
     try:
-        # A classifier head of another task is replaced by a fresh one of this task's size.
-        return AutoModelForSequenceClassification.from_pretrained(
-            args.model, config=config, ignore_mismatched_sizes=True
-        )
-    except (OSError, RuntimeError, ValueError) as error:
+        # The concrete class: the Auto class wants a path. A classifier head of another task is
+        # replaced by a fresh one of this task's size.
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        model = model_class.from_pretrained(None, config=config, state_dict=state_dict, ignore_mismatched_sizes=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise UserError(
             f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "
             f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder."
         ) from None
+    model.config.name_or_path = str(args.model)
+    return model
 
 
 def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
-    """Hugging Face layout (config, weights, tokenizer), swapped in whole."""
+    """Hugging Face layout (config, ``model.safetensors``, tokenizer), swapped in whole."""
+    from top.safeload import SAFETENSORS_FILE, write_safetensors
+
     with atomic_directory(path) as tmp:
-        model.save_pretrained(str(tmp))
+        model.config.save_pretrained(str(tmp))
+        write_safetensors(tmp / SAFETENSORS_FILE, model.state_dict())
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
-def encode_data(args: argparse.Namespace, data: loop.TaskData):
-    """The model's tokenizer, and the train and dev sets tokenised by it."""
+def encode_data(args: argparse.Namespace, data: loop.TaskData, model_dir: Path):
+    """The tokenizer of the model in ``model_dir`` (``--model`` resolved), and the train and dev sets
+    tokenised by it."""
     from transformers import AutoTokenizer
 
     from top.data import encode
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as error:
         raise UserError(
             f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
@@ -139,6 +165,8 @@ def score_dev(model, dev_set, data: loop.TaskData, batch_size: int, device: torc
 def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
 
+    from top.hub import resolve_model
+
     loop.check_positive(
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
@@ -154,12 +182,13 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
 
-    tokenizer, train_set, dev_set = encode_data(args, data)
+    model_dir = resolve_model(args.model, "--model")
+    tokenizer, train_set, dev_set = encode_data(args, data, model_dir)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch
 
-    model = load_model(args, data).to(device)
+    model = load_model(args, data, model_dir).to(device)
     optimizer, scheduler = build_optimizer(model, args, total_steps)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
     if dist.is_main:
@@ -191,12 +220,14 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
             if dist.is_main:
                 metrics = score_dev(model, dev_set, data, args.eval_batch_size, device)
                 score = metrics[data.metric]
-                is_best = best["score"] is None or score > best["score"]
+                # An undefined score (None: see top.metrics) is never the best.
+                is_best = score is not None and (best["score"] is None or score > best["score"])
                 if is_best:
                     best = {"score": score, "step": step}
                     save_model(out / "best", model, tokenizer, {"step": step, "eval": metrics})
                 log.write({"step": step, "eval": metrics, "score": score, "is_best": is_best})
-                bar.write(f"step {step}: {data.metric} {score:.4f}" + (" (best)" if is_best else ""))
+                shown = "undefined" if score is None else f"{score:.4f}"
+                bar.write(f"step {step}: {data.metric} {shown}" + (" (best)" if is_best else ""))
             dist.barrier()
     bar.close()
     if dist.is_main:
@@ -205,5 +236,8 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
             out / "summary.json",
             {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
         )
-        print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
+        if best["score"] is None:
+            print(f"No evaluation gave a defined {data.metric}, so best/ was not written (see {out / 'log.jsonl'}).")
+        else:
+            print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
     return 0

@@ -7,23 +7,23 @@ Each training command is a plain loop in its own module; this one holds only wha
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from top.argtypes import int_at_least, non_negative_float, non_negative_int, positive_float, positive_int
 from top.errors import UserError
 from top.tasks import TASKS, Task, get_task
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
-_TORCH_HAS_WEIGHTS_ONLY = "weights_only" in inspect.signature(torch.load).parameters
+STATE_FILE = "trainer_state.safetensors"
+OLD_STATE_FILE = "trainer_state.pt"  # written before the state moved to safetensors; still read
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,14 +38,14 @@ def add_data_arguments(parser) -> None:
 
 
 def add_run_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per process and step")
-    parser.add_argument("--eval-batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per process and step")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=32)
+    parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--max-grad-norm", type=positive_float, default=1.0)
+    parser.add_argument("--seed", type=non_negative_int, default=57)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--logging-steps", type=int, default=25)
+    parser.add_argument("--logging-steps", type=positive_int, default=25)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -181,12 +181,12 @@ def select(encoded: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str,
 
 def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
     """Total optimisation steps from ``--max-steps`` or ``--epochs`` (else the default)."""
-    if getattr(args, "max_steps", None):
+    if getattr(args, "max_steps", None) is not None:
         check_positive(max_steps=args.max_steps)
         return int(args.max_steps)
     epochs = args.epochs if args.epochs is not None else default_epochs
-    if epochs <= 0:
-        raise UserError(f"--epochs is {epochs}; give a positive number of epochs.")
+    if not (0 < epochs < math.inf):
+        raise UserError(f"--epochs is {epochs}; give a positive, finite number of epochs.")
     return max(1, int(math.ceil(epochs * steps_per_epoch)))
 
 
@@ -214,12 +214,10 @@ def weight_parameter_groups(model: torch.nn.Module, learning_rate: float, weight
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The learning rate falls linearly from its start to 0 over ``total_steps`` (no warm-up)."""
-    total = max(1, int(total_steps))
+    from transformers import get_linear_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        return max(0.0, float(total - step) / float(total))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # At least one step, so a run with no steps left keeps its start rate rather than 0.
+    return get_linear_schedule_with_warmup(optimizer, 0, max(1, int(total_steps)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,34 +339,64 @@ class JsonLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: Dict[str, Any]) -> None:
+        """Append one line; a value that is not a finite number (a diverged loss) is logged as null.
+
+        A write that fails (a full disk) is cut back off, so no half line is left behind.
+        """
         if not self.enabled:
             return
+        from top.io import finite_or_none, json_text
+
+        data = (json_text(finite_or_none(record)) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError as error:
+                os.ftruncate(fd, size)
+                if error.filename is None:
+                    error.filename = str(self.path)
+                raise
+        finally:
+            os.close(fd)
 
 
 def save_state_file(directory: Path, state: Dict[str, Any]) -> None:
-    torch.save(state, str(Path(directory) / STATE_FILE))
+    """The training state as ``trainer_state.safetensors``: its tensors, and its structure and plain
+    values (optimizer settings, RNG states, counters) as JSON in the file's metadata."""
+    from top.safeload import write_tree
+
+    write_tree(Path(directory) / STATE_FILE, state)
+
+
+_RESTART = "start the run again without --resume"
+
+
+def has_state_file(directory: Path) -> bool:
+    return (Path(directory) / STATE_FILE).is_file() or (Path(directory) / OLD_STATE_FILE).is_file()
 
 
 def load_state_file(directory: Path) -> Dict[str, Any]:
-    """Our own ``trainer_state.pt``: tensors, lists and numbers only."""
-    file = Path(directory) / STATE_FILE
-    if not file.is_file():
+    """Our own training state: ``trainer_state.safetensors``, or an older ``trainer_state.pt``
+    (read through the allow-list, so nothing in it runs)."""
+    from top.safeload import read_torch_file, read_tree
+
+    directory = Path(directory)
+    file = directory / STATE_FILE
+    if file.is_file():
+        state = read_tree(file, fix=_RESTART)
+    elif (directory / OLD_STATE_FILE).is_file():
+        file = directory / OLD_STATE_FILE
+        state = read_torch_file(file, fix=_RESTART)
+    else:
         raise UserError(f"{file} is missing, so the run cannot be resumed; start it again without --resume.")
-    kwargs = {"weights_only": True} if _TORCH_HAS_WEIGHTS_ONLY else {}
-    try:
-        return torch.load(str(file), map_location="cpu", **kwargs)
-    except Exception as error:
-        raise UserError(
-            f"{file} cannot be read ({type(error).__name__}); start the run again without --resume."
-        ) from None
-
-
-def iterate_steps(start: int, total: int) -> Iterator[int]:
-    return iter(range(start, total))
+    if not isinstance(state, dict) or not {"step", "pruning", "best", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{file} does not hold a training state; start the run again without --resume.")
+    return state
 
 
 def start_run(out: Path, command: str, args, record: Dict[str, Any]) -> None:

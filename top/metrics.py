@@ -1,6 +1,11 @@
-"""GLUE's metrics on a 0-1 scale, with the names the `datasets` glue metric uses."""
+"""GLUE's metrics on a 0-1 scale, with the names the `datasets` glue metric uses.
 
-from typing import Dict, Sequence, Union
+A metric that the data leaves undefined (a correlation with constant labels or predictions) is
+``None``, with a warning that says why; reports write it as JSON's null.
+"""
+
+import logging
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 from scipy import stats
@@ -12,6 +17,8 @@ CUSTOM_METRICS = {
     "classification": ("accuracy",),
     "regression": ("pearson", "spearmanr"),
 }
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 TaskOrKind = Union[str, Task]
@@ -43,11 +50,31 @@ def matthews_correlation(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(covariance / denominator) if denominator else 0.0
 
 
-def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
+def _correlation_undefined(name: str, predictions: np.ndarray, labels: np.ndarray) -> bool:
+    """A correlation needs variation on both sides; say which side has none."""
+    for what, values in (("labels", labels), ("predictions", predictions)):
+        if len(values) < 2 or np.all(values == values[0]):
+            logger.warning(
+                "%s is undefined because all %d %s are equal; it is reported as null", name, len(values), what
+            )
+            return True
+    if not (np.all(np.isfinite(predictions)) and np.all(np.isfinite(labels))):
+        logger.warning(
+            "%s is undefined because some predictions or labels are not finite; it is reported as null", name
+        )
+        return True
+    return False
+
+
+def pearson(predictions: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    if _correlation_undefined("pearson", predictions, labels):
+        return None
     return float(stats.pearsonr(predictions, labels)[0])
 
 
-def spearmanr(predictions: np.ndarray, labels: np.ndarray) -> float:
+def spearmanr(predictions: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    if _correlation_undefined("spearmanr", predictions, labels):
+        return None
     return float(stats.spearmanr(predictions, labels)[0])
 
 
@@ -68,8 +95,10 @@ def _metrics_and_kind(task_or_kind: TaskOrKind):
     return task.metrics, task.is_regression
 
 
-def compute_metrics(task_or_kind: TaskOrKind, predictions: ArrayLike, labels: ArrayLike) -> Dict[str, float]:
-    """Every metric the task reports, on a 0-1 scale.
+def compute_metrics(
+    task_or_kind: TaskOrKind, predictions: ArrayLike, labels: ArrayLike
+) -> Dict[str, Optional[float]]:
+    """Every metric the task reports, on a 0-1 scale (None where the data leaves it undefined).
 
     `task_or_kind` is a GLUE task (name or Task) or, for a user's own data,
     "classification" or "regression". Classification predictions may be class ids

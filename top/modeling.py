@@ -4,30 +4,33 @@ The HF model is wrapped, not copied: we call its embeddings, its layers (each on
 ``BertLayer``/``RobertaLayer``, asked for its attention probabilities) and its head, and run
 the layer loop ourselves so a pruning step can sit between two layers.
 
-Modes (one :func:`top.pruning.prune_step` serves all three):
+Modes (one :func:`top.pruning.prune_step` serves both, and :mod:`top.compact` too):
 
 ``train``     sampled gates; dropped tokens are zeroed (``hidden *= keep``), the attention mask
               is left alone, as in the original training.
 ``faithful``  the paper's evaluation: deterministic gates; dropped tokens get -10000 in the
               attention mask of every later layer, but every position is still computed.
-``compact``   dropped tokens are removed: survivors are gathered into a shorter, re-padded
-              batch, so time and FLOPs really fall.
+
+Compact inference (dropped tokens really removed, so time and FLOPs fall) is not a mode of this
+forward: it is :func:`top.compact.compact_forward` with a :class:`top.compact.CompactPlan` built
+once per set of gates, and ``mode="compact"`` here says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from top.gates import check_prune_locations, default_prune_locations
 from top.pruning import prune_step
 
 logger = logging.getLogger(__name__)
 
-MODES = ("train", "faithful", "compact")
+MODES = ("train", "faithful")
 # The additive mask value of transformers 4.16, which the published numbers were made with.
 MASK_VALUE = -10000.0
 
@@ -36,7 +39,7 @@ MASK_VALUE = -10000.0
 class ToPOutput:
     logits: torch.Tensor
     # Per layer, ``[B, N-1]``: attention probabilities averaged over heads and query rows,
-    # [CLS] column excluded. In ``compact`` mode they are scattered back to input positions.
+    # [CLS] column excluded.
     importance: List[torch.Tensor]
     # Per layer, bool ``[B, N]`` of the tokens attended to at that layer (real tokens only);
     # None for layers before the first prune location.
@@ -108,31 +111,60 @@ class ToPForSequenceClassification(nn.Module):
         num_layers = hf_model.config.num_hidden_layers
         if prune_locations is None:
             prune_locations = default_prune_locations(num_layers)
-        prune_locations = [int(p) for p in prune_locations]
-        bad = [p for p in prune_locations if not 1 <= p < num_layers]
-        if bad:
-            raise ValueError(
-                f"prune locations {bad} are outside 1..{num_layers - 1} for a {num_layers}-layer model"
-            )
-        if sorted(set(prune_locations)) != prune_locations:
-            raise ValueError(f"prune locations must be increasing and distinct, got {prune_locations}")
-        self.prune_locations = prune_locations
+        self.prune_locations = check_prune_locations(
+            prune_locations,
+            num_layers,
+            source="ToPForSequenceClassification(prune_locations=...)",
+            fix="pick layers of this model in increasing order",
+        )
 
     @property
     def config(self):
         return self.hf_model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> ToPForSequenceClassification:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+    def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model") -> ToPForSequenceClassification:
+        """A fine-tuned classifier from a directory or hub id, every weight key and shape checked.
 
-        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **{
-            k: v for k, v in hf_kwargs.items() if k in ("num_labels", "finetuning_task")
-        })
+        The weights are read by ``top.safeload`` (transformers never unpickles them); a missing
+        classifier head is an error, never a fresh random one.
+        """
+        from transformers import AutoConfig
+
+        from top.errors import UserError
+        from top.hub import resolve_model
+        from top.safeload import error_detail, read_state_dict
+
+        directory = resolve_model(str(name_or_path), flag)
+        try:
+            config = AutoConfig.from_pretrained(str(directory))
+        except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
+            raise UserError(
+                f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
+            ) from None
+        state_dict = read_state_dict(directory)
+        fix = "give a model fine-tuned for sequence classification (`top finetune`)"
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise UserError(
+                f"{flag} {name_or_path} is a {config.model_type!r} model; give a BERT or RoBERTa classifier."
+            )
         force_eager_attention(config)
-        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k not in ("num_labels", "finetuning_task")}
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **hf_kwargs)
-        return cls(model, prune_locations)
+        # transformers' own from_pretrained, handed the vetted state dict: it builds the model as the
+        # original did, so the random stream it leaves behind (and so training) is the original's.
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        try:
+            hf_model = model_class.from_pretrained(None, config=config, state_dict=state_dict)
+        except RuntimeError as error:  # a weight whose shape config.json does not imply
+            raise UserError(
+                f"The weights in {directory} do not fit its config.json ({error_detail(error)}); {fix}."
+            ) from None
+        check_state_dict_fits(hf_model.state_dict(), state_dict, directory, fix)
+        try:
+            return cls(hf_model, prune_locations)
+        except ValueError as error:
+            raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
 
     @classmethod
     def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
@@ -151,6 +183,11 @@ class ToPForSequenceClassification(nn.Module):
         token_z: Optional[torch.Tensor] = None,
         pruner_z: Optional[torch.Tensor] = None,
     ) -> ToPOutput:
+        if mode == "compact":
+            raise ValueError(
+                'mode="compact" is not a mode of this forward; build top.compact.CompactPlan.from_gates(...) '
+                "once and call top.compact.compact_forward(model, plan, ...)"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if attention_mask is None:
@@ -163,8 +200,6 @@ class ToPForSequenceClassification(nn.Module):
                 raise ValueError(
                     f"gates cover {token_z.shape[0]} locations but the model prunes at {self.prune_locations}"
                 )
-        if mode == "compact":
-            return self._forward_compact(input_ids, attention_mask, token_type_ids, token_z, pruner_z)
         return self._forward_masked(input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z)
 
     def _forward_masked(self, input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z) -> ToPOutput:
@@ -194,61 +229,39 @@ class ToPForSequenceClassification(nn.Module):
         logits = family.head(hidden)
         return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
 
-    def _forward_compact(self, input_ids, attention_mask, token_type_ids, token_z, pruner_z) -> ToPOutput:
-        family = self._family
-        hidden = family.embed(input_ids, token_type_ids)
-        batch, full_len = input_ids.shape
-        dtype = hidden.dtype
-        # Trim the batch to its longest member before anything runs.
-        length = int(attention_mask.sum(dim=1).max().item())
-        hidden = hidden[:, :length]
-        alive = attention_mask[:, :length].to(dtype)  # [B, n], [CLS] included
-        positions = torch.arange(length, device=hidden.device).expand(batch, length)
-        importance: List[torch.Tensor] = []
-        keep_masks: List[Optional[torch.Tensor]] = []
-        kept_lengths = []
-        current_mask = None
-        last_importance = None
-        for index, layer in enumerate(family.layers):
-            if token_z is not None and index in self.prune_locations:
-                location = self.prune_locations.index(index)
-                keep = prune_step(last_importance, alive[:, 1:], token_z[location], pruner_z[location])
-                alive = _with_cls(keep)
-                hidden, alive, positions = _gather_survivors(hidden, alive, positions)
-                current_mask = _scatter(alive > 0, positions, full_len)
-            keep_masks.append(current_mask)
-            kept_lengths.append((alive > 0).sum(dim=1))
-            outputs = layer(hidden, attention_mask=_additive_mask(alive, dtype), output_attentions=True)
-            hidden = outputs[0]
-            # Only the rows of real survivors count: padding rows here have no faithful twin.
-            probs = outputs[1] * alive[:, None, :, None]
-            rows = alive.sum(dim=1).clamp_min(1.0) * probs.shape[1]
-            last_importance = (probs.sum(dim=(1, 2)) / rows[:, None])[:, 1:]
-            importance.append(_scatter(last_importance, positions[:, 1:] - 1, full_len - 1))
-        logits = family.head(hidden)
-        return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
+
+# Buffers that some transformers versions save and others do not; never learned weights.
+_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
 
 
-def _gather_survivors(hidden, alive, positions):
-    """Move each row's survivors to the front (in order) and cut the batch to the longest row."""
-    order = torch.sort((alive > 0).to(torch.int8), dim=1, descending=True, stable=True).indices
-    new_len = int((alive > 0).sum(dim=1).max().item())
-    order = order[:, :new_len]
-    hidden = torch.gather(hidden, 1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    alive = torch.gather(alive, 1, order)
-    positions = torch.gather(positions, 1, order)
-    return hidden, alive, positions
+def load_state_dict_strictly(
+    hf_model, state_dict: Dict[str, torch.Tensor], where, fix: str = "use a checkpoint saved for this architecture"
+) -> None:
+    """Load ``state_dict`` into ``hf_model``; a ``UserError`` naming ``where`` unless every key and shape fits."""
+    check_state_dict_fits(hf_model.state_dict(), state_dict, where, fix)
+    expected = hf_model.state_dict()
+    loadable = {k: v for k, v in state_dict.items() if k in expected}
+    hf_model.load_state_dict(loadable, strict=False)
 
 
-def _scatter(values: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
-    """Place ``values [B, n]`` at ``positions`` of a zero ``[B, size]`` tensor (padding rows dropped)."""
-    out = values.new_zeros(values.shape[0], size)
-    valid = positions >= 0
-    # Re-padded slots point at real positions too; they carry zeros/False, so scatter them first.
-    out.scatter_(1, positions.clamp_min(0), torch.where(valid, values, torch.zeros_like(values)))
-    return out
+def check_state_dict_fits(
+    expected: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], where, fix: str
+) -> None:
+    """A ``UserError`` naming ``where`` unless ``state_dict`` has every key and shape of ``expected``."""
+    from top.errors import UserError
 
-
-def default_prune_locations(num_layers: int) -> List[int]:
-    """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
-    return list(range(2, num_layers))
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
+    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
+        raise UserError(f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); {fix}.")
+    for key, tensor in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[key].shape)}; {fix}."
+            )

@@ -27,8 +27,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from top import determinism, flops, loop
+from top import determinism, flops, loop, rundir
+from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.errors import UserError
+from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
 from top.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -37,38 +39,46 @@ logger = logging.getLogger(__name__)
 PREPRUNING_STEPS = 2
 # Presets for a user's own data (the large GLUE tasks' numbers).
 CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
+# A MAC sparsity to reach: strictly between 0 and 1.
+SPARSITY = finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the fine-tuned dense student (directory or hub id)")
     parser.add_argument("--teacher", required=True, help="the fine-tuned dense teacher (usually the same model)")
     loop.add_data_arguments(parser)
-    parser.add_argument("--target-sparsity", type=float, help="MAC sparsity to reach (default: the task preset)")
+    parser.add_argument("--target-sparsity", type=SPARSITY, help="MAC sparsity to reach (default: the task preset)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="default: the task preset")
-    length.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--warmup-epochs", type=float, help="Lagrangian warm-up (default: the task preset)")
-    parser.add_argument("--bin-num", type=int, help="rank bins per prune location (default: the task preset)")
-    parser.add_argument("--topk", type=int, help="tokens ranked by the rank distillation (default: the task preset)")
-    parser.add_argument("--prune-location", help="comma-separated layer indices (default: 2..L-1)")
-    parser.add_argument("--learning-rate", type=float, default=1e-5)
-    parser.add_argument("--reg-learning-rate", type=float, default=0.02, help="lr of the gates and lambdas")
-    parser.add_argument("--rank-loss-alpha", type=float, default=0.01)
-    parser.add_argument("--sparsity-epsilon", type=float, default=0.01)
+    length.add_argument("--epochs", type=positive_float, help="default: the task preset")
+    length.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
     parser.add_argument(
-        "--layer-gate-init", type=float, default=-10.0,
+        "--warmup-epochs", type=non_negative_float, help="Lagrangian warm-up (default: the task preset)"
+    )
+    parser.add_argument(
+        "--bin-num", type=positive_int, help="rank bins per prune location (default: the task preset)"
+    )
+    parser.add_argument(
+        "--topk", type=positive_int, help="tokens ranked by the rank distillation (default: the task preset)"
+    )
+    parser.add_argument("--prune-location", help="comma-separated layer indices (default: 2..L-1)")
+    parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
+    parser.add_argument("--reg-learning-rate", type=positive_float, default=0.02, help="lr of the gates and lambdas")
+    parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
+    parser.add_argument("--sparsity-epsilon", type=non_negative_float, default=0.01)
+    parser.add_argument(
+        "--layer-gate-init", type=any_float, default=LAYER_GATE_INIT,
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
         "a positive value starts every location pruning, which suits short schedules",
     )
     parser.add_argument(
         "--droprate-init",
-        type=float,
+        type=finite_float(min=0.0, max=1.0),
         default=0.01,
         help="recorded for parity with the original, whose token and layer gates start at logits 10 and -10 regardless",
     )
-    parser.add_argument("--distill-temperature", type=float, default=2.0)
-    parser.add_argument("--eval-steps", type=int, default=100)
-    parser.add_argument("--save-steps", type=int, default=500, help="write last/ every this many steps")
+    parser.add_argument("--distill-temperature", type=positive_float, default=2.0)
+    parser.add_argument("--eval-steps", type=positive_int, default=100)
+    parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
     loop.add_run_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
 
@@ -125,7 +135,7 @@ def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
 def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
     """``--prune-location`` parsed and checked against the model's depth (default 2..L-1)."""
     if spec is None:
-        locations = list(range(2, num_layers))
+        locations = default_prune_locations(num_layers)
         if not locations:
             raise UserError(f"A {num_layers}-layer model has no layer 2..L-1 to prune at; pass --prune-location 1.")
         return locations
@@ -135,26 +145,27 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
         raise UserError(
             f"--prune-location {spec!r} is not a comma-separated list of layer indices, e.g. 2,3,4."
         ) from None
-    bad = [loc for loc in locations if not 1 <= loc < num_layers]
-    if bad or not locations:
-        raise UserError(
-            f"--prune-location {spec} names layers {bad or 'none'} outside 1..{num_layers - 1} "
-            f"of this {num_layers}-layer model; pick layers in that range."
-        )
-    if sorted(set(locations)) != locations:
-        raise UserError(f"--prune-location {spec} must list distinct layers in increasing order, e.g. 2,3,4.")
-    return locations
+    return check_prune_locations(
+        locations,
+        num_layers,
+        source=f"--prune-location {spec}",
+        fix=f"list distinct layers of 1..{num_layers - 1} in increasing order, e.g. 2,3,4",
+        allow_empty=False,
+    )
 
 
-def load_config(name: str, flag: str):
+def load_config(directory: Path, flag: str, name: str):
     from transformers import AutoConfig
 
+    from top.checkpoint import check_config
+
     try:
-        return AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(str(directory))
     except Exception as error:
         raise UserError(
             f"{flag} {name} is not a model directory or hub id ({type(error).__name__}); fix the path."
         ) from None
+    return check_config(config, f"The config.json of {flag} {name}")
 
 
 def check_teacher(student_config, teacher_config, num_labels: int, args) -> None:
@@ -182,7 +193,10 @@ def check_teacher(student_config, teacher_config, num_labels: int, args) -> None
 def run(args: argparse.Namespace) -> int:
     dist = loop.setup_distributed(args.device)
     try:
-        return train(args, dist)
+        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
+        with rundir.claim(Path(args.output_dir), dist.is_main):
+            dist.barrier()
+            return train(args, dist)
     finally:
         loop.teardown_distributed(dist)
 
@@ -194,14 +208,14 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
     out = Path(args.output_dir)
     last_dir, best_dir = out / "last", out / "best"
-    if args.resume and not (last_dir / loop.STATE_FILE).is_file():
+    if args.resume and not loop.has_state_file(last_dir):
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
     plan = plan_run(args, dist)
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
-    tokenizer, train_set, dev_set = encode_data(args, plan.data)
+    tokenizer, train_set, dev_set = encode_data(args, plan.data, plan.student_dir)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
-    student, teacher = load_models(args, plan.locations, plan.data.name, device)
+    student, teacher = load_models(plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device)
     gates = TokenGates(plan.locations, plan.settings["bin_num"], layer_init=args.layer_gate_init).to(device)
 
     # Training state: what last/ saves and --resume restores.
@@ -282,6 +296,8 @@ class Plan:
 
     data: loop.TaskData
     settings: Dict[str, Any]
+    student_dir: Path  # --model and --teacher, resolved to local directories
+    teacher_dir: Path
     locations: List[int]
     device: torch.device
     order: loop.BatchOrder
@@ -291,10 +307,18 @@ class Plan:
 
 def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
     """Everything that can be wrong with the input, checked before any weights load."""
+    from top.data import check_max_seq_length
+    from top.hub import resolve_model
+
     data = loop.load_task_data(args, args.max_seq_length)
     settings = resolve_settings(args, data.task)
-    student_config = load_config(args.model, "--model")
-    check_teacher(student_config, load_config(args.teacher, "--teacher"), data.num_labels, args)
+    student_dir = resolve_model(args.model, "--model")
+    teacher_dir = resolve_model(args.teacher, "--teacher")
+    student_config = load_config(student_dir, "--model", args.model)
+    teacher_config = load_config(teacher_dir, "--teacher", args.teacher)
+    check_teacher(student_config, teacher_config, data.num_labels, args)
+    for config, flag, name in ((student_config, "--model", args.model), (teacher_config, "--teacher", args.teacher)):
+        check_max_seq_length(args.max_seq_length, config, f"{flag} {name}")
     locations = prune_locations(args.prune_location, student_config.num_hidden_layers)
     device = loop.resolve_device(args.device, dist)
     if dist.is_main:
@@ -318,7 +342,7 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
         regression=data.is_regression,
         task_length=data.task_length,
     )
-    return Plan(data, settings, locations, device, order, total_steps, step_settings)
+    return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
 
 
 def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dict[str, Any]:
@@ -334,24 +358,25 @@ def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dic
     }
 
 
-def encode_data(args: argparse.Namespace, data: loop.TaskData):
+def encode_data(args: argparse.Namespace, data: loop.TaskData, student_dir: Path):
     """The student's tokenizer, and the train and dev sets tokenised by it."""
     from transformers import AutoTokenizer
 
     from top.data import encode
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     train_set = encode(data.train, tokenizer, args.max_seq_length)
     return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
 
 
-def load_models(args: argparse.Namespace, locations: List[int], task_name: str, device: torch.device):
+def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device):
     """The student (pruning at ``locations``) and the teacher (in eval mode, never pruned) on ``device``."""
     from top.modeling import ToPForSequenceClassification
 
     try:
-        student = ToPForSequenceClassification.from_pretrained(args.model, prune_locations=locations)
-        teacher = ToPForSequenceClassification.from_pretrained(args.teacher, prune_locations=[])
+        # Read by top.safeload and loaded strictly: a hostile or incomplete file stops the run.
+        student = ToPForSequenceClassification.from_pretrained(student_dir, prune_locations=locations, flag="--model")
+        teacher = ToPForSequenceClassification.from_pretrained(teacher_dir, prune_locations=[], flag="--teacher")
     except (OSError, RuntimeError, ValueError) as error:
         raise UserError(
             f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
@@ -517,6 +542,10 @@ def show_progress(bar, values: Dict[str, float]) -> None:
     bar.update(1)
 
 
+def _score_text(score: Optional[float]) -> str:
+    return "undefined" if score is None else f"{score:.4f}"
+
+
 def _number(value) -> float:
     return float(value.detach()) if torch.is_tensor(value) else float(value)
 
@@ -573,17 +602,20 @@ def apply_best_rule(record: Dict[str, Any], best: Dict[str, Any], target: float,
     """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
 
     best/ keeps the best score among evaluations whose expected sparsity reached target - epsilon
-    (a dense evaluation, before pruning, has none). The original's rule was looser: once one
-    evaluation reached the target, every later one could become best/ even below it.
+    (a dense evaluation, before pruning, has none); an undefined score (None: see top.metrics) is
+    never the best. The original's rule was looser: once one evaluation reached the target, every
+    later one could become best/ even below it.
     """
     reached = "expected_sparsity" in record and record["expected_sparsity"] >= target - epsilon
     record["reached_target"] = bool(reached)
-    record["is_best"] = bool(reached and (best["score"] is None or record["score"] > best["score"]))
+    record["is_best"] = bool(
+        reached and record["score"] is not None and (best["score"] is None or record["score"] > best["score"])
+    )
     return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
 
 
 def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
-    line = f"step {record['step']}: {metric} {record['score']:.4f}"
+    line = f"step {record['step']}: {metric} {_score_text(record['score'])}"
     if "expected_sparsity" in record:
         line += f", expected sparsity {record['expected_sparsity']:.4f} (target {target})"
     return line
