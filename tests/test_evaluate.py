@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
-from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
+import torch
+from builders import tiny_checkpoint, tiny_config, write_cola_dev, write_custom_csv
 
+from top.checkpoint import load_checkpoint, save_checkpoint
 from top.cli import main
+from top.errors import UserError
+from top.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
 
 EVAL_KEYS = {
     "task", "mode", "n_examples", "metrics", "expected_sparsity", "expected_sequence_sparsity",
@@ -100,3 +104,50 @@ def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, cola_setup):
         message = result.stderr.strip().splitlines()
         assert len(message) == 1 and message[0].startswith("error: "), (name, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def test_from_checkpoint_loads_every_weight_and_the_prune_locations(cola_setup):
+    _, path = cola_setup
+    checkpoint = load_checkpoint(path)
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
+    assert not model.training and model.prune_locations == checkpoint.prune_locations == [2, 3]
+    loaded = model.hf_model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint.state_dict.items())
+    dense = stock_model_from_checkpoint(checkpoint)
+    assert not dense.training and all(torch.equal(dense.state_dict()[k], v) for k, v in loaded.items())
+    # The checkpoint's config is left as read: only the ToP copy is forced to eager attention.
+    assert model.config is not checkpoint.config and dense.config is not checkpoint.config
+
+
+def test_a_dense_checkpoint_prunes_nowhere(tmp_path):
+    checkpoint = load_checkpoint(tiny_checkpoint(tmp_path / "dense", pruned=False))
+    assert ToPForSequenceClassification.from_checkpoint(checkpoint).prune_locations == []
+
+
+def _saved_without(directory, drop=(), num_labels=2):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_config(num_labels=2))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(drop)}
+    return load_checkpoint(save_checkpoint(directory, model_state_dict=state, config=tiny_config(num_labels)))
+
+
+@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+def test_a_missing_classifier_head_is_an_error_naming_the_file_and_keys(tmp_path, load):
+    checkpoint = _saved_without(tmp_path / "headless", drop=("classifier.",))
+    with pytest.raises(UserError) as info:
+        load(checkpoint)
+    message = str(info.value)
+    assert "classifier.weight" in message and "classifier.bias" in message and "missing" in message
+    assert str(checkpoint.path) in message and ("model.safetensors" in message or "pytorch_model.bin" in message)
+
+
+@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+def test_a_weight_of_the_wrong_shape_is_an_error_naming_it(tmp_path, load):
+    checkpoint = _saved_without(tmp_path / "three-labels", num_labels=3)
+    with pytest.raises(UserError) as info:
+        load(checkpoint)
+    assert "classifier" in str(info.value) and "(2," in str(info.value) and "(3," in str(info.value)

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from top import determinism, loop
+from top.data import TaskData
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
 
@@ -42,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_run_arguments(parser)
 
 
-def default_epochs(data: loop.TaskData) -> int:
-    if data.task is not None:
+def default_epochs(data: TaskData) -> int:
+    if not data.is_custom:
         return SMALL_EPOCHS if data.task.name in SMALL_TASKS else LARGE_EPOCHS
     return SMALL_EPOCHS if len(data.train) < SMALL_CUSTOM_EXAMPLES else LARGE_EPOCHS
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         loop.teardown_distributed(dist)
 
 
-def load_model(args: argparse.Namespace, data: loop.TaskData):
+def load_model(args: argparse.Namespace, data: TaskData):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
@@ -65,7 +66,7 @@ def load_model(args: argparse.Namespace, data: loop.TaskData):
         raise UserError(
             f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
         ) from None
-    if data.task is not None and not data.is_regression:
+    if not data.is_custom and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
     try:
@@ -92,7 +93,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from top.data import encode
+    from top.data import encode, load_task_data
     from top.metrics import compute_metrics
 
     loop.check_positive(
@@ -105,7 +106,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     if not args.learning_rate >= 0:
         raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
     out = Path(args.output_dir)
-    data = loop.load_task_data(args, args.max_seq_length)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
     device = loop.resolve_device(args.device, dist)
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
@@ -173,7 +176,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
                     lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
                 )
                 model.train()
-                metrics = compute_metrics(data.metric_kind, logits, labels)
+                metrics = compute_metrics(data.task, logits, labels)
                 score = metrics[data.metric]
                 is_best = best["score"] is None or score > best["score"]
                 if is_best:

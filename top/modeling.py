@@ -16,13 +16,16 @@ Modes (one :func:`top.pruning.prune_step` serves all three):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from top.errors import UserError
 from top.pruning import prune_step
 
 logger = logging.getLogger(__name__)
@@ -141,6 +144,27 @@ class ToPForSequenceClassification(nn.Module):
         force_eager_attention(config)
         return cls(AutoModelForSequenceClassification.from_config(config), prune_locations)
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> ToPForSequenceClassification:
+        """The model of a ``PrunedCheckpoint`` (``top.checkpoint.load_checkpoint``), in eval mode.
+
+        It prunes at the checkpoint's locations (none for a dense checkpoint). Every weight's key
+        and shape is checked against config.json: a missing weight, the classifier head included,
+        is an error naming the file, never a freshly initialised layer.
+        """
+        locations = checkpoint.prune_locations if checkpoint.is_pruned else []
+        try:
+            model = cls.from_config(copy.deepcopy(checkpoint.config), prune_locations=locations)
+        except ValueError as exc:
+            raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
+        model.load_checkpoint_weights(checkpoint)
+        return model.eval()
+
+    def load_checkpoint_weights(self, checkpoint, against: str = "its config.json",
+                                fix: str = "use a checkpoint saved for this architecture") -> None:
+        """Copy a ``PrunedCheckpoint``'s weights in, every key and shape checked (see ``load_state_dict_strictly``)."""
+        load_state_dict_strictly(self.hf_model, checkpoint.state_dict, weights_file(checkpoint.path), against, fix)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -247,6 +271,65 @@ def _scatter(values: torch.Tensor, positions: torch.Tensor, size: int) -> torch.
     # Re-padded slots point at real positions too; they carry zeros/False, so scatter them first.
     out.scatter_(1, positions.clamp_min(0), torch.where(valid, values, torch.zeros_like(values)))
     return out
+
+
+def stock_model_from_checkpoint(checkpoint) -> nn.Module:
+    """The stock HF classifier of a ``PrunedCheckpoint`` (the library's default attention), in eval mode.
+
+    Its weights are checked as :meth:`ToPForSequenceClassification.from_checkpoint` checks them.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
+    load_state_dict_strictly(model, checkpoint.state_dict, weights_file(checkpoint.path))
+    return model.eval()
+
+
+# Buffers that some transformers versions save and others do not; never learned weights.
+_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
+_KEYS_NAMED = 4
+
+
+def _some(keys: List[str]) -> str:
+    more = f" and {len(keys) - _KEYS_NAMED} more" if len(keys) > _KEYS_NAMED else ""
+    return ", ".join(keys[:_KEYS_NAMED]) + more
+
+
+def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Tensor], where,
+                             against: str = "its config.json",
+                             fix: str = "use a checkpoint saved for this architecture") -> None:
+    """Load ``state_dict`` into ``hf_model`` only if every key and shape fits; else a UserError naming ``where``.
+
+    Nothing is left at its random initial value: a missing key (a classifier head, say) is an error.
+    """
+    from top.errors import UserError
+
+    expected = hf_model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
+    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
+    if missing or unexpected:
+        detail = ([f"missing {_some(missing)}"] if missing else []) + (
+            [f"unexpected {_some(unexpected)}"] if unexpected else []
+        )
+        raise UserError(f"The weights in {where} do not fit {against} ({'; '.join(detail)}); {fix}.")
+    for key, tensor in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but {against} implies "
+                f"{tuple(expected[key].shape)}; {fix}."
+            )
+    hf_model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+
+
+def weights_file(path) -> Path:
+    """The weights file of a checkpoint directory, for messages (the directory itself if neither is there)."""
+    from top.checkpoint import SAFETENSORS_FILE, WEIGHTS_FILE
+
+    path = Path(path)
+    for name in (SAFETENSORS_FILE, WEIGHTS_FILE):
+        if (path / name).is_file():
+            return path / name
+    return path
 
 
 def default_prune_locations(num_layers: int) -> List[int]:

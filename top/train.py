@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from transformers import AutoTokenizer
 
-    from top.data import encode
+    from top.data import encode, load_task_data
     from top.gates import TokenGates
     from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
     from top.metrics import compute_metrics
@@ -201,8 +201,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
 
     # Everything that can be wrong with the input is checked before any weights load.
-    data = loop.load_task_data(args, args.max_seq_length)
-    settings = resolve_settings(args, data.task)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
+    settings = resolve_settings(args, None if data.is_custom else data.task)
     student_config = load_config(args.model, "--model")
     check_teacher(student_config, load_config(args.teacher, "--teacher"), data.num_labels, args)
     locations = prune_locations(args.prune_location, student_config.num_hidden_layers)
@@ -311,7 +313,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             trim=not pruning,  # faithful: padded to max_seq_length, as `top eval` scores it
         )
         student.train()
-        metrics = compute_metrics(data.metric_kind, logits, labels)
+        metrics = compute_metrics(data.task, logits, labels)
         record = {"step": at_step, "eval": metrics, "score": metrics[data.metric]}
         if pruning:
             record["expected_sparsity"] = flops.mean_of_batch_means(sparsities)
@@ -523,12 +525,7 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
 
     state = loop.load_state_file(last_dir)
     checkpoint = load_checkpoint(last_dir)
-    missing, unexpected = student.hf_model.load_state_dict(checkpoint.state_dict, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{last_dir} does not fit the --model architecture (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); resume with the flags of the original run."
-        )
+    student.load_checkpoint_weights(checkpoint, "the --model architecture", "resume with the flags of the original run")
     saved = TokenGates.from_state(checkpoint.gate_state)
     if saved.prune_locations != gates.prune_locations or saved.bin_num != gates.bin_num:
         raise UserError(
