@@ -151,3 +151,13 @@ def test_a_weight_of_the_wrong_shape_is_an_error_naming_it(tmp_path, load):
     with pytest.raises(UserError) as info:
         load(checkpoint)
     assert "classifier" in str(info.value) and "(2," in str(info.value) and "(3," in str(info.value)
+
+
+def test_weights_that_do_not_fit_a_built_model_name_what_they_must_fit(cola_setup):
+    _, path = cola_setup
+    student = ToPForSequenceClassification.from_config(tiny_config(layers=3), prune_locations=[2])
+    with pytest.raises(UserError) as info:
+        student.load_checkpoint_weights(load_checkpoint(path), fix="resume as before", against="the --model model")
+    message = str(info.value)
+    assert "unexpected bert.encoder.layer.3." in message and "the --model model" in message
+    assert message.endswith("resume as before.")

@@ -160,10 +160,11 @@ class ToPForSequenceClassification(nn.Module):
         model.load_checkpoint_weights(checkpoint)
         return model.eval()
 
-    def load_checkpoint_weights(self, checkpoint, against: str = "its config.json",
-                                fix: str = "use a checkpoint saved for this architecture") -> None:
+    def load_checkpoint_weights(self, checkpoint, fix: str = "use a checkpoint saved for this architecture",
+                                against: str = "its config.json") -> None:
         """Copy a ``PrunedCheckpoint``'s weights in, every key and shape checked (see ``load_state_dict_strictly``)."""
-        load_state_dict_strictly(self.hf_model, checkpoint.state_dict, weights_file(checkpoint.path), against, fix)
+        where = weights_file(checkpoint.path)
+        load_state_dict_strictly(self.hf_model, checkpoint.state_dict, where, fix=fix, against=against)
 
     def forward(
         self,
@@ -296,14 +297,12 @@ def _some(keys: List[str]) -> str:
 
 
 def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Tensor], where,
-                             against: str = "its config.json",
-                             fix: str = "use a checkpoint saved for this architecture") -> None:
+                             fix: str = "use a checkpoint saved for this architecture",
+                             against: str = "its config.json") -> None:
     """Load ``state_dict`` into ``hf_model`` only if every key and shape fits; else a UserError naming ``where``.
 
     Nothing is left at its random initial value: a missing key (a classifier head, say) is an error.
     """
-    from top.errors import UserError
-
     expected = hf_model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
     unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]

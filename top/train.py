@@ -525,7 +525,9 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
 
     state = loop.load_state_file(last_dir)
     checkpoint = load_checkpoint(last_dir)
-    student.load_checkpoint_weights(checkpoint, "the --model architecture", "resume with the flags of the original run")
+    student.load_checkpoint_weights(
+        checkpoint, fix="resume with the flags of the original run", against="the --model architecture"
+    )
     saved = TokenGates.from_state(checkpoint.gate_state)
     if saved.prune_locations != gates.prune_locations or saved.bin_num != gates.bin_num:
         raise UserError(
