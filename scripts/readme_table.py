@@ -19,19 +19,12 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from top.errors import UserError  # noqa: E402
 from top.published import PUBLISHED_FILE, PublishedResult, load_results_table  # noqa: E402
-from top.tasks import TASKS  # noqa: E402
+from top.tasks import METRIC_LABELS, TASKS  # noqa: E402
 
 START = "<!-- results-table:start -->"
 END = "<!-- results-table:end -->"
 README = ROOT / "README.md"
 HUB = "https://huggingface.co/"
-METRIC_LABELS = {
-    "matthews_correlation": "Matthews corr.",
-    "accuracy": "Accuracy",
-    "f1": "F1",
-    "pearson": "Pearson",
-    "spearmanr": "Spearman",
-}
 
 
 def _tolerances(table: Dict[str, PublishedResult]) -> str:

@@ -4,7 +4,8 @@
 #   bash scripts/run_Evaluation.sh [--dry-run] TASK CHECKPOINT_FOLDER [GPU_ID]
 #
 # TASK in the seed's spelling (CoLA, SST2, STSB, MNLI, ...) or lower case. Faithful mode with
-# the original's evaluation settings: max_seq_length 256, batch 32, seed 57. GPU_ID sets
+# the original's evaluation settings: max_seq_length 256, batch 32 (its seed 57 has no counterpart:
+# evaluation draws no random numbers). GPU_ID sets
 # CUDA_VISIBLE_DEVICES; with no GPU visible the run falls back to the CPU (with a notice).
 # Environment: GLUE_DIR (GLUE's layout; else the `datasets` hub copy), OUTPUT_DIR (where
 # <task>.json goes; default /tmp/top_eval/TASK/PID as the seed did), PYTHON (default python).
@@ -51,7 +52,6 @@ cmd=("$python_bin" -m top eval
      --mode faithful
      --max-seq-length 256
      --batch-size 32
-     --seed 57
      --device "$device"
      --output-dir "${OUTPUT_DIR:-${TMPDIR:-/tmp}/top_eval/$task/$$}")
 if [ -n "${GLUE_DIR:-}" ]; then

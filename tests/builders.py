@@ -32,19 +32,38 @@ def tiny_tokenizer(directory: Path):
     return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
 
 
-def tiny_config(num_labels: int = 2, layers: int = 4, finetuning_task: Optional[str] = None):
-    from transformers import BertConfig
+def tiny_config(
+    num_labels: int = 2,
+    layers: int = 4,
+    finetuning_task: Optional[str] = None,
+    *,
+    kind: str = "bert",
+    vocab_size: Optional[int] = None,
+    dropout: Optional[float] = None,
+    max_position_embeddings: int = 300,
+):
+    """The one tiny BERT (or RoBERTa) shape of the tests: 32 wide, 2 heads, ``layers`` deep.
 
-    return BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS),
+    ``vocab_size`` defaults to the tiny tokenizer's; ``dropout`` None keeps transformers' 0.1.
+    """
+    from transformers import BertConfig, RobertaConfig
+
+    fields = dict(
+        vocab_size=vocab_size if vocab_size is not None else len(SPECIAL) + len(WORDS),
         hidden_size=32,
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=37,
-        max_position_embeddings=300,
+        max_position_embeddings=max_position_embeddings,
         num_labels=num_labels,
         finetuning_task=finetuning_task,
     )
+    if dropout is not None:
+        fields.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if kind == "roberta":
+        return RobertaConfig(pad_token_id=1, **fields)
+    assert kind == "bert", kind
+    return BertConfig(**fields)
 
 
 def gate_state(prune_locations: Sequence[int], bin_num: int, keep_bins: int, seed: int = 0) -> dict:
@@ -90,6 +109,24 @@ def tiny_checkpoint(
     return save_checkpoint(
         directory, model_state_dict=model.state_dict(), config=config, gate_state=gates, tokenizer=tokenizer
     )
+
+
+def tiny_model_dir(
+    directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: Optional[float] = None, vocab_extra: int = 0,
+    seed: int = 0,
+) -> Path:
+    """A random tiny BERT classifier plus its tokenizer in the plain HF layout every stack reads:
+    config.json, a ``torch.save``d state dict as pytorch_model.bin, the tokenizer files."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_config(num_labels, layers, dropout=dropout)
+    config.vocab_size += vocab_extra
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    torch.save(BertForSequenceClassification(config).state_dict(), str(directory / "pytorch_model.bin"))
+    tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
+    return directory
 
 
 def sentences(n: int, seed: int = 0, low: int = 3, high: int = 14) -> List[str]:

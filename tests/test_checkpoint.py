@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from builders import tiny_config as builders_tiny_config
+from transformers import BertForSequenceClassification, BertTokenizer
 
 from top.checkpoint import GATES_FORMAT, load_checkpoint, save_checkpoint
 from top.errors import UserError
@@ -62,16 +63,8 @@ ORIGINAL_L0_MODULE = textwrap.dedent(
 )
 
 
-def tiny_config(**kwargs):
-    return BertConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=37,
-        vocab_size=99,
-        finetuning_task="sst2",
-        **kwargs,
-    )
+def tiny_config():
+    return builders_tiny_config(finetuning_task="sst2", vocab_size=99)
 
 
 def tiny_state_dict(config):

@@ -1,23 +1,18 @@
-"""The fast compact path: same logits as the reference compact mode, same survivors, on both stacks."""
+"""The compact path: same logits as the reference oracle, same survivors, one host sync, on both stacks."""
 
 import pytest
 import torch
-from transformers import BertConfig, RobertaConfig
+from builders import tiny_config
+from reference_compact import reference_compact
 
-from top.compact import compact_forward, prediction_agreement, survivor_table
+from top.compact import CompactPlan, compact_forward, prediction_agreement, survivor_table
 from top.modeling import ToPForSequenceClassification
 from top.pruning import prune_step
 
 
-def tiny_model(kind="bert", layers=4, seed=0, prune_locations=None):
-    common = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=37, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    if kind == "roberta":
-        config = RobertaConfig(pad_token_id=1, max_position_embeddings=70, **common)
-    else:
-        config = BertConfig(max_position_embeddings=64, **common)
+def tiny_model(kind="bert", layers=4, seed=0, prune_locations=None, labels=3):
+    positions = 70 if kind == "roberta" else 64
+    config = tiny_config(labels, layers, kind=kind, vocab_size=99, dropout=0.0, max_position_embeddings=positions)
     torch.manual_seed(seed)
     return ToPForSequenceClassification.from_config(config, prune_locations).eval()
 
@@ -43,64 +38,75 @@ def gates(n_loc, bin_num, seed=0, p_off=0.4):
     return token_z, torch.ones(n_loc)
 
 
-def reference(model, ids, mask, types, token_z, pruner_z, mode="compact"):
-    with torch.no_grad():
-        return model(ids, mask, types, mode=mode, token_z=token_z, pruner_z=pruner_z)
+def both(model, ids, mask, types, token_z, pruner_z, max_length=64):
+    """``(fast, reference)`` for one batch."""
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, max_length)
+    return compact_forward(model, plan, ids, mask, types), reference_compact(model, ids, mask, types, token_z, pruner_z)
+
+
+def assert_same(fast, ref):
+    assert torch.allclose(fast.logits, ref.logits, atol=1e-4, rtol=0)
+    assert torch.equal(fast.kept_lengths, ref.kept_lengths)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("pairs", [False, True])
-def test_fast_path_equals_reference_compact(kind, pairs):
+def test_compact_equals_the_reference(kind, pairs):
     model = tiny_model(kind, layers=4)
     ids, mask, types = inputs([23, 9, 3, 17, 2, 40, 11], width=48, kind=kind, pairs=pairs and kind == "bert")
     token_z, pruner_z = gates(len(model.prune_locations), 5, seed=3)
-    ref = reference(model, ids, mask, types, token_z, pruner_z)
-    fast = compact_forward(model, ids, mask, types, token_z, pruner_z)
-    assert torch.allclose(fast.logits, ref.logits, atol=1e-4, rtol=0)
-    assert torch.equal(fast.kept_lengths, ref.kept_lengths)
+    fast, ref = both(model, ids, mask, types, token_z, pruner_z)
+    assert_same(fast, ref)
     # Tokens really were dropped, at every prune location.
     assert (fast.kept_lengths[:, -1] < fast.kept_lengths[:, 0]).any()
-    faithful = reference(model, ids, mask, types, token_z, pruner_z, mode="faithful")
+    with torch.no_grad():
+        faithful = model(ids, mask, types, mode="faithful", token_z=token_z, pruner_z=pruner_z)
     assert all(prediction_agreement(fast.logits, faithful.logits))
 
 
-def test_fast_path_single_example_and_equal_lengths():
+def test_single_example_equal_lengths_and_length_two_inputs():
     model = tiny_model(layers=3)
     token_z, pruner_z = gates(len(model.prune_locations), 4, seed=1, p_off=0.5)
-    for lengths in ([17], [12, 12, 12]):
+    for lengths in ([17], [12, 12, 12], [2, 2], [2, 30, 2, 9]):
         ids, mask, _ = inputs(lengths, seed=len(lengths))
-        ref = reference(model, ids, mask, None, token_z, pruner_z)
-        fast = compact_forward(model, ids, mask, None, token_z, pruner_z)
-        assert torch.allclose(fast.logits, ref.logits, atol=1e-4, rtol=0)
-        assert torch.equal(fast.kept_lengths, ref.kept_lengths)
+        assert_same(*both(model, ids, mask, None, token_z, pruner_z))
 
 
-def test_without_gates_fast_path_equals_stock_hf():
-    model = tiny_model(layers=3)
+def test_regression_head_equals_the_reference():
+    model = tiny_model(layers=5, labels=1, seed=2)
+    ids, mask, _ = inputs([31, 2, 14, 6, 25], seed=4)
+    token_z, pruner_z = gates(len(model.prune_locations), 6, seed=5, p_off=0.5)
+    fast, ref = both(model, ids, mask, None, token_z, pruner_z)
+    assert fast.logits.shape == (5, 1)
+    assert_same(fast, ref)
+
+
+def test_without_gates_compact_equals_stock_hf():
+    model = tiny_model(layers=3, prune_locations=[])
     ids, mask, _ = inputs([13, 4, 9])
     with torch.no_grad():
         stock = model.hf_model(input_ids=ids, attention_mask=mask).logits
-    fast = compact_forward(model, ids, mask)
+    fast = compact_forward(model, CompactPlan.from_gates(None, None, [], 13), ids, mask)
     assert torch.allclose(fast.logits, stock, atol=1e-5, rtol=0)
     assert fast.kept_lengths.tolist() == [[13] * 3, [4] * 3, [9] * 3]
+    assert_same(fast, reference_compact(model, ids, mask))
 
 
 def test_layer_gate_off_keeps_everything_at_that_location():
     model = tiny_model(layers=4)  # prunes at 2 and 3
     ids, mask, _ = inputs([20, 8])
     token_z = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    fast = compact_forward(model, ids, mask, None, token_z, torch.tensor([0.0, 1.0]))
-    ref = reference(model, ids, mask, None, token_z, torch.tensor([0.0, 1.0]))
+    fast, ref = both(model, ids, mask, None, token_z, torch.tensor([0.0, 1.0]))
     assert fast.kept_lengths[:, 2].tolist() == [20, 8]  # location 2 switched off
-    assert fast.kept_lengths[:, 3].tolist() == ref.kept_lengths[:, 3].tolist()
     assert (fast.kept_lengths[:, 3] < fast.kept_lengths[:, 2]).all()
-    assert torch.allclose(fast.logits, ref.logits, atol=1e-4, rtol=0)
+    assert_same(fast, ref)
 
 
 def test_survivor_table_matches_prune_step_on_random_scores():
     token_z = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0]])
     pruner_z = torch.tensor([1.0, 1.0])
     table = survivor_table(token_z, pruner_z, max_alive=30)
+    assert CompactPlan.from_gates(token_z, pruner_z, [2, 3], 31).table == table
     gen = torch.Generator().manual_seed(0)
     for alive_count in range(0, 31):
         keep = torch.zeros(1, 40)
@@ -114,8 +120,46 @@ def test_survivor_table_matches_prune_step_on_random_scores():
     assert survivor_table(torch.zeros(1, 4), torch.zeros(1), 9)[0] == list(range(10))
 
 
-def test_training_mode_is_refused():
+HOST_TRANSFERS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def test_one_host_transfer_per_call_the_input_lengths(monkeypatch):
+    model = tiny_model(layers=6)
+    ids, mask, _ = inputs([23, 9, 3, 17, 2, 40, 11], width=48)
+    token_z, pruner_z = gates(len(model.prune_locations), 5, seed=3)
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, 48)
+    calls = []
+    for name in HOST_TRANSFERS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append((_name, tuple(self.shape)))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    out = compact_forward(model, plan, ids, mask)
+    monkeypatch.undo()
+    # The lengths of the 7 inputs, once; none per layer though 4 of the 6 layers prune.
+    assert calls == [("tolist", (7,))]
+    assert (out.kept_lengths[:, -1] < out.kept_lengths[:, 0]).any()
+
+
+def test_plan_is_checked_against_the_model_and_the_inputs():
+    model = tiny_model(layers=4)
+    ids, mask, _ = inputs([20, 8])
+    token_z, pruner_z = gates(2, 4)
+    with pytest.raises(ValueError, match="gates cover"):
+        CompactPlan.from_gates(token_z, pruner_z, [1, 2, 3], 20)
+    with pytest.raises(ValueError, match="plan prunes at"):
+        compact_forward(model, CompactPlan.from_gates(token_z, pruner_z, [1, 3], 20), ids, mask)
+    with pytest.raises(ValueError, match="at most 19"):
+        compact_forward(model, CompactPlan.from_gates(token_z, pruner_z, [2, 3], 19), ids, mask)
+
+
+def test_training_mode_is_refused_and_the_model_has_no_compact_mode():
     model = tiny_model(layers=3).train()
     ids, mask, _ = inputs([5, 3])
     with pytest.raises(ValueError, match="eval"):
-        compact_forward(model, ids, mask)
+        compact_forward(model, CompactPlan.from_gates(None, None, [], 5), ids, mask)
+    with pytest.raises(ValueError, match="compact_forward"):
+        model.eval()(ids, mask, mode="compact")

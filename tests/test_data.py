@@ -69,6 +69,10 @@ def test_task_table_is_consistent():
         ('metric = "matthews_correlation"\n', 'metric = "mcc"\n', "metric"),
         ('label_encoding = "index"\n', 'label_encoding = "ids"\n', "label_encoding"),
         ('bin_num = 20\n', 'bin_num = 2.5\n', "bin_num"),
+        ('f1 = "F1"\n', '', "f1"),
+        ('f1 = "F1"\n', 'f1 = "F1"\nmcc = "MCC"\n', "mcc"),
+        ('accuracy = "Accuracy"\n', 'accuracy = 1\n', "accuracy"),
+        ('[metric_labels]\n', '[metric_names]\n', "metric_labels"),
     ],
 )
 def test_tasks_toml_schema_errors_name_the_field(tmp_path, old, new, field):

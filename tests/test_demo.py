@@ -71,3 +71,73 @@ def test_snippets_parser_handles_crlf_and_tabs(tmp_path):
     path.write_bytes(b"1\t2.5\tA fine film.\r\n2\t-1.25\tDull\tand long.\r\n\r\n")
     rows = demo_assets.read_snippets(path)
     assert rows == [demo_assets.Snippet("1", 2.5, "A fine film."), demo_assets.Snippet("2", -1.25, "Dull\tand long.")]
+
+
+def _report(teacher_accuracy: float, pruned_accuracy: float, unpadded: float, duration: float) -> dict:
+    from pathlib import Path
+
+    from top import demo
+
+    def record(accuracy):
+        return {"metrics": {"accuracy": accuracy}, "predictions": [{"prediction": 1}], "flops_reduction": 3.0,
+                "flops_reduction_unpadded": unpadded, "expected_sparsity": 0.5, "remaining_token_ratio": [1.0],
+                "mean_kept_tokens_per_layer": [10.0]}
+
+    records = {"teacher": record(teacher_accuracy), "faithful": record(pruned_accuracy),
+               "compact": record(pruned_accuracy)}
+    return demo.build_report(records, None, demo.RECIPE, duration, [], Path("out/pruned/best"))
+
+
+def test_report_and_markdown_judge_the_same_targets():
+    from top.demo import TARGETS, render_markdown
+
+    drop = TARGETS["max_score_drop"] / 100
+    minutes = TARGETS["max_minutes"]
+    unpadded = TARGETS["min_flops_reduction_unpadded"]
+    met = _report(0.9, 0.9 - drop / 2, unpadded + 0.1, 60 * minutes - 1)
+    assert met["targets"]["min_score"] == pytest.approx(90 - TARGETS["max_score_drop"])
+    text = render_markdown(met)
+    assert text.count("(met)") == 3 and "MISSED" not in text
+    assert f"minus {TARGETS['max_score_drop']:g} points" in text
+    missed = render_markdown(_report(0.9, 0.9 - 2 * drop, unpadded - 0.1, 60 * minutes + 1))
+    assert missed.count("(MISSED)") == 3 and "(met)" not in missed
+
+
+def _tiny_wheel(directory) -> tuple:
+    """A valid wheel of an empty package, for pip to serve from a local folder."""
+    import hashlib
+    import zipfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "top_pin_probe-0.1-py3-none-any.whl"
+    info = "top_pin_probe-0.1.dist-info"
+    files = {
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: top-pin-probe\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fetch_lets_pip_check_the_hash_and_caches_only_verified_files(tmp_path, monkeypatch):
+    wheel, digest = _tiny_wheel(tmp_path / "index")
+    monkeypatch.setenv("TOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
+    wrong = "0" * 64
+    with pytest.raises(Exception, match="does not have the recorded sha256 0000000000000000"):
+        demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=wrong)
+    downloads = demo_assets.cache_dir() / "downloads"
+    assert not (downloads / wheel.name).exists()
+    path = demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest)
+    assert path == downloads / wheel.name and path.read_bytes() == wheel.read_bytes()
+    assert sorted(p.name for p in downloads.iterdir()) == [wheel.name]  # pip's temporary folder is gone
+    wheel.unlink()  # the cached copy is used from now on
+    assert demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest) == path
+    path.write_bytes(b"corrupt")
+    with pytest.raises(Exception, match="corrupt copy was removed"):
+        demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest)
+    assert not path.exists()

@@ -106,6 +106,54 @@ def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, cola_setup):
         assert "Traceback" not in result.stderr
 
 
+def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_setup, monkeypatch):
+    import torch
+    from reference_compact import reference_compact
+
+    from top import compact, data
+    from top.evaluate import evaluate, load_model
+
+    root, checkpoint = cola_setup
+    built, calls = [], []
+    from_gates, compact_forward = compact.CompactPlan.from_gates, compact.compact_forward
+    monkeypatch.setattr(compact.CompactPlan, "from_gates",
+                        lambda *a, **k: built.append(a) or from_gates(*a, **k))
+    monkeypatch.setattr(compact, "compact_forward", lambda *a, **k: calls.append(a) or compact_forward(*a, **k))
+    loaded = load_model(checkpoint, torch.device("cpu"))
+    eval_data = data.load_task_data("cola", str(root / "glue"), max_seq_length=32, splits=("dev",))
+    record = evaluate(loaded, eval_data, "compact", max_seq_length=32, batch_size=8, progress=False)
+    assert len(built) == 1 and len(calls) == 5  # one plan for the gates, five batches of 37 examples
+    encoded = data.encode(eval_data.dev, loaded.tokenizer, 32, padding="max_length")
+    reference = reference_compact(loaded.model, encoded["input_ids"], encoded["attention_mask"],
+                                  encoded.get("token_type_ids"), loaded.token_z, loaded.pruner_z)
+    logits = torch.tensor([p["logits"] for p in record["predictions"]])
+    assert torch.allclose(logits, reference.logits, atol=1e-4, rtol=0)
+    kept = [round(float(v), 4) for v in reference.kept_lengths.float().mean(0)]
+    assert record["mean_kept_tokens_per_layer"] == kept
+
+
+@pytest.mark.parametrize("change", [{"position_embedding_type": "relative_key"}, {"is_decoder": True}])
+def test_compact_mode_refuses_what_it_cannot_run_in_one_sentence(tmp_path, capsys, change):
+    from builders import gate_state, tiny_config, tiny_tokenizer
+    from transformers import BertForSequenceClassification
+
+    from top.checkpoint import save_checkpoint
+
+    config = tiny_config()
+    for key, value in change.items():
+        setattr(config, key, value)
+    model = BertForSequenceClassification(config)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", model_state_dict=model.state_dict(), config=config,
+                                 gate_state=gate_state([2, 3], 10, 5), tokenizer=tiny_tokenizer(tmp_path / "vocab"))
+    data = write_custom_csv(tmp_path / "dev.csv", n=6)
+    args = ["eval", "--checkpoint", str(checkpoint), "--validation-file", str(data), "--max-seq-length", "24",
+            "--output-dir", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]
+    assert main(args + ["--mode", "compact"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and "--mode compact cannot run" in message[0] and "--mode faithful" in message[0]
+    assert main(args + ["--mode", "faithful"]) == 0
+
+
 # --------------------------------------------------------------------------- model loading
 
 

@@ -1,4 +1,4 @@
-"""GLUE metrics against values worked out by hand."""
+"""GLUE metrics against values worked out by hand, and against scikit-learn where it is installed."""
 
 import math
 
@@ -85,3 +85,34 @@ def test_mismatched_or_empty_inputs():
         compute_metrics(get_task("sst2"), [0, 1], [0, 1, 1])
     with pytest.raises(ValueError):
         compute_metrics(get_task("sst2"), [], [])
+
+
+def _label_draws():
+    """Random label/prediction vectors, plus the degenerate ones where a metric is undefined."""
+    rng = np.random.default_rng(7)
+    draws = []
+    for classes in (2, 2, 2, 3, 5):
+        n = int(rng.integers(1, 60))
+        draws.append((rng.integers(0, classes, n), rng.integers(0, classes, n)))
+    draws += [
+        (np.array([1, 1, 1, 1]), np.array([0, 1, 0, 1])),  # one class always predicted
+        (np.array([0, 0, 0]), np.array([0, 0, 0])),  # no positive anywhere
+        (np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0])),  # perfect
+        (np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0])),  # perfectly wrong
+    ]
+    return draws
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # the all-zero draw, on purpose
+def test_matthews_f1_and_accuracy_match_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    for preds, labels in _label_draws():
+        ours = compute_metrics(get_task("cola"), preds, labels)
+        assert ours["matthews_correlation"] == pytest.approx(
+            sklearn_metrics.matthews_corrcoef(labels, preds), abs=1e-12
+        ), (preds, labels)
+        assert ours["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(labels, preds), abs=1e-12)
+        if max(preds.max(), labels.max()) <= 1:
+            theirs = sklearn_metrics.f1_score(labels, preds, pos_label=1, average="binary", zero_division=0)
+            ours_f1 = compute_metrics(get_task("mrpc"), preds, labels)["f1"]
+            assert ours_f1 == pytest.approx(theirs, abs=1e-12), (preds, labels)

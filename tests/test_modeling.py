@@ -2,20 +2,16 @@
 
 import pytest
 import torch
-from transformers import BertConfig, RobertaConfig
+from builders import tiny_config as builders_tiny_config
+from reference_compact import reference_compact
 
+from top.compact import CompactPlan, compact_forward
 from top.modeling import ToPForSequenceClassification, default_prune_locations
 from top.pruning import prune_step, rank_to_bin
 
 
 def tiny_config(kind="bert", layers=4, labels=3):
-    common = dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=37, num_labels=labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    if kind == "roberta":
-        return RobertaConfig(pad_token_id=1, max_position_embeddings=40, **common)
-    return BertConfig(**common)
+    return builders_tiny_config(labels, layers, kind=kind, vocab_size=99, dropout=0.0, max_position_embeddings=40)
 
 
 def batch(seed=0, size=5, length=14):
@@ -128,6 +124,16 @@ def test_faithful_matches_independent_reference():
     assert (ours.kept_lengths[:, -1] <= mask.sum(1)).all()
 
 
+def compact(model, ids, mask, token_z, pruner_z):
+    """The production compact path, checked against the test oracle on the way."""
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, ids.shape[1])
+    fast = compact_forward(model, plan, ids, mask)
+    reference = reference_compact(model, ids, mask, None, token_z, pruner_z)
+    assert torch.allclose(fast.logits, reference.logits, atol=1e-4, rtol=0)
+    assert torch.equal(fast.kept_lengths, reference.kept_lengths)
+    return fast, reference
+
+
 def test_compact_equals_faithful_when_nothing_is_dropped():
     model = model_for()
     ids, mask = batch(seed=1)
@@ -135,9 +141,9 @@ def test_compact_equals_faithful_when_nothing_is_dropped():
     pruner_z = torch.ones(len(model.prune_locations))
     with torch.no_grad():
         faithful = model(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z)
-        compact = model(ids, mask, mode="compact", token_z=token_z, pruner_z=pruner_z)
-    assert torch.allclose(faithful.logits, compact.logits, atol=1e-5)
-    assert torch.equal(faithful.kept_lengths, compact.kept_lengths)
+    fast, _ = compact(model, ids, mask, token_z, pruner_z)
+    assert torch.allclose(faithful.logits, fast.logits, atol=1e-5)
+    assert torch.equal(faithful.kept_lengths, fast.kept_lengths)
 
 
 def test_compact_drops_the_same_tokens_at_the_first_location_and_agrees_closely():
@@ -148,14 +154,14 @@ def test_compact_drops_the_same_tokens_at_the_first_location_and_agrees_closely(
     pruner_z = torch.ones(4)
     with torch.no_grad():
         faithful = model(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z)
-        compact = model(ids, mask, mode="compact", token_z=token_z, pruner_z=pruner_z)
+    fast, reference = compact(model, ids, mask, token_z, pruner_z)
     first = model.prune_locations[0]
-    assert torch.equal(faithful.keep_masks[first], compact.keep_masks[first])
-    assert torch.equal(compact.kept_lengths[:, first], compact.keep_masks[first].sum(1))
-    agree = (faithful.logits.argmax(-1) == compact.logits.argmax(-1)).float().mean()
+    assert torch.equal(faithful.keep_masks[first], reference.keep_masks[first])
+    assert torch.equal(fast.kept_lengths[:, first], faithful.keep_masks[first].sum(1))
+    agree = (faithful.logits.argmax(-1) == fast.logits.argmax(-1)).float().mean()
     assert agree >= 0.8
     # Compact really computes fewer tokens: its last layer is shorter than the input.
-    assert compact.kept_lengths[:, -1].max() < ids.shape[1]
+    assert fast.kept_lengths[:, -1].max() < ids.shape[1]
 
 
 def test_train_mode_zeroes_tokens_and_passes_gradients_to_gates():

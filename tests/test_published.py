@@ -4,7 +4,7 @@ import pytest
 
 from top.errors import UserError
 from top.metrics import compute_metrics
-from top.published import PUBLISHED_FILE, PublishedResult, load_results_table
+from top.published import PublishedResult, load_results_table
 from top.tasks import TASKS
 
 README_ORDER = ["cola", "rte", "qqp", "mrpc", "sst2", "mnli", "qnli", "stsb"]
@@ -84,6 +84,3 @@ def test_empty_and_missing_files(tmp_path):
     with pytest.raises(UserError):
         load_results_table(tmp_path / "absent.toml")
 
-
-def test_the_packaged_file_is_the_default():
-    assert load_results_table() == load_results_table(PUBLISHED_FILE)

@@ -141,7 +141,7 @@ def test_matching_table_passes_and_report_holds_everything(setup, tmp_path, caps
     # The printed summary is report.md.
     markdown = (out / "report.md").read_text()
     assert markdown.strip() in printed
-    assert "| cola | Matthews |" in markdown and "| sst2 | Accuracy |" in markdown
+    assert "| cola | Matthews corr. |" in markdown and "| sst2 | Accuracy |" in markdown
     assert "2 of 2 tasks match the table" in markdown
 
 

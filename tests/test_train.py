@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -15,7 +14,7 @@ from typing import Dict, List
 
 import pytest
 import torch
-from builders import WORDS, tiny_config, tiny_tokenizer
+from builders import WORDS, tiny_model_dir
 
 from top import cli
 from top.errors import UserError
@@ -41,27 +40,6 @@ def subprocess_env() -> Dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
 
 
-def save_tiny_model(
-    directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: float = 0.1, vocab_extra: int = 0, seed: int = 0
-) -> Path:
-    """A random tiny BERT classifier plus its tokenizer, in HF layout readable by both stacks."""
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = tiny_config(num_labels, layers)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-    config.vocab_size += vocab_extra
-    model = BertForSequenceClassification(config)
-    kwargs = (
-        {"safe_serialization": False}
-        if "safe_serialization" in inspect.signature(model.save_pretrained).parameters
-        else {}
-    )
-    model.save_pretrained(str(directory), **kwargs)
-    tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
-    return directory
-
-
 def write_data(path: Path, n: int, seed: int, labels: bool = True) -> Path:
     """Sentences of 8-30 words; the label says whether 'good' or 'great' occurs."""
     rng = random.Random(seed)
@@ -78,8 +56,8 @@ def build_tiny(tmp_path_factory) -> Dict[str, Path]:
     """Two tiny models (with and without dropout) and a train and a dev csv."""
     root = tmp_path_factory.mktemp("tiny")
     return {
-        "model": save_tiny_model(root / "model"),
-        "model_no_dropout": save_tiny_model(root / "model_no_dropout", dropout=0.0),
+        "model": tiny_model_dir(root / "model"),
+        "model_no_dropout": tiny_model_dir(root / "model_no_dropout", dropout=0.0),
         "train": write_data(root / "train.csv", 64, seed=1),
         "dev": write_data(root / "dev.csv", 24, seed=2),
         "root": root,
@@ -324,8 +302,8 @@ def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mo
 def odd_teachers(tiny) -> Dict[str, Path]:
     root = tiny["root"]
     return {
-        "labels": save_tiny_model(root / "teacher-3-labels", num_labels=3),
-        "vocab": save_tiny_model(root / "teacher-vocab", vocab_extra=7),
+        "labels": tiny_model_dir(root / "teacher-3-labels", num_labels=3),
+        "vocab": tiny_model_dir(root / "teacher-vocab", vocab_extra=7),
     }
 
 

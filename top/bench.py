@@ -16,6 +16,11 @@ MACs exactly on the same full batches: dense at the task length, dense at each b
 length, and compact at the real survivors of every layer. Peak memory of one forward pass over
 the longest batch is measured per method (the rise of the peak resident set in a fresh
 subprocess on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+Before timing, every batch is checked: ``agreement_with_faithful`` compares compact's
+predictions with faithful mode's, and ``max_abs_logit_diff_vs_reference_compact`` compares
+compact's logits with :func:`unpadded_reference_logits`, a second statement of compact
+inference that shares none of ``compact_forward``'s machinery (see there).
 """
 
 import argparse
@@ -124,7 +129,7 @@ def sorted_batches(encoded: Dict[str, torch.Tensor], batch_size: int) -> List[Di
 # The three methods
 
 
-def method_functions(dense, top_model, token_z, pruner_z) -> Dict[str, Callable[[Dict[str, Any]], torch.Tensor]]:
+def method_functions(dense, top_model, plan) -> Dict[str, Callable[[Dict[str, Any]], torch.Tensor]]:
     from top.compact import compact_forward
 
     def dense_padded(batch):
@@ -135,13 +140,45 @@ def method_functions(dense, top_model, token_z, pruner_z) -> Dict[str, Callable[
 
     def compact(batch):
         t = batch["trimmed"]
-        return compact_forward(
-            top_model, t["input_ids"], t["attention_mask"], t.get("token_type_ids"), token_z, pruner_z
-        ).logits
+        return compact_forward(top_model, plan, t["input_ids"], t["attention_mask"], t.get("token_type_ids")).logits
 
     functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact}
     return {name: functions[name] for name in METHODS if (dense is not None or name == "compact")
             and (top_model is not None or name != "compact")}
+
+
+def unpadded_reference_logits(top_model, plan, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    """Compact inference stated plainly, for the logit check in ``bench.json``.
+
+    The examples of each length run together through the stock Hugging Face layers, with no
+    padding and no attention mask. A prune step keeps the tokens :func:`top.pruning.prune_step`
+    picks from the layer's own attention probabilities (averaged over heads and rows), by boolean
+    indexing; equal lengths keep equal counts, so each group stays rectangular. Nothing is packed,
+    re-padded or planned, unlike :func:`top.compact.compact_forward`.
+    """
+    from top.pruning import prune_step
+
+    family = top_model._family
+    lengths = attention_mask.sum(dim=1)
+    logits = None
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().flatten()
+        hidden = family.embed(input_ids[rows, :n], None if token_type_ids is None else token_type_ids[rows, :n])
+        importance = None
+        for index, layer in enumerate(family.layers):
+            if plan.pruning and index in plan.prune_locations:
+                location = plan.prune_locations.index(index)
+                keep = prune_step(importance, torch.ones_like(importance), plan.token_z[location],
+                                  plan.pruner_z[location]) > 0
+                keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+                hidden = hidden[keep].view(hidden.shape[0], -1, hidden.shape[-1])
+            hidden, probs = layer(hidden, output_attentions=True)[:2]
+            importance = probs.mean(dim=(1, 2))[:, 1:]
+        group = family.head(hidden)
+        if logits is None:
+            logits = group.new_zeros(input_ids.shape[0], group.shape[-1])
+        logits[rows] = group
+    return logits
 
 
 def _sync(device: str) -> None:
@@ -197,13 +234,16 @@ def _reset_peak_rss() -> bool:
 def memory_probe_main(argv: Optional[List[str]] = None) -> None:
     """Child process: load one method, run it once on the saved batch, print the peak rise in MB."""
     from top.checkpoint import load_checkpoint
+    from top.compact import CompactPlan
 
     checkpoint_path, method, batch_path, threads = (argv or sys.argv[1:])[:4]
     torch.set_num_threads(int(threads))
     checkpoint = load_checkpoint(checkpoint_path)
     dense, top_model = load_models(checkpoint, need_dense=method != "compact", need_top=method == "compact")
-    functions = method_functions(dense, top_model, checkpoint.token_z, checkpoint.pruner_z)
     batch = torch.load(batch_path)
+    plan = CompactPlan.from_gates(checkpoint.token_z, checkpoint.pruner_z, checkpoint.prune_locations,
+                                  batch["full"]["input_ids"].shape[1])
+    functions = method_functions(dense, top_model, plan)
     before = _read_status_kb("VmRSS")
     how = "vmhwm" if before is not None and _reset_peak_rss() else "ru_maxrss"
     if how == "ru_maxrss":  # the lifetime peak, which loading may already have set
@@ -257,7 +297,7 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
 
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     from top.checkpoint import load_checkpoint
-    from top.compact import compact_forward, prediction_agreement
+    from top.compact import CompactPlan, compact_forward, prediction_agreement
     from top.data import encode
     from top.flops import model_macs
     from top.tasks import get_task
@@ -291,13 +331,14 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     dense.to(device)
     top_model.to(device)
     token_z, pruner_z = checkpoint.token_z.to(device), checkpoint.pruner_z.to(device)
+    plan = CompactPlan.from_gates(token_z, pruner_z, top_model.prune_locations, task.task_length)
     for batch in batches:
         for part in ("full", "trimmed"):
             batch[part] = {k: v.to(device) for k, v in batch[part].items()}
-    functions = method_functions(dense, top_model, token_z, pruner_z)
+    functions = method_functions(dense, top_model, plan)
     config = top_model.config
 
-    # Correctness: compact against faithful (predictions) and the reference compact mode (logits).
+    # Correctness: compact against faithful (predictions) and the unpadded reference (logits).
     agree: List[bool] = []
     max_diff = 0.0
     kept = []
@@ -305,9 +346,9 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         for batch in batches:
             t = batch["trimmed"]
             inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
-            fast = compact_forward(top_model, *inputs, token_z, pruner_z)
+            fast = compact_forward(top_model, plan, *inputs)
             faithful = top_model(*inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z).logits
-            reference = top_model(*inputs, mode="compact", token_z=token_z, pruner_z=pruner_z).logits
+            reference = unpadded_reference_logits(top_model, plan, *inputs)
             agree.extend(prediction_agreement(fast.logits, faithful))
             max_diff = max(max_diff, float((fast.logits - reference).abs().max()))
             kept.append(fast.kept_lengths.cpu())

@@ -1,6 +1,9 @@
-"""Fast compact inference: only the surviving tokens of the whole batch are computed.
+"""Compact inference: only the surviving tokens of the whole batch are computed.
 
-Same result as ``ToPForSequenceClassification(..., mode="compact")``, built for speed:
+This is the one compact path every command runs (``top eval --mode compact``, ``top reproduce``,
+the demo and ``top bench``). It removes the tokens that faithful mode only masks, with the same
+keep rule (:func:`top.pruning.prune_step`); ``tests/reference_compact.py`` holds a plain
+gather-and-re-pad statement of the same thing that the tests check it against. Built for speed:
 
 - every dense projection (q, k, v, attention output, both feed-forward layers) runs on one
   packed ``[tokens, hidden]`` matrix holding the survivors of the whole batch, so no padding is
@@ -9,14 +12,17 @@ Same result as ``ToPForSequenceClassification(..., mode="compact")``, built for 
 - a token is dropped right after the attention that ranks it, so the feed-forward of that layer
   already skips it (what ``top.flops.model_macs`` counts);
 - the survivor counts are known on the host before anything runs: how many tokens a prune step
-  keeps depends only on how many are alive (ranks are a permutation), so the whole plan of
-  lengths is made once per call and no layer waits for the device;
+  keeps depends only on how many are alive (ranks are a permutation), so a
+  :class:`CompactPlan`, built once per set of gates, holds them as a table, and a forward pass
+  reads the input lengths (its one host sync) and never waits for the device again;
 - layers whose attention ranks nothing use the fused ``scaled_dot_product_attention`` kernel
   where torch has it.
 
 The stock Hugging Face sub-modules of each layer are called as they are; only the scaled
-dot-product between them is written here. The keep rule is :func:`top.pruning.prune_step`.
+dot-product between them is written here.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import math
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 
 from top.pruning import prune_step
 
-# The additive mask value of transformers 4.16, as the reference compact mode uses.
+# The additive mask value of transformers 4.16, as faithful mode uses.
 MASK_VALUE = -10000.0
 _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
@@ -40,22 +46,19 @@ class CompactOutput:
 
 
 def unsupported_reason(model) -> Optional[str]:
-    """Why the fast path cannot run this model (None when it can)."""
+    """Why the compact path cannot run this model (None when it can)."""
     config = model.config
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return "relative position embeddings are not supported by the fast compact path"
+        return "relative position embeddings are not supported by the compact path"
     if getattr(config, "is_decoder", False):
-        return "decoder models are not supported by the fast compact path"
+        return "decoder models are not supported by the compact path"
     if model.training:
-        return "the fast compact path is for inference; call model.eval() first"
+        return "the compact path is for inference; call model.eval() first"
     return None
 
 
 # ----------------------------------------------------------------------------------------------
 # The plan: survivor counts, known before the forward pass
-
-
-_SURVIVOR_CACHE: Dict[Tuple, List[List[int]]] = {}
 
 
 def survivor_table(token_z: torch.Tensor, pruner_z: torch.Tensor, max_alive: int,
@@ -64,25 +67,72 @@ def survivor_table(token_z: torch.Tensor, pruner_z: torch.Tensor, max_alive: int
 
     :func:`prune_step` keeps a token by the bin of its rank among the alive tokens, so the count
     depends on ``m`` only. We ask ``prune_step`` itself, on a strictly decreasing score, for
-    every ``m`` at once (the same float ops, so the same bin boundaries).
+    every ``m`` at once (the same float ops in ``dtype``, so the same bin boundaries).
     """
-    token_z = token_z.detach().cpu()
-    pruner_z = pruner_z.detach().cpu()
-    key = (tuple(token_z.flatten().tolist()), tuple(pruner_z.tolist()), tuple(token_z.shape), max_alive, dtype)
-    cached = _SURVIVOR_CACHE.get(key)
-    if cached is not None:
-        return cached
+    token_z = token_z.detach().cpu().to(dtype)
+    pruner_z = pruner_z.detach().cpu().to(dtype)
     size = max(int(max_alive), 1)
     score = torch.arange(size, 0, -1, dtype=dtype).expand(size + 1, size)
     alive = (torch.arange(size)[None, :] < torch.arange(size + 1)[:, None]).to(dtype)
     table = []
-    for bins, gate in zip(token_z.to(dtype), pruner_z.to(dtype)):
+    for bins, gate in zip(token_z, pruner_z):
         kept = prune_step(score, alive, bins, gate) > 0
         table.append(kept.sum(dim=1).tolist())
-    if len(_SURVIVOR_CACHE) > 16:
-        _SURVIVOR_CACHE.clear()
-    _SURVIVOR_CACHE[key] = table
     return table
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # tensors have no truth value to compare by
+class CompactPlan:
+    """One set of deterministic gates made ready for :func:`compact_forward`.
+
+    Build it once where the gates are loaded (:meth:`from_gates`); every batch then reuses it.
+    ``table`` (host lists, see :func:`survivor_table`) is None for a dense model.
+    """
+
+    token_z: Optional[torch.Tensor]  # [locations, bins], on the model's device
+    pruner_z: Optional[torch.Tensor]  # [locations]
+    prune_locations: Tuple[int, ...]
+    max_length: int  # the longest input (tokens, [CLS] included) the table covers
+    dtype: torch.dtype
+    table: Optional[List[List[int]]]
+
+    @classmethod
+    def from_gates(cls, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor],
+                   prune_locations: Sequence[int], max_length: int,
+                   dtype: torch.dtype = torch.float32) -> CompactPlan:
+        """``token_z`` None means a dense model; ``pruner_z`` None means every layer gate on."""
+        locations = tuple(int(p) for p in prune_locations)
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if token_z is None:
+            return cls(None, None, locations, int(max_length), dtype, None)
+        if pruner_z is None:
+            pruner_z = token_z.new_ones(token_z.shape[0])
+        if token_z.shape[0] != len(locations) or pruner_z.shape[0] != len(locations):
+            raise ValueError(f"gates cover {token_z.shape[0]} locations but the model prunes at {list(locations)}")
+        token_z, pruner_z = token_z.detach(), pruner_z.detach()
+        table = survivor_table(token_z, pruner_z, max_length - 1, dtype)
+        return cls(token_z, pruner_z, locations, int(max_length), dtype, table)
+
+    @property
+    def pruning(self) -> bool:
+        return self.table is not None
+
+    def layer_lengths(self, lengths: List[int], num_layers: int) -> Tuple[List[List[int]], Dict[int, int]]:
+        """Each layer's input lengths, and ``{layer: location}`` for the layers that end by pruning."""
+        plan = [list(lengths)]
+        prune_after = {}
+        for index in range(1, num_layers):
+            current = plan[-1]
+            if self.pruning and index in self.prune_locations:
+                location = self.prune_locations.index(index)
+                counts = self.table[location]
+                new = [1 + counts[n - 1] if n > 0 else 0 for n in current]
+                if new != current:
+                    prune_after[index - 1] = location
+                current = new
+            plan.append(current)
+        return plan, prune_after
 
 
 @dataclasses.dataclass
@@ -148,7 +198,7 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     """Self-attention of one layer on packed tokens: ``(attention_output [T, H], importance)``.
 
     ``importance`` (only when ``rank``) is ``[B, n]``: attention probabilities averaged over
-    heads and the real query rows, as the reference compact mode computes it.
+    heads and the real query rows (padding rows are an artefact of batching, so they do not count).
     """
     self_attention = layer.attention.self
     heads = self_attention.num_attention_heads
@@ -200,54 +250,42 @@ def _survivor_rows(importance: torch.Tensor, layout: _Layout, new_layout: _Layou
 
 def compact_forward(
     model,
+    plan: CompactPlan,
     input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor] = None,
     token_type_ids: Optional[torch.Tensor] = None,
-    token_z: Optional[torch.Tensor] = None,
-    pruner_z: Optional[torch.Tensor] = None,
 ) -> CompactOutput:
-    """Logits of ``model`` (a ``ToPForSequenceClassification``) with pruned tokens removed.
+    """Logits of ``model`` (a ``ToPForSequenceClassification``) with the tokens ``plan`` prunes removed.
 
-    Inputs are right-padded as a tokenizer makes them. Equal to ``model(..., mode="compact")``
-    up to float rounding; one host sync per call (the input lengths), none per layer.
+    Inputs are right-padded as a tokenizer makes them. One host sync per call (the input
+    lengths), none per layer.
     """
     reason = unsupported_reason(model)
     if reason is not None:
         raise ValueError(reason)
+    if plan.pruning and tuple(model.prune_locations) != plan.prune_locations:
+        raise ValueError(
+            f"the plan prunes at {list(plan.prune_locations)} but the model at {list(model.prune_locations)}"
+        )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     family = model._family
     layers = family.layers
-    locations = list(model.prune_locations)
-    pruning = token_z is not None
-    if pruning and pruner_z is None:
-        pruner_z = token_z.new_ones(token_z.shape[0])
-    if pruning and (token_z.shape[0] != len(locations) or pruner_z.shape[0] != len(locations)):
-        raise ValueError(f"gates cover {token_z.shape[0]} locations but the model prunes at {locations}")
 
     with torch.no_grad():
         lengths = attention_mask.sum(dim=1).tolist()  # the one host sync
         width = max(lengths)
+        if width > plan.max_length:
+            raise ValueError(f"an input has {width} tokens but the plan was built for at most {plan.max_length}")
         embedded = family.embed(
             input_ids[:, :width], None if token_type_ids is None else token_type_ids[:, :width]
         )
         dtype, device = embedded.dtype, embedded.device
+        if plan.pruning and dtype != plan.dtype:
+            raise ValueError(f"the plan was built for {plan.dtype} but the model computes in {dtype}")
 
-        # The plan: each layer's input lengths, and which layers end with a prune step.
-        prune_after = {}
-        plan = [list(lengths)]
-        table = survivor_table(token_z, pruner_z, width - 1, dtype) if pruning else None
-        for index in range(1, len(layers)):
-            current = plan[-1]
-            if pruning and index in locations:
-                location = locations.index(index)
-                counts = table[location]
-                new = [1 + counts[n - 1] if n > 0 else 0 for n in current]
-                if new != current:
-                    prune_after[index - 1] = location
-                current = new
-            plan.append(current)
-        layouts = [_layout(lens, device, dtype) for lens in plan]
+        layer_lengths, prune_after = plan.layer_lengths(lengths, len(layers))
+        layouts = [_layout(lens, device, dtype) for lens in layer_lengths]
 
         first = layouts[0]
         packed = _from_grid(embedded, first) if first.ragged else embedded.reshape(-1, embedded.shape[-1])
@@ -256,12 +294,13 @@ def compact_forward(
             location = prune_after.get(index)
             attended, importance = _attention(layer, packed, layout, rank=location is not None)
             if location is not None:
-                rows = _survivor_rows(importance, layout, layouts[index + 1], token_z[location], pruner_z[location])
+                rows = _survivor_rows(importance, layout, layouts[index + 1],
+                                      plan.token_z[location], plan.pruner_z[location])
                 attended = attended.index_select(0, rows)
             packed = _feed_forward(layer, attended)
         cls = packed.index_select(0, layouts[-1].starts)
         logits = family.head(cls[:, None, :])
-    kept_lengths = torch.tensor(plan, dtype=torch.long).t().contiguous()
+    kept_lengths = torch.tensor(layer_lengths, dtype=torch.long).t().contiguous()
     return CompactOutput(logits=logits, kept_lengths=kept_lengths.to(input_ids.device))
 
 

@@ -49,6 +49,9 @@ RECIPE = {
     "bench_examples": 512,  # 16 full batches of 32, timed over 5 passes
     "seed": 57,
 }
+# What the demo must reach, the one place these numbers are written: report.json and report.md
+# both read them from here.
+TARGETS = {"max_score_drop": 1.5, "min_flops_reduction_unpadded": 1.9, "max_minutes": 20}
 QUICK = {  # a shortened run for the tests: same stages, a few steps on a slice of the data
     "n_train": 96, "n_dev": 48, "finetune_epochs": 1, "epochs": 1, "warmup_epochs": 0.5, "eval_steps": 2,
 }
@@ -273,11 +276,7 @@ def build_report(records, bench, recipe, duration, example, pruned_dir: Path) ->
         "teacher": {"metric": "accuracy", "score": 100 * teacher["metrics"]["accuracy"]},
         "pruned": pruned,
         "duration_s": round(duration, 1),
-        "targets": {
-            "max_minutes": 20,
-            "min_score": 100 * teacher["metrics"]["accuracy"] - 1.5,
-            "min_flops_reduction_unpadded": 1.9,
-        },
+        "targets": dict(TARGETS, min_score=100 * teacher["metrics"]["accuracy"] - TARGETS["max_score_drop"]),
         "recipe": recipe,
         "bench": bench,
         "example": example,
@@ -285,7 +284,7 @@ def build_report(records, bench, recipe, duration, example, pruned_dir: Path) ->
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
-    t, p, r = report["teacher"], report["pruned"], report["recipe"]
+    t, p, r, goal = report["teacher"], report["pruned"], report["recipe"], report["targets"]
     lines = [
         "# ToP demo: MiniLM-L6 on Rotten Tomatoes snippets",
         "",
@@ -304,10 +303,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"Compact agrees with faithful on {100 * p['compact_agreement_with_faithful']:.1f}% of the predictions. "
         f"Wall time: {report['duration_s'] / 60:.1f} minutes.",
         "",
-        "Targets: pruned score at least the teacher's minus 1.5 points "
-        f"({'met' if p['score'] >= report['targets']['min_score'] else 'MISSED'}); unpadded FLOPs reduction at "
-        f"least 1.9x ({'met' if p['flops_reduction_unpadded'] >= 1.9 else 'MISSED'}); at most 20 minutes "
-        f"({'met' if report['duration_s'] <= 1200 else 'MISSED'}).",
+        f"Targets: pruned score at least the teacher's minus {goal['max_score_drop']:g} points "
+        f"({'met' if p['score'] >= goal['min_score'] else 'MISSED'}); unpadded FLOPs reduction at "
+        f"least {goal['min_flops_reduction_unpadded']:g}x "
+        f"({'met' if p['flops_reduction_unpadded'] >= goal['min_flops_reduction_unpadded'] else 'MISSED'}); "
+        f"at most {goal['max_minutes']:g} minutes "
+        f"({'met' if report['duration_s'] <= 60 * goal['max_minutes'] else 'MISSED'}).",
         "",
         "Kept tokens per layer (mean over the dev set): "
         + ", ".join(f"{v:.1f}" for v in p["mean_kept_tokens_per_layer"]),

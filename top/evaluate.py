@@ -101,6 +101,7 @@ def evaluate(
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
     config = model.config
+    forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
     sparsity, sequence_sparsity = [], []
@@ -112,7 +113,7 @@ def evaluate(
         for batch in tqdm(data.batches(encoded, batch_size), total=total, desc=f"eval {eval_data.name} ({mode})",
                           disable=not progress, unit="batch"):
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            out = model(**inputs, mode=mode, token_z=token_z, pruner_z=pruner_z)
+            out = forward(inputs)
             mask = inputs["attention_mask"]
             s, seq = _expected_sparsities(model, token_z, pruner_z, mask, eval_data.task_length)
             sparsity.append(s)
@@ -164,6 +165,20 @@ def evaluate(
     return record
 
 
+def model_forward(loaded: LoadedModel, mode: str, max_seq_length: int):
+    """``inputs -> output`` with ``logits`` and ``kept_lengths``; compact mode's plan is built here, once."""
+    model, token_z, pruner_z = loaded.model, loaded.token_z, loaded.pruner_z
+    if mode == "faithful":
+        return lambda inputs: model(**inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z)
+    from top.compact import CompactPlan, compact_forward, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise UserError(f"--mode compact cannot run {loaded.path}: {reason}; evaluate it with --mode faithful.")
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, max_seq_length)
+    return lambda inputs: compact_forward(model, plan, **inputs)
+
+
 def _expected_sparsities(model, token_z, pruner_z, attention_mask, task_length):
     if token_z is None:  # a dense model: nothing pruned, so only the padding convention differs
         token_z = attention_mask.new_ones(0, 1, dtype=torch.float)
@@ -211,7 +226,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
-    parser.add_argument("--seed", type=int, default=57)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -219,7 +233,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.max_seq_length < 2:
         raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
-    torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     eval_data = load_task_data(args.task, args.data_dir, validation_file=args.validation_file,
                                max_seq_length=args.max_seq_length, splits=("dev",))

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json, atomic_write_text
@@ -38,36 +38,10 @@ TRAIN_COMMAND_ENV = "TOP_GRID_TRAIN_CMD"
 STATUS_FILE = "grid_run.json"  # written by the grid in each run directory
 LOG_FILE = "train.log"
 
-# `top train` options a grid may vary or fix, with the type of their values.
-NUMBER = (int, float)
-SEARCHABLE: Dict[str, Tuple[type, ...]] = {
-    "learning_rate": NUMBER,
-    "reg_learning_rate": NUMBER,
-    "rank_loss_alpha": NUMBER,
-    "target_sparsity": NUMBER,
-    "sparsity_epsilon": NUMBER,
-    "epochs": NUMBER,
-    "max_steps": (int,),
-    "warmup_epochs": NUMBER,
-    "bin_num": (int,),
-    "topk": (int,),
-    "prune_location": (str,),
-    "batch_size": (int,),
-    "max_seq_length": (int,),
-    "eval_steps": (int,),
-    "save_steps": (int,),
-    "seed": (int,),
-    "logging_steps": (int,),
-}
-# Options that only make sense once for the whole grid.
-FIXED_ONLY: Dict[str, Tuple[type, ...]] = {
-    "model": (str,),
-    "teacher": (str,),
-    "data_dir": (str,),
-    "train_file": (str,),
-    "validation_file": (str,),
-    "device": (str,),
-}
+# `top train` options that the grid sets for each run itself, so a grid file may not.
+SET_BY_GRID = ("task", "output_dir", "resume")
+# `top train` options that only make sense once for the whole grid.
+FIXED_ONLY = ("model", "teacher", "data_dir", "train_file", "validation_file", "device")
 # Short names for run ids; other options use their own name.
 ID_NAMES = {"learning_rate": "lr", "reg_learning_rate": "reglr", "rank_loss_alpha": "alpha",
             "target_sparsity": "s", "prune_location": "loc"}
@@ -89,20 +63,53 @@ class Run:
 # --------------------------------------------------------------------------- the grid file
 
 
-def _type_name(kinds: Tuple[type, ...]) -> str:
-    return "a number" if kinds == NUMBER else {int: "an integer", str: "a string"}[kinds[0]]
+class _Rejected(Exception):
+    pass
 
 
-def _value_ok(value: Any, kinds: Tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return False
+class _TrainParser(argparse.ArgumentParser):
+    """`top train`'s own parser, raising instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Rejected(message)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """`top train`'s options, every one optional: a grid file names only some of them."""
+    from top import train
+
+    parser = _TrainParser(prog="top train", add_help=False)
+    train.add_arguments(parser)
+    for action in parser._actions:
+        action.required = False
+    return parser
+
+
+def _settable_options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in SET_BY_GRID}
+
+
+def _check_value(parser: argparse.ArgumentParser, action: argparse.Action, where: str, value: Any,
+                 source: str) -> None:
+    """One option's value, as `top train` would parse it; a rejection names the file and the key."""
+    if action.nargs == 0:  # a switch such as --no-progress
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {where} is {value!r}; {action.option_strings[-1]} is a switch, "
+                            "so write true or false.")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{source}: {where} is {value!r}; {action.option_strings[-1]} takes one number or string.")
     if isinstance(value, float) and not math.isfinite(value):
-        return False
-    return isinstance(value, kinds)
+        raise UserError(f"{source}: {where} is {value!r}; give a finite number.")
+    try:
+        parser.parse_args([action.option_strings[-1], _format_value(value)])
+    except _Rejected as exc:
+        raise UserError(f"{source}: {where} = {value!r} is refused by `top train` ({exc}); fix the value.") from None
 
 
 def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
-    """Check a grid table (as read from TOML); every problem is a one-sentence UserError."""
+    """Check a grid table (as read from TOML) with `top train`'s own parser; every problem is a
+    one-sentence UserError naming the file and the key."""
     unknown_tables = [k for k in raw if k not in ("grid", "fixed")]
     if unknown_tables:
         raise UserError(f"{source}: unknown table or key {unknown_tables[0]!r}; use only [grid] and [fixed].")
@@ -111,35 +118,43 @@ def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
         raise UserError(f"{source} has no [grid] table with at least one option; add one, e.g. learning_rate = [2e-5].")
     if not isinstance(fixed_raw, Mapping):
         raise UserError(f"{source}: fixed must be a table; write it as [fixed].")
+    parser = train_parser()
+    options = _settable_options(parser)
+
+    def action_for(table: str, key: str) -> argparse.Action:
+        if key not in options:
+            raise UserError(f"{source}: {table}.{key} is not an option of `top train` that a grid file can set; "
+                            f"use one of {', '.join(sorted(options))}.")
+        return options[key]
+
     axes: Dict[str, List[Any]] = {}
     for key, values in axes_raw.items():
-        if key not in SEARCHABLE:
-            hint = " (put it under [fixed])" if key in FIXED_ONLY else ""
-            raise UserError(f"{source}: grid.{key} is not an option a grid can vary{hint}; "
-                            f"use {', '.join(SEARCHABLE)}.")
+        action = action_for("grid", key)
+        if key in FIXED_ONLY:
+            raise UserError(f"{source}: grid.{key} is not an option a grid can vary; put it under [fixed].")
         if not isinstance(values, list) or not values:
             raise UserError(f"{source}: grid.{key} must be a non-empty list of values, e.g. {key} = [1, 2].")
         for value in values:
-            if not _value_ok(value, SEARCHABLE[key]):
-                raise UserError(f"{source}: grid.{key} holds {value!r}; each value must be "
-                                f"{_type_name(SEARCHABLE[key])}.")
+            _check_value(parser, action, f"grid.{key}", value, source)
         if len(set(values)) != len(values):
             raise UserError(f"{source}: grid.{key} lists a value twice; list each value once.")
         axes[key] = list(values)
     fixed: Dict[str, Any] = {}
     for key, value in fixed_raw.items():
-        kinds = SEARCHABLE.get(key) or FIXED_ONLY.get(key)
-        if kinds is None:
-            raise UserError(f"{source}: fixed.{key} is not a `top train` option; "
-                            f"use {', '.join(list(SEARCHABLE) + list(FIXED_ONLY))}.")
+        action = action_for("fixed", key)
         if key in axes:
             raise UserError(f"{source}: {key} is both in [grid] and [fixed]; keep it in one of them.")
-        if not _value_ok(value, kinds):
-            raise UserError(f"{source}: fixed.{key} is {value!r}; it must be {_type_name(kinds)}.")
+        _check_value(parser, action, f"fixed.{key}", value, source)
         fixed[key] = value
-    if "epochs" in set(axes) | set(fixed) and "max_steps" in set(axes) | set(fixed):
-        raise UserError(f"{source} sets both epochs and max_steps; keep one of them.")
-    return Grid(axes, fixed, source)
+    grid = Grid(axes, fixed, source)
+    for run in expand(grid):  # options that are fine alone may clash (--epochs with --max-steps)
+        try:
+            parser.parse_args(train_arguments(None, dict(fixed, **run.hyperparameters), Path("run"), False))
+        except _Rejected as exc:
+            raise UserError(
+                f"{source}: run {run.run_id} is refused by `top train` ({exc}); fix the grid file."
+            ) from None
+    return grid
 
 
 def load_grid(path: Optional[os.PathLike] = None) -> Grid:
@@ -207,7 +222,10 @@ def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Pa
     """`top train` options for one run; `task` is None when the run reads custom files."""
     args = ["--task", task] if task else []
     for key, value in options.items():
-        args += [_flag(key), _format_value(value)]
+        if isinstance(value, bool):  # a switch: present when true
+            args += [_flag(key)] if value else []
+        else:
+            args += [_flag(key), _format_value(value)]
     args += ["--output-dir", str(run_dir)]
     if resume:
         args.append("--resume")

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,12 +158,10 @@ def weight_parameter_groups(model: torch.nn.Module, learning_rate: float, weight
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The learning rate falls linearly from its start to 0 over ``total_steps`` (no warm-up)."""
-    total = max(1, int(total_steps))
+    from transformers import get_linear_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        return max(0.0, float(total - step) / float(total))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # At least one step, so a run with no steps left keeps its start rate rather than 0.
+    return get_linear_schedule_with_warmup(optimizer, 0, max(1, int(total_steps)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,10 +336,6 @@ def load_state_file(directory: Path) -> Dict[str, Any]:
         raise UserError(
             f"{file} cannot be read ({type(error).__name__}); start the run again without --resume."
         ) from None
-
-
-def iterate_steps(start: int, total: int) -> Iterator[int]:
-    return iter(range(start, total))
 
 
 def start_run(out: Path, command: str, args, record: Dict[str, Any]) -> None:

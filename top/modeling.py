@@ -4,14 +4,16 @@ The HF model is wrapped, not copied: we call its embeddings, its layers (each on
 ``BertLayer``/``RobertaLayer``, asked for its attention probabilities) and its head, and run
 the layer loop ourselves so a pruning step can sit between two layers.
 
-Modes (one :func:`top.pruning.prune_step` serves all three):
+Modes (one :func:`top.pruning.prune_step` serves both, and :mod:`top.compact` too):
 
 ``train``     sampled gates; dropped tokens are zeroed (``hidden *= keep``), the attention mask
               is left alone, as in the original training.
 ``faithful``  the paper's evaluation: deterministic gates; dropped tokens get -10000 in the
               attention mask of every later layer, but every position is still computed.
-``compact``   dropped tokens are removed: survivors are gathered into a shorter, re-padded
-              batch, so time and FLOPs really fall.
+
+Compact inference (dropped tokens really removed, so time and FLOPs fall) is not a mode of this
+forward: it is :func:`top.compact.compact_forward` with a :class:`top.compact.CompactPlan` built
+once per set of gates, and ``mode="compact"`` here says so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from top.pruning import prune_step
 
 logger = logging.getLogger(__name__)
 
-MODES = ("train", "faithful", "compact")
+MODES = ("train", "faithful")
 # The additive mask value of transformers 4.16, which the published numbers were made with.
 MASK_VALUE = -10000.0
 
@@ -39,7 +41,7 @@ MASK_VALUE = -10000.0
 class ToPOutput:
     logits: torch.Tensor
     # Per layer, ``[B, N-1]``: attention probabilities averaged over heads and query rows,
-    # [CLS] column excluded. In ``compact`` mode they are scattered back to input positions.
+    # [CLS] column excluded.
     importance: List[torch.Tensor]
     # Per layer, bool ``[B, N]`` of the tokens attended to at that layer (real tokens only);
     # None for layers before the first prune location.
@@ -176,6 +178,11 @@ class ToPForSequenceClassification(nn.Module):
         token_z: Optional[torch.Tensor] = None,
         pruner_z: Optional[torch.Tensor] = None,
     ) -> ToPOutput:
+        if mode == "compact":
+            raise ValueError(
+                'mode="compact" is not a mode of this forward; build top.compact.CompactPlan.from_gates(...) '
+                "once and call top.compact.compact_forward(model, plan, ...)"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if attention_mask is None:
@@ -188,8 +195,6 @@ class ToPForSequenceClassification(nn.Module):
                 raise ValueError(
                     f"gates cover {token_z.shape[0]} locations but the model prunes at {self.prune_locations}"
                 )
-        if mode == "compact":
-            return self._forward_compact(input_ids, attention_mask, token_type_ids, token_z, pruner_z)
         return self._forward_masked(input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z)
 
     def _forward_masked(self, input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z) -> ToPOutput:
@@ -218,60 +223,6 @@ class ToPForSequenceClassification(nn.Module):
             importance.append(_importance(outputs[1]))
         logits = family.head(hidden)
         return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
-
-    def _forward_compact(self, input_ids, attention_mask, token_type_ids, token_z, pruner_z) -> ToPOutput:
-        family = self._family
-        hidden = family.embed(input_ids, token_type_ids)
-        batch, full_len = input_ids.shape
-        dtype = hidden.dtype
-        # Trim the batch to its longest member before anything runs.
-        length = int(attention_mask.sum(dim=1).max().item())
-        hidden = hidden[:, :length]
-        alive = attention_mask[:, :length].to(dtype)  # [B, n], [CLS] included
-        positions = torch.arange(length, device=hidden.device).expand(batch, length)
-        importance: List[torch.Tensor] = []
-        keep_masks: List[Optional[torch.Tensor]] = []
-        kept_lengths = []
-        current_mask = None
-        last_importance = None
-        for index, layer in enumerate(family.layers):
-            if token_z is not None and index in self.prune_locations:
-                location = self.prune_locations.index(index)
-                keep = prune_step(last_importance, alive[:, 1:], token_z[location], pruner_z[location])
-                alive = _with_cls(keep)
-                hidden, alive, positions = _gather_survivors(hidden, alive, positions)
-                current_mask = _scatter(alive > 0, positions, full_len)
-            keep_masks.append(current_mask)
-            kept_lengths.append((alive > 0).sum(dim=1))
-            outputs = layer(hidden, attention_mask=_additive_mask(alive, dtype), output_attentions=True)
-            hidden = outputs[0]
-            # Only the rows of real survivors count: padding rows here have no faithful twin.
-            probs = outputs[1] * alive[:, None, :, None]
-            rows = alive.sum(dim=1).clamp_min(1.0) * probs.shape[1]
-            last_importance = (probs.sum(dim=(1, 2)) / rows[:, None])[:, 1:]
-            importance.append(_scatter(last_importance, positions[:, 1:] - 1, full_len - 1))
-        logits = family.head(hidden)
-        return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
-
-
-def _gather_survivors(hidden, alive, positions):
-    """Move each row's survivors to the front (in order) and cut the batch to the longest row."""
-    order = torch.sort((alive > 0).to(torch.int8), dim=1, descending=True, stable=True).indices
-    new_len = int((alive > 0).sum(dim=1).max().item())
-    order = order[:, :new_len]
-    hidden = torch.gather(hidden, 1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    alive = torch.gather(alive, 1, order)
-    positions = torch.gather(positions, 1, order)
-    return hidden, alive, positions
-
-
-def _scatter(values: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
-    """Place ``values [B, n]`` at ``positions`` of a zero ``[B, size]`` tensor (padding rows dropped)."""
-    out = values.new_zeros(values.shape[0], size)
-    valid = positions >= 0
-    # Re-padded slots point at real positions too; they carry zeros/False, so scatter them first.
-    out.scatter_(1, positions.clamp_min(0), torch.where(valid, values, torch.zeros_like(values)))
-    return out
 
 
 def stock_model_from_checkpoint(checkpoint) -> nn.Module:

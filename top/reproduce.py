@@ -249,15 +249,6 @@ def exit_code(report: Dict[str, Any], announce: bool = False) -> int:
     return 1 if failing else 0
 
 
-_METRIC_LABELS = {
-    "matthews_correlation": "Matthews",
-    "accuracy": "Accuracy",
-    "f1": "F1",
-    "pearson": "Pearson",
-    "spearmanr": "Spearman",
-}
-
-
 def _num(value: Optional[float], fmt: str = "{:.2f}", suffix: str = "") -> str:
     return "–" if value is None else fmt.format(value) + suffix
 
@@ -271,6 +262,8 @@ def _verdict_text(task: Dict[str, Any]) -> str:
 
 def render_markdown(report: Dict[str, Any]) -> str:
     """The summary table (also report.md): per task, paper against measured, then the settings."""
+    from top.tasks import METRIC_LABELS
+
     settings = report.get("settings", {})
     lines = [
         "| Task | Metric | Paper | Measured | Δ | FLOPs red. paper | FLOPs red. measured (unpadded) "
@@ -283,7 +276,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
             measured_flops += f" ({t['measured_flops_reduction_unpadded']:.2f}x)"
         verdict = _verdict_text(t).replace("|", "\\|")
         lines.append(
-            f"| {t['task']} | {_METRIC_LABELS.get(t.get('metric'), t.get('metric'))} | {_num(t.get('paper_score'))} "
+            f"| {t['task']} | {METRIC_LABELS.get(t.get('metric'), t.get('metric'))} | {_num(t.get('paper_score'))} "
             f"| {_num(t.get('measured_score'))} | {_num(t.get('delta'), '{:+.2f}')} "
             f"| {_num(t.get('paper_flops_reduction'), suffix='x')} | {measured_flops} "
             f"| {_num(t.get('compact_score'))} | {verdict} |"

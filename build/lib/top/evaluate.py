@@ -1,0 +1,308 @@
+"""``top eval``: a checkpoint in the published layout, scored on a dev set in one mode.
+
+Writes ``OUT/<task>.json`` (metrics, sparsities, FLOPs reductions, kept tokens per layer) and
+``OUT/<task>.predictions.jsonl`` (one line per example, in file order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from top import flops
+from top.errors import UserError
+from top.io import atomic_write_json, atomic_write_text
+from top.tasks import TASKS, get_task
+
+logger = logging.getLogger(__name__)
+
+EVAL_MODES = ("faithful", "compact")
+CUSTOM_TASK = "custom"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A checkpoint made ready to run: the model, its deterministic gates and its tokenizer."""
+
+    model: Any  # ToPForSequenceClassification
+    tokenizer: Any
+    token_z: Optional[torch.Tensor]
+    pruner_z: Optional[torch.Tensor]
+    path: Path
+
+
+@dataclasses.dataclass
+class EvalData:
+    """Dev examples with what scoring them needs to know."""
+
+    name: str  # a GLUE task name or "custom"
+    examples: List[Any]
+    metric_kind: Any  # a Task, or "classification"/"regression" for a custom file
+    num_labels: int
+    task_length: int
+    source: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA GPU is visible; pass --device cpu or expose a GPU.")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"Unknown device {name!r}; pass --device cpu or --device cuda.")
+    return torch.device(name)
+
+
+def load_model(checkpoint_dir, device: torch.device, tokenizer_name: Optional[str] = None) -> LoadedModel:
+    """Read a published-layout checkpoint (or a plain fine-tuned HF model) onto ``device``."""
+    from top.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_dir)
+    model = build_model(checkpoint)
+    model.to(device).eval()
+    tokenizer = load_tokenizer(checkpoint.path, tokenizer_name)
+    token_z = checkpoint.token_z.to(device) if checkpoint.token_z is not None else None
+    pruner_z = checkpoint.pruner_z.to(device) if checkpoint.pruner_z is not None else None
+    return LoadedModel(model, tokenizer, token_z, pruner_z, Path(checkpoint.path))
+
+
+def build_model(checkpoint) -> Any:
+    """The HF model from the checkpoint's config, every weight key and shape checked."""
+    from top.modeling import ToPForSequenceClassification
+
+    locations = checkpoint.prune_locations if checkpoint.token_z is not None else []
+    try:
+        model = ToPForSequenceClassification.from_config(checkpoint.config, prune_locations=locations)
+    except ValueError as exc:
+        raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
+    load_state_dict_strictly(model.hf_model, checkpoint.state_dict, checkpoint.path)
+    return model
+
+
+# Buffers that some transformers versions save and others do not; never learned weights.
+_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def load_state_dict_strictly(hf_model, state_dict: Dict[str, torch.Tensor], where) -> None:
+    expected = hf_model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
+    unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
+        raise UserError(
+            f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); "
+            "use a checkpoint saved for this architecture."
+        )
+    for key, tensor in state_dict.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[key].shape)}; use a checkpoint saved for this architecture."
+            )
+    loadable = {k: v for k, v in state_dict.items() if k in expected}
+    hf_model.load_state_dict(loadable, strict=False)
+
+
+def load_tokenizer(path, tokenizer_name: Optional[str] = None):
+    from transformers import AutoTokenizer
+
+    source = tokenizer_name or str(path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - HF raises many kinds for a missing tokenizer
+        raise UserError(
+            f"No tokenizer could be loaded from {source} ({type(exc).__name__}); "
+            "put the tokenizer files next to the weights or pass --tokenizer NAME_OR_DIR."
+        ) from None
+
+
+def load_eval_data(task: Optional[str], data_dir: Optional[str], validation_file: Optional[str],
+                   max_seq_length: int) -> EvalData:
+    from top import data
+
+    if validation_file:
+        examples, is_regression, labels = data.load_custom_file(validation_file)
+        kind = "regression" if is_regression else "classification"
+        num_labels = 1 if is_regression else len(labels)
+        return EvalData(CUSTOM_TASK, examples, kind, num_labels, max_seq_length, str(validation_file))
+    if not task:
+        raise UserError("Nothing to evaluate on; pass --task with --data-dir, or --validation-file FILE.")
+    spec = get_task(task)
+    if data_dir:
+        examples = data.load_glue_split(spec, data_dir, "dev")
+        source = str(data.glue_file(spec, data_dir, "dev"))
+    else:
+        examples = data.load_hub_split(spec, "dev")
+        source = f"datasets:{spec.hub_path}/{spec.hub_config}/{spec.hub_dev_split}"
+    if not examples:
+        raise UserError(f"The {spec.name} dev set at {source} has no examples; check the file.")
+    return EvalData(spec.name, examples, spec, spec.num_labels, spec.task_length, source)
+
+
+def check_labels(loaded: LoadedModel, eval_data: EvalData) -> None:
+    num_labels = loaded.model.config.num_labels
+    if num_labels != eval_data.num_labels:
+        raise UserError(
+            f"The checkpoint {loaded.path} predicts {num_labels} label(s) but {eval_data.name} "
+            f"({eval_data.source}) has {eval_data.num_labels}; evaluate it on the task it was trained for."
+        )
+
+
+def evaluate(
+    loaded: LoadedModel,
+    eval_data: EvalData,
+    mode: str = "faithful",
+    max_seq_length: int = 256,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Run the dev set; return the ``<task>.json`` record plus ``predictions`` (list of dicts)."""
+    from tqdm.auto import tqdm
+
+    from top import data
+    from top.metrics import compute_metrics
+
+    if mode not in EVAL_MODES:
+        raise UserError(f"Unknown mode {mode!r}; pass --mode faithful or --mode compact.")
+    check_labels(loaded, eval_data)
+    model, device = loaded.model, next(loaded.model.parameters()).device
+    config = model.config
+    encoded = data.encode(eval_data.examples, loaded.tokenizer, max_seq_length, padding="max_length")
+    token_z, pruner_z = loaded.token_z, loaded.pruner_z
+    sparsity, sequence_sparsity = [], []
+    exact_macs, dense_macs, task_macs = 0.0, 0.0, 0.0
+    logits_all, kept_all = [], []
+    started = time.perf_counter()
+    total = (len(eval_data.examples) + batch_size - 1) // batch_size
+    with torch.no_grad():
+        for batch in tqdm(data.batches(encoded, batch_size), total=total, desc=f"eval {eval_data.name} ({mode})",
+                          disable=not progress, unit="batch"):
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            out = model(**inputs, mode=mode, token_z=token_z, pruner_z=pruner_z)
+            mask = inputs["attention_mask"]
+            s, seq = _expected_sparsities(model, token_z, pruner_z, mask, eval_data.task_length)
+            sparsity.append(s)
+            sequence_sparsity.append(seq)
+            lengths = mask.sum(dim=1, keepdim=True).float().expand(-1, config.num_hidden_layers)
+            exact_macs += float(flops.exact_model_macs(out.kept_lengths, config).sum())
+            dense_macs += float(flops.model_macs(lengths, config).sum())
+            task_macs += float(flops.model_macs(torch.full_like(lengths, float(eval_data.task_length)), config).sum())
+            logits_all.append(out.logits.float().cpu())
+            kept_all.append(out.kept_lengths.cpu())
+    duration = time.perf_counter() - started
+    logits = torch.cat(logits_all)
+    labels = encoded["labels"]
+    regression = model.config.num_labels == 1
+    predictions = logits[:, 0] if regression else logits.argmax(dim=-1)
+    metrics = compute_metrics(eval_data.metric_kind, predictions.numpy(), labels.numpy())
+    expected_sparsity = flops.mean_of_batch_means(sparsity)
+    expected_sequence_sparsity = flops.mean_of_batch_means(sequence_sparsity)
+    record = {
+        "task": eval_data.name,
+        "mode": mode,
+        "n_examples": len(eval_data.examples),
+        "metrics": metrics,
+        "expected_sparsity": expected_sparsity,
+        "expected_sequence_sparsity": expected_sequence_sparsity,
+        "flops_reduction": float(flops.flops_reduction(expected_sequence_sparsity)),
+        "flops_reduction_unpadded": float(flops.flops_reduction(expected_sparsity)),
+        "remaining_token_ratio": remaining_token_ratio(model, token_z, pruner_z),
+        # From the tokens that really survived each layer (not the gates' expectation).
+        "exact_flops_reduction": task_macs / exact_macs,
+        "exact_flops_reduction_unpadded": dense_macs / exact_macs,
+        "mean_kept_tokens_per_layer": [round(float(v), 4) for v in torch.cat(kept_all).float().mean(0)],
+        "checkpoint": str(loaded.path),
+        "data": eval_data.source,
+        "max_seq_length": max_seq_length,
+        "batch_size": batch_size,
+        "device": str(device),
+        "duration_s": round(duration, 3),
+    }
+    record["predictions"] = [
+        {
+            "index": i,
+            "logits": [float(x) for x in logits[i].tolist()],
+            "prediction": float(predictions[i]) if regression else int(predictions[i]),
+            "label": float(labels[i]) if regression else int(labels[i]),
+        }
+        for i in range(len(logits))
+    ]
+    return record
+
+
+def _expected_sparsities(model, token_z, pruner_z, attention_mask, task_length):
+    if token_z is None:  # a dense model: nothing pruned, so only the padding convention differs
+        token_z = attention_mask.new_ones(0, 1, dtype=torch.float)
+        pruner_z = attention_mask.new_ones(0, dtype=torch.float)
+    s, seq = flops.expected_sparsities(
+        token_z.float(), pruner_z.float(), model.prune_locations, model.config, attention_mask, task_length
+    )
+    return float(s), float(seq)
+
+
+def remaining_token_ratio(model, token_z, pruner_z) -> List[float]:
+    num_layers = model.config.num_hidden_layers
+    if token_z is None:
+        return [1.0] * num_layers
+    ratios = flops.layer_keep_ratios(token_z.float().cpu(), pruner_z.float().cpu(), model.prune_locations, num_layers)
+    return [round(float(r), 4) for r in ratios]
+
+
+def write_outputs(record: Dict[str, Any], output_dir) -> Path:
+    output_dir = Path(output_dir)
+    record = dict(record)
+    predictions = record.pop("predictions")
+    lines = "".join(json.dumps(p) + "\n" for p in predictions)
+    atomic_write_text(output_dir / f"{record['task']}.predictions.jsonl", lines)
+    path = output_dir / f"{record['task']}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def summary_line(record: Dict[str, Any]) -> str:
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in record["metrics"].items())
+    return (
+        f"{record['task']} ({record['mode']}, {record['n_examples']} examples): {metrics} | "
+        f"FLOPs reduction {record['flops_reduction']:.2f}x (unpadded {record['flops_reduction_unpadded']:.2f}x)"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help=f"GLUE task: {', '.join(TASKS)} (the seed's spellings work too)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory in the published layout")
+    parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
+    parser.add_argument("--validation-file", help="a csv/tsv/json file with sentence[, sentence2], label")
+    parser.add_argument("--mode", choices=EVAL_MODES, default="faithful")
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
+    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.max_seq_length < 2:
+        raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
+    if args.task and args.validation_file:
+        raise UserError("Pass either --task (GLUE) or --validation-file (your own data), not both.")
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    eval_data = load_eval_data(args.task, args.data_dir, args.validation_file, args.max_seq_length)
+    loaded = load_model(args.checkpoint, device, args.tokenizer)
+    record = evaluate(loaded, eval_data, args.mode, args.max_seq_length, args.batch_size,
+                      progress=not args.no_progress)
+    path = write_outputs(record, args.output_dir)
+    print(summary_line(record))
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,193 @@
+"""``top finetune``: fine-tune the dense teacher (the original's PreFT step) in a plain PyTorch loop.
+
+Defaults follow the original's ``run_PreFT.sh``: learning rate 2e-5, batch 32, ``max_seq_length``
+256, seed 57, 10 epochs for the small tasks (MRPC, RTE, STS-B, CoLA) and 3 for the large ones,
+a linear learning-rate decay, gradient clipping at 1.0 and, as the original's optimiser does for
+every stage, frozen embeddings. The dev set is scored every ``--eval-steps`` (default: once per
+epoch); ``OUT/best`` keeps the best score and ``OUT/last`` the final model, both in Hugging Face
+layout (config, weights, tokenizer; no gates), ready to be ``top train``'s student and teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from top import determinism, loop
+from top.errors import UserError
+from top.io import atomic_directory, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+SMALL_TASKS = ("mrpc", "rte", "stsb", "cola")
+SMALL_EPOCHS, LARGE_EPOCHS = 10, 3
+# A user's own data counts as small below this many training examples (MRPC..CoLA have < 10k).
+SMALL_CUSTOM_EXAMPLES = 10_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="pre-trained model directory or hub id, e.g. bert-base-uncased")
+    loop.add_data_arguments(parser)
+    parser.add_argument(
+        "--epochs", type=float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
+    )
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--eval-steps", type=int, help="score the dev set every this many steps (default: every epoch)")
+    loop.add_run_arguments(parser)
+
+
+def default_epochs(data: loop.TaskData) -> int:
+    if data.task is not None:
+        return SMALL_EPOCHS if data.task.name in SMALL_TASKS else LARGE_EPOCHS
+    return SMALL_EPOCHS if len(data.train) < SMALL_CUSTOM_EXAMPLES else LARGE_EPOCHS
+
+
+def run(args: argparse.Namespace) -> int:
+    dist = loop.setup_distributed(args.device)
+    try:
+        return finetune(args, dist)
+    finally:
+        loop.teardown_distributed(dist)
+
+
+def load_model(args: argparse.Namespace, data: loop.TaskData):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(args.model, num_labels=data.num_labels, finetuning_task=data.name)
+    except Exception as error:
+        raise UserError(
+            f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
+        ) from None
+    if data.task is not None and not data.is_regression:
+        config.id2label = dict(enumerate(data.task.labels))
+        config.label2id = {label: i for i, label in enumerate(data.task.labels)}
+    try:
+        # A classifier head of another task is replaced by a fresh one of this task's size.
+        return AutoModelForSequenceClassification.from_pretrained(
+            args.model, config=config, ignore_mismatched_sizes=True
+        )
+    except (OSError, RuntimeError, ValueError) as error:
+        raise UserError(
+            f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "
+            f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder."
+        ) from None
+
+
+def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
+    """Hugging Face layout (config, weights, tokenizer), swapped in whole."""
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "trainer_state.json", extra)
+
+
+def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from top.data import encode
+    from top.metrics import compute_metrics
+
+    loop.check_positive(
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        max_seq_length=args.max_seq_length,
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+    )
+    if not args.learning_rate >= 0:
+        raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
+    out = Path(args.output_dir)
+    data = loop.load_task_data(args, args.max_seq_length)
+    device = loop.resolve_device(args.device, dist)
+    flags = determinism.set_deterministic()
+    determinism.seed_everything(args.seed + dist.rank)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except Exception as error:
+        raise UserError(
+            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
+        ) from None
+    train_set = encode(data.train, tokenizer, args.max_seq_length)
+    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
+    order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
+    total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
+    eval_steps = args.eval_steps or order.steps_per_epoch
+
+    model = load_model(args, data).to(device)
+    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
+    scheduler = loop.linear_schedule(optimizer, total_steps)
+    log = loop.JsonLog(out / "log.jsonl", dist.is_main)
+    if dist.is_main:
+        loop.start_run(out, "finetune", args, {
+            "total_steps": total_steps,
+            "steps_per_epoch": order.steps_per_epoch,
+            "eval_steps": eval_steps,
+            "world_size": dist.world_size,
+            "deterministic": flags,
+        })
+        logger.info(
+            "fine-tuning %s on %s: %d steps of %d examples", args.model, data.name, total_steps, order.global_batch
+        )
+
+    best: Dict[str, Optional[float]] = {"score": None, "step": None}
+    bar = tqdm(total=total_steps, desc="fine-tune", disable=args.no_progress or not dist.is_main, dynamic_ncols=True)
+    model.train()
+    start_time = time.time()
+    for step in range(1, total_steps + 1):
+        indices, chunk = order.indices(step - 1)
+        batch = loop.step_batch(train_set, indices, chunk, device)
+        global_batch = len(chunk)
+        output = model(**loop.model_inputs(batch), labels=batch["labels"])
+        (output.loss * (len(indices) / global_batch)).backward()
+        dist.sum_gradients(list(model.parameters()))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        model.zero_grad(set_to_none=True)
+
+        loss = float(output.loss.detach())
+        bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
+        bar.update(1)
+        if step % args.logging_steps == 0 or step == total_steps:
+            log.write(
+                {
+                    "step": step,
+                    "epoch": step / order.steps_per_epoch,
+                    "loss": loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                }
+            )
+        if step % eval_steps == 0 or step == total_steps:
+            if dist.is_main:
+                model.eval()
+                logits, labels = loop.predict(
+                    lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
+                )
+                model.train()
+                metrics = compute_metrics(data.metric_kind, logits, labels)
+                score = metrics[data.metric]
+                is_best = best["score"] is None or score > best["score"]
+                if is_best:
+                    best = {"score": score, "step": step}
+                    save_model(out / "best", model, tokenizer, {"step": step, "eval": metrics})
+                log.write({"step": step, "eval": metrics, "score": score, "is_best": is_best})
+                bar.write(f"step {step}: {data.metric} {score:.4f}" + (" (best)" if is_best else ""))
+            dist.barrier()
+    bar.close()
+    if dist.is_main:
+        save_model(out / "last", model, tokenizer, {"step": total_steps, "best": best})
+        atomic_write_json(
+            out / "summary.json",
+            {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
+        )
+        print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
+    return 0

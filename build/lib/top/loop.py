@@ -1,0 +1,416 @@
+"""Pieces shared by ``top finetune`` and ``top train``: data, batch order, optimisers, evaluation,
+data-parallel gradients, logs and training-state files.
+
+Each training command is a plain loop in its own module; this one holds only what both use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from top.errors import UserError
+from top.tasks import TASKS, Task, get_task
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+_TORCH_HAS_WEIGHTS_ONLY = "weights_only" in inspect.signature(torch.load).parameters
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line pieces both commands share
+
+
+def add_data_arguments(parser) -> None:
+    parser.add_argument("--task", help=f"GLUE task: {', '.join(TASKS)}")
+    parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's layout (else the `datasets` hub copy)")
+    parser.add_argument("--train-file", help="a csv/tsv/json file with sentence[, sentence2], label")
+    parser.add_argument("--validation-file", help="the dev file, same columns as --train-file")
+
+
+def add_run_arguments(parser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per process and step")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--logging-steps", type=int, default=25)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def check_positive(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} is {value}; give a positive number.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Train and dev examples and what scoring them needs."""
+
+    name: str  # GLUE task name, or "custom"
+    task: Optional[Task]
+    train: List[Any]
+    dev: List[Any]
+    num_labels: int
+    is_regression: bool
+    metric_kind: Any  # a Task, or "classification"/"regression"
+    task_length: int  # the length the sequence sparsity is counted at
+
+    @property
+    def metric(self) -> str:
+        from top.metrics import primary_metric
+
+        return primary_metric(self.metric_kind)
+
+
+def load_task_data(args, max_seq_length: int) -> TaskData:
+    """``--task`` (+ ``--data-dir``) or ``--train-file`` and ``--validation-file``."""
+    from top import data
+
+    if args.task and (args.train_file or args.validation_file):
+        raise UserError("Give either --task (with --data-dir) or --train-file and --validation-file, not both.")
+    if args.task:
+        task = get_task(args.task)
+        if args.data_dir:
+            train = data.load_glue_split(task, args.data_dir, "train")
+            dev = data.load_glue_split(task, args.data_dir, "dev")
+        else:
+            train, dev = data.load_hub_split(task, "train"), data.load_hub_split(task, "dev")
+        return TaskData(task.name, task, train, dev, task.num_labels, task.is_regression, task, task.task_length)
+    if not (args.train_file and args.validation_file):
+        raise UserError("Give --task with --data-dir, or both --train-file and --validation-file.")
+    train, train_regression, train_labels = data.load_custom_file(args.train_file)
+    dev, dev_regression, dev_labels = data.load_custom_file(args.validation_file)
+    if train_regression != dev_regression:
+        raise UserError(
+            f"{args.train_file} and {args.validation_file} disagree on whether labels are numbers or classes; "
+            "use the same kind of label in both."
+        )
+    if not train_regression:
+        unknown = sorted(set(dev_labels) - set(train_labels))
+        if unknown:
+            raise UserError(
+                f"{args.validation_file} has labels {unknown} that {args.train_file} never uses; "
+                "give the train file every label."
+            )
+        # Each file numbers its own sorted labels; renumber the dev labels by the train file's list.
+        dev = [dataclasses.replace(e, label=train_labels.index(dev_labels[e.label])) for e in dev]
+    kind = "regression" if train_regression else "classification"
+    num_labels = 1 if train_regression else len(train_labels)
+    return TaskData("custom", None, train, dev, num_labels, train_regression, kind, max_seq_length)
+
+
+def shorten(batch: Dict[str, torch.Tensor], length: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Cut every sequence tensor to the batch's longest member (or to ``length``), as the original does."""
+    if length is None:
+        length = int(batch["attention_mask"].sum(dim=1).max().item())
+    return {k: (v[:, :length] if v.dim() == 2 and k != "labels" else v) for k, v in batch.items()}
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class BatchOrder:
+    """Which examples make up each step's batch: a seeded permutation per epoch.
+
+    The permutation of epoch ``e`` depends only on ``(seed, e)``, so a resumed run finds the
+    batch of any step without replaying the sampler. A step's global batch holds
+    ``batch_size * world_size`` examples; rank ``r`` takes every ``world_size``-th of them from
+    position ``r``. A final global batch too small to give every rank an example is dropped.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, world_size: int = 1, rank: int = 0):
+        self.num_examples = num_examples
+        self.global_batch = batch_size * world_size
+        self.seed = seed
+        self.world_size = world_size
+        self.rank = rank
+        full, rest = divmod(num_examples, self.global_batch)
+        self.steps_per_epoch = full + (1 if rest >= world_size else 0)
+        if self.steps_per_epoch < 1:
+            raise UserError(
+                f"The training data has {num_examples} examples, fewer than one per process; "
+                "give more examples or fewer processes."
+            )
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return torch.randperm(self.num_examples, generator=generator)
+
+    def indices(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's example indices at ``step``, and the whole global batch's."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = self.permutation(epoch)
+        chunk = order[position * self.global_batch : (position + 1) * self.global_batch]
+        return chunk[self.rank :: self.world_size], chunk
+
+
+def step_batch(
+    encoded: Dict[str, torch.Tensor], local: torch.Tensor, chunk: torch.Tensor, device: torch.device
+) -> Dict[str, torch.Tensor]:
+    """This rank's share of a step, cut to the longest member of the whole global batch.
+
+    Cutting every rank to the same length keeps the attention shapes (and so the token
+    importance, whose mean runs over query rows) what a single process would compute.
+    """
+    length = int(encoded["attention_mask"][chunk].sum(dim=1).max().item())
+    return to_device(shorten(select(encoded, local), length), device)
+
+
+def select(encoded: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {k: v[indices] for k, v in encoded.items()}
+
+
+def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
+    """Total optimisation steps from ``--max-steps`` or ``--epochs`` (else the default)."""
+    if getattr(args, "max_steps", None):
+        check_positive(max_steps=args.max_steps)
+        return int(args.max_steps)
+    epochs = args.epochs if args.epochs is not None else default_epochs
+    if epochs <= 0:
+        raise UserError(f"--epochs is {epochs}; give a positive number of epochs.")
+    return max(1, int(math.ceil(epochs * steps_per_epoch)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def weight_parameter_groups(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> List[Dict]:
+    """Two AdamW groups (decayed / not: biases and LayerNorm weights); embeddings stay frozen.
+
+    The frozen embeddings keep ``requires_grad``, as in the original: their gradients still count
+    in the clipping norm, but no optimiser moves them.
+    """
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    decay, plain = [], []
+    for name, parameter in model.named_parameters():
+        if "embeddings" in name or not parameter.requires_grad:
+            continue
+        (plain if any(nd in name for nd in no_decay) else decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr": learning_rate},
+        {"params": plain, "weight_decay": 0.0, "lr": learning_rate},
+    ]
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate falls linearly from its start to 0 over ``total_steps`` (no warm-up)."""
+    total = max(1, int(total_steps))
+
+    def factor(step: int) -> float:
+        return max(0.0, float(total - step) / float(total))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data parallel (torchrun)
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def sum_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        """All-reduce (sum) gradients; each rank's loss is already weighted by its share."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def gather_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of ``value``, differentiable in this rank's own term only."""
+        if not self.enabled:
+            return value
+        parts = [torch.zeros_like(value) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, value.detach())
+        total = value
+        for rank, part in enumerate(parts):
+            if rank != self.rank:
+                total = total + part
+        return total
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        if not self.enabled:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device_name == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    if device_name == "cuda":
+        torch.cuda.set_device(local_rank)
+    return Distributed(rank, world_size, local_rank)
+
+
+def teardown_distributed(dist: Distributed) -> None:
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def resolve_device(name: str, dist: Distributed) -> torch.device:
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was given but no CUDA GPU is visible; pass --device cpu or expose a GPU.")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict(
+    forward: Callable[[Dict[str, torch.Tensor]], Any],
+    encoded: Dict[str, torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+    on_batch: Optional[Callable[[Dict[str, torch.Tensor], Any], None]] = None,
+    trim: bool = True,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every dev example, in order; ``on_batch`` sees each batch and its output.
+
+    ``trim`` cuts each batch to its longest member, which changes nothing for a dense model. The
+    faithful evaluation of a pruned one must not trim: there every padded row counts in the
+    importance scores, as in ``top eval`` and the original's evaluation.
+    """
+    from top.data import batches
+
+    all_logits, all_labels = [], []
+    for batch in batches(encoded, batch_size):
+        batch = to_device(shorten(batch) if trim else batch, device)
+        output = forward(batch)
+        logits = output.logits if hasattr(output, "logits") else output
+        all_logits.append(logits.float().cpu())
+        all_labels.append(batch["labels"].cpu())
+        if on_batch is not None:
+            on_batch(batch, output)
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+
+
+def model_inputs(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+class JsonLog:
+    """``OUT/log.jsonl``: one JSON object per line; only the main process writes."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines a killed run wrote after the step it is resumed from."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if int(record.get("step", 0)) <= step:
+                kept.append(line)
+        from top.io import atomic_write_text
+
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+
+def save_state_file(directory: Path, state: Dict[str, Any]) -> None:
+    torch.save(state, str(Path(directory) / STATE_FILE))
+
+
+def load_state_file(directory: Path) -> Dict[str, Any]:
+    """Our own ``trainer_state.pt``: tensors, lists and numbers only."""
+    file = Path(directory) / STATE_FILE
+    if not file.is_file():
+        raise UserError(f"{file} is missing, so the run cannot be resumed; start it again without --resume.")
+    kwargs = {"weights_only": True} if _TORCH_HAS_WEIGHTS_ONLY else {}
+    try:
+        return torch.load(str(file), map_location="cpu", **kwargs)
+    except Exception as error:
+        raise UserError(
+            f"{file} cannot be read ({type(error).__name__}); start the run again without --resume."
+        ) from None
+
+
+def iterate_steps(start: int, total: int) -> Iterator[int]:
+    return iter(range(start, total))
+
+
+def start_run(out: Path, command: str, args, record: Dict[str, Any]) -> None:
+    """A fresh run directory: the old log removed, ``run.json`` recording the command, its
+    arguments, ``record`` and the environment (rank 0 only; the caller checks)."""
+    from top import determinism
+    from top.io import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "log.jsonl").exists():
+        (out / "log.jsonl").unlink()
+    run = {"command": command, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    run.update(record)
+    run["environment"] = determinism.environment_record()
+    atomic_write_json(out / "run.json", run)

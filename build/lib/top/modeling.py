@@ -1,0 +1,254 @@
+"""ToP around a stock Hugging Face BERT/RoBERTa sequence classifier.
+
+The HF model is wrapped, not copied: we call its embeddings, its layers (each one a stock
+``BertLayer``/``RobertaLayer``, asked for its attention probabilities) and its head, and run
+the layer loop ourselves so a pruning step can sit between two layers.
+
+Modes (one :func:`top.pruning.prune_step` serves all three):
+
+``train``     sampled gates; dropped tokens are zeroed (``hidden *= keep``), the attention mask
+              is left alone, as in the original training.
+``faithful``  the paper's evaluation: deterministic gates; dropped tokens get -10000 in the
+              attention mask of every later layer, but every position is still computed.
+``compact``   dropped tokens are removed: survivors are gathered into a shorter, re-padded
+              batch, so time and FLOPs really fall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from top.pruning import prune_step
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "faithful", "compact")
+# The additive mask value of transformers 4.16, which the published numbers were made with.
+MASK_VALUE = -10000.0
+
+
+@dataclasses.dataclass
+class ToPOutput:
+    logits: torch.Tensor
+    # Per layer, ``[B, N-1]``: attention probabilities averaged over heads and query rows,
+    # [CLS] column excluded. In ``compact`` mode they are scattered back to input positions.
+    importance: List[torch.Tensor]
+    # Per layer, bool ``[B, N]`` of the tokens attended to at that layer (real tokens only);
+    # None for layers before the first prune location.
+    keep_masks: List[Optional[torch.Tensor]]
+    # ``[B, L]`` tokens that really take part in each layer, [CLS] included, padding excluded.
+    kept_lengths: torch.Tensor
+
+
+class _Family:
+    """What differs between BERT and RoBERTa: where the encoder sits and how the head reads it."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.base = getattr(model, model.base_model_prefix)
+
+    def embed(self, input_ids, token_type_ids):
+        return self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.encoder.layer
+
+    def head(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        if self.model.base_model_prefix == "roberta":
+            return self.model.classifier(sequence_output)
+        pooled = self.base.pooler(sequence_output)
+        return self.model.classifier(self.model.dropout(pooled))
+
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+
+
+def _additive_mask(keep_with_cls: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return ((1.0 - keep_with_cls.to(dtype)) * MASK_VALUE)[:, None, None, :]
+
+
+def _importance(attention_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over heads and over every query row, [CLS] column dropped: ``[B, N-1]``."""
+    batch, _, _, n = attention_probs.shape
+    return attention_probs.reshape(batch, -1, n).mean(dim=1)[:, 1:]
+
+
+def _with_cls(keep: torch.Tensor) -> torch.Tensor:
+    return torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+
+
+def force_eager_attention(config) -> None:
+    """Ranking needs the attention probabilities; SDPA/flash kernels do not return them."""
+    if hasattr(config, "_attn_implementation"):
+        config._attn_implementation = "eager"
+    if hasattr(config, "attn_implementation"):
+        try:
+            config.attn_implementation = "eager"
+        except AttributeError:  # a read-only property on some versions
+            pass
+
+
+class ToPForSequenceClassification(nn.Module):
+    """A HF ``*ForSequenceClassification`` with token pruning between its layers."""
+
+    def __init__(self, hf_model: nn.Module, prune_locations: Optional[Sequence[int]] = None):
+        super().__init__()
+        model_type = getattr(hf_model.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"ToP supports {', '.join(SUPPORTED_MODEL_TYPES)} models, not {model_type!r}")
+        force_eager_attention(hf_model.config)
+        self.hf_model = hf_model
+        self._family = _Family(hf_model)
+        num_layers = hf_model.config.num_hidden_layers
+        if prune_locations is None:
+            prune_locations = default_prune_locations(num_layers)
+        prune_locations = [int(p) for p in prune_locations]
+        bad = [p for p in prune_locations if not 1 <= p < num_layers]
+        if bad:
+            raise ValueError(
+                f"prune locations {bad} are outside 1..{num_layers - 1} for a {num_layers}-layer model"
+            )
+        if sorted(set(prune_locations)) != prune_locations:
+            raise ValueError(f"prune locations must be increasing and distinct, got {prune_locations}")
+        self.prune_locations = prune_locations
+
+    @property
+    def config(self):
+        return self.hf_model.config
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> ToPForSequenceClassification:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **{
+            k: v for k, v in hf_kwargs.items() if k in ("num_labels", "finetuning_task")
+        })
+        force_eager_attention(config)
+        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k not in ("num_labels", "finetuning_task")}
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **hf_kwargs)
+        return cls(model, prune_locations)
+
+    @classmethod
+    def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
+        from transformers import AutoModelForSequenceClassification
+
+        force_eager_attention(config)
+        return cls(AutoModelForSequenceClassification.from_config(config), prune_locations)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        *,
+        mode: str = "faithful",
+        token_z: Optional[torch.Tensor] = None,
+        pruner_z: Optional[torch.Tensor] = None,
+    ) -> ToPOutput:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pruning = token_z is not None
+        if pruning:
+            if pruner_z is None:
+                pruner_z = token_z.new_ones(token_z.shape[0])
+            if token_z.shape[0] != len(self.prune_locations) or pruner_z.shape[0] != len(self.prune_locations):
+                raise ValueError(
+                    f"gates cover {token_z.shape[0]} locations but the model prunes at {self.prune_locations}"
+                )
+        if mode == "compact":
+            return self._forward_compact(input_ids, attention_mask, token_type_ids, token_z, pruner_z)
+        return self._forward_masked(input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z)
+
+    def _forward_masked(self, input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z) -> ToPOutput:
+        family = self._family
+        hidden = family.embed(input_ids, token_type_ids)
+        dtype = hidden.dtype
+        keep = attention_mask[:, 1:].to(dtype)
+        extended_mask = _additive_mask(attention_mask, dtype)
+        importance: List[torch.Tensor] = []
+        keep_masks: List[Optional[torch.Tensor]] = []
+        kept_lengths = []
+        current_mask = None
+        for index, layer in enumerate(family.layers):
+            if token_z is not None and index in self.prune_locations:
+                location = self.prune_locations.index(index)
+                keep = prune_step(importance[-1], keep, token_z[location], pruner_z[location])
+                if mode == "train":
+                    hidden = hidden * _with_cls(keep).unsqueeze(-1)
+                else:
+                    extended_mask = _additive_mask(_with_cls(keep), dtype)
+                current_mask = _with_cls(keep) > 0
+            keep_masks.append(current_mask)
+            kept_lengths.append((keep > 0).sum(dim=1) + 1)
+            outputs = layer(hidden, attention_mask=extended_mask, output_attentions=True)
+            hidden = outputs[0]
+            importance.append(_importance(outputs[1]))
+        logits = family.head(hidden)
+        return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
+
+    def _forward_compact(self, input_ids, attention_mask, token_type_ids, token_z, pruner_z) -> ToPOutput:
+        family = self._family
+        hidden = family.embed(input_ids, token_type_ids)
+        batch, full_len = input_ids.shape
+        dtype = hidden.dtype
+        # Trim the batch to its longest member before anything runs.
+        length = int(attention_mask.sum(dim=1).max().item())
+        hidden = hidden[:, :length]
+        alive = attention_mask[:, :length].to(dtype)  # [B, n], [CLS] included
+        positions = torch.arange(length, device=hidden.device).expand(batch, length)
+        importance: List[torch.Tensor] = []
+        keep_masks: List[Optional[torch.Tensor]] = []
+        kept_lengths = []
+        current_mask = None
+        last_importance = None
+        for index, layer in enumerate(family.layers):
+            if token_z is not None and index in self.prune_locations:
+                location = self.prune_locations.index(index)
+                keep = prune_step(last_importance, alive[:, 1:], token_z[location], pruner_z[location])
+                alive = _with_cls(keep)
+                hidden, alive, positions = _gather_survivors(hidden, alive, positions)
+                current_mask = _scatter(alive > 0, positions, full_len)
+            keep_masks.append(current_mask)
+            kept_lengths.append((alive > 0).sum(dim=1))
+            outputs = layer(hidden, attention_mask=_additive_mask(alive, dtype), output_attentions=True)
+            hidden = outputs[0]
+            # Only the rows of real survivors count: padding rows here have no faithful twin.
+            probs = outputs[1] * alive[:, None, :, None]
+            rows = alive.sum(dim=1).clamp_min(1.0) * probs.shape[1]
+            last_importance = (probs.sum(dim=(1, 2)) / rows[:, None])[:, 1:]
+            importance.append(_scatter(last_importance, positions[:, 1:] - 1, full_len - 1))
+        logits = family.head(hidden)
+        return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
+
+
+def _gather_survivors(hidden, alive, positions):
+    """Move each row's survivors to the front (in order) and cut the batch to the longest row."""
+    order = torch.sort((alive > 0).to(torch.int8), dim=1, descending=True, stable=True).indices
+    new_len = int((alive > 0).sum(dim=1).max().item())
+    order = order[:, :new_len]
+    hidden = torch.gather(hidden, 1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    alive = torch.gather(alive, 1, order)
+    positions = torch.gather(positions, 1, order)
+    return hidden, alive, positions
+
+
+def _scatter(values: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
+    """Place ``values [B, n]`` at ``positions`` of a zero ``[B, size]`` tensor (padding rows dropped)."""
+    out = values.new_zeros(values.shape[0], size)
+    valid = positions >= 0
+    # Re-padded slots point at real positions too; they carry zeros/False, so scatter them first.
+    out.scatter_(1, positions.clamp_min(0), torch.where(valid, values, torch.zeros_like(values)))
+    return out
+
+
+def default_prune_locations(num_layers: int) -> List[int]:
+    """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
+    return list(range(2, num_layers))
