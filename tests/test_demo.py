@@ -54,16 +54,22 @@ def test_split_is_seeded_disjoint_and_drops_near_neutral_ratings():
         demo_assets.make_split(snippets, 5, 2, seed=5, neutral_band=0.5)
 
 
-def test_read_safetensors_round_trip(tmp_path):
+def test_minilm_weights_are_checked_with_the_safetensors_package(tmp_path):
     import struct
 
     import torch
 
+    from top.errors import UserError
+
     weight = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     raw = weight.numpy().tobytes()
     header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, len(raw)]}}).encode()
-    data = struct.pack("<Q", len(header)) + header + raw
-    assert torch.equal(demo_assets.read_safetensors(data)["w"], weight)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + raw)
+    assert torch.equal(demo_assets.check_weights(path)["w"], weight)
+    path.write_bytes(path.read_bytes()[:-4])  # cut short
+    with pytest.raises(UserError, match="model.safetensors is corrupt"):
+        demo_assets.check_weights(path)
 
 
 def test_snippets_parser_handles_crlf_and_tabs(tmp_path):

@@ -295,7 +295,7 @@ def test_corrupt_weights_are_reported_and_other_tasks_still_run(setup, tmp_path,
     root, truth = setup
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(str(root / "checkpoints"), str(checkpoints))
-    (checkpoints / "tiny-cola" / "pytorch_model.bin").write_bytes(b"this is not a torch file")
+    (checkpoints / "tiny-cola" / "model.safetensors").write_bytes(b"this is not a weights file")
     table = write_table(tmp_path / "table.toml", true_rows(truth))
     code = main(["reproduce", "--checkpoint-dir", str(checkpoints), "--data-dir", str(root / "glue"),
                  "--results-table", str(table), "--device", "cpu", "--output-dir", str(tmp_path / "out"),
@@ -305,7 +305,7 @@ def test_corrupt_weights_are_reported_and_other_tasks_still_run(setup, tmp_path,
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     cola, sst2 = report["tasks"]
     assert cola["status"] == "error" and "corrupt" in cola["reason"]
-    assert str(checkpoints / "tiny-cola" / "pytorch_model.bin") in cola["reason"]
+    assert str(checkpoints / "tiny-cola" / "model.safetensors") in cola["reason"]
     assert sst2["status"] == "pass"
     # Even --no-assert fails when a checkpoint could not be evaluated at all.
     assert main(["reproduce", "--checkpoint-dir", str(checkpoints), "--data-dir", str(root / "glue"),

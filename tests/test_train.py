@@ -18,6 +18,7 @@ from builders import WORDS, tiny_model_dir
 
 from top import cli
 from top.errors import UserError
+from top.safeload import read_state_dict, read_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +115,9 @@ SHORT = (
 def tensors(directory: Path) -> Dict[str, torch.Tensor]:
     """Every tensor a checkpoint holds: weights, masks, gate logits and lambdas."""
     found = {}
-    found.update({f"w.{k}": v for k, v in torch.load(str(directory / "pytorch_model.bin")).items()})
-    found.update({f"z.{k}": v for k, v in torch.load(str(directory / "zs.pt")).items()})
-    gates = torch.load(str(directory / "l0_module.pt"))
+    found.update({f"w.{k}": v for k, v in read_state_dict(directory).items()})
+    found.update({f"z.{k}": v for k, v in read_torch_file(directory / "zs.pt").items()})
+    gates = read_torch_file(directory / "l0_module.pt")
     found.update({f"g.{k}": v for k, v in gates.items() if torch.is_tensor(v)})
     return found
 
@@ -251,12 +252,15 @@ if mode == "step":
         return adamw_step(self, *args, **kwargs)
     torch.optim.AdamW.step = step
 else:
-    torch_save = torch.save
-    def save(obj, f, *args, **kwargs):
-        if ".last.tmp" in str(f):
-            kill_on_call()
-        return torch_save(obj, f, *args, **kwargs)
-    torch.save = save
+    import safetensors.torch
+    def killing(write):
+        def save(obj, f, *args, **kwargs):
+            if ".last.tmp" in str(f):
+                kill_on_call()
+            return write(obj, f, *args, **kwargs)
+        return save
+    torch.save = killing(torch.save)
+    safetensors.torch.save_file = killing(safetensors.torch.save_file)
 sys.exit(cli.main(sys.argv[3:]))
 """
 
@@ -267,7 +271,7 @@ sys.exit(cli.main(sys.argv[3:]))
         # AdamW steps: 1 per step before pruning starts (steps 0-1), then 3 (weights, gates, lambdas);
         # call 19 is the gates step of step index 7, after last/ was written at step 6.
         ("step", 19, 6),
-        # Four torch.save calls per last/ (weights, masks, gates, state); call 6 is inside the
+        # Four file writes per last/ (weights, masks, gates, state); call 6 is inside the
         # step-6 write, so last/ must still be the whole step-3 one.
         ("save", 6, 3),
     ],

@@ -235,12 +235,13 @@ def memory_probe_main(argv: Optional[List[str]] = None) -> None:
     """Child process: load one method, run it once on the saved batch, print the peak rise in MB."""
     from top.checkpoint import load_checkpoint
     from top.compact import CompactPlan
+    from top.safeload import read_tree
 
     checkpoint_path, method, batch_path, threads = (argv or sys.argv[1:])[:4]
     torch.set_num_threads(int(threads))
     checkpoint = load_checkpoint(checkpoint_path)
     dense, top_model = load_models(checkpoint, need_dense=method != "compact", need_top=method == "compact")
-    batch = torch.load(batch_path)
+    batch = read_tree(batch_path, what="benchmark batch")
     plan = CompactPlan.from_gates(checkpoint.token_z, checkpoint.pruner_z, checkpoint.prune_locations,
                                   batch["full"]["input_ids"].shape[1])
     functions = method_functions(dense, top_model, plan)
@@ -256,6 +257,8 @@ def memory_probe_main(argv: Optional[List[str]] = None) -> None:
 
 def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tuple[Dict[str, Optional[float]], str]:
     """Peak memory (MB) one forward pass on ``batch`` adds, per method."""
+    from top.safeload import write_tree
+
     if args.device == "cuda":
         peaks = {}
         with torch.no_grad():
@@ -271,8 +274,8 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
     code = f"import sys; sys.path.insert(0, {root!r}); from top.bench import memory_probe_main; memory_probe_main()"
     peaks, how = {}, "vmhwm"
     with tempfile.TemporaryDirectory() as tmp:
-        batch_path = os.path.join(tmp, "batch.pt")
-        torch.save(batch, batch_path)
+        batch_path = os.path.join(tmp, "batch.safetensors")
+        write_tree(batch_path, batch)
         for name in functions:
             result = subprocess.run(
                 [sys.executable, "-c", code, str(checkpoint.path), name, batch_path, str(threads)],

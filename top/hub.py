@@ -166,3 +166,48 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         enable_progress_bars()
+
+
+# A model given by hub id: its config, tokenizer and weights, and nothing else (no pickled
+# training leftovers). Weights are fetched as safetensors when the repository has them.
+MODEL_FILES = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+]
+MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_model(name_or_path: str, flag: str) -> Path:
+    """The local directory of a ``--model``/``--teacher``: the directory itself, or the hub id's
+    config, tokenizer and weights in the Hugging Face cache (downloaded unless offline)."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return local
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local or not name_or_path.strip():
+        raise UserError(f"{flag} {name_or_path} is not a model directory; give a directory with config.json.")
+    from huggingface_hub import snapshot_download
+
+    offline = is_offline()
+    path: Optional[Path] = None
+    try:
+        for weights in MODEL_WEIGHTS:
+            path = Path(snapshot_download(
+                name_or_path, cache_dir=str(hub_cache_dir()), allow_patterns=MODEL_FILES + [weights],
+                local_files_only=offline,
+            ))
+            if (path / weights).is_file():
+                break
+    except Exception as exc:  # noqa: BLE001 - offline and not cached, unknown id, no network
+        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face hub"
+        raise UserError(
+            f"{flag} {name_or_path} is not a model directory and could not be found {where} ({_reason(exc)}); "
+            "give a local directory or a valid hub id."
+        ) from None
+    return path

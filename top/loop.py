@@ -7,7 +7,6 @@ Each training command is a plain loop in its own module; this one holds only wha
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -23,8 +22,8 @@ from top.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
-_TORCH_HAS_WEIGHTS_ONLY = "weights_only" in inspect.signature(torch.load).parameters
+STATE_FILE = "trainer_state.safetensors"
+OLD_STATE_FILE = "trainer_state.pt"  # written before the state moved to safetensors; still read
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,21 +320,37 @@ class JsonLog:
 
 
 def save_state_file(directory: Path, state: Dict[str, Any]) -> None:
-    torch.save(state, str(Path(directory) / STATE_FILE))
+    """The training state as ``trainer_state.safetensors``: its tensors, and its structure and plain
+    values (optimizer settings, RNG states, counters) as JSON in the file's metadata."""
+    from top.safeload import write_tree
+
+    write_tree(Path(directory) / STATE_FILE, state)
+
+
+_RESTART = "start the run again without --resume"
+
+
+def has_state_file(directory: Path) -> bool:
+    return (Path(directory) / STATE_FILE).is_file() or (Path(directory) / OLD_STATE_FILE).is_file()
 
 
 def load_state_file(directory: Path) -> Dict[str, Any]:
-    """Our own ``trainer_state.pt``: tensors, lists and numbers only."""
-    file = Path(directory) / STATE_FILE
-    if not file.is_file():
+    """Our own training state: ``trainer_state.safetensors``, or an older ``trainer_state.pt``
+    (read through the allow-list, so nothing in it runs)."""
+    from top.safeload import read_torch_file, read_tree
+
+    directory = Path(directory)
+    file = directory / STATE_FILE
+    if file.is_file():
+        state = read_tree(file, fix=_RESTART)
+    elif (directory / OLD_STATE_FILE).is_file():
+        file = directory / OLD_STATE_FILE
+        state = read_torch_file(file, fix=_RESTART)
+    else:
         raise UserError(f"{file} is missing, so the run cannot be resumed; start it again without --resume.")
-    kwargs = {"weights_only": True} if _TORCH_HAS_WEIGHTS_ONLY else {}
-    try:
-        return torch.load(str(file), map_location="cpu", **kwargs)
-    except Exception as error:
-        raise UserError(
-            f"{file} cannot be read ({type(error).__name__}); start the run again without --resume."
-        ) from None
+    if not isinstance(state, dict) or not {"step", "pruning", "best", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{file} does not hold a training state; start the run again without --resume.")
+    return state
 
 
 def start_run(out: Path, command: str, args, record: Dict[str, Any]) -> None:

@@ -128,16 +128,34 @@ class ToPForSequenceClassification(nn.Module):
         return self.hf_model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, prune_locations=None, **hf_kwargs) -> ToPForSequenceClassification:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+    def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model") -> ToPForSequenceClassification:
+        """A fine-tuned classifier from a directory or hub id, every weight key and shape checked.
 
-        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **{
-            k: v for k, v in hf_kwargs.items() if k in ("num_labels", "finetuning_task")
-        })
-        force_eager_attention(config)
-        hf_kwargs = {k: v for k, v in hf_kwargs.items() if k not in ("num_labels", "finetuning_task")}
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **hf_kwargs)
-        return cls(model, prune_locations)
+        The weights are read by ``top.safeload`` (transformers never unpickles them); a missing
+        classifier head is an error, never a fresh random one.
+        """
+        from transformers import AutoConfig
+
+        from top.hub import resolve_model
+        from top.safeload import error_detail, read_state_dict
+
+        directory = resolve_model(str(name_or_path), flag)
+        try:
+            config = AutoConfig.from_pretrained(str(directory))
+        except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
+            raise UserError(
+                f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
+            ) from None
+        state_dict = read_state_dict(directory)
+        try:
+            model = cls.from_config(config, prune_locations)
+        except ValueError as error:
+            raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
+        load_state_dict_strictly(
+            model.hf_model, state_dict, weights_file(directory),
+            fix="give a model fine-tuned for sequence classification (`top finetune`)",
+        )
+        return model
 
     @classmethod
     def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:

@@ -145,11 +145,11 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
     return locations
 
 
-def load_config(name: str, flag: str):
+def load_config(directory: Path, flag: str, name: str):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(str(directory))
     except Exception as error:
         raise UserError(
             f"{flag} {name} is not a model directory or hub id ({type(error).__name__}); fix the path."
@@ -191,13 +191,14 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
     from top.data import encode, load_task_data
     from top.gates import TokenGates
+    from top.hub import resolve_model
     from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
     from top.metrics import compute_metrics
     from top.modeling import ToPForSequenceClassification
 
     out = Path(args.output_dir)
     last_dir, best_dir = out / "last", out / "best"
-    if args.resume and not (last_dir / loop.STATE_FILE).is_file():
+    if args.resume and not loop.has_state_file(last_dir):
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
 
     # Everything that can be wrong with the input is checked before any weights load.
@@ -205,8 +206,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
     )
     settings = resolve_settings(args, None if data.is_custom else data.task)
-    student_config = load_config(args.model, "--model")
-    check_teacher(student_config, load_config(args.teacher, "--teacher"), data.num_labels, args)
+    student_dir = resolve_model(args.model, "--model")
+    teacher_dir = resolve_model(args.teacher, "--teacher")
+    student_config = load_config(student_dir, "--model", args.model)
+    check_teacher(student_config, load_config(teacher_dir, "--teacher", args.teacher), data.num_labels, args)
     locations = prune_locations(args.prune_location, student_config.num_hidden_layers)
     device = loop.resolve_device(args.device, dist)
     flags = determinism.set_deterministic()
@@ -220,7 +223,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         )
         logger.info("settings %s", settings)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     train_set = encode(data.train, tokenizer, args.max_seq_length)
     dev_set = encode(data.dev, tokenizer, args.max_seq_length)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
@@ -228,8 +231,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     warmup_steps = int(round(settings["warmup_epochs"] * order.steps_per_epoch))
 
     try:
-        student = ToPForSequenceClassification.from_pretrained(args.model, prune_locations=locations)
-        teacher = ToPForSequenceClassification.from_pretrained(args.teacher, prune_locations=[])
+        # Read by top.safeload and loaded strictly: a hostile or incomplete file stops the run.
+        student = ToPForSequenceClassification.from_pretrained(student_dir, prune_locations=locations, flag="--model")
+        teacher = ToPForSequenceClassification.from_pretrained(teacher_dir, prune_locations=[], flag="--teacher")
     except (OSError, RuntimeError, ValueError) as error:
         raise UserError(
             f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
