@@ -135,6 +135,7 @@ class ToPForSequenceClassification(nn.Module):
         classifier head is an error, never a fresh random one.
         """
         from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
         from top.hub import resolve_model
         from top.safeload import error_detail, read_state_dict
@@ -147,10 +148,20 @@ class ToPForSequenceClassification(nn.Module):
                 f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
             ) from None
         state_dict = read_state_dict(directory)
+        force_eager_attention(config)
         try:
-            model = cls.from_config(config, prune_locations)
+            # Built by transformers' own from_pretrained from the vetted state dict, so the global
+            # RNG moves exactly as it did before the reader (training stays bit-identical).
+            hf_model = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].from_pretrained(
+                None, config=config, state_dict=state_dict
+            )
+        except (KeyError, OSError, RuntimeError, ValueError):
+            hf_model = None  # built from the config instead, so that the checks below say what is wrong
+        try:
+            model = cls.from_config(config, prune_locations) if hf_model is None else cls(hf_model, prune_locations)
         except ValueError as error:
             raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
+        # Strict even though transformers loaded it: a head it initialised afresh is refused here.
         load_state_dict_strictly(
             model.hf_model, state_dict, weights_file(directory),
             fix="give a model fine-tuned for sequence classification (`top finetune`)",
