@@ -2,14 +2,18 @@
 
 Every session is a thin wrapper around one helper and passes ``session.posargs`` through.
 
-    nox -s tests          # Python 3.11, torch 2.13.0 (CPU), newest transformers 4.x
+    nox -s tests          # Python 3.10-3.13 (3.11 first), torch 2.13.0, newest transformers 4.x
     nox -s tests-pinned   # Python 3.8, the paper's pins, installed from requirements/pinned*.txt
     nox -s demo           # the end-to-end run on a real model and real data
     nox -s reproduce -- --checkpoint-dir D --data-dir G
+
+The current-stack sessions run once, on the first of CURRENT_PYTHONS that this machine has.
+Choose another with ``TOP_PYTHON=3.12 nox -s tests`` or nox's own ``nox -s tests --force-python 3.12``.
 """
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,12 +26,38 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-CURRENT_PYTHON = "3.11"
+# The Pythons the current stack supports, in order of preference: 3.11 is the one the lock file
+# (requirements/current.txt) and the `current` image are resolved for; a fresh Ubuntu 24.04,
+# Debian 13 or macOS has 3.12 or 3.13 only.
+CURRENT_PYTHONS = ("3.11", "3.12", "3.13", "3.10")
 PINNED_PYTHON = "3.8"
 # The current stack: the CPU wheel of torch that this project is tested with, and the newest
 # transformers 4.x (5.x dropped the APIs the paper's checkpoints were saved with).
 CURRENT_TORCH = "torch==2.13.0"
 CURRENT_TRANSFORMERS = "transformers>=4.57,<5"
+
+
+def _runs(executable: str) -> bool:
+    """True when `executable` is on PATH and starts (a pyenv shim for a version not selected does not)."""
+    path = shutil.which(executable)
+    if path is None:
+        return False
+    try:
+        return subprocess.run([path, "-c", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def pick_current_python(preferred=CURRENT_PYTHONS) -> str:
+    """TOP_PYTHON when set, else the first preferred version this machine runs (else the first: nox says so)."""
+    forced = os.environ.get("TOP_PYTHON", "").strip()
+    if forced:
+        return forced
+    return next((version for version in preferred if _runs(f"python{version}")), preferred[0])
+
+
+CURRENT_PYTHON = pick_current_python()
 
 
 def _print_versions(session: nox.Session) -> None:

@@ -2,6 +2,8 @@
 # The image's entrypoint: dispatches to `python -m top`.
 #
 #   <top command> ARGS...   eval, reproduce, finetune, train, bench, demo, grid -> python -m top ...
+#                           (reproduce also gets --checkpoint-dir $CHECKPOINT_DIR and --data-dir
+#                           $GLUE_DIR when those hold anything)
 #   train-task TASK         the task's full recipe (docker/train_task.sh): finetune, then train
 #   eval-task TASK [ARGS]   top eval on the task's checkpoint: $CHECKPOINT, else the published one
 #                           (from $CHECKPOINT_DIR/<repo name>, the HF cache or a download), else
@@ -10,15 +12,50 @@
 #                           fine-tuned ($TEACHER, else outputs/TASK/teacher/best), winner promoted
 #   test [PYTEST ARGS]      the test suite, on the image's pinned stack
 #   anything else           run as a command (bash, python, nvidia-smi, ...)
+#
+# Before a top command or a task job, the Hugging Face cache and outputs/ must be writable by
+# the container's user (compose runs it as ${TOP_UID:-1000}:${TOP_GID:-1000}); when one is not,
+# one sentence says how to fix it, and the exit status is 2.
 set -euo pipefail
 
 TOP_HOME="${TOP_HOME:-/opt/top}"
 GLUE_DIR="${GLUE_DIR:-/data/glue}"
+CHECKPOINT_DIR="${CHECKPOINT_DIR:-}"
+
+# True when DIR exists and holds anything besides the .gitkeep that keeps it in git.
+has_content() {
+    [ -d "$1" ] && [ -n "$(find "$1" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print -quit 2>/dev/null)" ]
+}
 
 # --data-dir only when GLUE_DIR holds data; otherwise top reads the `datasets` hub copy.
 data_args() {
-    if [ -d "$GLUE_DIR" ] && [ -n "$(ls -A "$GLUE_DIR" 2>/dev/null)" ]; then
+    if has_content "$GLUE_DIR"; then
         printf '%s\n' --data-dir "$GLUE_DIR"
+    fi
+}
+
+# Docker creates a bind mount's missing host directory as root, which the container's user
+# cannot write; a directory that exists (the repository keeps outputs/ and .hf-cache/) stays its
+# owner's, and compose runs the container as that owner when TOP_UID/TOP_GID say who it is.
+check_writable() {
+    local dir host
+    for dir in "${HF_HOME:-${HOME:-/tmp}/.cache/huggingface}" "$PWD/outputs"; do
+        mkdir -p "$dir" 2>/dev/null || true
+        if [ ! -d "$dir" ] || [ ! -w "$dir" ] || [ ! -x "$dir" ]; then
+            case "$dir" in
+                "$PWD/outputs") host="./outputs" ;;
+                *) host="\${HF_CACHE:-./.hf-cache}" ;;
+            esac
+            echo "$dir ($host on the host) is not writable by uid $(id -u) in the container; on the host run" \
+                "\`export TOP_UID=\$(id -u) TOP_GID=\$(id -g)\` before \`docker compose run\` so the container" \
+                "runs as you, or give the directory to uid $(id -u) (\`sudo chown -R $(id -u) $host\`)." >&2
+            exit 2
+        fi
+    done
+    # A uid without an account in the image gets HOME=/; give libraries a home they can write.
+    if [ ! -w "${HOME:-/}" ]; then
+        export HOME="/tmp/top-home-$(id -u)"
+        mkdir -p "$HOME"
     fi
 }
 
@@ -65,7 +102,18 @@ fi
 
 command="$1"
 case "$command" in
-    eval|reproduce|finetune|train|bench|demo|grid|--help|-h|--version)
+    eval|finetune|train|bench|demo|grid|train-task|grid-task|eval-task|reproduce) check_writable ;;
+esac
+case "$command" in
+    reproduce)
+        shift
+        mapfile -t data < <(data_args)
+        checkpoints=()
+        if [ -n "$CHECKPOINT_DIR" ] && has_content "$CHECKPOINT_DIR"; then
+            checkpoints=(--checkpoint-dir "$CHECKPOINT_DIR")
+        fi
+        exec python -m top reproduce "${checkpoints[@]}" "${data[@]}" "$@" ;;
+    eval|finetune|train|bench|demo|grid|--help|-h|--version)
         exec python -m top "$@" ;;
     train-task)
         shift; exec bash "$TOP_HOME/docker/train_task.sh" "$@" ;;

@@ -15,7 +15,8 @@ task="$1"; shift
 output="outputs/$task"
 glue_dir="${GLUE_DIR:-/data/glue}"
 data=()
-if [ -d "$glue_dir" ] && [ -n "$(ls -A "$glue_dir" 2>/dev/null)" ]; then
+# (the repository's data/glue holds a .gitkeep only: that is no data)
+if [ -d "$glue_dir" ] && [ -n "$(find "$glue_dir" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print -quit)" ]; then
     data=(--data-dir "$glue_dir")
 fi
 

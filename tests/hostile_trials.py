@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_hostile_files as corpus  # noqa: E402
 import torch  # noqa: E402
-from builders import tiny_checkpoint, write_cola_dev, write_custom_csv  # noqa: E402
-from test_train import save_tiny_model, write_data  # noqa: E402
+from builders import tiny_checkpoint, tiny_model_dir, write_cola_dev, write_custom_csv  # noqa: E402
+from test_train import write_data  # noqa: E402
 
 from top import cli  # noqa: E402
 
@@ -34,7 +34,7 @@ def build_world(root: Path) -> dict:
     tiny_checkpoint(root / "checkpoints" / "tiny-cola", layers=3, keep_bins=5, seed=3)
     write_cola_dev(root / "glue", n=12)
     write_custom_csv(root / "dev.csv", n=12)
-    model = save_tiny_model(root / "model")
+    model = tiny_model_dir(root / "model")
     train, dev = write_data(root / "train.csv", 16, seed=1), write_data(root / "tdev.csv", 8, seed=2)
     argv = corpus.train_argv(model, model, train, dev, root / "run", "--max-steps", "3", "--save-steps", "3")
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):

@@ -311,3 +311,84 @@ def test_test_service_runs_pytest_in_the_project(stub):
     result, calls = stub("test")
     assert result.returncode == 0, result.stderr
     assert calls == ["-m pytest -p no:cacheprovider tests"]
+
+
+# -- the first `docker compose run` on a fresh clone ------------------------------------------
+
+MOUNT_SOURCES = ["./.hf-cache", "./outputs", "./checkpoints", "./data/glue"]
+
+
+def test_compose_runs_as_the_invoking_user_when_told():
+    document = compose()
+    for name, service in document["services"].items():
+        assert service["user"] == "${TOP_UID:-1000}:${TOP_GID:-1000}", name
+        for source in MOUNT_SOURCES:
+            assert any(re.match(r"(\$\{\w+:-)?" + re.escape(source) + r"\}?:/", v) for v in service["volumes"]), (
+                name, source)
+    assert "export TOP_UID=$(id -u)" in COMPOSE.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="not a git checkout")
+def test_the_repository_keeps_every_bind_mount_source_so_docker_never_creates_one_as_root():
+    for source in MOUNT_SOURCES:
+        keep = ROOT / source / ".gitkeep"
+        assert keep.is_file(), f"{keep} is missing"
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(keep)], cwd=ROOT).returncode
+        assert ignored == 1, f"{keep} is ignored by .gitignore, so a clone would not have it"
+        # What runs write there stays ignored.
+        assert subprocess.run(["git", "check-ignore", "-q", str(ROOT / source / "x.json")], cwd=ROOT).returncode == 0
+
+
+def test_a_gitkeep_is_no_data_and_no_checkpoints(stub):
+    glue, checkpoints = stub.tmp / "glue", stub.tmp / "checkpoints"
+    for directory in (glue, checkpoints):
+        directory.mkdir()
+        (directory / ".gitkeep").touch()
+    env = {"GLUE_DIR": str(glue), "CHECKPOINT_DIR": str(checkpoints)}
+    result, calls = stub("reproduce", "--no-assert", **env)
+    assert result.returncode == 0, result.stderr
+    assert calls == ["-m top reproduce --no-assert"]
+    result, calls = stub("train-task", "sst2", TEACHER=str(stub.tmp), **env)
+    assert calls == [f"-m top train --model {stub.tmp} --teacher {stub.tmp} --task sst2 --output-dir outputs/sst2"]
+    # With something in them, reproduce reads both (arguments given later still win in argparse).
+    (glue / "CoLA").mkdir()
+    (checkpoints / "bert-base-uncased-top-pruned-cola").mkdir()
+    result, calls = stub("reproduce", "--tasks", "cola", **env)
+    assert calls == [f"-m top reproduce --checkpoint-dir {checkpoints} --data-dir {glue} --tasks cola"]
+
+
+def test_entrypoint_creates_what_a_run_writes(stub):
+    hf_home = stub.tmp / "cache" / "huggingface"
+    result, calls = stub("eval", "--help", HF_HOME=str(hf_home))
+    assert result.returncode == 0, result.stderr
+    assert hf_home.is_dir() and (stub.work / "outputs").is_dir()
+    assert calls == ["-m top eval --help"]
+
+
+@pytest.mark.parametrize("broken", ["hf_home", "outputs"])
+def test_entrypoint_says_in_one_sentence_when_it_cannot_write(stub, broken):
+    """A directory the container's user cannot create or write: one sentence, exit 2, nothing run."""
+    blocker = stub.tmp / "a-file"
+    blocker.write_text("")
+    hf_home = str(blocker / "huggingface") if broken == "hf_home" else str(stub.tmp / "hf")
+    if broken == "outputs":
+        (stub.work / "outputs").write_text("")  # not a directory: mkdir -p fails, as on a root-owned mount
+    result, calls = stub("reproduce", "--no-assert", HF_HOME=hf_home)
+    assert result.returncode == 2 and calls == []
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(").")
+    host = "./outputs" if broken == "outputs" else "${HF_CACHE:-./.hf-cache}"
+    assert f"({host} on the host) is not writable by uid {os.getuid()}" in lines[0]
+    assert "export TOP_UID=$(id -u) TOP_GID=$(id -g)" in lines[0] and f"sudo chown -R {os.getuid()} {host}" in lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_entrypoint_refuses_a_read_only_outputs_directory(stub):
+    outputs = stub.work / "outputs"
+    outputs.mkdir()
+    outputs.chmod(0o555)
+    try:
+        result, calls = stub("demo", HF_HOME=str(stub.tmp / "hf"))
+    finally:
+        outputs.chmod(0o755)
+    assert result.returncode == 2 and calls == [] and "./outputs on the host" in result.stderr

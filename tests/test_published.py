@@ -4,8 +4,8 @@ import pytest
 
 from top.errors import UserError
 from top.metrics import compute_metrics
-from top.published import PublishedResult, load_results_table
-from top.tasks import TASKS
+from top.published import SCORE_RANGES, PublishedResult, load_results_table
+from top.tasks import METRIC_NAMES, TASKS
 
 README_ORDER = ["cola", "rte", "qqp", "mrpc", "sst2", "mnli", "qnli", "stsb"]
 
@@ -28,7 +28,27 @@ def test_rows_are_consistent():
         assert 1 < row.flops_reduction < 20
         assert row.score_tolerance == 0.5 and row.flops_tolerance == 0.05
         expected = "" if name == "rte" else f"senfu/bert-base-uncased-top-pruned-{name}"
-        assert row.checkpoint == expected
+        assert row.checkpoint == expected and row.is_published == (name != "rte")
+
+
+# GLUE's dev sets (MNLI: matched), as the issue that introduced dev_examples lists them.
+GLUE_DEV_SIZES = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 9815,
+                  "qnli": 5463, "rte": 277}
+
+
+def test_dev_examples_are_glue_dev_sizes_and_equal_tasks_toml():
+    """published.toml's dev_examples and tasks.toml's dev_size are one fact written twice: held equal here."""
+    table = load_results_table()
+    assert {name: row.dev_examples for name, row in table.items()} == GLUE_DEV_SIZES
+    assert {name: task.dev_size for name, task in TASKS.items()} == GLUE_DEV_SIZES
+
+
+def test_every_metric_has_a_score_range():
+    assert set(SCORE_RANGES) == set(METRIC_NAMES)
+    for metric in ("matthews_correlation", "pearson", "spearmanr"):
+        assert SCORE_RANGES[metric] == (-100.0, 100.0)
+    for metric in ("accuracy", "f1"):
+        assert SCORE_RANGES[metric] == (0.0, 100.0)
 
 
 def test_tolerances():
@@ -50,6 +70,36 @@ def test_a_minimal_valid_file(tmp_path):
     path.write_text(ROW.replace("score = 60.3", "score = 60"))
     row = load_results_table(path)["cola"]
     assert row.score == 60.0 and isinstance(row.score, float)
+    assert row.dev_examples is None  # optional: not checked when absent
+    path.write_text(ROW + "dev_examples = 23\n")
+    assert load_results_table(path)["cola"].dev_examples == 23
+
+
+@pytest.mark.parametrize("score", [-12.5, -100, 0, 100])
+def test_a_correlation_may_be_negative(tmp_path, score):
+    path = tmp_path / "p.toml"
+    path.write_text(ROW.replace("score = 60.3", f"score = {score}"))
+    assert load_results_table(path)["cola"].score == score
+    stsb = ROW.replace("[cola]", "[stsb]").replace("matthews_correlation", "pearson")
+    path.write_text(stsb.replace("score = 60.3", f"score = {score}"))
+    assert load_results_table(path)["stsb"].score == score
+
+
+@pytest.mark.parametrize(
+    "metric, task, score",
+    [("matthews_correlation", "cola", -100.5), ("matthews_correlation", "cola", 101), ("pearson", "stsb", -101),
+     ("accuracy", "sst2", -0.1), ("accuracy", "sst2", 100.1), ("f1", "mrpc", -3)],
+)
+def test_a_score_outside_its_metrics_range_is_refused(tmp_path, metric, task, score):
+    path = tmp_path / "p.toml"
+    path.write_text(ROW.replace("[cola]", f"[{task}]").replace("matthews_correlation", metric)
+                    .replace("score = 60.3", f"score = {score}"))
+    with pytest.raises(UserError) as info:
+        load_results_table(path)
+    message = str(info.value)
+    assert str(path) in message and f"{task}.score" in message and metric in message
+    low, high = SCORE_RANGES[metric]
+    assert f"outside {low:g} to {high:g}" in message
 
 
 @pytest.mark.parametrize(
@@ -63,6 +113,8 @@ def test_a_minimal_valid_file(tmp_path):
         ('metric = "matthews_correlation"', 'metric = "mcc"', "metric"),
         ('metric = "matthews_correlation"', 'metric = "accuracy"', "metric"),
         ("score_tolerance = 0.5", "score_tolerance = -0.5", "score_tolerance"),
+        ("flops_tolerance = 0.05\n", "flops_tolerance = 0.05\ndev_examples = 0\n", "dev_examples"),
+        ("flops_tolerance = 0.05\n", "flops_tolerance = 0.05\ndev_examples = 23.5\n", "dev_examples"),
         ("score = 60.3", "score = true", "score"),
         ("[cola]", "[cola", "TOML"),
     ],

@@ -19,7 +19,8 @@ from top.errors import UserError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPORT_TASK_KEYS = {
-    "task", "metric", "checkpoint", "checkpoint_path", "data", "n_examples", "paper_score", "measured_score",
+    "task", "metric", "checkpoint", "checkpoint_path", "data", "n_examples", "dev_examples", "paper_score",
+    "measured_score",
     "delta", "score_tolerance", "paper_flops_reduction", "measured_flops_reduction",
     "measured_flops_reduction_unpadded", "exact_flops_reduction", "flops_tolerance", "compact_score",
     "compact_exact_flops_reduction", "status", "reason",
@@ -83,14 +84,17 @@ def setup(tmp_path_factory):
 METRICS = {"cola": "matthews_correlation", "sst2": "accuracy", "rte": "accuracy"}
 
 
-def write_table(path: Path, rows) -> Path:
-    """rows: task -> (score, flops_reduction, checkpoint id)."""
+def write_table(path: Path, rows, dev_examples=None) -> Path:
+    """rows: task -> (score, flops_reduction, checkpoint id); dev_examples: task -> the row's dev_examples."""
     text = ""
     for task, (score, flops, checkpoint) in rows.items():
         text += (
             f'[{task}]\nmetric = "{METRICS[task]}"\nscore = {score!r}\nflops_reduction = {flops!r}\n'
-            f'checkpoint = "{checkpoint}"\nscore_tolerance = 0.5\nflops_tolerance = 0.05\n\n'
+            f'checkpoint = "{checkpoint}"\nscore_tolerance = 0.5\nflops_tolerance = 0.05\n'
         )
+        if dev_examples and task in dev_examples:
+            text += f"dev_examples = {dev_examples[task]}\n"
+        text += "\n"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -138,11 +142,22 @@ def test_matching_table_passes_and_report_holds_everything(setup, tmp_path, caps
     assert settings["deterministic"]["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     assert settings["deterministic"]["cudnn_deterministic"] is True
     assert {"python", "torch", "transformers", "numpy", "scipy", "gpu"} <= set(settings["environment"])
+    # The stack and the device, named so that a report from the image and one from a laptop differ.
+    import platform
+
+    import torch
+    import transformers
+
+    stack = report["stack"]
+    assert stack["python"] == platform.python_version() and stack["torch"] == torch.__version__
+    assert stack["transformers"] == transformers.__version__ and stack["device"].startswith("cpu (")
     # The printed summary is report.md.
     markdown = (out / "report.md").read_text()
     assert markdown.strip() in printed
     assert "| cola | Matthews corr. |" in markdown and "| sst2 | Accuracy |" in markdown
     assert "2 of 2 tasks match the table" in markdown
+    assert f"Stack: Python {stack['python']}, torch {stack['torch']}, transformers {stack['transformers']}; " \
+           f"device: {stack['device']}." in markdown
 
 
 @pytest.mark.parametrize(
@@ -202,21 +217,110 @@ def test_missing_checkpoints_fail_unless_no_assert(setup, tmp_path, capsys, no_n
     table = write_table(tmp_path / "table.toml", rows)
     assert reproduce(root, tmp_path / "out", table) == 1
     err = capsys.readouterr().err
-    assert "FAILED 2 of 3 tasks: cola, rte" in err
+    assert "FAILED 1 of 2 tasks: cola" in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     by_task = {t["task"]: t for t in report["tasks"]}
     assert by_task["sst2"]["status"] == "pass"
-    for task in ("cola", "rte"):
-        assert by_task[task]["status"] == "missing" and by_task[task]["measured_score"] is None
-        reason = by_task[task]["reason"]
-        assert task in reason and "--checkpoint-dir" in reason
-        assert reason.count(". ") == 0 and reason.endswith(".")
-    assert "not-there-cola" in by_task["cola"]["reason"] and "HF_HUB_OFFLINE" in by_task["cola"]["reason"]
-    assert "--results-table" in by_task["rte"]["reason"]
+    assert by_task["rte"]["status"] == "not published" and by_task["rte"]["measured_score"] is None
+    assert by_task["cola"]["status"] == "missing" and by_task["cola"]["measured_score"] is None
+    reason = by_task["cola"]["reason"]
+    assert "cola" in reason and "--checkpoint-dir" in reason
+    assert reason.count(". ") == 0 and reason.endswith(".")
+    assert "not-there-cola" in reason and "HF_HUB_OFFLINE" in reason
 
     assert reproduce(root, tmp_path / "out2", table, "--no-assert") == 0
     report = json.loads((tmp_path / "out2" / "report.json").read_text())
-    assert [t["status"] for t in report["tasks"]] == ["missing", "pass", "missing"]
+    assert [t["status"] for t in report["tasks"]] == ["missing", "pass", "not published"]
+
+
+def test_default_run_skips_an_unpublished_row_and_passes(setup, tmp_path, capsys, no_network):
+    root, truth = setup
+    rows = true_rows(truth)
+    rows["rte"] = (68.3, 7.71, "")
+    table = write_table(tmp_path / "table.toml", rows)
+    assert reproduce(root, tmp_path / "out", table) == 0
+    captured = capsys.readouterr()
+    assert "FAILED" not in captured.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [(t["task"], t["status"]) for t in report["tasks"]] == [
+        ("cola", "pass"), ("sst2", "pass"), ("rte", "not published")]
+    assert report["tasks"][2]["checkpoint_path"] is None and report["tasks"][2]["n_examples"] is None
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| rte | Accuracy | 68.30 | – |" in markdown and "not published" in markdown
+    assert "2 of 2 tasks match the table (asserted); not published, so skipped: rte." in markdown
+    assert "| rte |" in captured.out and "not published" in captured.out
+
+
+def test_an_unpublished_task_asked_for_by_name_is_one_sentence(setup, tmp_path, capsys):
+    root, truth = setup
+    rows = true_rows(truth)
+    rows["rte"] = (68.3, 7.71, "")
+    table = write_table(tmp_path / "table.toml", rows)
+    assert reproduce(root, tmp_path / "out", table, "--tasks", "rte") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: " + hub.unpublished_message("rte")
+    assert err.count(". ") == 0 and err.endswith(".") and "--results-table" in err
+    assert not (tmp_path / "out").exists()
+    # The packaged table, too: RTE has no published checkpoint.
+    assert main(["reproduce", "--tasks", "RTE", "--output-dir", str(tmp_path / "o2")]) == 2
+    assert "no checkpoint for rte" in capsys.readouterr().err
+
+
+def test_dev_set_size_is_checked_by_name(setup, tmp_path, capsys):
+    root, truth = setup
+    table = write_table(tmp_path / "table.toml", true_rows(truth), dev_examples={"cola": 23, "sst2": 872})
+    assert reproduce(root, tmp_path / "out", table) == 1
+    err = capsys.readouterr().err
+    assert "FAILED 1 of 2 tasks: sst2" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    cola, sst2 = report["tasks"]
+    assert cola["status"] == "pass" and cola["dev_examples"] == 23 and cola["n_examples"] == 23
+    assert sst2["status"] == "fail" and sst2["n_examples"] == 29 and sst2["dev_examples"] == 872
+    assert sst2["reason"] == "sst2 was evaluated on 29 dev examples, not the 872 of the table"
+    assert sst2["measured_score"] is not None  # the score is still measured and reported
+    assert "sst2 was evaluated on 29 dev examples, not the 872" in err
+
+
+def test_nothing_evaluated_fails_even_under_no_assert(setup, tmp_path, capsys, no_network):
+    root, truth = setup
+    rows = {task: (score, flops, f"test/not-there-{task}") for task, (score, flops, _) in true_rows(truth).items()}
+    rows["rte"] = (68.3, 7.71, "")
+    table = write_table(tmp_path / "table.toml", rows)
+    for extra in ((), ("--no-assert",)):
+        out = tmp_path / ("out" + "".join(extra))
+        assert reproduce(root, out, table, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: No checkpoint of cola, sst2 was found in --checkpoint-dir")
+        assert err.count("\n") == 0 and err.endswith("then pass --checkpoint-dir checkpoints.")
+        assert "python scripts/download_checkpoints.py --output-dir checkpoints" in err
+        # The report is still written, for the record.
+        statuses = [t["status"] for t in json.loads((out / "report.json").read_text())["tasks"]]
+        assert statuses == ["missing", "missing", "not published"]
+
+
+def test_offline_with_nothing_cached_says_what_to_download(tmp_path, capsys, no_network):
+    """The packaged table, HF_HUB_OFFLINE=1, an empty cache and no --checkpoint-dir: exit 2, one sentence."""
+    code = main(["reproduce", "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.count(". ") == 0 and err.endswith(".")
+    assert "HF_HUB_OFFLINE is set" in err and str(tmp_path / "hf_home" / "hub") in err
+    assert "`python scripts/download_checkpoints.py --output-dir checkpoints`" in err
+    assert "--checkpoint-dir checkpoints" in err
+    assert "cola, qqp, mrpc, sst2, mnli, qnli, stsb" in err and "rte" not in err.split("found")[0]
+
+
+def test_a_report_in_which_nothing_was_evaluated_fails(tmp_path, capsys):
+    from top.reproduce import exit_code
+
+    report = {"settings": {"assert": False}, "tasks": [
+        {"task": "cola", "status": "missing", "reason": "x."}, {"task": "rte", "status": "not published"}]}
+    assert exit_code(report, announce=True) == 1
+    assert "none of 1 tasks was evaluated" in capsys.readouterr().err
+    report["tasks"][0]["status"] = "fail"
+    assert exit_code(report) == 0  # evaluated; under --no-assert a mismatch does not fail
+    report["settings"]["assert"] = True
+    assert exit_code(report) == 1
 
 
 def test_missing_checkpoint_message_is_one_sentence_naming_task_and_both_ways():

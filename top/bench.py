@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from top.argtypes import int_at_least, non_negative_int, positive_int
 from top.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
     parser.add_argument("--data-dir", help="GLUE data directory (e.g. glue_data)")
     parser.add_argument("--validation-file", help="a csv/tsv/json file to use instead of the GLUE dev set")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--passes", type=int, default=5, help="timed passes over the dev set (at least 5)")
-    parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes first")
-    parser.add_argument("--max-examples", type=int, default=None, help="use only the first N dev examples")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--passes", type=int_at_least(5), default=5, help="timed passes over the dev set (at least 5)")
+    parser.add_argument("--warmup-passes", type=non_negative_int, default=1, help="untimed passes first")
+    parser.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N dev examples")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--output", default="bench.json", help="where to write the results")
 
@@ -301,7 +302,7 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     from top.checkpoint import load_checkpoint
     from top.compact import CompactPlan, compact_forward, prediction_agreement
-    from top.data import encode
+    from top.data import check_max_seq_length, encode
     from top.flops import model_macs
     from top.tasks import get_task
 
@@ -315,6 +316,7 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError(
             f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
         )
+    check_max_seq_length(task.task_length, checkpoint.config, f"the checkpoint {checkpoint.path}", None)
     from top.evaluate import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint.path)

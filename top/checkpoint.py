@@ -11,6 +11,7 @@ authors' evaluation reads).
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -82,12 +83,34 @@ def _load_config(path: Path) -> Any:
             f"{path} has no {CONFIG_FILE}; point to a checkpoint directory that holds the model's config.json."
         )
     try:
-        return AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path))
     except Exception as error:
         raise UserError(
             f"{path / CONFIG_FILE} is not a valid Hugging Face config ({error_detail(error)}); "
             "fix it or download the checkpoint again."
         ) from None
+    return check_config(config, path / CONFIG_FILE)
+
+
+# Fields of a BERT/RoBERTa config and the kind of value each must hold.
+_CONFIG_COUNTS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings",
+)
+_CONFIG_NUMBERS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+
+
+def check_config(config: Any, source: Any) -> Any:
+    """``config`` back if its architecture fields have the right types; else one sentence naming ``source``."""
+    for name in _CONFIG_COUNTS:
+        value = getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{source} gives {name} as {value!r}, not a positive whole number; fix that field.")
+    for name in _CONFIG_NUMBERS:
+        value = getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{source} gives {name} as {value!r}, not a number; fix that field.")
+    return config
 
 
 def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
@@ -118,6 +141,8 @@ def _load_masks(file: Path) -> Tuple[torch.Tensor, torch.Tensor]:
         )
     token_z = _as_mask(zs["token_z"], file, "token_z", 2)
     pruner_z = _as_mask(zs["pruner_z"], file, "pruner_z", 1)
+    if token_z.shape[0] > 0 and token_z.shape[1] == 0:
+        raise UserError(f"{file} has token_z with 0 rank bins; download or save the checkpoint again.")
     if pruner_z.shape[0] != token_z.shape[0]:
         raise UserError(
             f"{file} has {token_z.shape[0]} rows of token_z but {pruner_z.shape[0]} pruner_z gates; "
@@ -247,6 +272,17 @@ def _check_locations(locations: Sequence[int], n_rows: int, num_layers: int, fil
     return locations
 
 
+def _present(file: Path) -> bool:
+    """Whether an optional file of the layout is there; one that is there but unreadable is refused."""
+    if file.is_file():
+        return True
+    if file.is_symlink() and not file.exists():
+        raise UserError(f"{file} is a link to {os.readlink(str(file))}, which does not exist; fix or remove the link.")
+    if file.exists():
+        raise UserError(f"{file} is not a file; remove it or replace it with the checkpoint's {file.name}.")
+    return False
+
+
 def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
     """Read a checkpoint directory (published by the authors or written by ``save_checkpoint``).
 
@@ -264,9 +300,9 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
     num_layers = int(config.num_hidden_layers)
 
     masks_file, gates_file = path / MASKS_FILE, path / GATES_FILE
-    masks = _load_masks(masks_file) if masks_file.is_file() else None
+    masks = _load_masks(masks_file) if _present(masks_file) else None
     gates = None
-    if gates_file.is_file():
+    if _present(gates_file):
         gates = _gate_fields(read_torch_file(gates_file, allow_gate_module=True, what="gate file"), gates_file)
 
     temperature, magical_number = DEFAULT_TEMPERATURE, DEFAULT_MAGICAL_NUMBER
@@ -281,6 +317,8 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
 
     token_z, pruner_z = masks
     n_rows = token_z.shape[0]
+    if n_rows > 0 and token_z.shape[1] == 0:
+        raise UserError(f"{gates_file} has gates with 0 rank bins; download or save the checkpoint again.")
     if gates is not None and gates["prune_locations"] is not None:
         locations = _check_locations(gates["prune_locations"], n_rows, num_layers, gates_file)
     else:
@@ -400,7 +438,7 @@ def save_checkpoint(
     for name in extra:
         _check_extra_name(name)
     # Encode before anything is written, so an object that is not JSON-able fails early.
-    encoded_extra = {name: json.dumps(obj, indent=2) + "\n" for name, obj in extra.items()}
+    encoded_extra = {name: json.dumps(obj, indent=2, allow_nan=False) + "\n" for name, obj in extra.items()}
 
     path = Path(path)
     with atomic_directory(path) as tmp:

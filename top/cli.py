@@ -1,17 +1,33 @@
 """``top`` / ``python -m top``: one sub-command per module.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-A :class:`top.errors.UserError` becomes one line on stderr and exit status 2.
+A :class:`top.errors.UserError` (bad input) becomes one line on stderr and exit status 2; an
+``OSError`` naming a file (a full disk, no permission) becomes one line and exit status 1.
 """
 
 import argparse
+import errno
 import importlib
 import logging
+import re
 import sys
 from typing import List, Optional
 
 from top import __version__
+from top.argtypes import OneLineParser
 from top.errors import UserError
+
+# What to do about the environment failures a user can fix.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space there",
+    errno.EDQUOT: "free some space there or raise your quota",
+    errno.EACCES: "fix its permissions or choose another path",
+    errno.EPERM: "fix its permissions or choose another path",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.ENOTDIR: "a part of that path is a file; choose another path",
+    errno.EISDIR: "it is a directory; choose another path",
+    errno.EMFILE: "raise the open-file limit (ulimit -n)",
+}
 
 # name -> (module, one-line help). Modules are imported lazily so ``top --help`` is quick.
 COMMANDS = {
@@ -26,7 +42,7 @@ COMMANDS = {
 
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="top",
         description="ToP: constraint-aware, ranking-distilled token pruning for BERT/RoBERTa (KDD'23).",
     )
@@ -49,10 +65,40 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version(distribution: str) -> Optional[str]:
+    """The installed version of `distribution` from its metadata (no import), or None when absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def unsupported_stack() -> Optional[str]:
+    """One sentence when the installed transformers is one `top` cannot run with (5.x or later), else None."""
+    version = installed_version("transformers")
+    match = re.match(r"\d+", version or "")
+    if match is None or int(match.group()) < 5:
+        return None
+    return (
+        f"top needs transformers 4.x but transformers {version} is installed (5.x changed the model code that top "
+        "patches); install a 4.x release with `pip install 'transformers>=4.16,<5'`, in a virtual environment of its "
+        "own if another package wants transformers 5."
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    stack_error = unsupported_stack()
+    if stack_error:
+        print(f"error: {stack_error}", file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -63,6 +109,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path the user can fix: a bug, so keep the traceback
+        print(f"error: {environment_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def environment_message(exc: OSError) -> str:
+    """One sentence for an ``OSError`` on a path: which path, what failed, what to do."""
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    reason = exc.strerror or type(exc).__name__
+    advice = _OS_ADVICE.get(exc.errno, "check that path")
+    return f"cannot {verb} {exc.filename}: {reason}; {advice}."

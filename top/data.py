@@ -34,7 +34,34 @@ def _task(task: TaskLike) -> Task:
     return task if isinstance(task, Task) else get_task(task)
 
 
-# --------------------------------------------------------------------------- GLUE TSV files
+def read_text(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are the user's to fix, named by line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} line {line} holds bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
+            "save the file as UTF-8."
+        ) from None
+
+
+def read_rows(path: Path, as_dicts: bool = False, **reader_options: Any) -> List[Any]:
+    """Every row of a csv/tsv data file (as dicts keyed by the header with ``as_dicts``).
+
+    A malformed or oversized field is the user's to fix, named by line.
+    """
+    handle = io.StringIO(read_text(path), newline="")
+    reader = csv.DictReader(handle, **reader_options) if as_dicts else csv.reader(handle, **reader_options)
+    try:
+        return [dict(row) for row in reader] if as_dicts else list(reader)
+    except csv.Error as exc:
+        line = (reader.reader if as_dicts else reader).line_num  # DictReader's own count lags by a row
+        raise UserError(
+            f"{path} line {line} cannot be read ({exc}); fix that row "
+            f"(a field holds at most {csv.field_size_limit()} characters)."
+        ) from None
 
 
 def glue_file(task: TaskLike, data_dir: Union[str, Path], split: str = "dev") -> Path:
@@ -53,7 +80,10 @@ def glue_file(task: TaskLike, data_dir: Union[str, Path], split: str = "dev") ->
 def _parse_label(task: Task, value: str, where: str) -> Label:
     try:
         if task.label_encoding == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise UserError(f"{where}: label {value!r} is not a finite number; fix or remove that row.")
+            return number
         if task.label_encoding == "name":
             return task.labels.index(value)
         label = int(value)
@@ -73,8 +103,7 @@ def load_glue_split(task: TaskLike, data_dir: Union[str, Path], split: str = "de
     """
     task = _task(task)
     path = glue_file(task, data_dir, split)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = read_rows(path, delimiter="\t", quoting=csv.QUOTE_NONE)
     if task.has_header:
         if not rows:
             raise UserError(f"{path} is empty; {PREPARE_HINT}.")
@@ -172,14 +201,10 @@ CUSTOM_COLUMNS = "'sentence' (or 'sentence1'), optional 'sentence2', and 'label'
 def _read_records(path: Path) -> List[Dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            if suffix == ".csv":
-                reader = csv.DictReader(handle)
-            else:
-                reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            return [dict(row) for row in reader]
+        options = {} if suffix == ".csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        return read_rows(path, as_dicts=True, **options)
     if suffix in (".json", ".jsonl"):
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path)
         if not text.strip():
             return []
         try:
@@ -227,6 +252,15 @@ def _is_float(value: Any) -> bool:
     return False
 
 
+def _is_non_finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False
+
+
 def load_custom_file(path: Union[str, Path]) -> Tuple[List[Example], bool, List[str]]:
     """Read a csv/tsv/json(l) file with columns 'sentence', optional 'sentence2', 'label'.
 
@@ -254,6 +288,11 @@ def load_custom_file(path: Union[str, Path]) -> Tuple[List[Example], bool, List[
             if value is None or value == "":
                 raise UserError(f"{path}: example {n + 1} has no {key!r}; fill it in or remove the example.")
         raw_labels.append(record["label"])
+        if _is_non_finite(record["label"]):
+            raise UserError(
+                f"{path}: example {n + 1} has the label {record['label']!r}, which is not a finite number; "
+                "fix or remove the example."
+            )
 
     if all(_is_int(label) for label in raw_labels):
         label_list = [str(v) for v in sorted({int(label) for label in raw_labels})]
@@ -402,6 +441,22 @@ def _custom_data(train_file: Optional[Union[str, Path]], validation_file: Union[
 
 
 # --------------------------------------------------------------------------- tokenising
+
+
+def check_max_seq_length(
+    max_seq_length: int, config: Any, model: str, flag: Optional[str] = "--max-seq-length"
+) -> None:
+    """Sequences longer than the model's position table would index past it: bad input.
+
+    ``flag`` names the setting the user can lower; None when the length is fixed (bench's task length).
+    """
+    limit = int(config.max_position_embeddings)
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(config.pad_token_id or 0) + 1  # their positions start after the padding index
+    if max_seq_length > limit:
+        what = f"{flag} {max_seq_length}" if flag else f"The sequence length {max_seq_length}"
+        fix = f"give {flag} {limit} or less" if flag else f"use a model with at least {max_seq_length} positions"
+        raise UserError(f"{what} is longer than the {limit} positions {model} has; {fix}.")
 
 
 def encode(

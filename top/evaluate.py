@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from top import flops
-from top.data import TaskData, load_task_data
+from top.argtypes import int_at_least, positive_int
+from top.data import TaskData, check_max_seq_length, load_task_data
 from top.errors import UserError
-from top.io import atomic_write_json, atomic_write_text
+from top.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
 from top.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def write_outputs(record: Dict[str, Any], output_dir) -> Path:
     output_dir = Path(output_dir)
     record = dict(record)
     predictions = record.pop("predictions")
-    lines = "".join(json.dumps(p) + "\n" for p in predictions)
+    # A model whose weights are broken gives NaN logits: they are written as null.
+    lines = "".join(json_text(finite_or_none(p)) + "\n" for p in predictions)
     atomic_write_text(output_dir / f"{record['task']}.predictions.jsonl", lines)
     path = output_dir / f"{record['task']}.json"
     atomic_write_json(path, record)
@@ -209,7 +210,7 @@ def write_outputs(record: Dict[str, Any], output_dir) -> Path:
 
 
 def summary_line(record: Dict[str, Any]) -> str:
-    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in record["metrics"].items())
+    metrics = ", ".join(f"{k} {'undefined' if v is None else f'{100 * v:.2f}'}" for k, v in record["metrics"].items())
     return (
         f"{record['task']} ({record['mode']}, {record['n_examples']} examples): {metrics} | "
         f"FLOPs reduction {record['flops_reduction']:.2f}x (unpadded {record['flops_reduction_unpadded']:.2f}x)"
@@ -222,8 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
     parser.add_argument("--validation-file", help="a csv/tsv/json file with sentence[, sentence2], label")
     parser.add_argument("--mode", choices=EVAL_MODES, default="faithful")
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
     parser.add_argument("--output-dir", required=True)
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     eval_data = load_task_data(args.task, args.data_dir, validation_file=args.validation_file,
                                max_seq_length=args.max_seq_length, splits=("dev",))
     loaded = load_model(args.checkpoint, device, args.tokenizer)
+    check_max_seq_length(args.max_seq_length, loaded.model.config, f"the checkpoint {loaded.path}")
     record = evaluate(loaded, eval_data, args.mode, args.max_seq_length, args.batch_size,
                       progress=not args.no_progress)
     path = write_outputs(record, args.output_dir)

@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from top import determinism, loop
+from top import determinism, loop, rundir
+from top.argtypes import non_negative_float, positive_float, positive_int
 from top.data import TaskData
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
@@ -35,11 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pre-trained model directory or hub id, e.g. bert-base-uncased")
     loop.add_data_arguments(parser)
     parser.add_argument(
-        "--epochs", type=float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
+        "--epochs", type=positive_float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
     )
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
-    parser.add_argument("--eval-steps", type=int, help="score the dev set every this many steps (default: every epoch)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--learning-rate", type=non_negative_float, default=2e-5)
+    parser.add_argument(
+        "--eval-steps", type=positive_int, help="score the dev set every this many steps (default: every epoch)"
+    )
     loop.add_run_arguments(parser)
 
 
@@ -52,7 +55,10 @@ def default_epochs(data: TaskData) -> int:
 def run(args: argparse.Namespace) -> int:
     dist = loop.setup_distributed(args.device)
     try:
-        return finetune(args, dist)
+        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
+        with rundir.claim(Path(args.output_dir), dist.is_main):
+            dist.barrier()
+            return finetune(args, dist)
     finally:
         loop.teardown_distributed(dist)
 
@@ -67,6 +73,8 @@ def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
+    from top.checkpoint import check_config
+    from top.data import check_max_seq_length
     from top.safeload import read_state_dict
 
     try:
@@ -75,6 +83,8 @@ def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
         raise UserError(
             f"--model {args.model} is not a model directory or hub id ({type(error).__name__}); fix it."
         ) from None
+    check_config(config, f"The config.json of --model {args.model}")
+    check_max_seq_length(args.max_seq_length, config, f"--model {args.model}")
     if not data.is_custom and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
@@ -195,12 +205,14 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
                 model.train()
                 metrics = compute_metrics(data.task, logits, labels)
                 score = metrics[data.metric]
-                is_best = best["score"] is None or score > best["score"]
+                # An undefined score (None: see top.metrics) is never the best.
+                is_best = score is not None and (best["score"] is None or score > best["score"])
                 if is_best:
                     best = {"score": score, "step": step}
                     save_model(out / "best", model, tokenizer, {"step": step, "eval": metrics})
                 log.write({"step": step, "eval": metrics, "score": score, "is_best": is_best})
-                bar.write(f"step {step}: {data.metric} {score:.4f}" + (" (best)" if is_best else ""))
+                shown = "undefined" if score is None else f"{score:.4f}"
+                bar.write(f"step {step}: {data.metric} {shown}" + (" (best)" if is_best else ""))
             dist.barrier()
     bar.close()
     if dist.is_main:
@@ -209,5 +221,8 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
             out / "summary.json",
             {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
         )
-        print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
+        if best["score"] is None:
+            print(f"No evaluation gave a defined {data.metric}, so best/ was not written (see {out / 'log.jsonl'}).")
+        else:
+            print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
     return 0

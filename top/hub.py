@@ -10,10 +10,10 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from top.errors import UserError
-from top.io import atomic_directory
+from top.io import atomic_directory, is_local_write_failure
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,6 +52,27 @@ def missing_message(repo_id: str, task: Optional[str] = None) -> str:
     )
 
 
+def unpublished_message(task: Optional[str] = None) -> str:
+    """One sentence: a results-table row without a checkpoint id, and how to evaluate one anyway."""
+    return (
+        f"The results table lists no checkpoint for {task or 'this task'} (the authors published none); "
+        "give its row a Hugging Face id in a table of your own (--results-table FILE) and put the files in "
+        "DIR/<repo name> (--checkpoint-dir DIR) or on the Hugging Face hub."
+    )
+
+
+def nothing_found_message(tasks: Sequence[str], checkpoint_dir: Optional[PathLike] = None) -> str:
+    """One sentence for a run that found no checkpoint at all: what to download and how."""
+    where = f"in --checkpoint-dir {checkpoint_dir} or " if checkpoint_dir is not None else ""
+    cause = (f"HF_HUB_OFFLINE is set and the Hugging Face cache at {hub_cache_dir()} has none"
+             if is_offline() else "none could be downloaded")
+    return (
+        f"No checkpoint of {', '.join(tasks)} was found {where}in the Hugging Face cache ({cause}); download them "
+        "once online with `python scripts/download_checkpoints.py --output-dir checkpoints`, then pass "
+        "--checkpoint-dir checkpoints."
+    )
+
+
 def cached_checkpoint(repo_id: str) -> Optional[Path]:
     """The cached snapshot of ``repo_id`` on its main branch, without touching the network."""
     from huggingface_hub import snapshot_download
@@ -76,11 +97,7 @@ def resolve_checkpoint(
     provide the checkpoint. Offline (``HF_HUB_OFFLINE=1``) nothing touches the network.
     """
     if not repo_id:
-        raise UserError(
-            f"The results table lists no checkpoint for {task or 'this task'} (the authors published none); "
-            "give its row a Hugging Face id in a table of your own (--results-table FILE) and put the files in "
-            "DIR/<repo name> (--checkpoint-dir DIR) or on the Hugging Face hub."
-        )
+        raise UserError(unpublished_message(task))
     if checkpoint_dir is not None:
         local = Path(checkpoint_dir).expanduser() / repo_name(repo_id)
         if local.is_dir():
@@ -100,6 +117,8 @@ def _download_to_cache(repo_id: str, progress: bool, task: Optional[str]) -> Pat
         with _progress_bars(progress):
             path = snapshot_download(repo_id, cache_dir=str(hub_cache_dir()), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001 - no network, unknown repo, hub down: the same advice
+        if is_local_write_failure(exc):
+            raise  # a full disk or no permission: the command line names the path (exit 1)
         cached = cached_checkpoint(repo_id)
         if cached is not None:
             return cached
@@ -139,6 +158,8 @@ def download_checkpoint(repo_id: str, output_dir: PathLike, progress: bool = Tru
         with _progress_bars(progress):
             snapshot_download(repo_id, local_dir=str(target), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001
+        if is_local_write_failure(exc):
+            raise
         raise UserError(
             f"Downloading {repo_id} into {target} failed ({_reason(exc)}); check the id and the network and run again."
         ) from None

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from top.argtypes import int_at_least, non_negative_float, non_negative_int, positive_float, positive_int
 from top.errors import UserError
 from top.tasks import TASKS
 
@@ -38,14 +39,14 @@ def add_data_arguments(parser) -> None:
 
 
 def add_run_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per process and step")
-    parser.add_argument("--eval-batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-length", type=int, default=256)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per process and step")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=32)
+    parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--max-grad-norm", type=positive_float, default=1.0)
+    parser.add_argument("--seed", type=non_negative_int, default=57)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--logging-steps", type=int, default=25)
+    parser.add_argument("--logging-steps", type=positive_int, default=25)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -124,12 +125,12 @@ def select(encoded: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str,
 
 def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
     """Total optimisation steps from ``--max-steps`` or ``--epochs`` (else the default)."""
-    if getattr(args, "max_steps", None):
+    if getattr(args, "max_steps", None) is not None:
         check_positive(max_steps=args.max_steps)
         return int(args.max_steps)
     epochs = args.epochs if args.epochs is not None else default_epochs
-    if epochs <= 0:
-        raise UserError(f"--epochs is {epochs}; give a positive number of epochs.")
+    if not (0 < epochs < math.inf):
+        raise UserError(f"--epochs is {epochs}; give a positive, finite number of epochs.")
     return max(1, int(math.ceil(epochs * steps_per_epoch)))
 
 
@@ -311,12 +312,30 @@ class JsonLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: Dict[str, Any]) -> None:
+        """Append one line; a value that is not a finite number (a diverged loss) is logged as null.
+
+        A write that fails (a full disk) is cut back off, so no half line is left behind.
+        """
         if not self.enabled:
             return
+        from top.io import finite_or_none, json_text
+
+        data = (json_text(finite_or_none(record)) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError as error:
+                os.ftruncate(fd, size)
+                if error.filename is None:
+                    error.filename = str(self.path)
+                raise
+        finally:
+            os.close(fd)
 
 
 def save_state_file(directory: Path, state: Dict[str, Any]) -> None:

@@ -1,11 +1,18 @@
-"""GLUE's metrics on a 0-1 scale, with the names the `datasets` glue metric uses."""
+"""GLUE's metrics on a 0-1 scale, with the names the `datasets` glue metric uses.
 
-from typing import Dict, Sequence, Union
+A metric that the data leaves undefined (a correlation with constant labels or predictions) is
+``None``, with a warning that says why; reports write it as JSON's null.
+"""
+
+import logging
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 from scipy import stats
 
 from top.tasks import METRIC_NAMES, Task
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 
@@ -36,11 +43,31 @@ def matthews_correlation(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(covariance / denominator) if denominator else 0.0
 
 
-def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
+def _correlation_undefined(name: str, predictions: np.ndarray, labels: np.ndarray) -> bool:
+    """A correlation needs variation on both sides; say which side has none."""
+    for what, values in (("labels", labels), ("predictions", predictions)):
+        if len(values) < 2 or np.all(values == values[0]):
+            logger.warning(
+                "%s is undefined because all %d %s are equal; it is reported as null", name, len(values), what
+            )
+            return True
+    if not (np.all(np.isfinite(predictions)) and np.all(np.isfinite(labels))):
+        logger.warning(
+            "%s is undefined because some predictions or labels are not finite; it is reported as null", name
+        )
+        return True
+    return False
+
+
+def pearson(predictions: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    if _correlation_undefined("pearson", predictions, labels):
+        return None
     return float(stats.pearsonr(predictions, labels)[0])
 
 
-def spearmanr(predictions: np.ndarray, labels: np.ndarray) -> float:
+def spearmanr(predictions: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    if _correlation_undefined("spearmanr", predictions, labels):
+        return None
     return float(stats.spearmanr(predictions, labels)[0])
 
 
@@ -54,11 +81,11 @@ _FUNCTIONS = {
 assert tuple(sorted(_FUNCTIONS)) == tuple(sorted(METRIC_NAMES))
 
 
-def compute_metrics(task: Task, predictions: ArrayLike, labels: ArrayLike) -> Dict[str, float]:
-    """Every metric ``task`` reports, on a 0-1 scale (a user's own data is a Task too: top.data.custom_task).
+def compute_metrics(task: Task, predictions: ArrayLike, labels: ArrayLike) -> Dict[str, Optional[float]]:
+    """Every metric ``task`` reports, on a 0-1 scale (None where the data leaves it undefined).
 
-    Classification predictions may be class ids or logits ``[N, C]`` (argmax is taken);
-    regression predictions may be ``[N]`` or ``[N, 1]``.
+    A user's own data is a Task too (``top.data.custom_task``). Classification predictions may be
+    class ids or logits ``[N, C]`` (argmax is taken); regression predictions may be ``[N]`` or ``[N, 1]``.
     """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if task.is_regression:

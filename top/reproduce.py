@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from top.argtypes import non_negative_int, positive_int
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text
 
@@ -27,21 +28,25 @@ REPORT_VERSION = 1
 
 # A task's outcome. "missing" (no checkpoint to evaluate) fails the run unless --no-assert;
 # "error" (a corrupt checkpoint, missing data) fails it always: nothing could be measured.
-PASS, FAIL, MISSING, ERROR = "pass", "fail", "missing", "error"
+# "not published" (a row whose checkpoint is "", RTE's) is skipped by a run without --tasks.
+# A run in which no task was evaluated at all fails, --no-assert or not.
+PASS, FAIL, MISSING, ERROR, NOT_PUBLISHED = "pass", "fail", "missing", "error", "not published"
+EVALUATED = (PASS, FAIL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", help="comma-separated tasks (default: every row of the results table)")
+    parser.add_argument("--tasks", help="comma-separated tasks (default: every row of the results table "
+                        "that has a published checkpoint)")
     parser.add_argument("--checkpoint-dir", help="a directory holding checkpoints as DIR/<repo name>")
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
     parser.add_argument("--results-table", help="a results table of your own (default: top/published.toml)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--output-dir", default="outputs/reproduce", help="where report.json and report.md go")
     parser.add_argument("--no-assert", action="store_true",
                         help="evaluate what can be evaluated and report, without asserting the table (eval-all)")
     parser.add_argument("--report", metavar="REPORT_JSON", help="re-print the table of an earlier run's report.json")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -95,7 +100,7 @@ def reproduce(
     """Evaluate each task's checkpoint, compare it with the table and write the report; return it."""
     import torch
 
-    from top import determinism
+    from top import determinism, hub
     from top.evaluate import resolve_device
     from top.published import PUBLISHED_FILE, load_results_table
 
@@ -103,9 +108,15 @@ def reproduce(
     table = load_results_table(table_path)
     if tasks is None:
         tasks = list(table)
-    absent = [t for t in tasks if t not in table]
-    if absent:
-        raise UserError(f"{table_path} has no row for {', '.join(absent)}; add one or drop it from --tasks.")
+        if not any(row.is_published for row in table.values()):
+            raise UserError(f"{table_path} lists no checkpoint for any task; give a row a Hugging Face id.")
+    else:
+        absent = [t for t in tasks if t not in table]
+        if absent:
+            raise UserError(f"{table_path} has no row for {', '.join(absent)}; add one or drop it from --tasks.")
+        unpublished = [t for t in tasks if not table[t].is_published]
+        if unpublished:
+            raise UserError(hub.unpublished_message(", ".join(unpublished)))
     if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
         raise UserError(f"--checkpoint-dir {checkpoint_dir} does not exist; pass a directory of checkpoints.")
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,8 +131,10 @@ def reproduce(
             _reproduce_task(table[task], checkpoint_dir, data_dir, torch_device, batch_size, output_dir, progress)
         )
         logger.info("%s: %s", task, _verdict_text(results[-1]))
+    environment = determinism.environment_record()
     report = {
         "version": REPORT_VERSION,
+        "stack": stack_record(environment, device_name),
         "settings": {
             "results_table": str(table_path),
             "tasks": list(tasks),
@@ -133,14 +146,42 @@ def reproduce(
             "assert": assert_table,
             "seed": seed,
             "deterministic": deterministic,
-            "environment": determinism.environment_record(),
+            "environment": environment,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 3),
         },
         "tasks": results,
     }
     write_report(report, output_dir)
+    looked_for = [t["task"] for t in results if t["status"] != NOT_PUBLISHED]
+    if all(t["status"] in (MISSING, NOT_PUBLISHED) for t in results):
+        raise UserError(hub.nothing_found_message(looked_for, checkpoint_dir))
     return report
+
+
+def stack_record(environment: Dict[str, Any], device_name: str) -> Dict[str, Any]:
+    """What the numbers were measured with: the Python, torch and transformers versions and the device."""
+    device = environment.get("gpu") if device_name == "cuda" else None
+    return {
+        "python": environment.get("python"),
+        "torch": environment.get("torch"),
+        "transformers": environment.get("transformers"),
+        "device": device or f"cpu ({_cpu_name()})",
+    }
+
+
+def _cpu_name() -> str:
+    """The processor's model name where the system says it (Linux), else its architecture."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, output_dir: Path,
@@ -156,6 +197,7 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         "checkpoint_path": None,
         "data": None,
         "n_examples": None,
+        "dev_examples": row.dev_examples,
         "paper_score": row.score,
         "measured_score": None,
         "delta": None,
@@ -170,6 +212,9 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         "status": None,
         "reason": None,
     }
+    if not row.is_published:
+        result.update(status=NOT_PUBLISHED, reason=f"the results table lists no checkpoint for {row.task}; skipped")
+        return result
     try:
         path = resolve_checkpoint(row.checkpoint, checkpoint_dir, progress=progress, task=row.task)
     except UserError as exc:
@@ -188,17 +233,24 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         result.update(status=ERROR, reason=str(exc))
         return result
     faithful, compact = records["faithful"], records["compact"]
+    if faithful["metrics"][row.metric] is None:
+        result.update(status=FAIL, reason=f"{row.metric} is undefined on this dev set (see the warning above)")
+        return result
     measured = 100.0 * faithful["metrics"][row.metric]
+    compact_score = compact["metrics"][row.metric]
     result.update(
         measured_score=round(measured, 4),
         delta=round(measured - row.score, 4),
         measured_flops_reduction=round(faithful["flops_reduction"], 4),
         measured_flops_reduction_unpadded=round(faithful["flops_reduction_unpadded"], 4),
         exact_flops_reduction=round(faithful["exact_flops_reduction"], 4),
-        compact_score=round(100.0 * compact["metrics"][row.metric], 4),
+        compact_score=None if compact_score is None else round(100.0 * compact_score, 4),
         compact_exact_flops_reduction=round(compact["exact_flops_reduction"], 4),
     )
     problems = []
+    if row.dev_examples is not None and result["n_examples"] != row.dev_examples:
+        problems.append(f"{row.task} was evaluated on {result['n_examples']} dev examples, "
+                        f"not the {row.dev_examples} of the table")
     if not row.score_matches(measured):
         problems.append(f"score {measured:.2f} is {measured - row.score:+.2f} from {row.score:g} "
                         f"(tolerance ±{row.score_tolerance:g})")
@@ -232,21 +284,26 @@ def read_report(path) -> Dict[str, Any]:
 
 
 def failing_tasks(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The tasks that make the run fail: everything but "pass", less "fail"/"missing" under --no-assert."""
+    """The tasks that make the run fail: "fail", "missing" (both not under --no-assert) and "error"."""
     asserted = report["settings"].get("assert", True)
     bad = (FAIL, MISSING, ERROR) if asserted else (ERROR,)
     return [t for t in report["tasks"] if t.get("status") in bad]
 
 
 def exit_code(report: Dict[str, Any], announce: bool = False) -> int:
+    """1 when a task fails, or when no task was evaluated at all (even under --no-assert); else 0."""
     import sys
 
     failing = failing_tasks(report)
+    considered = [t for t in report["tasks"] if t.get("status") != NOT_PUBLISHED]
+    evaluated = [t for t in considered if t.get("status") in EVALUATED]
     if failing and announce:
         names = ", ".join(t["task"] for t in failing)
         details = "".join(f"\n  {t['task']}: {_verdict_text(t)}" for t in failing)
-        print(f"FAILED {len(failing)} of {len(report['tasks'])} tasks: {names}{details}", file=sys.stderr)
-    return 1 if failing else 0
+        print(f"FAILED {len(failing)} of {len(considered)} tasks: {names}{details}", file=sys.stderr)
+    elif not evaluated and announce:
+        print(f"FAILED: none of {len(considered)} tasks was evaluated", file=sys.stderr)
+    return 1 if failing or not evaluated else 0
 
 
 def _num(value: Optional[float], fmt: str = "{:.2f}", suffix: str = "") -> str:
@@ -282,11 +339,18 @@ def render_markdown(report: Dict[str, Any]) -> str:
             f"| {_num(t.get('compact_score'))} | {verdict} |"
         )
     env = settings.get("environment") or {}
-    passed = sum(1 for t in report.get("tasks", []) if t.get("status") == PASS)
+    tasks = report.get("tasks", [])
+    passed = sum(1 for t in tasks if t.get("status") == PASS)
+    skipped = [t["task"] for t in tasks if t.get("status") == NOT_PUBLISHED]
+    stack = report.get("stack")
+    if stack:
+        lines += ["", f"Stack: Python {stack.get('python')}, torch {stack.get('torch')}, transformers "
+                      f"{stack.get('transformers')}; device: {stack.get('device')}."]
     lines += [
         "",
-        f"{passed} of {len(report.get('tasks', []))} tasks match the table "
-        f"({'asserted' if settings.get('assert', True) else 'not asserted: --no-assert'}). "
+        f"{passed} of {len(tasks) - len(skipped)} tasks match the table "
+        f"({'asserted' if settings.get('assert', True) else 'not asserted: --no-assert'})"
+        f"{'; not published, so skipped: ' + ', '.join(skipped) if skipped else ''}. "
         "Scores in percent, faithful mode, max_seq_length "
         f"{settings.get('max_seq_length')}, batch size {settings.get('batch_size')}; FLOPs reductions are "
         "counted against each task's padded length as in the paper, the unpadded figure against the real tokens.",

@@ -26,7 +26,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from top import determinism, flops, loop
+from top import determinism, flops, loop, rundir
+from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
 
@@ -36,38 +37,46 @@ logger = logging.getLogger(__name__)
 PREPRUNING_STEPS = 2
 # Presets for a user's own data (the large GLUE tasks' numbers).
 CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
+# A MAC sparsity to reach: strictly between 0 and 1.
+SPARSITY = finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the fine-tuned dense student (directory or hub id)")
     parser.add_argument("--teacher", required=True, help="the fine-tuned dense teacher (usually the same model)")
     loop.add_data_arguments(parser)
-    parser.add_argument("--target-sparsity", type=float, help="MAC sparsity to reach (default: the task preset)")
+    parser.add_argument("--target-sparsity", type=SPARSITY, help="MAC sparsity to reach (default: the task preset)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="default: the task preset")
-    length.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--warmup-epochs", type=float, help="Lagrangian warm-up (default: the task preset)")
-    parser.add_argument("--bin-num", type=int, help="rank bins per prune location (default: the task preset)")
-    parser.add_argument("--topk", type=int, help="tokens ranked by the rank distillation (default: the task preset)")
-    parser.add_argument("--prune-location", help="comma-separated layer indices (default: 2..L-1)")
-    parser.add_argument("--learning-rate", type=float, default=1e-5)
-    parser.add_argument("--reg-learning-rate", type=float, default=0.02, help="lr of the gates and lambdas")
-    parser.add_argument("--rank-loss-alpha", type=float, default=0.01)
-    parser.add_argument("--sparsity-epsilon", type=float, default=0.01)
+    length.add_argument("--epochs", type=positive_float, help="default: the task preset")
+    length.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
     parser.add_argument(
-        "--layer-gate-init", type=float, default=-10.0,
+        "--warmup-epochs", type=non_negative_float, help="Lagrangian warm-up (default: the task preset)"
+    )
+    parser.add_argument(
+        "--bin-num", type=positive_int, help="rank bins per prune location (default: the task preset)"
+    )
+    parser.add_argument(
+        "--topk", type=positive_int, help="tokens ranked by the rank distillation (default: the task preset)"
+    )
+    parser.add_argument("--prune-location", help="comma-separated layer indices (default: 2..L-1)")
+    parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
+    parser.add_argument("--reg-learning-rate", type=positive_float, default=0.02, help="lr of the gates and lambdas")
+    parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
+    parser.add_argument("--sparsity-epsilon", type=non_negative_float, default=0.01)
+    parser.add_argument(
+        "--layer-gate-init", type=any_float, default=-10.0,
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
         "a positive value starts every location pruning, which suits short schedules",
     )
     parser.add_argument(
         "--droprate-init",
-        type=float,
+        type=finite_float(min=0.0, max=1.0),
         default=0.01,
         help="recorded for parity with the original, whose token and layer gates start at logits 10 and -10 regardless",
     )
-    parser.add_argument("--distill-temperature", type=float, default=2.0)
-    parser.add_argument("--eval-steps", type=int, default=100)
-    parser.add_argument("--save-steps", type=int, default=500, help="write last/ every this many steps")
+    parser.add_argument("--distill-temperature", type=positive_float, default=2.0)
+    parser.add_argument("--eval-steps", type=positive_int, default=100)
+    parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
     loop.add_run_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
 
@@ -148,12 +157,15 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
 def load_config(directory: Path, flag: str, name: str):
     from transformers import AutoConfig
 
+    from top.checkpoint import check_config
+
     try:
-        return AutoConfig.from_pretrained(str(directory))
+        config = AutoConfig.from_pretrained(str(directory))
     except Exception as error:
         raise UserError(
             f"{flag} {name} is not a model directory or hub id ({type(error).__name__}); fix the path."
         ) from None
+    return check_config(config, f"The config.json of {flag} {name}")
 
 
 def check_teacher(student_config, teacher_config, num_labels: int, args) -> None:
@@ -181,7 +193,10 @@ def check_teacher(student_config, teacher_config, num_labels: int, args) -> None
 def run(args: argparse.Namespace) -> int:
     dist = loop.setup_distributed(args.device)
     try:
-        return train(args, dist)
+        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
+        with rundir.claim(Path(args.output_dir), dist.is_main):
+            dist.barrier()
+            return train(args, dist)
     finally:
         loop.teardown_distributed(dist)
 
@@ -189,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from transformers import AutoTokenizer
 
-    from top.data import encode, load_task_data
+    from top.data import check_max_seq_length, encode, load_task_data
     from top.gates import TokenGates
     from top.hub import resolve_model
     from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
@@ -209,7 +224,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     student_dir = resolve_model(args.model, "--model")
     teacher_dir = resolve_model(args.teacher, "--teacher")
     student_config = load_config(student_dir, "--model", args.model)
-    check_teacher(student_config, load_config(teacher_dir, "--teacher", args.teacher), data.num_labels, args)
+    teacher_config = load_config(teacher_dir, "--teacher", args.teacher)
+    check_teacher(student_config, teacher_config, data.num_labels, args)
+    for config, flag, name in ((student_config, "--model", args.model), (teacher_config, "--teacher", args.teacher)):
+        check_max_seq_length(args.max_seq_length, config, f"{flag} {name}")
     locations = prune_locations(args.prune_location, student_config.num_hidden_layers)
     device = loop.resolve_device(args.device, dist)
     flags = determinism.set_deterministic()
@@ -455,7 +473,12 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
                 # the target, every later one could become best/ even below it.
                 reached = pruning and record["expected_sparsity"] >= target - args.sparsity_epsilon
                 record["reached_target"] = bool(reached)
-                record["is_best"] = bool(reached and (best["score"] is None or record["score"] > best["score"]))
+                # An undefined score (None: see top.metrics) is never the best.
+                record["is_best"] = bool(
+                    reached
+                    and record["score"] is not None
+                    and (best["score"] is None or record["score"] > best["score"])
+                )
                 if record["is_best"]:
                     best = {
                         "score": record["score"],
@@ -473,7 +496,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
                     )
                 log.write(record)
                 bar.write(
-                    f"step {step}: {data.metric} {record['score']:.4f}"
+                    f"step {step}: {data.metric} {_score_text(record['score'])}"
                     + (f", expected sparsity {record['expected_sparsity']:.4f} (target {target})" if pruning else "")
                 )
             dist.barrier()
@@ -502,6 +525,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
                 f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {best_dir}"
             )
     return 0
+
+
+def _score_text(score: Optional[float]) -> str:
+    return "undefined" if score is None else f"{score:.4f}"
 
 
 def _number(value) -> float:

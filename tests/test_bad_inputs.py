@@ -1,0 +1,361 @@
+"""Every bad input gets one sentence and exit 2; every environment failure one sentence and exit 1.
+
+Each row builds its input in a temporary directory, runs the command line in-process and checks
+the exit status, that stderr ends in one line starting with ``error:`` that names the input, and
+that no traceback was printed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import pytest
+import torch
+from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
+from test_train import build_tiny, single_thread, train_argv, write_data
+
+from top import cli
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+tiny = pytest.fixture(scope="module", name="tiny")(build_tiny)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt")
+
+
+def eval_argv(checkpoint: Path, out: Path, *extra: str) -> List[str]:
+    return ["eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", "--output-dir", str(out),
+            *extra]
+
+
+def finetune_argv(tiny: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+    return ["finetune", "--model", str(tiny["model"]), "--train-file", str(tiny["train"]), "--validation-file",
+            str(tiny["dev"]), "--batch-size", "8", "--device", "cpu", "--no-progress", "--output-dir", str(out),
+            *extra]
+
+
+def replace_flag(argv: List[str], flag: str, value: str) -> List[str]:
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def copy_with_config(source: Path, target: Path, **fields) -> Path:
+    shutil.copytree(str(source), str(target))
+    config = json.loads((target / "config.json").read_text())
+    config.update(fields)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def copy_checkpoint(checkpoint: Path, target: Path) -> Path:
+    shutil.copytree(str(checkpoint), str(target), symlinks=True)
+    return target
+
+
+class Case(NamedTuple):
+    id: str
+    argv: Callable[[Dict[str, Path], Path, Path], List[str]]  # (tiny, checkpoint, tmp) -> argv
+    status: int
+    needle: Callable[[Path], str]  # what the error line must name
+    patch: Optional[Callable[[pytest.MonkeyPatch], None]] = None
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+
+def non_utf8_csv(tmp: Path) -> Path:
+    path = tmp / "latin1.csv"
+    path.write_bytes("sentence,label\nthe film,1\nun caf\xe9 bad,0\n".encode("latin-1"))
+    return path
+
+
+def non_utf8_json(tmp: Path) -> Path:
+    path = tmp / "latin1.json"
+    path.write_bytes('[{"sentence": "caf\xe9", "label": 1}]'.encode("latin-1"))
+    return path
+
+
+def non_utf8_glue(tmp: Path) -> Path:
+    path = write_cola_dev(tmp / "glue", n=10)
+    path.write_bytes(path.read_bytes() + b"src0\t1\t\tna\xefve\n")
+    return tmp / "glue"
+
+
+def long_field_csv(tmp: Path) -> Path:
+    path = write_data(tmp / "long.csv", 10, seed=1)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('"' + "good " * 30000 + '",1\n')
+    return path
+
+
+def long_field_glue(tmp: Path) -> Path:
+    path = write_cola_dev(tmp / "glue", n=10)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("src0\t1\t\t" + "good " * 30000 + "\n")
+    return tmp / "glue"
+
+
+def stsb_with_label(tmp: Path, label: str) -> Path:
+    glue = tmp / "glue"
+    (glue / "STS-B").mkdir(parents=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    rows = [
+        header,
+        "0\tg\tf\t2012\t0\ts\ts\tthe film\tthe movie\t3.5",
+        f"1\tg\tf\t2012\t1\ts\ts\ta film\tgood\t{label}",
+    ]
+    (glue / "STS-B" / "dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return glue
+
+
+def custom_with_label(tmp: Path, label: str) -> Path:
+    path = write_custom_csv(tmp / "labels.csv", n=10, regression=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"the good film,{label}\n")
+    return path
+
+
+def bad_config_model(tiny: Dict[str, Path], tmp: Path) -> Path:
+    return copy_with_config(tiny["model"], tmp / "twelve", num_hidden_layers="twelve")
+
+
+def bad_config_checkpoint(checkpoint: Path, tmp: Path) -> Path:
+    return copy_with_config(checkpoint, tmp / "twelve", num_hidden_layers="twelve")
+
+
+def short_position_checkpoint(checkpoint: Path, tmp: Path) -> Path:
+    return copy_with_config(checkpoint, tmp / "short", max_position_embeddings=16)
+
+
+def zero_bin_checkpoint(checkpoint: Path, tmp: Path) -> Path:
+    target = copy_checkpoint(checkpoint, tmp / "zero-bins")
+    (target / "l0_module.pt").unlink()
+    torch.save({"token_z": torch.ones(2, 0), "pruner_z": torch.ones(2)}, str(target / "zs.pt"))
+    return target
+
+
+def directory_in_place_of(name: str) -> Callable[[Path, Path], Path]:
+    def build(checkpoint: Path, tmp: Path) -> Path:
+        target = copy_checkpoint(checkpoint, tmp / f"dir-{name}")
+        (target / name).unlink()
+        (target / name).mkdir()
+        return target
+
+    return build
+
+
+def dangling_link_in_place_of(name: str) -> Callable[[Path, Path], Path]:
+    def build(checkpoint: Path, tmp: Path) -> Path:
+        target = copy_checkpoint(checkpoint, tmp / f"link-{name}")
+        (target / name).unlink()
+        os.symlink(str(tmp / "nowhere.pt"), str(target / name))
+        return target
+
+    return build
+
+
+def a_file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("not a directory\n")
+    return path
+
+
+def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic file write fails as on a full disk, when its data is flushed to the device."""
+    import top.io
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(top.io.os, "fsync", no_space)
+
+
+def checkpoint_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while a checkpoint is written (after part of it is on disk)."""
+    import top.checkpoint
+
+    real = top.checkpoint.save_checkpoint
+
+    def save_then_fail(path, **kwargs):
+        real(path, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(path) / "weights"))
+
+    monkeypatch.setattr(top.checkpoint, "save_checkpoint", save_then_fail)
+
+
+def train(tiny, tmp, *flags) -> List[str]:
+    return train_argv(tiny, tmp / "out", "--target-sparsity", "0.3", "--max-steps", "4", *flags)
+
+
+CASES = [
+    # data files
+    Case("glue-not-utf8", lambda t, c, tmp: eval_argv(c, tmp / "out", "--task", "cola", "--data-dir",
+                                                      str(non_utf8_glue(tmp))), 2, lambda tmp: "dev.tsv line 11"),
+    Case("csv-not-utf8", lambda t, c, tmp: replace_flag(train(t, tmp), "--train-file", str(non_utf8_csv(tmp))), 2,
+         lambda tmp: "latin1.csv line 3"),
+    Case("json-not-utf8", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file", str(non_utf8_json(tmp))),
+         2, lambda tmp: "latin1.json line 1"),
+    Case("csv-field-too-long", lambda t, c, tmp: replace_flag(train(t, tmp), "--validation-file",
+                                                              str(long_field_csv(tmp))), 2,
+         lambda tmp: "long.csv line 12"),
+    Case("glue-field-too-long", lambda t, c, tmp: eval_argv(c, tmp / "out", "--task", "cola", "--data-dir",
+                                                            str(long_field_glue(tmp))), 2,
+         lambda tmp: "dev.tsv line 11"),
+    Case("stsb-label-nan", lambda t, c, tmp: eval_argv(c, tmp / "out", "--task", "stsb", "--data-dir",
+                                                       str(stsb_with_label(tmp, "nan"))), 2,
+         lambda tmp: "dev.tsv line 3"),
+    Case("stsb-label-inf", lambda t, c, tmp: eval_argv(c, tmp / "out", "--task", "stsb", "--data-dir",
+                                                       str(stsb_with_label(tmp, "inf"))), 2,
+         lambda tmp: "dev.tsv line 3"),
+    Case("custom-label-nan", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                         str(custom_with_label(tmp, "nan"))), 2,
+         lambda tmp: "labels.csv: example 11"),
+    # sequence length against the model's positions
+    Case("train-max-seq-length", lambda t, c, tmp: train(t, tmp, "--max-seq-length", "512"), 2,
+         lambda tmp: "--max-seq-length 512"),
+    Case("finetune-max-seq-length", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-seq-length", "512"), 2,
+         lambda tmp: "--max-seq-length 512"),
+    Case("eval-max-seq-length", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file", str(t["dev"]),
+                                                            "--max-seq-length", "512"), 2,
+         lambda tmp: "--max-seq-length 512"),
+    Case("bench-task-length", lambda t, c, tmp: ["bench", "--task", "sst2", "--checkpoint",
+                                                 str(short_position_checkpoint(c, tmp)), "--validation-file",
+                                                 str(t["dev"]), "--output", str(tmp / "bench.json")], 2,
+         lambda tmp: "16 positions"),
+    # flags
+    Case("epochs-nan", lambda t, c, tmp: train(t, tmp)[:-2] + ["--epochs", "nan"], 2, lambda tmp: "--epochs"),
+    Case("epochs-inf", lambda t, c, tmp: train(t, tmp)[:-2] + ["--epochs", "inf"], 2, lambda tmp: "--epochs"),
+    Case("epochs-negative", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--epochs", "-1"), 2,
+         lambda tmp: "--epochs"),
+    Case("warmup-epochs-nan", lambda t, c, tmp: train(t, tmp, "--warmup-epochs", "nan"), 2,
+         lambda tmp: "--warmup-epochs"),
+    Case("warmup-epochs-negative", lambda t, c, tmp: train(t, tmp, "--warmup-epochs", "-2"), 2,
+         lambda tmp: "--warmup-epochs"),
+    Case("distill-temperature-zero", lambda t, c, tmp: train(t, tmp, "--distill-temperature", "0"), 2,
+         lambda tmp: "--distill-temperature"),
+    Case("max-steps-zero", lambda t, c, tmp: replace_flag(train(t, tmp), "--max-steps", "0"), 2,
+         lambda tmp: "--max-steps"),
+    Case("finetune-max-steps-zero", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-steps", "0"), 2,
+         lambda tmp: "--max-steps"),
+    # configs and checkpoints
+    Case("train-config-wrong-type", lambda t, c, tmp: replace_flag(train(t, tmp), "--model",
+                                                                   str(bad_config_model(t, tmp))), 2,
+         lambda tmp: "config.json"),
+    Case("finetune-config-wrong-type", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--model",
+                                                                      str(bad_config_model(t, tmp))), 2,
+         lambda tmp: "config.json"),
+    Case("eval-config-wrong-type", lambda t, c, tmp: eval_argv(bad_config_checkpoint(c, tmp), tmp / "out",
+                                                               "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "config.json"),
+    Case("zs-zero-bins", lambda t, c, tmp: eval_argv(zero_bin_checkpoint(c, tmp), tmp / "out", "--validation-file",
+                                                     str(t["dev"])), 2, lambda tmp: "zs.pt"),
+    Case("zs-is-directory", lambda t, c, tmp: eval_argv(directory_in_place_of("zs.pt")(c, tmp), tmp / "out",
+                                                        "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "zs.pt"),
+    Case("zs-dangling-link", lambda t, c, tmp: eval_argv(dangling_link_in_place_of("zs.pt")(c, tmp), tmp / "out",
+                                                         "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "zs.pt"),
+    Case("l0-module-is-directory", lambda t, c, tmp: eval_argv(directory_in_place_of("l0_module.pt")(c, tmp),
+                                                               tmp / "out", "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "l0_module.pt"),
+    # output paths
+    Case("train-output-dir-is-file", lambda t, c, tmp: replace_flag(train(t, tmp), "--output-dir", str(a_file(tmp))),
+         2, lambda tmp: "a-file"),
+    Case("eval-output-dir-is-file", lambda t, c, tmp: eval_argv(c, a_file(tmp) / "sub", "--validation-file",
+                                                                str(t["dev"])), 2, lambda tmp: "a-file"),
+    # environment failures: exit 1
+    Case("eval-disk-full", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file", str(t["dev"])), 1,
+         lambda tmp: str(tmp / "out"), patch=disk_full),
+    Case("train-disk-full", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
+         lambda tmp: str(tmp / "out"), patch=checkpoint_disk_full),
+]
+
+
+def error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert err.strip().splitlines()[-1] == lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_sentence(case: Case, tiny, checkpoint, tmp_path, capsys, monkeypatch):
+    argv = case.argv(tiny, checkpoint, tmp_path)
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    status = cli.main(argv)
+    line = error_line(capsys.readouterr().err)
+    assert status == case.status, line
+    assert case.needle(tmp_path) in line, line
+    # Nothing half-written: no temporary file or directory left anywhere under tmp_path.
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through any permission")
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_output_dir_without_write_permission_exits_1(command, tiny, checkpoint, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if command == "train":
+            argv = train(tiny, tmp_path, "--output-dir", str(locked / "out"))
+        else:
+            argv = eval_argv(checkpoint, locked / "out", "--validation-file", str(tiny["dev"]))
+        assert cli.main(argv) == 1
+        line = error_line(capsys.readouterr().err)
+        assert str(locked) in line and "ermission" in line
+    finally:
+        locked.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------- strict JSON
+
+
+def test_constant_labels_give_null_pearson_with_a_warning(tmp_path, caplog):
+    """Pearson of constant dev labels is undefined: the report says null (strict JSON) and a warning says why."""
+    dev = tmp_path / "constant.csv"
+    write_custom_csv(dev, n=12, regression=True)
+    lines = dev.read_text().splitlines()
+    dev.write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + ",2.5" for line in lines[1:]]) + "\n")
+    regression = tiny_checkpoint(tmp_path / "regression", num_labels=1)
+    with caplog.at_level("WARNING"):
+        assert cli.main(eval_argv(regression, tmp_path / "out", "--validation-file", str(dev))) == 0
+    text = (tmp_path / "out" / "custom.json").read_text()
+    record = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in the report"))
+    assert record["metrics"]["pearson"] is None and record["metrics"]["spearmanr"] is None
+    assert any("all 12 labels are equal" in r.getMessage() for r in caplog.records)
+
+
+def test_reports_refuse_nan():
+    from top.io import json_text
+
+    with pytest.raises(ValueError):
+        json_text({"score": float("nan")})
+
+
+def test_download_onto_a_full_disk_is_not_called_a_network_problem(monkeypatch, tmp_path, capsys):
+    """A checkpoint download that fills the disk ends in exit 1 naming the path, not 'check the network'."""
+    import huggingface_hub
+
+    from top import hub
+
+    def fill_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "blobs" / "weights"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fill_disk)
+    monkeypatch.setattr(hub, "cached_checkpoint", lambda repo_id: None)
+    with pytest.raises(OSError) as raised:
+        hub._download_to_cache("senfu/bert-base-uncased-top-pruned-sst2", False, None)
+    assert raised.value.errno == errno.ENOSPC
+    assert cli.environment_message(raised.value).startswith(f"cannot write {tmp_path / 'blobs' / 'weights'}: ")

@@ -1,0 +1,244 @@
+"""A kill at any phase of a save leaves a run that ``--resume`` continues bit-identically; one run per OUT/.
+
+The kill tests run ``top train`` in a subprocess that ends itself (``os._exit(137)``) at a named
+phase of one save (``TOP_TEST_KILL_AT``, read by ``top.io``), then resume in-process and compare
+the final weights, gates and log with an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from builders import WORDS, tiny_model_dir
+from test_train import SHORT, build_tiny, read_log, single_thread, subprocess_env, train_argv
+
+from top import cli, rundir
+from top.checkpoint import load_checkpoint
+from top.errors import UserError
+from top.io import KILL_ENV, KILL_PHASES, atomic_directory
+
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+tiny = pytest.fixture(scope="module", name="tiny")(build_tiny)
+
+
+# SHORT never reaches its target, so it writes no best/. On regression data, whose Pearson
+# moves at every evaluation, these flags write best/ at steps 4, 6, 8, 10 and 12 on both stacks
+# (a target reached as soon as pruning starts, and a learning rate that moves the score).
+BEST_OFTEN = ("--target-sparsity", "0.01", "--sparsity-epsilon", "0.05", "--eval-steps", "2", "--learning-rate", "1e-2")
+
+
+def write_regression_data(path: Path, n: int, seed: int) -> Path:
+    """Sentences of 8-30 words; the label counts 'good' and (half) 'bad'."""
+    rng = random.Random(seed)
+    lines = ["sentence,label"]
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 30))]
+        lines.append(" ".join(words) + f",{words.count('good') + 0.5 * words.count('bad'):.2f}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny, tmp_path_factory):
+    """Per kind of run: its data and flags, and its uninterrupted output (made once)."""
+    root = tmp_path_factory.mktemp("regression")
+    regression = {
+        "model": tiny_model_dir(root / "model", num_labels=1),
+        "train": write_regression_data(root / "train.csv", 64, seed=1),
+        "dev": write_regression_data(root / "dev.csv", 24, seed=2),
+    }
+    kinds = {"classification": (tiny, ()), "regression": (regression, BEST_OFTEN)}
+    made: Dict[str, Path] = {}
+
+    def run(kind: str):
+        data, flags = kinds[kind]
+        if kind not in made:
+            made[kind] = tmp_path_factory.mktemp("reference") / "out"
+            assert cli.main(train_argv(data, made[kind], *SHORT, *flags)) == 0
+        return data, flags, made[kind]
+
+    return run
+
+
+def checkpoint_tensors(directory: Path) -> Dict[str, torch.Tensor]:
+    """What the checkpoint loader reads: weights, masks and gate tensors (lambdas included)."""
+    checkpoint = load_checkpoint(directory)
+    found = {f"w.{k}": v for k, v in checkpoint.state_dict.items()}
+    found["token_z"], found["pruner_z"] = checkpoint.token_z, checkpoint.pruner_z
+    found.update({f"g.{k}": v for k, v in (checkpoint.gate_state or {}).items() if torch.is_tensor(v)})
+    return found
+
+
+def assert_same_outputs(reference: Path, out: Path) -> None:
+    for name in ("last", "best"):
+        assert (out / name).exists() == (reference / name).exists(), name
+        if (reference / name).exists():
+            left, right = checkpoint_tensors(reference / name), checkpoint_tensors(out / name)
+            assert left.keys() == right.keys()
+            different = [k for k in left if not torch.equal(left[k], right[k])]
+            assert not different, f"{name} differs: {different[:5]}"
+    assert read_log(out) == read_log(reference)
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != rundir.LOCK_FILE)
+    assert not leftovers, leftovers
+    assert not (out / rundir.LOCK_FILE).exists()
+
+
+def run_until_killed(tiny, out: Path, spec: str, flags: tuple = ()) -> subprocess.CompletedProcess:
+    env = dict(subprocess_env(), **{KILL_ENV: spec})
+    return subprocess.run(
+        [sys.executable, "-m", "top", *train_argv(tiny, out, *SHORT, *flags)],
+        cwd=str(out.parent),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# SHORT saves last/ at steps 3, 6, 9, 12; its second save (step 6) replaces a whole step-3 one.
+# The second save of best/ in the regression run (step 6) replaces the step-4 one.
+@pytest.mark.parametrize(
+    "spec, kind",
+    [(f"{phase}:last:2", "classification") for phase in KILL_PHASES]
+    + [(f"{phase}:best:2", "regression") for phase in KILL_PHASES],
+)
+def test_kill_at_every_phase_of_a_save_then_resume_is_bit_identical(runs, tmp_path, spec, kind):
+    data, flags, reference = runs(kind)
+    out = tmp_path / "out"
+    killed = run_until_killed(data, out, spec, flags)
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    phase, name = spec.split(":")[:2]
+    if phase == "moved-aside":  # the moment the issue found: the save looked lost
+        assert not (out / name).exists() and (out / f".{name}.old").is_dir()
+    if phase in ("mid-write", "written"):
+        assert list(out.glob(f".{name}.tmp-*")), "the kill should have left the temporary directory"
+
+    assert cli.main(train_argv(data, out, *SHORT, *flags, "--resume")) == 0
+    assert_same_outputs(reference, out)
+
+
+def test_kill_between_renames_then_fresh_start_keeps_nothing_stale(tiny, tmp_path):
+    """After recovery a fresh run (no --resume) starts clean, and no temporary directory survives."""
+    out = tmp_path / "out"
+    assert run_until_killed(tiny, out, "written:last:2").returncode == 137
+    assert cli.main(train_argv(tiny, out, *SHORT[:-6], "--save-steps", "12", "--logging-steps", "12")) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 12
+
+
+# ------------------------------------------------------------------------------------- the lock
+
+HOLDER = r"""
+import sys, time
+from pathlib import Path
+from top import rundir
+with rundir.claim(Path(sys.argv[1])):
+    (Path(sys.argv[1]) / "log.jsonl").write_text('{"step": 1}\n')
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_run_on_the_same_output_dir_is_refused(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert cli.main(train_argv(tiny, out, *SHORT)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error:") and str(out) in err[-1] and f"pid {holder.pid}" in err[-1]
+        assert "Traceback" not in "\n".join(err)
+        finetune = ["finetune", "--model", str(tiny["model"]), "--train-file", str(tiny["train"]),
+                    "--validation-file", str(tiny["dev"]), "--device", "cpu", "--output-dir", str(out)]
+        assert cli.main(finetune) == 2
+        # The first run is unharmed: its lock and its log are as it left them.
+        assert json.loads((out / rundir.LOCK_FILE).read_text())["pid"] == holder.pid
+        assert (out / "log.jsonl").read_text() == '{"step": 1}\n'
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_is_taken_over_with_a_warning(tiny, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    (out / rundir.LOCK_FILE).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
+    with caplog.at_level("WARNING"):
+        assert cli.main(train_argv(tiny, out, *SHORT)) == 0
+    assert any(str(dead_pid) in r.getMessage() and "no longer runs" in r.getMessage() for r in caplog.records)
+    assert not (out / rundir.LOCK_FILE).exists()
+
+
+def test_lock_of_another_host_or_being_written_is_respected(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / rundir.LOCK_FILE
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname() + "-elsewhere"}))
+    with pytest.raises(UserError, match="in use"):
+        with rundir.claim(out):
+            pass
+    lock.write_text("")  # created a moment ago by a process still writing it
+    with pytest.raises(UserError, match="in use"):
+        with rundir.claim(out):
+            pass
+    old = time.time() - 60
+    os.utime(str(lock), (old, old))  # ...or left empty by one killed long ago
+    with rundir.claim(out):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_only_rank_0_takes_the_lock(tmp_path):
+    out = tmp_path / "out"
+    with rundir.claim(out, is_main=False):
+        assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- failures
+
+
+def test_failed_directory_write_leaves_the_old_copy_and_no_temporary(tmp_path):
+    target = tmp_path / "last"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    with pytest.raises(OSError) as raised:
+        with atomic_directory(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert raised.value.filename == str(target)
+    assert (target / "weights").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_failed_log_write_leaves_no_half_line(tmp_path, monkeypatch):
+    from top import loop
+
+    log = loop.JsonLog(tmp_path / "log.jsonl", True)
+    log.write({"step": 1, "loss": float("nan")})
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(loop.os, "write", half_then_full)
+    with pytest.raises(OSError) as raised:
+        log.write({"step": 2, "loss": 0.5})
+    assert raised.value.filename == str(tmp_path / "log.jsonl")
+    assert (tmp_path / "log.jsonl").read_text() == '{"step": 1, "loss": null}\n'

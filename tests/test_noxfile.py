@@ -1,0 +1,77 @@
+"""noxfile.py: the current-stack sessions run once, on a Python from 3.10 to 3.13 that the machine has.
+
+nox itself is not installed in the test environments, so the noxfile is loaded against a stand-in
+``nox`` module that records each session's declaration.
+"""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_noxfile(monkeypatch):
+    declared = {}
+    fake = types.ModuleType("nox")
+    fake.options = types.SimpleNamespace()
+    fake.Session = object
+
+    def session(**kwargs):
+        def register(function):
+            declared[kwargs.get("name", function.__name__)] = kwargs
+            return function
+        return register
+
+    fake.session = session
+    monkeypatch.setitem(sys.modules, "nox", fake)
+    spec = importlib.util.spec_from_file_location("noxfile_under_test", ROOT / "noxfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, declared, fake.options
+
+
+def test_every_session_but_tests_pinned_runs_once_on_the_picked_python(monkeypatch):
+    monkeypatch.setenv("TOP_PYTHON", "3.13")
+    module, declared, options = load_noxfile(monkeypatch)
+    assert module.CURRENT_PYTHON == "3.13"
+    assert declared.pop("tests-pinned")["python"] == "3.8"
+    assert {"tests", "demo", "reproduce", "bench", "readme", "lint", "lock"} <= set(declared)
+    for name, kwargs in declared.items():
+        assert kwargs["python"] == "3.13", name  # one version, not a list: each session runs once
+    assert options.error_on_missing_interpreters is True
+
+
+def test_preference_order_and_fallback(monkeypatch):
+    monkeypatch.delenv("TOP_PYTHON", raising=False)
+    module, _, _ = load_noxfile(monkeypatch)
+    assert module.CURRENT_PYTHONS[0] == "3.11"  # the lock file's Python first
+    assert set(module.CURRENT_PYTHONS) == {"3.10", "3.11", "3.12", "3.13"}
+    for available, expected in [({"python3.12", "python3.13"}, "3.12"), ({"python3.13"}, "3.13"),
+                                ({"python3.10", "python3.13", "python3.11"}, "3.11"), (set(), "3.11")]:
+        monkeypatch.setattr(module, "_runs", lambda exe, available=available: exe in available)
+        assert module.pick_current_python() == expected
+    monkeypatch.setenv("TOP_PYTHON", " 3.10 ")
+    assert module.pick_current_python() == "3.10"
+
+
+def test_runs_is_false_for_a_missing_or_broken_interpreter(monkeypatch, tmp_path):
+    module, _, _ = load_noxfile(monkeypatch)
+    assert module._runs("python-top-does-not-exist") is False
+    broken = tmp_path / "python9.9"
+    broken.write_text("#!/bin/sh\nexit 127\n")  # what a pyenv shim for an unselected version does
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert module._runs("python9.9") is False
+    (tmp_path / "python9.8").symlink_to(sys.executable)
+    assert module._runs("python9.8") is True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell scripts")
+def test_ci_runs_the_tests_on_a_second_python():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "nox -s tests --force-python" in ci
+    assert "3.12.1" in ci  # pyenv has to expose python3.12
