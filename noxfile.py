@@ -72,7 +72,7 @@ def _print_versions(session: nox.Session) -> None:
     )
 
 
-def install_current(session: nox.Session, extras: str = "test,data,plot") -> None:
+def install_current(session: nox.Session, extras: str = "test,data,plot,onnx") -> None:
     session.install(CURRENT_TORCH)
     session.install(CURRENT_TRANSFORMERS, f".[{extras}]")
     _print_versions(session)

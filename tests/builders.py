@@ -66,6 +66,22 @@ def tiny_config(
     return BertConfig(**fields)
 
 
+def tiny_roberta_config(num_labels: int = 2, layers: int = 4):
+    """The RoBERTa twin of :func:`tiny_config` (padding id 1, positions offset past it)."""
+    from transformers import RobertaConfig
+
+    return RobertaConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=302,
+        pad_token_id=1,
+        num_labels=num_labels,
+    )
+
+
 def gate_state(prune_locations: Sequence[int], bin_num: int, keep_bins: int, seed: int = 0) -> dict:
     """Gate logits whose deterministic masks keep the first ``keep_bins`` bins at every location."""
     gen = torch.Generator().manual_seed(seed)
@@ -94,15 +110,21 @@ def tiny_checkpoint(
     seed: int = 0,
     finetuning_task: Optional[str] = None,
     pruned: bool = True,
+    model_type: str = "bert",
 ) -> Path:
-    """A random tiny BERT saved in the published layout (config, weights, zs.pt, l0_module.pt, tokenizer)."""
-    from transformers import BertForSequenceClassification
+    """A random tiny BERT (or RoBERTa) saved in the published layout (config, weights, zs.pt, l0_module.pt,
+    tokenizer; the RoBERTa one carries the same word-piece tokenizer, enough for tests)."""
+    from transformers import BertForSequenceClassification, RobertaForSequenceClassification
 
     from top.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
-    config = tiny_config(num_labels, layers, finetuning_task)
-    model = BertForSequenceClassification(config)
+    if model_type == "roberta":
+        config = tiny_roberta_config(num_labels, layers)
+        model = RobertaForSequenceClassification(config)
+    else:
+        config = tiny_config(num_labels, layers, finetuning_task)
+        model = BertForSequenceClassification(config)
     tokenizer = tiny_tokenizer(directory.parent / f".{directory.name}-vocab")
     locations = list(prune_locations) if prune_locations is not None else list(range(2, layers))
     gates = gate_state(locations, bin_num, keep_bins, seed) if pruned else None

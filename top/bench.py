@@ -21,6 +21,13 @@ Before timing, every batch is checked: ``agreement_with_faithful`` compares comp
 predictions with faithful mode's, and ``max_abs_logit_diff_vs_reference_compact`` compares
 compact's logits with :func:`unpadded_reference_logits`, a second statement of compact
 inference that shares none of ``compact_forward``'s machinery (see there).
+
+``--runtime onnxruntime`` times the same three methods in onnxruntime instead (CPU only):
+``compact`` is the pruned graph of ``top export``, ``dense_padded`` and ``dense_dynamic`` the
+same weights exported dense (``top export --dense``), fed padded and trimmed batches; all three
+sessions get the same thread count. Both graphs pass the export's self-check first. Beside the
+speedups it reports the weight-read floor of one forward pass (see :func:`weight_read_floor`).
+Peak memory is not measured in this mode.
 """
 
 import argparse
@@ -44,6 +51,8 @@ from top.errors import UserError
 logger = logging.getLogger(__name__)
 
 METHODS = ("dense_padded", "dense_dynamic", "compact")
+RUNTIMES = ("torch", "onnxruntime")
+FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N dev examples")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--output", default="bench.json", help="where to write the results")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="torch (default) or onnxruntime: time the exported pruned graph against "
+                        "the same weights exported dense")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,6 +90,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max-examples {args.max_examples} must be at least 1; pass a positive number.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no GPU; pass --device cpu.")
+    runtime = getattr(args, "runtime", "torch")
+    if runtime == "onnxruntime" and args.device != "cpu":
+        raise UserError("--runtime onnxruntime times the CPU execution provider only; pass --device cpu.")
+    if runtime == "onnxruntime":
+        from top.export import onnxruntime_available
+
+        if not onnxruntime_available():
+            raise UserError("--runtime onnxruntime needs onnx and onnxruntime; pip install 'top[onnx]'.")
     if not args.validation_file and not args.data_dir:
         raise UserError("Neither --data-dir nor --validation-file was given; pass one to say which dev set to time.")
 
@@ -180,6 +200,80 @@ def unpadded_reference_logits(top_model, plan, input_ids, attention_mask, token_
             logits = group.new_zeros(input_ids.shape[0], group.shape[-1])
         logits[rows] = group
     return logits
+
+
+def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, directory: Path):
+    """The three methods in onnxruntime: ``(functions, pruned session, export reports)``.
+
+    The pruned graph and the same weights exported dense are written to ``directory`` by
+    :func:`top.export.export_model`, which checks each against the PyTorch compact path first.
+    Every batch gets numpy copies of its inputs, so the timed calls convert nothing.
+    """
+    from top.export import export_model, onnxruntime_session, sample_inputs
+
+    reports = {
+        "compact": export_model(top_model, token_z, pruner_z, directory / "pruned.onnx"),
+        "dense": export_model(top_model, None, None, directory / "dense.onnx", dense=True),
+    }
+    pruned = onnxruntime_session(directory / "pruned.onnx", threads)
+    dense = onnxruntime_session(directory / "dense.onnx", threads)
+    names = [i.name for i in pruned.get_inputs()]
+    for batch in batches:
+        for part in ("full", "trimmed"):
+            batch[part + "_numpy"] = {k: batch[part][k].cpu().numpy() for k in names}
+
+    def dense_padded(batch):
+        return dense.run(["logits"], batch["full_numpy"])[0]
+
+    def dense_dynamic(batch):
+        return dense.run(["logits"], batch["trimmed_numpy"])[0]
+
+    def compact(batch):
+        return pruned.run(["logits"], batch["trimmed_numpy"])[0]
+
+    two = sample_inputs(top_model.config, [2])
+    two_tokens = {k: two[k].numpy() for k in names}
+
+    def dense_two_tokens(batch):
+        # The weight-read floor of batch 1, timed in turn with the others (see weight_read_floor).
+        return dense.run(["logits"], two_tokens)[0]
+
+    functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact,
+                 FLOOR_METHOD: dense_two_tokens}
+    return functions, pruned, reports
+
+
+def weight_read_floor(top_model, two_token_ms: float) -> Dict[str, Any]:
+    """What bounds one batch-1 forward pass from below: every weight matrix is read once.
+
+    Two measures. ``bandwidth_floor_ms``: the bytes of every weight the layers and the head read
+    whole (the embedding tables are only indexed, so they are left out) over the read bandwidth
+    of this machine, measured by summing a float32 buffer of the same size (numpy, one thread).
+    ``two_token_ms``: the dense graph on a two-token input ([CLS] [SEP]), timed in turn with the
+    other methods: the same weights streamed through the same kernels with next to no arithmetic,
+    onnxruntime's cost per operator included.
+    """
+    import numpy as np
+
+    weight_bytes = sum(
+        p.numel() * p.element_size() for name, p in top_model.named_parameters() if ".embeddings." not in name
+    )
+    buffer = np.ones(weight_bytes // 4, dtype=np.float32)
+    reads = []
+    for _ in range(5):
+        start = time.perf_counter()
+        buffer.sum()
+        reads.append(time.perf_counter() - start)
+    del buffer
+    read_s = statistics.median(reads)
+    return {
+        "weight_bytes": int(weight_bytes),
+        "read_bandwidth_gb_s": weight_bytes / read_s / 1e9,
+        "bandwidth_floor_ms": 1000.0 * read_s,
+        "two_token_ms": two_token_ms,
+        "method": "weight bytes / one-thread numpy read bandwidth; dense ONNX graph on 2 tokens at batch 1, "
+                  "timed in turn with the other methods, same threads",
+    }
 
 
 def _sync(device: str) -> None:
@@ -342,10 +436,18 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             batch[part] = {k: v.to(device) for k, v in batch[part].items()}
     functions = method_functions(dense, top_model, plan)
     config = top_model.config
+    runtime = getattr(args, "runtime", "torch")
+    onnx_dir = onnx_session = exports = None
+    if runtime == "onnxruntime":
+        onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
+        functions, onnx_session, exports = onnxruntime_functions(
+            top_model, token_z, pruner_z, batches, threads, Path(onnx_dir.name)
+        )
 
     # Correctness: compact against faithful (predictions) and the unpadded reference (logits).
     agree: List[bool] = []
-    max_diff = 0.0
+    onnx_agree: List[bool] = []
+    max_diff = onnx_diff = 0.0
     kept = []
     with torch.no_grad():
         for batch in batches:
@@ -357,6 +459,10 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             agree.extend(prediction_agreement(fast.logits, faithful))
             max_diff = max(max_diff, float((fast.logits - reference).abs().max()))
             kept.append(fast.kept_lengths.cpu())
+            if onnx_session is not None:
+                onnx_logits = torch.from_numpy(functions["compact"](batch))
+                onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
+                onnx_diff = max(onnx_diff, float((onnx_logits - fast.logits).abs().max()))
 
     # Exact MACs on the same examples.
     layers = int(config.num_hidden_layers)
@@ -376,8 +482,14 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     per_pass = time_methods(functions, full_batches, args.passes, args.warmup_passes, args.device)
     ms = {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
 
+    floor = None
+    if onnx_session is not None:
+        floor = weight_read_floor(top_model, ms.pop(FLOOR_METHOD))
+        del functions, onnx_session
+        onnx_dir.cleanup()
+
     memory, memory_how = None, None
-    if not args.no_memory:
+    if not args.no_memory and runtime == "torch":
         longest = full_batches[0]  # sorted longest first
         memory, memory_how = measure_peak_memory(args, checkpoint, functions, longest, threads)
 
@@ -420,7 +532,20 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         "dense_attention": getattr(dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "runtime": runtime,
     }
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        result.update({
+            "onnxruntime": onnxruntime.__version__,
+            "onnx_agreement_with_faithful": sum(onnx_agree) / len(onnx_agree),
+            "max_abs_logit_diff_onnx_vs_compact": onnx_diff,
+            "onnx_export_check": exports,
+            "weight_read_floor": floor,
+            "dense_graph": "the same weights exported by top export --dense (no pruning, padding computed)",
+        })
+        result["dense_attention"] = "onnx (MatMul/Softmax, as in the pruned graph)"
     return result
 
 
@@ -431,10 +556,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(args.output, result)
     base = result["baselines"]
     print(
-        "{task} batch {bs} on {dev} ({thr} threads): compact {c:.1f} ms; "
+        "{task} batch {bs} on {dev} ({thr} threads, {rt}): compact {c:.1f} ms; "
         "vs dense_padded {sp:.2f}x (FLOPs limit {fp:.2f}x); vs dense_dynamic {sd:.2f}x (FLOPs limit {fd:.2f}x); "
         "agreement with faithful {ag:.4f}".format(
             task=result["task"], bs=result["batch_size"], dev=result["device"], thr=result["threads"],
+            rt=result["runtime"],
             c=result["compact"]["ms_per_batch"], sp=base["dense_padded"]["speedup"],
             fp=base["dense_padded"]["flops_ratio"], sd=base["dense_dynamic"]["speedup"],
             fd=base["dense_dynamic"]["flops_ratio"], ag=result["agreement_with_faithful"],

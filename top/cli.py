@@ -36,6 +36,7 @@ COMMANDS = {
     "finetune": ("top.finetune", "fine-tune the dense teacher (the original's PreFT step)"),
     "train": ("top.train", "learn the token-pruning gates under the FLOPs constraint"),
     "bench": ("top.bench", "time compact inference against dense baselines"),
+    "export": ("top.export", "write a pruned checkpoint as an ONNX model that drops the pruned tokens itself"),
     "demo": ("top.demo", "run the whole method end to end on a real model and real data"),
     "grid": ("top.grid", "run the paper's hyper-parameter grid search"),
 }

@@ -47,6 +47,7 @@ RECIPE = {
     "eval_steps": 25,
     "bench_task": "sst2",
     "bench_examples": 512,  # 16 full batches of 32, timed over 5 passes
+    "onnx_bench_examples": 128,  # at batch 1 in onnxruntime
     "seed": 57,
 }
 # What the demo must reach, the one place these numbers are written: report.json and report.md
@@ -192,6 +193,26 @@ def bench_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str
     return json.loads(path.read_text())
 
 
+def onnx_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str, Any], quick: bool
+               ) -> Dict[str, Any]:
+    """Export the pruned model to ONNX and time it at batch 1 in onnxruntime (skipped without it)."""
+    from top.export import onnxruntime_available
+
+    if not onnxruntime_available():
+        return {"bench": None, "model": None,
+                "note": "onnx/onnxruntime are not installed (pip install 'top[onnx]'); the ONNX export was skipped"}
+    model = out / "model.onnx"
+    _top("export", "--checkpoint", str(pruned), "--output", str(model))
+    path = out / "bench-onnx.json"
+    argv = ["bench", "--task", recipe["bench_task"], "--checkpoint", str(pruned), "--runtime", "onnxruntime",
+            "--validation-file", str(data["dev"]), "--batch-size", "1", "--device", "cpu",
+            "--output", str(path), "--max-examples", str(16 if quick else recipe["onnx_bench_examples"])]
+    if quick:
+        argv += ["--warmup-passes", "0"]
+    _top(*argv)
+    return {"bench": json.loads(path.read_text()), "model": str(model), "note": None}
+
+
 def token_example(loaded, eval_data, max_seq_length: int, index: int = 0) -> List[Dict[str, Any]]:
     """The word pieces that survive each layer for one dev sentence (faithful mode)."""
     from top import data as data_module
@@ -253,7 +274,8 @@ def plot(out: Path, records: Dict[str, Any]) -> List[Path]:
     return paths
 
 
-def build_report(records, bench, recipe, duration, example, pruned_dir: Path) -> Dict[str, Any]:
+def build_report(records, bench, recipe, duration, example, pruned_dir: Path,
+                 onnx: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     teacher, faithful, compact = records["teacher"], records["faithful"], records["compact"]
     agree = sum(
         a["prediction"] == b["prediction"] for a, b in zip(faithful["predictions"], compact["predictions"])
@@ -272,6 +294,14 @@ def build_report(records, bench, recipe, duration, example, pruned_dir: Path) ->
         "remaining_token_ratio": faithful["remaining_token_ratio"],
         "mean_kept_tokens_per_layer": faithful["mean_kept_tokens_per_layer"],
     }
+    onnx_bench = (onnx or {}).get("bench")
+    # The pruned ONNX graph against the same weights exported dense, batch 1, in onnxruntime.
+    pruned["onnx_speedup"] = onnx_bench["baselines"]["dense_padded"]["speedup"] if onnx_bench else None
+    pruned["onnx_speedup_vs_dense_dynamic"] = (
+        onnx_bench["baselines"]["dense_dynamic"]["speedup"] if onnx_bench else None
+    )
+    pruned["onnx_model"] = (onnx or {}).get("model")
+    pruned["onnx_note"] = (onnx or {}).get("note") if onnx is not None else "not run (--no-bench)"
     return {
         "teacher": {"metric": "accuracy", "score": 100 * teacher["metrics"]["accuracy"]},
         "pruned": pruned,
@@ -279,6 +309,7 @@ def build_report(records, bench, recipe, duration, example, pruned_dir: Path) ->
         "targets": dict(TARGETS, min_score=100 * teacher["metrics"]["accuracy"] - TARGETS["max_score_drop"]),
         "recipe": recipe,
         "bench": bench,
+        "bench_onnx": onnx_bench,
         "example": example,
     }
 
@@ -299,6 +330,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"| ToP, compact | {p['compact_score']:.2f} | | | "
         + (f"{p['compact_speedup']:.2f}x vs padded, {p['compact_speedup_vs_dense_dynamic']:.2f}x vs dynamic |"
            if p["compact_speedup"] else "not measured |"),
+        "",
+        "ONNX (onnxruntime, batch 1): "
+        + (f"{p['onnx_speedup']:.2f}x vs dense padded, {p['onnx_speedup_vs_dense_dynamic']:.2f}x vs dense "
+           f"unpadded; the model is {p['onnx_model']}." if p.get("onnx_speedup") else f"{p.get('onnx_note')}."),
         "",
         f"Compact agrees with faithful on {100 * p['compact_agreement_with_faithful']:.1f}% of the predictions. "
         f"Wall time: {report['duration_s'] / 60:.1f} minutes.",
@@ -351,10 +386,11 @@ def run(args: argparse.Namespace) -> int:
     stages.update(1)
     stages.set_postfix_str("benchmark")
     bench = None if args.no_bench else bench_stage(out, pruned, data, recipe, args.device, args.quick)
+    onnx = None if args.no_bench else onnx_stage(out, pruned, data, recipe, args.quick)
     stages.update(1)
     stages.set_postfix_str("report")
     example = token_example(loaded, eval_data, recipe["max_seq_length"])
-    report = build_report(records, bench, recipe, time.perf_counter() - started, example, pruned)
+    report = build_report(records, bench, recipe, time.perf_counter() - started, example, pruned, onnx)
     plot(out, records)
     atomic_write_json(out / "report.json", report)
     markdown = render_markdown(report)

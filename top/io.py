@@ -55,6 +55,10 @@ def _name_path(error: OSError, path: PathLike) -> OSError:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     make_directory(path.parent)
     try:
@@ -63,8 +67,8 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         raise _name_path(error, path.parent) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -135,7 +135,6 @@ class ToPForSequenceClassification(nn.Module):
         classifier head is an error, never a fresh random one.
         """
         from transformers import AutoConfig
-        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
         from top.hub import resolve_model
         from top.safeload import error_detail, read_state_dict
@@ -148,25 +147,28 @@ class ToPForSequenceClassification(nn.Module):
                 f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
             ) from None
         state_dict = read_state_dict(directory)
-        force_eager_attention(config)
-        try:
-            # Built by transformers' own from_pretrained from the vetted state dict, so the global
-            # RNG moves exactly as it did before the reader (training stays bit-identical).
-            hf_model = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)].from_pretrained(
-                None, config=config, state_dict=state_dict
+        fix = "give a model fine-tuned for sequence classification (`top finetune`)"
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise UserError(
+                f"{flag} {name_or_path} is a {config.model_type!r} model; give a BERT or RoBERTa classifier."
             )
-        except (KeyError, OSError, RuntimeError, ValueError):
-            hf_model = None  # built from the config instead, so that the checks below say what is wrong
+        force_eager_attention(config)
+        # transformers' own from_pretrained, handed the vetted state dict: it builds the model as the
+        # original did, so the random stream it leaves behind (and so training) is the original's.
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
         try:
-            model = cls.from_config(config, prune_locations) if hf_model is None else cls(hf_model, prune_locations)
+            hf_model = model_class.from_pretrained(None, config=config, state_dict=state_dict)
+        except RuntimeError as error:  # a weight whose shape config.json does not imply
+            raise UserError(
+                f"The weights in {weights_file(directory)} do not fit its config.json ({error_detail(error)}); {fix}."
+            ) from None
+        check_state_dict_fits(hf_model.state_dict(), state_dict, weights_file(directory), fix)
+        try:
+            return cls(hf_model, prune_locations)
         except ValueError as error:
             raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
-        # Strict even though transformers loaded it: a head it initialised afresh is refused here.
-        load_state_dict_strictly(
-            model.hf_model, state_dict, weights_file(directory),
-            fix="give a model fine-tuned for sequence classification (`top finetune`)",
-        )
-        return model
 
     @classmethod
     def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
@@ -266,14 +268,14 @@ def stock_model_from_checkpoint(checkpoint) -> nn.Module:
     return model.eval()
 
 
+def default_prune_locations(num_layers: int) -> List[int]:
+    """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
+    return list(range(2, num_layers))
+
+
 # Buffers that some transformers versions save and others do not; never learned weights.
 _OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
 _KEYS_NAMED = 4
-
-
-def _some(keys: List[str]) -> str:
-    more = f" and {len(keys) - _KEYS_NAMED} more" if len(keys) > _KEYS_NAMED else ""
-    return ", ".join(keys[:_KEYS_NAMED]) + more
 
 
 def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Tensor], where,
@@ -284,6 +286,18 @@ def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Te
     Nothing is left at its random initial value: a missing key (a classifier head, say) is an error.
     """
     expected = hf_model.state_dict()
+    check_state_dict_fits(expected, state_dict, where, fix, against)
+    hf_model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+
+
+def _some(keys: List[str]) -> str:
+    more = f" and {len(keys) - _KEYS_NAMED} more" if len(keys) > _KEYS_NAMED else ""
+    return ", ".join(keys[:_KEYS_NAMED]) + more
+
+
+def check_state_dict_fits(expected: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], where, fix: str,
+                          against: str = "its config.json") -> None:
+    """A ``UserError`` naming ``where`` unless ``state_dict`` has every key and shape of ``expected``."""
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
     unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
     if missing or unexpected:
@@ -297,7 +311,6 @@ def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Te
                 f"The weight {key} in {where} has shape {tuple(tensor.shape)} but {against} implies "
                 f"{tuple(expected[key].shape)}; {fix}."
             )
-    hf_model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
 
 
 def weights_file(path) -> Path:
@@ -309,8 +322,3 @@ def weights_file(path) -> Path:
         if (path / name).is_file():
             return path / name
     return path
-
-
-def default_prune_locations(num_layers: int) -> List[int]:
-    """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
-    return list(range(2, num_layers))
