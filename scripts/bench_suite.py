@@ -35,6 +35,7 @@ from top.checkpoint import save_checkpoint  # noqa: E402
 from top.compact import survivor_table  # noqa: E402
 from top.data import Example, write_glue_tsv  # noqa: E402
 from top.flops import model_macs  # noqa: E402
+from top.gates import default_prune_locations  # noqa: E402
 from top.io import atomic_write_json, atomic_write_text  # noqa: E402
 from top.tasks import Task, get_task  # noqa: E402
 
@@ -151,7 +152,7 @@ def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool
     tokenizer = BertTokenizer(str(vocab_file))
     shape = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024) if small else {}
     config = BertConfig(vocab_size=vocab_size, num_labels=task.num_labels, **shape)
-    locations = list(range(2, config.num_hidden_layers))
+    locations = default_prune_locations(config.num_hidden_layers)
     token_z, reached = gates_for_sparsity(lengths, config, task.preset.bin_num, locations, spec["sparsity"])
     from transformers import AutoModelForSequenceClassification
 

@@ -371,12 +371,37 @@ def test_save_and_load_round_trip(tmp_path):
 
     if "weights_only" in __import__("inspect").signature(torch.load).parameters:
         raw = torch.load(str(target / "l0_module.pt"), weights_only=True)  # a plain dict, no classes
-        assert raw["format"] == GATES_FORMAT and raw["token_prune_loc"] == [1, 2]
+        # l0_module.pt holds the one gate-state dict: what TokenGates and PrunedCheckpoint.gate_state hold.
+        assert raw["format"] == GATES_FORMAT and raw["prune_locations"] == [1, 2]
+        assert sorted(raw) == sorted(checkpoint.gate_state) == sorted(TokenGates([1], 2).state_for_checkpoint())
+        assert all(torch.equal(raw[k], v) if torch.is_tensor(v) else raw[k] == v
+                   for k, v in checkpoint.gate_state.items())
 
     # Saving again replaces the directory whole: stale extra files do not survive.
     save_checkpoint(target, model_state_dict=state_dict, config=config, token_z=None, pruner_z=None, gate_state=None)
     assert not (target / "trainer_state.json").exists()
     assert load_checkpoint(target).token_z is None
+
+
+def test_gate_files_of_earlier_versions_are_read(published):
+    directory, gates = published
+    # Before the one gate-state format, our l0_module.pt held the locations under token_prune_loc.
+    old = {"format": GATES_FORMAT, "token_loga": gates["token_loga"], "pruner_loga": gates["pruner_loga"],
+           "lambda_1": torch.tensor(0.25), "lambda_2": torch.tensor(-1.5), "token_prune_loc": [1, 3], "bin_num": 6,
+           "temperature": 2.0 / 3.0, "magical_number": 0.8}
+    torch.save(old, str(directory / "l0_module.pt"))
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.prune_locations == checkpoint.gate_state["prune_locations"] == [1, 3]
+    assert "token_prune_loc" not in checkpoint.gate_state
+    assert torch.equal(checkpoint.token_z, torch.tensor(TOKEN_PATTERN, dtype=torch.float32))
+
+
+def test_bad_prune_locations_in_a_gate_file_are_refused(published):
+    directory, gates = published
+    bad = dict(gates, format=GATES_FORMAT, prune_locations=[1, 4])  # layer 4 of a 4-layer model
+    torch.save(bad, str(directory / "l0_module.pt"))
+    with pytest.raises(UserError, match=r"Prune locations \[1, 4\] from \S*l0_module\.pt .*download or save"):
+        load_checkpoint(directory)
 
 
 def test_save_refuses_masks_that_disagree_with_the_gates(tmp_path):

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from top.errors import UserError
-from top.gates import LOGA_MAX, LOGA_MIN, TokenGates
+from top.gates import (
+    GATES_FORMAT,
+    LOGA_MAX,
+    LOGA_MIN,
+    TokenGates,
+    check_prune_locations,
+    deterministic_masks,
+    read_gate_state,
+)
 
 TEMPERATURE = 2.0 / 3.0
 
@@ -125,7 +133,12 @@ def test_state_round_trip_rebuilds_identical_gates():
         gates.token_loga.normal_()
         gates.lambda_2.fill_(-0.25)
     state = gates.state_for_checkpoint()
-    assert all(torch.is_tensor(v) or isinstance(v, (int, float, list)) for v in state.values())
+    assert all(torch.is_tensor(v) or isinstance(v, (int, float, list, str)) for v in state.values())
+    assert state["format"] == GATES_FORMAT and state["prune_locations"] == [2, 4]
+    # The dict the gates produce is the one format: reading it back changes nothing.
+    read = read_gate_state(state, source="state", fix="fix it")
+    assert sorted(read) == sorted(state)
+    assert all(torch.equal(read[k], v) if torch.is_tensor(v) else read[k] == v for k, v in state.items())
     rebuilt = TokenGates.from_state(state)
     assert rebuilt.prune_locations == [2, 4] and rebuilt.bin_num == 3
     assert rebuilt.magical_number == pytest.approx(0.7)
@@ -143,3 +156,72 @@ def test_state_with_wrong_shape_is_a_user_error():
     del state["token_loga"]
     with pytest.raises(UserError):
         TokenGates.from_state(state)
+
+
+def test_the_original_key_for_locations_and_absent_defaults_are_read():
+    token_loga = torch.tensor([[3.0, -3.0, 2.0]])
+    state = read_gate_state(
+        {"token_loga": token_loga, "pruner_loga": torch.tensor([4.0]), "token_prune_loc": [3]},
+        source="old.pt",
+        fix="fix it",
+    )
+    assert state["prune_locations"] == [3] and state["bin_num"] == 3
+    assert state["temperature"] == TEMPERATURE and state["magical_number"] == 0.8
+    assert state["lambda_1"].item() == 0.0 and state["lambda_2"].shape == ()
+    trailing = read_gate_state({"token_loga": token_loga, "pruner_loga": torch.tensor([4.0])}, source="s", fix="f",
+                               num_layers=6)
+    assert trailing["prune_locations"] == [5]
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"token_loga": [[1.0, 2.0]]}, "no tensor"),
+        ({"pruner_loga": torch.ones(3)}, "one gate row per prune location"),
+        ({"token_loga": torch.tensor([[float("nan"), 1.0]])}, "not finite"),
+        ({"bin_num": 3}, "bin_num 3"),
+        ({"bin_num": "2"}, "bin_num '2'"),
+        ({"lambda_1": torch.ones(3)}, "single number"),
+        ({"temperature": 0.0}, "not a positive number"),
+        ({"magical_number": "x"}, "not a positive number"),
+        ({"prune_locations": [3, 2]}, "not increasing"),
+        ({"prune_locations": [1]}, "1 prune locations [1] from gates.pt do not match 2 gate rows"),
+        ({"prune_locations": "12"}, "not whole layer numbers"),
+    ],
+)
+def test_bad_gate_states_are_one_sentence_naming_the_source_and_the_fix(change, words):
+    state = {"token_loga": torch.zeros(2, 2), "pruner_loga": torch.zeros(2), "prune_locations": [1, 2]}
+    state.update(change)
+    with pytest.raises(UserError) as caught:
+        read_gate_state(state, source="gates.pt", fix="save it again")
+    message = str(caught.value)
+    assert "gates.pt" in message and message.endswith("; save it again.") and words in message
+    assert message.count(";") == 1
+
+
+@pytest.mark.parametrize(
+    "locations, num_layers, n_gates, words",
+    [
+        ([], None, None, "no prune locations"),
+        ([0, 1], None, None, "of at least 1"),
+        ([2, 4], 4, None, "in 1..3 of a 4-layer model"),
+        ([2, 2], 12, None, "not increasing"),
+        ([1.5], 12, None, "not whole layer numbers"),
+        ([2, 3], 12, 3, "2 prune locations [2, 3] from --where do not match 3 gate rows"),
+    ],
+)
+def test_prune_locations_are_checked_in_one_place(locations, num_layers, n_gates, words):
+    with pytest.raises(UserError) as caught:
+        check_prune_locations(locations, num_layers, n_gates, source="--where", fix="do this", allow_empty=False)
+    message = str(caught.value)
+    assert "from --where" in message or "in --where" in message
+    assert message.endswith("; do this.") and words in message and message.count(";") == 1
+    assert check_prune_locations((1, 3), 4, 2) == [1, 3] and check_prune_locations([], 4) == []
+
+
+def test_deterministic_masks_are_those_of_the_gates():
+    gates = _gates_with([[0.3, -2.0, 1.2, -0.4, 2.5], [-3.0, 4.0, 0.0, 1.0, -1.0]], [1.0, -4.0])
+    masks = deterministic_masks(gates.token_loga, gates.pruner_loga, gates.temperature, gates.magical_number)
+    assert all(torch.equal(a, b) for a, b in zip(masks, gates.deterministic()))
+    empty = deterministic_masks(torch.zeros(0, 4), torch.zeros(0))
+    assert empty[0].shape == (0, 4) and empty[1].shape == (0,)

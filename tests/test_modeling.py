@@ -6,6 +6,7 @@ from builders import tiny_config as builders_tiny_config
 from reference_compact import reference_compact
 
 from top.compact import CompactPlan, compact_forward
+from top.errors import UserError
 from top.modeling import ToPForSequenceClassification, default_prune_locations
 from top.pruning import prune_step, rank_to_bin
 
@@ -179,7 +180,7 @@ def test_train_mode_zeroes_tokens_and_passes_gradients_to_gates():
 
 def test_prune_locations_are_validated_and_default_to_2_to_last():
     assert default_prune_locations(12) == list(range(2, 12))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(UserError, match=r"Prune locations \[2, 4\] from ToPForSequenceClassification.* 1\.\.3 of"):
         ToPForSequenceClassification.from_config(tiny_config(), prune_locations=[2, 4])
     with pytest.raises(ValueError, match="gates cover"):
         model_for()(torch.ones(1, 3, dtype=torch.long), mode="faithful", token_z=torch.ones(5, 4))

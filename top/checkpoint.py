@@ -7,19 +7,29 @@ and ``l0_module.pt`` (the gate logits). The authors' ``l0_module.pt`` is a whole
 allow-list maps that class (and the ``transformers`` config inside it) onto inert stand-ins, so
 nothing in a file runs. We write the weights as ``model.safetensors`` and ``zs.pt`` and
 ``l0_module.pt`` as torch files of plain tensors, lists and numbers (the names and formats the
-authors' evaluation reads).
+authors' evaluation reads); ``l0_module.pt`` holds the gate-state dict of ``top.gates``, as it is.
+What the gates mean (their masks, defaults and valid locations) is ``top.gates``'s to say.
 """
 
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from top.errors import UserError
-from top.gates import deterministic_mask
+from top.gates import (
+    DEFAULT_MAGICAL_NUMBER,
+    DEFAULT_TEMPERATURE,
+    GATES_FORMAT,
+    check_prune_locations,
+    deterministic_masks,
+    mask_disagreeing_with,
+    read_gate_state,
+    trailing_prune_locations,
+)
 from top.io import atomic_directory
 from top.safeload import (
     SAFETENSORS_FILE,
@@ -34,10 +44,8 @@ from top.safeload import (
 CONFIG_FILE = "config.json"
 MASKS_FILE = "zs.pt"
 GATES_FILE = "l0_module.pt"
-GATES_FORMAT = "top-gates-v1"
-
-DEFAULT_TEMPERATURE = 2.0 / 3.0
-DEFAULT_MAGICAL_NUMBER = 0.8
+# What a bad checkpoint file's error message tells the user to do.
+_REFETCH = "download or save the checkpoint again"
 
 _RESERVED_FILES = {CONFIG_FILE, WEIGHTS_FILE, SAFETENSORS_FILE, MASKS_FILE, GATES_FILE}
 
@@ -49,10 +57,10 @@ class PrunedCheckpoint:
     """Everything a checkpoint directory holds, on the CPU.
 
     ``token_z``/``pruner_z`` are None for a dense model (no ``zs.pt`` and no ``l0_module.pt``);
-    then ``prune_locations`` is empty and ``bin_num`` is None. ``gate_state`` holds the gate
-    logits and Lagrange multipliers (plus ``prune_locations``, ``bin_num``, ``temperature`` and
-    ``magical_number``, so ``TokenGates.from_state`` takes it whole), or None without
-    ``l0_module.pt``.
+    then ``prune_locations`` is empty and ``bin_num`` is None. ``gate_state`` is the gate-state
+    dict of ``top.gates.read_gate_state`` (logits, Lagrange multipliers, ``prune_locations``,
+    ``bin_num``, ``temperature``, ``magical_number``; ``TokenGates.from_state`` takes it whole),
+    or None without ``l0_module.pt``.
     """
 
     path: Path
@@ -151,19 +159,14 @@ def _load_masks(file: Path) -> Tuple[torch.Tensor, torch.Tensor]:
     return token_z, pruner_z
 
 
-def _as_tensor(value: Any, file: Path, key: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise UserError(f"{file} has no tensor '{key}'; download or save the checkpoint again.")
-    return value.detach().to(torch.float32).clone()
-
-
-def _gate_fields(obj: Any, file: Path) -> Optional[Dict[str, Any]]:
-    """The gate state held by ``l0_module.pt``: our plain dict, or the original's pickled module."""
+def _gate_state(obj: Any, file: Path, num_layers: int) -> Optional[Dict[str, Any]]:
+    """The gate state held by ``l0_module.pt``: our gate-state dict, or the original's pickled module."""
     if obj is None:  # the original saves ``self.l0_module`` even when it is None
         return None
     if isinstance(obj, PickledGateModule):
-        attributes = obj.pickled_state
-        fields = dict(attributes.get("_parameters") or {})
+        attributes = getattr(obj, "pickled_state", {})
+        parameters = attributes.get("_parameters")
+        fields = dict(parameters) if isinstance(parameters, Mapping) else {}
         for key in ("token_prune_loc", "bin_num", "temperature", "magical_number"):
             if key in attributes:
                 fields[key] = attributes[key]
@@ -174,56 +177,7 @@ def _gate_fields(obj: Any, file: Path) -> Optional[Dict[str, Any]]:
             f"{file} holds neither ToP's L0ModuleForMAC nor a '{GATES_FORMAT}' gate dict; save the checkpoint "
             "again with `top`."
         )
-    state = {key: _as_tensor(fields.get(key), file, key) for key in ("token_loga", "pruner_loga")}
-    for key in ("lambda_1", "lambda_2"):
-        value = fields.get(key)
-        state[key] = _as_tensor(value, file, key).reshape(()) if value is not None else torch.tensor(0.0)
-    if state["token_loga"].dim() != 2 or state["pruner_loga"].shape != state["token_loga"].shape[:1]:
-        raise UserError(
-            "{} has token_loga of shape {} and pruner_loga of shape {}, which do not fit one gate row "
-            "per prune location; download or save the checkpoint again.".format(
-                file, tuple(state["token_loga"].shape), tuple(state["pruner_loga"].shape)
-            )
-        )
-    locations = fields.get("token_prune_loc", fields.get("prune_locations"))
-    state["prune_locations"] = None if locations is None else [int(loc) for loc in locations]
-    state["bin_num"] = int(fields.get("bin_num") or state["token_loga"].shape[1])
-    state["temperature"] = float(fields.get("temperature", DEFAULT_TEMPERATURE))
-    state["magical_number"] = float(fields.get("magical_number", DEFAULT_MAGICAL_NUMBER))
-    if state["bin_num"] != state["token_loga"].shape[1]:
-        raise UserError(
-            "{} says bin_num {} but its token_loga has {} bins; download or save the checkpoint again.".format(
-                file, state["bin_num"], state["token_loga"].shape[1]
-            )
-        )
-    return state
-
-
-def deterministic_masks(
-    token_loga: torch.Tensor, pruner_loga: torch.Tensor, temperature: float, magical_number: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The inference masks of the gate logits, each location and each layer gate on its own."""
-    token_z = torch.stack([deterministic_mask(row, temperature, magical_number) for row in token_loga])
-    pruner_z = torch.stack([deterministic_mask(gate, temperature, magical_number) for gate in pruner_loga])
-    return token_z.float(), pruner_z.float()
-
-
-def _is_valid_mask(
-    mask: torch.Tensor, expected: torch.Tensor, loga: torch.Tensor, temperature: float, magical_number: float
-) -> bool:
-    """True when ``mask`` is ``expected`` up to how ties among equal logits were broken.
-
-    The original closes the k smallest soft gates with ``torch.topk``; logits clamped to the same
-    bound tie, and CUDA and CPU may pick different members of a tie. Any mask with the same k
-    closed gates, none of them larger than an open one, is one the original could have produced.
-    """
-    if torch.equal(mask, expected):
-        return True
-    if int((mask == 0).sum()) != int((expected == 0).sum()):
-        return False
-    soft = torch.sigmoid(loga / temperature * magical_number)
-    closed, open_ = soft[mask == 0], soft[mask == 1]
-    return closed.numel() == 0 or open_.numel() == 0 or bool(closed.max() <= open_.min())
+    return read_gate_state(fields, source=str(file), fix=_REFETCH, num_layers=num_layers)
 
 
 def _check_masks_match(
@@ -241,35 +195,11 @@ def _check_masks_match(
                 tuple(gates["pruner_loga"].shape),
             )
         )
-    temperature, magical_number = gates["temperature"], gates["magical_number"]
-    expected_token, expected_pruner = deterministic_masks(
-        gates["token_loga"], gates["pruner_loga"], temperature, magical_number
-    )
-    rows = list(zip(token_z, expected_token, gates["token_loga"]))
-    rows += list(zip(pruner_z, expected_pruner, gates["pruner_loga"]))
-    for mask, expected, loga in rows:
-        if not _is_valid_mask(mask, expected, loga, temperature, magical_number):
-            raise UserError(
-                f"{masks_file} does not hold the masks that the gate logits in {gates_file} give; "
-                "use the two files from the same checkpoint."
-            )
-
-
-def _trailing_locations(n_locations: int, num_layers: int) -> List[int]:
-    """The last ``n_locations`` layers: what ToP's PRUNE_LOCATION settings (2..11, 3..11) are."""
-    return list(range(num_layers - n_locations, num_layers))
-
-
-def _check_locations(locations: Sequence[int], n_rows: int, num_layers: int, file: Path) -> List[int]:
-    locations = [int(loc) for loc in locations]
-    increasing = all(b > a for a, b in zip(locations, locations[1:]))
-    if len(locations) != n_rows or not increasing or (locations and (locations[0] < 1 or locations[-1] >= num_layers)):
+    if mask_disagreeing_with(token_z, pruner_z, gates) is not None:
         raise UserError(
-            f"{file} has prune locations {locations} for {n_rows} gate rows on a {num_layers}-layer model; "
-            f"they must be {n_rows} increasing layer indices in 1..{num_layers - 1}, so download or save "
-            "the checkpoint again."
+            f"{masks_file} does not hold the masks that the gate logits in {gates_file} give; "
+            "use the two files from the same checkpoint."
         )
-    return locations
 
 
 def _present(file: Path) -> bool:
@@ -303,7 +233,8 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
     masks = _load_masks(masks_file) if _present(masks_file) else None
     gates = None
     if _present(gates_file):
-        gates = _gate_fields(read_torch_file(gates_file, allow_gate_module=True, what="gate file"), gates_file)
+        raw = read_torch_file(gates_file, allow_gate_module=True, what="gate file")
+        gates = _gate_state(raw, gates_file, num_layers)
 
     temperature, magical_number = DEFAULT_TEMPERATURE, DEFAULT_MAGICAL_NUMBER
     if gates is not None:
@@ -316,16 +247,13 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
         return PrunedCheckpoint(path, config, state_dict, None, None, [], None, None, temperature, magical_number)
 
     token_z, pruner_z = masks
-    n_rows = token_z.shape[0]
-    if n_rows > 0 and token_z.shape[1] == 0:
-        raise UserError(f"{gates_file} has gates with 0 rank bins; download or save the checkpoint again.")
-    if gates is not None and gates["prune_locations"] is not None:
-        locations = _check_locations(gates["prune_locations"], n_rows, num_layers, gates_file)
-    else:
-        source = gates_file if gates is not None else masks_file
-        locations = _check_locations(_trailing_locations(n_rows, num_layers), n_rows, num_layers, source)
     if gates is not None:
-        gates["prune_locations"] = list(locations)
+        locations = list(gates["prune_locations"])
+    else:  # zs.pt alone does not say where its rows sit
+        n_rows = token_z.shape[0]
+        locations = check_prune_locations(
+            trailing_prune_locations(n_rows, num_layers), num_layers, n_rows, source=str(masks_file), fix=_REFETCH
+        )
     return PrunedCheckpoint(
         path=path,
         config=config,
@@ -348,36 +276,6 @@ def _plain_tensor(value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
     return value.detach().to("cpu", torch.float32).clone()
-
-
-def _gate_file_contents(gate_state: Mapping[str, Any], num_layers: int) -> Dict[str, Any]:
-    missing = [key for key in ("token_loga", "pruner_loga") if key not in gate_state]
-    if missing:
-        raise ValueError(f"gate_state lacks {', '.join(missing)}")
-    token_loga = _plain_tensor(gate_state["token_loga"])
-    pruner_loga = _plain_tensor(gate_state["pruner_loga"])
-    if token_loga.dim() != 2 or pruner_loga.shape != token_loga.shape[:1]:
-        raise ValueError(
-            f"gate_state token_loga {tuple(token_loga.shape)} and pruner_loga {tuple(pruner_loga.shape)} "
-            "do not fit one gate row per location"
-        )
-    locations = gate_state.get("prune_locations", gate_state.get("token_prune_loc"))
-    if locations is None:
-        locations = _trailing_locations(token_loga.shape[0], num_layers)
-    locations = [int(loc) for loc in locations]
-    if len(locations) != token_loga.shape[0]:
-        raise ValueError(f"gate_state has {len(locations)} prune locations for {token_loga.shape[0]} gate rows")
-    return {
-        "format": GATES_FORMAT,
-        "token_loga": token_loga,
-        "pruner_loga": pruner_loga,
-        "lambda_1": _plain_tensor(gate_state.get("lambda_1", 0.0)).reshape(()),
-        "lambda_2": _plain_tensor(gate_state.get("lambda_2", 0.0)).reshape(()),
-        "token_prune_loc": locations,
-        "bin_num": int(gate_state.get("bin_num", token_loga.shape[1])),
-        "temperature": float(gate_state.get("temperature", DEFAULT_TEMPERATURE)),
-        "magical_number": float(gate_state.get("magical_number", DEFAULT_MAGICAL_NUMBER)),
-    }
 
 
 def _check_extra_name(name: str) -> None:
@@ -404,34 +302,29 @@ def save_checkpoint(
 ) -> Path:
     """Write the published layout to ``path`` atomically (a reader sees the old or the new whole).
 
-    ``gate_state`` holds ``token_loga``, ``pruner_loga``, ``lambda_1``, ``lambda_2`` and optionally
-    ``prune_locations`` (or ``token_prune_loc``), ``bin_num``, ``temperature``, ``magical_number``
-    (``TokenGates.state_for_checkpoint()`` fits). Without masks they are computed from it; given
-    masks must agree with it. ``extra`` maps file names to JSON-able objects written alongside.
+    ``gate_state`` is a gate-state dict (``TokenGates.state_for_checkpoint()``; see
+    ``top.gates.read_gate_state`` for what may be left out); ``l0_module.pt`` holds it as that reads
+    it. Without masks they are computed from it; given masks must agree with it. ``extra`` maps file
+    names to JSON-able objects written alongside.
     """
     if (token_z is None) != (pruner_z is None):
         raise ValueError("give both token_z and pruner_z, or neither")
     num_layers = int(config.num_hidden_layers)
-    gates = None if gate_state is None else _gate_file_contents(gate_state, num_layers)
-    if gates is not None:
-        expected = deterministic_masks(
-            gates["token_loga"], gates["pruner_loga"], gates["temperature"], gates["magical_number"]
-        )
+    gates = None
+    if gate_state is not None:
+        fix = "give the dict of TokenGates.state_for_checkpoint()"
+        gates = read_gate_state(gate_state, source="gate_state", fix=fix, num_layers=num_layers)
         if token_z is None:
-            token_z, pruner_z = expected
+            token_z, pruner_z = deterministic_masks(
+                gates["token_loga"], gates["pruner_loga"], gates["temperature"], gates["magical_number"]
+            )
     masks = None
     if token_z is not None:
         masks = {"token_z": _plain_tensor(token_z), "pruner_z": _plain_tensor(pruner_z)}
         if gates is not None:
-            for name, mask, want, loga in (
-                ("token_z", masks["token_z"], expected[0], gates["token_loga"]),
-                ("pruner_z", masks["pruner_z"], expected[1], gates["pruner_loga"]),
-            ):
-                if mask.shape != want.shape or not all(
-                    _is_valid_mask(m, e, lg, gates["temperature"], gates["magical_number"])
-                    for m, e, lg in zip(mask, want, loga)
-                ):
-                    raise ValueError(f"{name} does not equal the deterministic masks of gate_state")
+            name = mask_disagreeing_with(masks["token_z"], masks["pruner_z"], gates)
+            if name is not None:
+                raise ValueError(f"{name} does not equal the deterministic masks of gate_state")
         elif masks["token_z"].shape[0] > num_layers - 1:
             raise ValueError("{} mask rows do not fit a {}-layer model".format(masks["token_z"].shape[0], num_layers))
     extra = dict(extra or {})
@@ -462,6 +355,5 @@ __all__ = [
     "PrunedCheckpoint",
     "load_checkpoint",
     "save_checkpoint",
-    "deterministic_masks",
     "GATES_FORMAT",
 ]

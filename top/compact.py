@@ -31,10 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from top.modeling import MASK_VALUE
 from top.pruning import prune_step
 
-# The additive mask value of transformers 4.16, as faithful mode uses.
-MASK_VALUE = -10000.0
 _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
 

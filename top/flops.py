@@ -5,12 +5,13 @@ All dimensions come from the model config (``hidden_size``, ``intermediate_size`
 biases and the classifier are not counted.
 """
 
-from typing import Any, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Iterable, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from top.errors import UserError
+from top.gates import check_prune_locations
 
 Number = Union[int, float, torch.Tensor]
 
@@ -60,21 +61,6 @@ def exact_model_macs(kept_lengths: torch.Tensor, config: Any) -> torch.Tensor:
     return model_macs(kept_lengths.long(), config)
 
 
-def _check_locations(prune_locations: Sequence[int], num_layers: int, num_gates: int) -> List[int]:
-    locations = [int(loc) for loc in prune_locations]
-    if len(locations) != num_gates:
-        raise UserError(
-            f"prune_locations has {len(locations)} entries but the gates have {num_gates} locations; "
-            "use the prune locations the gates were built with."
-        )
-    if any(not 1 <= loc < num_layers for loc in locations) or sorted(set(locations)) != locations:
-        raise UserError(
-            f"prune_locations {locations} must be increasing layer indices in 1..{num_layers - 1}; fix the list "
-            f"for this {num_layers}-layer model."
-        )
-    return locations
-
-
 def layer_keep_ratios(
     token_score: torch.Tensor, pruner_score: torch.Tensor, prune_locations: Sequence[int], num_layers: int
 ) -> torch.Tensor:
@@ -83,7 +69,10 @@ def layer_keep_ratios(
     A location keeps the mean of its bin scores when its layer gate is on and everything when it
     is off; the fractions multiply from layer to layer, and layer 0 sees every token.
     """
-    locations = _check_locations(prune_locations, num_layers, token_score.shape[0])
+    locations = check_prune_locations(
+        prune_locations, num_layers, token_score.shape[0],
+        source="the prune_locations argument", fix="use the prune locations the gates were built with",
+    )
     location_ratio = 1.0 - (1.0 - token_score.mean(dim=1)) * pruner_score
     ratios = [token_score.new_ones(())]
     for layer in range(1, num_layers):

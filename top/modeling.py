@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from top.errors import UserError
+from top.gates import check_prune_locations, default_prune_locations
 from top.pruning import prune_step
 
 logger = logging.getLogger(__name__)
@@ -113,15 +114,12 @@ class ToPForSequenceClassification(nn.Module):
         num_layers = hf_model.config.num_hidden_layers
         if prune_locations is None:
             prune_locations = default_prune_locations(num_layers)
-        prune_locations = [int(p) for p in prune_locations]
-        bad = [p for p in prune_locations if not 1 <= p < num_layers]
-        if bad:
-            raise ValueError(
-                f"prune locations {bad} are outside 1..{num_layers - 1} for a {num_layers}-layer model"
-            )
-        if sorted(set(prune_locations)) != prune_locations:
-            raise ValueError(f"prune locations must be increasing and distinct, got {prune_locations}")
-        self.prune_locations = prune_locations
+        self.prune_locations = check_prune_locations(
+            prune_locations,
+            num_layers,
+            source="ToPForSequenceClassification(prune_locations=...)",
+            fix="pick layers of this model in increasing order",
+        )
 
     @property
     def config(self):
@@ -266,11 +264,6 @@ def stock_model_from_checkpoint(checkpoint) -> nn.Module:
     model = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
     load_state_dict_strictly(model, checkpoint.state_dict, weights_file(checkpoint.path))
     return model.eval()
-
-
-def default_prune_locations(num_layers: int) -> List[int]:
-    """Layers 2..L-1, as the paper uses for 12-layer BERT (2..11)."""
-    return list(range(2, num_layers))
 
 
 # Buffers that some transformers versions save and others do not; never learned weights.

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from top import determinism, flops, loop, rundir
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.errors import UserError
+from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
 from top.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
     parser.add_argument("--sparsity-epsilon", type=non_negative_float, default=0.01)
     parser.add_argument(
-        "--layer-gate-init", type=any_float, default=-10.0,
+        "--layer-gate-init", type=any_float, default=LAYER_GATE_INIT,
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
         "a positive value starts every location pruning, which suits short schedules",
     )
@@ -133,7 +134,7 @@ def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
 def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
     """``--prune-location`` parsed and checked against the model's depth (default 2..L-1)."""
     if spec is None:
-        locations = list(range(2, num_layers))
+        locations = default_prune_locations(num_layers)
         if not locations:
             raise UserError(f"A {num_layers}-layer model has no layer 2..L-1 to prune at; pass --prune-location 1.")
         return locations
@@ -143,15 +144,13 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
         raise UserError(
             f"--prune-location {spec!r} is not a comma-separated list of layer indices, e.g. 2,3,4."
         ) from None
-    bad = [loc for loc in locations if not 1 <= loc < num_layers]
-    if bad or not locations:
-        raise UserError(
-            f"--prune-location {spec} names layers {bad or 'none'} outside 1..{num_layers - 1} "
-            f"of this {num_layers}-layer model; pick layers in that range."
-        )
-    if sorted(set(locations)) != locations:
-        raise UserError(f"--prune-location {spec} must list distinct layers in increasing order, e.g. 2,3,4.")
-    return locations
+    return check_prune_locations(
+        locations,
+        num_layers,
+        source=f"--prune-location {spec}",
+        fix=f"list distinct layers of 1..{num_layers - 1} in increasing order, e.g. 2,3,4",
+        allow_empty=False,
+    )
 
 
 def load_config(directory: Path, flag: str, name: str):
