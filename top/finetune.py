@@ -20,6 +20,7 @@ import torch
 
 from top import determinism, loop, rundir
 from top.argtypes import non_negative_float, positive_float, positive_int
+from top.data import TaskData
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
 
@@ -45,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_run_arguments(parser)
 
 
-def default_epochs(data: loop.TaskData) -> int:
-    if data.task is not None:
+def default_epochs(data: TaskData) -> int:
+    if not data.is_custom:
         return SMALL_EPOCHS if data.task.name in SMALL_TASKS else LARGE_EPOCHS
     return SMALL_EPOCHS if len(data.train) < SMALL_CUSTOM_EXAMPLES else LARGE_EPOCHS
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         loop.teardown_distributed(dist)
 
 
-def load_model(args: argparse.Namespace, data: loop.TaskData, directory: Path):
+def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
     """The pre-trained encoder in ``directory`` (``--model`` resolved) with this task's classifier head.
 
     The weights are read by ``top.safeload`` and handed to transformers as a state dict, so it
@@ -84,7 +85,7 @@ def load_model(args: argparse.Namespace, data: loop.TaskData, directory: Path):
         ) from None
     check_config(config, f"The config.json of --model {args.model}")
     check_max_seq_length(args.max_seq_length, config, f"--model {args.model}")
-    if data.task is not None and not data.is_regression:
+    if not data.is_custom and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
     state_dict = read_state_dict(directory)
@@ -117,7 +118,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from top.data import encode
+    from top.data import encode, load_task_data
     from top.hub import resolve_model
     from top.metrics import compute_metrics
 
@@ -131,7 +132,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     if not args.learning_rate >= 0:
         raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
     out = Path(args.output_dir)
-    data = loop.load_task_data(args, args.max_seq_length)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
     device = loop.resolve_device(args.device, dist)
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
@@ -200,7 +203,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
                     lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
                 )
                 model.train()
-                metrics = compute_metrics(data.metric_kind, logits, labels)
+                metrics = compute_metrics(data.task, logits, labels)
                 score = metrics[data.metric]
                 # An undefined score (None: see top.metrics) is never the best.
                 is_best = score is not None and (best["score"] is None or score > best["score"])

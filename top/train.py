@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from transformers import AutoTokenizer
 
-    from top.data import check_max_seq_length, encode
+    from top.data import check_max_seq_length, encode, load_task_data
     from top.gates import TokenGates
     from top.hub import resolve_model
     from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
@@ -216,8 +216,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
 
     # Everything that can be wrong with the input is checked before any weights load.
-    data = loop.load_task_data(args, args.max_seq_length)
-    settings = resolve_settings(args, data.task)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
+    settings = resolve_settings(args, None if data.is_custom else data.task)
     student_dir = resolve_model(args.model, "--model")
     teacher_dir = resolve_model(args.teacher, "--teacher")
     student_config = load_config(student_dir, "--model", args.model)
@@ -332,7 +334,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             trim=not pruning,  # faithful: padded to max_seq_length, as `top eval` scores it
         )
         student.train()
-        metrics = compute_metrics(data.metric_kind, logits, labels)
+        metrics = compute_metrics(data.task, logits, labels)
         record = {"step": at_step, "eval": metrics, "score": metrics[data.metric]}
         if pruning:
             record["expected_sparsity"] = flops.mean_of_batch_means(sparsities)
@@ -553,12 +555,9 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
 
     state = loop.load_state_file(last_dir)
     checkpoint = load_checkpoint(last_dir)
-    missing, unexpected = student.hf_model.load_state_dict(checkpoint.state_dict, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{last_dir} does not fit the --model architecture (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); resume with the flags of the original run."
-        )
+    student.load_checkpoint_weights(
+        checkpoint, fix="resume with the flags of the original run", against="the --model architecture"
+    )
     saved = TokenGates.from_state(checkpoint.gate_state)
     if saved.prune_locations != gates.prune_locations or saved.bin_num != gates.bin_num:
         raise UserError(
