@@ -15,6 +15,7 @@ from top.data import (
     load_custom_file,
     load_glue_split,
     load_hub_split,
+    load_task_data,
     write_glue_tsv,
 )
 from top.errors import UserError
@@ -353,6 +354,96 @@ def test_custom_bad_files_name_the_file(tmp_path, name, text, needle):
 def test_custom_missing_file(tmp_path):
     with pytest.raises(UserError):
         load_custom_file(tmp_path / "absent.csv")
+
+
+# --------------------------------------------------------------------------- the one lookup
+
+
+def test_glue_folder_gives_train_and_dev_with_the_task_and_its_file(tmp_path):
+    relative, text, expected = GLUE_FILES["sst2"]
+    _write(tmp_path, relative, text)
+    _write(tmp_path, "SST-2/train.tsv", "sentence\tlabel\ngood\t1\n")
+    data = load_task_data("SST-2", tmp_path, max_seq_length=99)
+    assert data.task is get_task("sst2") and data.name == "sst2" and not data.is_custom
+    assert (data.train, data.dev) == ([Example("good", None, 1)], expected)
+    assert (data.num_labels, data.task_length, data.metric) == (2, 64, "accuracy")
+    assert data.source == str(tmp_path / relative)
+    dev_only = load_task_data("sst2", tmp_path, max_seq_length=99, splits=("dev",))
+    assert (dev_only.train, dev_only.dev) == ([], expected)
+
+
+def test_hub_copy_is_read_without_a_data_dir_and_named_in_the_source(monkeypatch):
+    calls = []
+
+    def load_dataset(path, config, split):
+        calls.append(split)
+        return [{"sentence": f"{split} text", "label": 1, "idx": 0}]
+
+    _fake_datasets(monkeypatch, load_dataset)
+    data = load_task_data("cola", max_seq_length=128)
+    assert calls == ["train", "validation"]
+    assert data.dev == [Example("validation text", None, 1)] and data.train == [Example("train text", None, 1)]
+    assert data.source == "datasets:glue/cola/validation"
+    load_task_data("cola", max_seq_length=128, splits=("dev",))
+    assert calls[2:] == ["validation"]
+
+
+def test_custom_files_become_a_task_and_dev_is_numbered_by_the_train_labels(tmp_path):
+    train = _write(tmp_path, "train.csv", "sentence,label\na,pos\nb,neg\nc,mid\n")
+    dev = _write(tmp_path, "dev.csv", "sentence,label\nd,pos\ne,mid\n")
+    data = load_task_data(train_file=train, validation_file=dev, max_seq_length=48)
+    assert data.is_custom and data.name == "custom" and data.source == str(dev)
+    assert data.task.labels == ("mid", "neg", "pos") and data.num_labels == 3
+    assert (data.task.metrics, data.task_length, data.task.preset) == (("accuracy",), 48, None)
+    # dev.csv alone numbers mid=0, pos=1; the train file's list makes them 0 and 2.
+    assert [e.label for e in data.dev] == [2, 0]
+    alone = load_task_data(validation_file=dev, max_seq_length=48, splits=("dev",))
+    assert [e.label for e in alone.dev] == [1, 0] and alone.num_labels == 2 and alone.train == []
+
+
+def test_custom_regression_files_score_correlations(tmp_path):
+    train = _write(tmp_path, "train.csv", "sentence,sentence2,label\na,b,0.5\nc,d,2.5\n")
+    dev = _write(tmp_path, "dev.csv", "sentence,sentence2,label\ne,f,1.5\n")
+    data = load_task_data(train_file=train, validation_file=dev, max_seq_length=32)
+    assert data.is_regression and data.num_labels == 1 and data.task.is_pair
+    assert data.task.metrics == ("pearson", "spearmanr") and data.metric == "pearson"
+
+
+@pytest.mark.parametrize(
+    "train_text, dev_text, needle",
+    [
+        ("sentence,label\na,0.5\n", "sentence,label\nb,pos\n", "disagree"),
+        ("sentence,label\na,pos\n", "sentence,label\nb,neg\n", "never uses"),
+    ],
+)
+def test_custom_files_that_do_not_match_name_both(tmp_path, train_text, dev_text, needle):
+    train, dev = _write(tmp_path, "train.csv", train_text), _write(tmp_path, "dev.csv", dev_text)
+    with pytest.raises(UserError) as info:
+        load_task_data(train_file=train, validation_file=dev, max_seq_length=32)
+    assert needle in str(info.value) and str(dev) in str(info.value)
+
+
+def test_an_empty_dev_set_is_a_user_error(tmp_path):
+    _write(tmp_path, "SST-2/dev.tsv", "sentence\tlabel\n")
+    with pytest.raises(UserError) as info:
+        load_task_data("sst2", tmp_path, max_seq_length=32, splits=("dev",))
+    assert "has no examples" in str(info.value) and str(tmp_path / "SST-2" / "dev.tsv") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, splits, needle",
+    [
+        ({"task": "cola", "validation_file": "dev.csv"}, ("dev",), "not both"),
+        ({"task": "cola", "train_file": "t.csv", "validation_file": "dev.csv"}, ("train", "dev"), "not both"),
+        ({}, ("dev",), "--validation-file"),
+        ({"train_file": "t.csv"}, ("train", "dev"), "both --train-file and --validation-file"),
+        ({"validation_file": "dev.csv"}, ("train", "dev"), "both --train-file and --validation-file"),
+    ],
+)
+def test_the_data_flags_must_name_one_source(kwargs, splits, needle):
+    with pytest.raises(UserError) as info:
+        load_task_data(max_seq_length=32, splits=splits, **kwargs)
+    assert needle in str(info.value) and "--task" in str(info.value)
 
 
 # --------------------------------------------------------------------------- tokenising

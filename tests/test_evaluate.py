@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
-from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
+import torch
+from builders import tiny_checkpoint, tiny_config, write_cola_dev, write_custom_csv
 
+from top.checkpoint import load_checkpoint, save_checkpoint
 from top.cli import main
+from top.errors import UserError
+from top.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
 
 EVAL_KEYS = {
     "task", "mode", "n_examples", "metrics", "expected_sparsity", "expected_sequence_sparsity",
@@ -107,7 +111,7 @@ def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_
     from reference_compact import reference_compact
 
     from top import compact, data
-    from top.evaluate import evaluate, load_eval_data, load_model
+    from top.evaluate import evaluate, load_model
 
     root, checkpoint = cola_setup
     built, calls = [], []
@@ -116,10 +120,10 @@ def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_
                         lambda *a, **k: built.append(a) or from_gates(*a, **k))
     monkeypatch.setattr(compact, "compact_forward", lambda *a, **k: calls.append(a) or compact_forward(*a, **k))
     loaded = load_model(checkpoint, torch.device("cpu"))
-    eval_data = load_eval_data("cola", str(root / "glue"), None, 32)
+    eval_data = data.load_task_data("cola", str(root / "glue"), max_seq_length=32, splits=("dev",))
     record = evaluate(loaded, eval_data, "compact", max_seq_length=32, batch_size=8, progress=False)
     assert len(built) == 1 and len(calls) == 5  # one plan for the gates, five batches of 37 examples
-    encoded = data.encode(eval_data.examples, loaded.tokenizer, 32, padding="max_length")
+    encoded = data.encode(eval_data.dev, loaded.tokenizer, 32, padding="max_length")
     reference = reference_compact(loaded.model, encoded["input_ids"], encoded["attention_mask"],
                                   encoded.get("token_type_ids"), loaded.token_z, loaded.pruner_z)
     logits = torch.tensor([p["logits"] for p in record["predictions"]])
@@ -148,3 +152,60 @@ def test_compact_mode_refuses_what_it_cannot_run_in_one_sentence(tmp_path, capsy
     message = capsys.readouterr().err.strip().splitlines()
     assert len(message) == 1 and "--mode compact cannot run" in message[0] and "--mode faithful" in message[0]
     assert main(args + ["--mode", "faithful"]) == 0
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def test_from_checkpoint_loads_every_weight_and_the_prune_locations(cola_setup):
+    _, path = cola_setup
+    checkpoint = load_checkpoint(path)
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
+    assert not model.training and model.prune_locations == checkpoint.prune_locations == [2, 3]
+    loaded = model.hf_model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint.state_dict.items())
+    dense = stock_model_from_checkpoint(checkpoint)
+    assert not dense.training and all(torch.equal(dense.state_dict()[k], v) for k, v in loaded.items())
+    # The checkpoint's config is left as read: only the ToP copy is forced to eager attention.
+    assert model.config is not checkpoint.config and dense.config is not checkpoint.config
+
+
+def test_a_dense_checkpoint_prunes_nowhere(tmp_path):
+    checkpoint = load_checkpoint(tiny_checkpoint(tmp_path / "dense", pruned=False))
+    assert ToPForSequenceClassification.from_checkpoint(checkpoint).prune_locations == []
+
+
+def _saved_without(directory, drop=(), num_labels=2):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_config(num_labels=2))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(drop)}
+    return load_checkpoint(save_checkpoint(directory, model_state_dict=state, config=tiny_config(num_labels)))
+
+
+@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+def test_a_missing_classifier_head_is_an_error_naming_the_file_and_keys(tmp_path, load):
+    checkpoint = _saved_without(tmp_path / "headless", drop=("classifier.",))
+    with pytest.raises(UserError) as info:
+        load(checkpoint)
+    message = str(info.value)
+    assert "classifier.weight" in message and "classifier.bias" in message and "missing" in message
+    assert str(checkpoint.path) in message and ("model.safetensors" in message or "pytorch_model.bin" in message)
+
+
+@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+def test_a_weight_of_the_wrong_shape_is_an_error_naming_it(tmp_path, load):
+    checkpoint = _saved_without(tmp_path / "three-labels", num_labels=3)
+    with pytest.raises(UserError) as info:
+        load(checkpoint)
+    assert "classifier" in str(info.value) and "(2," in str(info.value) and "(3," in str(info.value)
+
+
+def test_weights_that_do_not_fit_a_built_model_name_what_they_must_fit(cola_setup):
+    _, path = cola_setup
+    student = ToPForSequenceClassification.from_config(tiny_config(layers=3), prune_locations=[2])
+    with pytest.raises(UserError) as info:
+        student.load_checkpoint_weights(load_checkpoint(path), fix="resume as before", against="the --model model")
+    message = str(info.value)
+    assert "unexpected bert.encoder.layer.3." in message and "the --model model" in message
+    assert message.endswith("resume as before.")

@@ -23,14 +23,14 @@ from top.checkpoint import load_checkpoint  # noqa: E402
 from top.cli import main  # noqa: E402
 from top.compact import CompactPlan, compact_forward, prediction_agreement  # noqa: E402
 from top.errors import UserError  # noqa: E402
-from top.evaluate import build_model  # noqa: E402
+from top.modeling import ToPForSequenceClassification  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def loaded(path):
     checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint).eval()
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
     return model, checkpoint.token_z, checkpoint.pruner_z
 
 

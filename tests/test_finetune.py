@@ -131,12 +131,11 @@ def test_defaults_follow_the_preft_script():
     [("mrpc", 10), ("rte", 10), ("stsb", 10), ("cola", 10), ("sst2", 3), ("qnli", 3), ("qqp", 3), ("mnli", 3)],
 )
 def test_epochs_default_by_task_size(task, epochs):
+    from top.data import TaskData
     from top.finetune import default_epochs
-    from top.loop import TaskData
     from top.tasks import get_task
 
-    t = get_task(task)
-    data = TaskData(t.name, t, [], [], t.num_labels, t.is_regression, t, t.task_length)
+    data = TaskData(get_task(task), [], [], "unused")
     assert default_epochs(data) == epochs
 
 

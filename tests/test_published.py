@@ -23,7 +23,7 @@ def test_rows_are_consistent():
         assert row.metric == TASKS[name].metric
         # the metric exists in metrics.py for that task
         labels = [0.5, 1.5, 2.5] if TASKS[name].is_regression else [0, 1, 1]
-        assert row.metric in compute_metrics(name, labels, labels)
+        assert row.metric in compute_metrics(TASKS[name], labels, labels)
         assert 50 < row.score < 100
         assert 1 < row.flops_reduction < 20
         assert row.score_tolerance == 0.5 and row.flops_tolerance == 0.05

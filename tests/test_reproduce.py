@@ -57,10 +57,12 @@ def reference(checkpoint: Path, task: str, glue: Path, metric: str):
     """What the checkpoint really scores in faithful mode (percent) and its FLOPs reduction."""
     import torch
 
-    from top.evaluate import evaluate, load_eval_data, load_model
+    from top.data import load_task_data
+    from top.evaluate import evaluate, load_model
 
     loaded = load_model(checkpoint, torch.device("cpu"))
-    record = evaluate(loaded, load_eval_data(task, str(glue), None, 256), "faithful", 256, 32, progress=False)
+    dev = load_task_data(task, str(glue), max_seq_length=256, splits=("dev",))
+    record = evaluate(loaded, dev, "faithful", 256, 32, progress=False)
     return 100 * record["metrics"][metric], record["flops_reduction"]
 
 

@@ -31,7 +31,6 @@ Peak memory is not measured in this mode.
 """
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -109,29 +108,22 @@ def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
     ``dense`` is the stock HF classifier with the library's default attention; ``top_model`` the
     ToP wrapper (eager attention, as ranking needs the probabilities). Either may be None.
     """
-    from transformers import AutoModelForSequenceClassification
+    from top.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
 
-    from top.evaluate import build_model
-    from top.modeling import load_state_dict_strictly
-
-    dense = top_model = None
-    if need_dense:
-        dense = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
-        load_state_dict_strictly(dense, checkpoint.state_dict, checkpoint.path)
-        dense.eval()
-    if need_top:
-        top_model = build_model(checkpoint)
-        top_model.eval()
+    dense = stock_model_from_checkpoint(checkpoint) if need_dense else None
+    top_model = ToPForSequenceClassification.from_checkpoint(checkpoint) if need_top else None
     return dense, top_model
 
 
 def _load_examples(args: argparse.Namespace, task):
-    from top.data import load_custom_file, load_glue_split
+    """The dev examples to time: ``--validation-file`` if given, else ``task``'s GLUE dev set."""
+    from top.data import load_task_data
 
-    if args.validation_file:
-        examples = load_custom_file(args.validation_file)[0]
+    if args.validation_file:  # only the examples: the task length stays ``task``'s
+        data = load_task_data(validation_file=args.validation_file, max_seq_length=task.task_length, splits=("dev",))
     else:
-        examples = load_glue_split(task, args.data_dir, "dev")
+        data = load_task_data(task, args.data_dir, max_seq_length=task.task_length, splits=("dev",))
+    examples = data.dev
     if args.max_examples is not None:
         examples = examples[: args.max_examples]
     return examples

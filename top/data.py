@@ -311,6 +311,135 @@ def load_custom_file(path: Union[str, Path]) -> Tuple[List[Example], bool, List[
     return examples, is_regression, label_list
 
 
+# --------------------------------------------------------------------------- the one lookup
+
+CUSTOM_TASK = "custom"
+SPLITS = ("train", "dev")
+
+
+def custom_task(is_regression: bool, labels: Sequence[str], max_seq_length: int, is_pair: bool,
+                train_size: int = 0, dev_size: int = 0) -> Task:
+    """A user's own data as a Task: accuracy for classes, pearson and spearmanr for numbers.
+
+    Its sparsity is counted at ``max_seq_length``, and it has no training preset.
+    """
+    metrics = ("pearson", "spearmanr") if is_regression else ("accuracy",)
+    columns = ("sentence", "sentence2", "label") if is_pair else ("sentence", "label")
+    return Task(
+        name=CUSTOM_TASK, glue_dir="", train_file="", dev_file="", has_header=True,
+        columns=columns, train_columns=columns, text_a="sentence", text_b="sentence2" if is_pair else None,
+        label_column="label", label_encoding="float" if is_regression else "index", labels=tuple(labels),
+        num_labels=1 if is_regression else len(labels), metric=metrics[0], metrics=metrics,
+        task_length=max_seq_length, hub_path="", hub_config="", hub_text_a="", hub_text_b=None, hub_dev_split="",
+        train_size=train_size, dev_size=dev_size, preset=None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """One task's examples and what scoring them needs: a GLUE task, or a user's file as a Task."""
+
+    task: Task
+    train: List[Example]  # empty when only the dev set was asked for
+    dev: List[Example]
+    source: str  # where the dev examples came from, as eval records name it
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def is_custom(self) -> bool:
+        return self.task.name == CUSTOM_TASK
+
+    @property
+    def num_labels(self) -> int:
+        return self.task.num_labels
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task.is_regression
+
+    @property
+    def task_length(self) -> int:
+        """The length the sequence sparsity is counted at."""
+        return self.task.task_length
+
+    @property
+    def metric(self) -> str:
+        return self.task.metric
+
+
+def load_task_data(
+    task: Optional[TaskLike] = None,
+    data_dir: Optional[Union[str, Path]] = None,
+    train_file: Optional[Union[str, Path]] = None,
+    validation_file: Optional[Union[str, Path]] = None,
+    *,
+    max_seq_length: int,
+    splits: Sequence[str] = SPLITS,
+) -> TaskData:
+    """GLUE's ``task`` from its folder under ``data_dir`` (else the hub copy), or the user's own files.
+
+    ``splits`` is ``("train", "dev")`` for training or ``("dev",)`` for scoring only; a user's
+    dev set is then ``validation_file`` alone, and for training its labels are numbered by the
+    train file's label list.
+    """
+    if tuple(splits) not in (SPLITS, ("dev",)):
+        raise ValueError(f"splits must be ('train', 'dev') or ('dev',), not {tuple(splits)}")
+    with_train = "train" in splits
+    files = "both --train-file and --validation-file" if with_train else "--validation-file"
+    if task and (train_file or validation_file):
+        raise UserError(f"Give either --task (GLUE) or {files} (your own data), not both.")
+    if task:
+        data = _glue_data(_task(task), data_dir, with_train)
+    elif validation_file and (train_file or not with_train):
+        data = _custom_data(train_file if with_train else None, validation_file, max_seq_length)
+    else:
+        raise UserError(f"Say which data to use: pass --task (with --data-dir), or {files}.")
+    if not data.dev:
+        raise UserError(f"The {data.name} dev set at {data.source} has no examples; check the file.")
+    return data
+
+
+def _glue_data(task: Task, data_dir: Optional[Union[str, Path]], with_train: bool) -> TaskData:
+    if data_dir:
+        train = load_glue_split(task, data_dir, "train") if with_train else []
+        dev = load_glue_split(task, data_dir, "dev")
+        source = str(glue_file(task, data_dir, "dev"))
+    else:
+        train = load_hub_split(task, "train") if with_train else []
+        dev = load_hub_split(task, "dev")
+        source = f"datasets:{task.hub_path}/{task.hub_config}/{task.hub_dev_split}"
+    return TaskData(task, train, dev, source)
+
+
+def _custom_data(train_file: Optional[Union[str, Path]], validation_file: Union[str, Path],
+                 max_seq_length: int) -> TaskData:
+    train: List[Example] = []
+    if train_file is not None:
+        train, train_regression, train_labels = load_custom_file(train_file)
+    dev, dev_regression, dev_labels = load_custom_file(validation_file)
+    if train_file is None:
+        train_regression, train_labels = dev_regression, dev_labels
+    elif train_regression != dev_regression:
+        raise UserError(
+            f"{train_file} and {validation_file} disagree on whether labels are numbers or classes; "
+            "use the same kind of label in both."
+        )
+    elif not train_regression:
+        unknown = sorted(set(dev_labels) - set(train_labels))
+        if unknown:
+            raise UserError(
+                f"{validation_file} has labels {unknown} that {train_file} never uses; give the train file every label."
+            )
+        # Each file numbers its own sorted labels; renumber the dev labels by the train file's list.
+        dev = [dataclasses.replace(e, label=train_labels.index(dev_labels[e.label])) for e in dev]
+    is_pair = dev[0].text_b is not None
+    task = custom_task(train_regression, train_labels, max_seq_length, is_pair, len(train), len(dev))
+    return TaskData(task, train, dev, str(validation_file))
+
+
 # --------------------------------------------------------------------------- tokenising
 
 

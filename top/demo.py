@@ -168,8 +168,9 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
 
 def evaluate_stage(teacher: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str):
     from top import evaluate
+    from top.data import load_task_data
 
-    eval_data = evaluate.load_eval_data(None, None, str(data["dev"]), recipe["max_seq_length"])
+    eval_data = load_task_data(validation_file=data["dev"], max_seq_length=recipe["max_seq_length"], splits=("dev",))
     dev = torch.device(device)
     records = {}
     loaded_teacher = evaluate.load_model(teacher, dev)
@@ -216,7 +217,7 @@ def token_example(loaded, eval_data, max_seq_length: int, index: int = 0) -> Lis
     """The word pieces that survive each layer for one dev sentence (faithful mode)."""
     from top import data as data_module
 
-    example = eval_data.examples[index]
+    example = eval_data.dev[index]
     encoded = data_module.encode([example], loaded.tokenizer, max_seq_length, padding="longest")
     inputs = {k: v.to(next(loaded.model.parameters()).device) for k, v in encoded.items() if k != "labels"}
     with torch.no_grad():

@@ -17,14 +17,14 @@ import torch
 
 from top import flops
 from top.argtypes import int_at_least, positive_int
+from top.data import TaskData, check_max_seq_length, load_task_data
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
-from top.tasks import TASKS, get_task
+from top.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
 EVAL_MODES = ("faithful", "compact")
-CUSTOM_TASK = "custom"
 
 
 @dataclasses.dataclass
@@ -38,18 +38,6 @@ class LoadedModel:
     path: Path
 
 
-@dataclasses.dataclass
-class EvalData:
-    """Dev examples with what scoring them needs to know."""
-
-    name: str  # a GLUE task name or "custom"
-    examples: List[Any]
-    metric_kind: Any  # a Task, or "classification"/"regression" for a custom file
-    num_labels: int
-    task_length: int
-    source: str
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA GPU is visible; pass --device cpu or expose a GPU.")
@@ -61,27 +49,15 @@ def resolve_device(name: str) -> torch.device:
 def load_model(checkpoint_dir, device: torch.device, tokenizer_name: Optional[str] = None) -> LoadedModel:
     """Read a published-layout checkpoint (or a plain fine-tuned HF model) onto ``device``."""
     from top.checkpoint import load_checkpoint
+    from top.modeling import ToPForSequenceClassification
 
     checkpoint = load_checkpoint(checkpoint_dir)
-    model = build_model(checkpoint)
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
     model.to(device).eval()
     tokenizer = load_tokenizer(checkpoint.path, tokenizer_name)
     token_z = checkpoint.token_z.to(device) if checkpoint.token_z is not None else None
     pruner_z = checkpoint.pruner_z.to(device) if checkpoint.pruner_z is not None else None
     return LoadedModel(model, tokenizer, token_z, pruner_z, Path(checkpoint.path))
-
-
-def build_model(checkpoint) -> Any:
-    """The HF model from the checkpoint's config, every weight key and shape checked."""
-    from top.modeling import ToPForSequenceClassification, load_state_dict_strictly
-
-    locations = checkpoint.prune_locations if checkpoint.token_z is not None else []
-    try:
-        model = ToPForSequenceClassification.from_config(checkpoint.config, prune_locations=locations)
-    except ValueError as exc:
-        raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
-    load_state_dict_strictly(model.hf_model, checkpoint.state_dict, checkpoint.path)
-    return model
 
 
 def load_tokenizer(path, tokenizer_name: Optional[str] = None):
@@ -97,30 +73,7 @@ def load_tokenizer(path, tokenizer_name: Optional[str] = None):
         ) from None
 
 
-def load_eval_data(task: Optional[str], data_dir: Optional[str], validation_file: Optional[str],
-                   max_seq_length: int) -> EvalData:
-    from top import data
-
-    if validation_file:
-        examples, is_regression, labels = data.load_custom_file(validation_file)
-        kind = "regression" if is_regression else "classification"
-        num_labels = 1 if is_regression else len(labels)
-        return EvalData(CUSTOM_TASK, examples, kind, num_labels, max_seq_length, str(validation_file))
-    if not task:
-        raise UserError("Nothing to evaluate on; pass --task with --data-dir, or --validation-file FILE.")
-    spec = get_task(task)
-    if data_dir:
-        examples = data.load_glue_split(spec, data_dir, "dev")
-        source = str(data.glue_file(spec, data_dir, "dev"))
-    else:
-        examples = data.load_hub_split(spec, "dev")
-        source = f"datasets:{spec.hub_path}/{spec.hub_config}/{spec.hub_dev_split}"
-    if not examples:
-        raise UserError(f"The {spec.name} dev set at {source} has no examples; check the file.")
-    return EvalData(spec.name, examples, spec, spec.num_labels, spec.task_length, source)
-
-
-def check_labels(loaded: LoadedModel, eval_data: EvalData) -> None:
+def check_labels(loaded: LoadedModel, eval_data: TaskData) -> None:
     num_labels = loaded.model.config.num_labels
     if num_labels != eval_data.num_labels:
         raise UserError(
@@ -131,7 +84,7 @@ def check_labels(loaded: LoadedModel, eval_data: EvalData) -> None:
 
 def evaluate(
     loaded: LoadedModel,
-    eval_data: EvalData,
+    eval_data: TaskData,
     mode: str = "faithful",
     max_seq_length: int = 256,
     batch_size: int = 32,
@@ -146,7 +99,7 @@ def evaluate(
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
     forward = model_forward(loaded, mode, max_seq_length)
-    encoded = data.encode(eval_data.examples, loaded.tokenizer, max_seq_length, padding="max_length")
+    encoded = data.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
     started = time.perf_counter()
@@ -165,13 +118,13 @@ def evaluate(
     logits, labels = scored.logits, encoded["labels"]
     regression = model.config.num_labels == 1
     predictions = logits[:, 0] if regression else logits.argmax(dim=-1)
-    metrics = compute_metrics(eval_data.metric_kind, predictions.numpy(), labels.numpy())
+    metrics = compute_metrics(eval_data.task, predictions.numpy(), labels.numpy())
     expected_sparsity = flops.mean_of_batch_means(sparsity)
     expected_sequence_sparsity = flops.mean_of_batch_means(sequence_sparsity)
     record = {
         "task": eval_data.name,
         "mode": mode,
-        "n_examples": len(eval_data.examples),
+        "n_examples": len(eval_data.dev),
         "metrics": metrics,
         "expected_sparsity": expected_sparsity,
         "expected_sequence_sparsity": expected_sequence_sparsity,
@@ -293,13 +246,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.max_seq_length < 2:
         raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
-    if args.task and args.validation_file:
-        raise UserError("Pass either --task (GLUE) or --validation-file (your own data), not both.")
     device = resolve_device(args.device)
-    eval_data = load_eval_data(args.task, args.data_dir, args.validation_file, args.max_seq_length)
+    eval_data = load_task_data(args.task, args.data_dir, validation_file=args.validation_file,
+                               max_seq_length=args.max_seq_length, splits=("dev",))
     loaded = load_model(args.checkpoint, device, args.tokenizer)
-    from top.data import check_max_seq_length
-
     check_max_seq_length(args.max_seq_length, loaded.model.config, f"the checkpoint {loaded.path}")
     record = evaluate(loaded, eval_data, args.mode, args.max_seq_length, args.batch_size,
                       progress=not args.no_progress)

@@ -357,7 +357,7 @@ def onnxruntime_available() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from top.checkpoint import load_checkpoint
-    from top.evaluate import build_model
+    from top.modeling import ToPForSequenceClassification
 
     if args.opset < 14:
         raise UserError(f"--opset {args.opset} is too old for this graph; pass --opset 14 or newer.")
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint "
             "or pass --dense."
         )
-    model = build_model(checkpoint).eval()
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
     output = Path(args.output)
     report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense)
     print(

@@ -20,6 +20,7 @@ import torch
 
 from top import determinism, loop, rundir
 from top.argtypes import non_negative_float, positive_float, positive_int
+from top.data import TaskData
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
 
@@ -45,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_run_arguments(parser)
 
 
-def default_epochs(data: loop.TaskData) -> int:
-    if data.task is not None:
+def default_epochs(data: TaskData) -> int:
+    if not data.is_custom:
         return SMALL_EPOCHS if data.task.name in SMALL_TASKS else LARGE_EPOCHS
     return SMALL_EPOCHS if len(data.train) < SMALL_CUSTOM_EXAMPLES else LARGE_EPOCHS
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         loop.teardown_distributed(dist)
 
 
-def load_model(args: argparse.Namespace, data: loop.TaskData, directory: Path):
+def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
     """The pre-trained encoder in ``directory`` (``--model`` resolved) with this task's classifier head.
 
     The weights are read by ``top.safeload`` and handed to transformers as a state dict, so it
@@ -84,7 +85,7 @@ def load_model(args: argparse.Namespace, data: loop.TaskData, directory: Path):
         ) from None
     check_config(config, f"The config.json of --model {args.model}")
     check_max_seq_length(args.max_seq_length, config, f"--model {args.model}")
-    if data.task is not None and not data.is_regression:
+    if not data.is_custom and not data.is_regression:
         config.id2label = dict(enumerate(data.task.labels))
         config.label2id = {label: i for i, label in enumerate(data.task.labels)}
     state_dict = read_state_dict(directory)
@@ -113,7 +114,7 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
-def encode_data(args: argparse.Namespace, data: loop.TaskData, model_dir: Path):
+def encode_data(args: argparse.Namespace, data: TaskData, model_dir: Path):
     """The tokenizer of the model in ``model_dir`` (``--model`` resolved), and the train and dev sets
     tokenised by it."""
     from transformers import AutoTokenizer
@@ -151,7 +152,7 @@ def finetune_step(
     return float(output.loss.detach())
 
 
-def score_dev(model, dev_set, data: loop.TaskData, batch_size: int, device: torch.device) -> Dict[str, float]:
+def score_dev(model, dev_set, data: TaskData, batch_size: int, device: torch.device) -> Dict[str, float]:
     """Every metric of the task on the dev set (batches trimmed to their longest member)."""
     from top import scoring
     from top.metrics import compute_metrics
@@ -159,12 +160,13 @@ def score_dev(model, dev_set, data: loop.TaskData, batch_size: int, device: torc
     model.eval()
     scored = scoring.predict(lambda batch: model(**loop.model_inputs(batch)), dev_set, batch_size, device)
     model.train()
-    return compute_metrics(data.metric_kind, scored.logits.numpy(), scored.labels.numpy())
+    return compute_metrics(data.task, scored.logits.numpy(), scored.labels.numpy())
 
 
 def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from tqdm import tqdm
 
+    from top.data import load_task_data
     from top.hub import resolve_model
 
     loop.check_positive(
@@ -177,7 +179,9 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     if not args.learning_rate >= 0:
         raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
     out = Path(args.output_dir)
-    data = loop.load_task_data(args, args.max_seq_length)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
     device = loop.resolve_device(args.device, dist)
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
@@ -232,12 +236,15 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     bar.close()
     if dist.is_main:
         save_model(out / "last", model, tokenizer, {"step": total_steps, "best": best})
-        atomic_write_json(
-            out / "summary.json",
-            {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
-        )
-        if best["score"] is None:
-            print(f"No evaluation gave a defined {data.metric}, so best/ was not written (see {out / 'log.jsonl'}).")
-        else:
-            print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
+        write_summary(out, data.metric, best, total_steps, time.time() - start_time)
     return 0
+
+
+def write_summary(out: Path, metric: str, best: Dict[str, Optional[float]], steps: int, seconds: float) -> None:
+    """``summary.json``, and one line on the best evaluation (or why there is none)."""
+    summary = {"metric": metric, "best": best, "steps": steps, "seconds": round(seconds, 1)}
+    atomic_write_json(out / "summary.json", summary)
+    if best["score"] is None:
+        print(f"No evaluation gave a defined {metric}, so best/ was not written (see {out / 'log.jsonl'}).")
+    else:
+        print(f"best {metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")

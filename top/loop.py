@@ -18,7 +18,7 @@ import torch
 
 from top.argtypes import int_at_least, non_negative_float, non_negative_int, positive_float, positive_int
 from top.errors import UserError
-from top.tasks import TASKS, Task, get_task
+from top.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -58,63 +58,6 @@ def check_positive(**values: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Data
-
-
-@dataclasses.dataclass
-class TaskData:
-    """Train and dev examples and what scoring them needs."""
-
-    name: str  # GLUE task name, or "custom"
-    task: Optional[Task]
-    train: List[Any]
-    dev: List[Any]
-    num_labels: int
-    is_regression: bool
-    metric_kind: Any  # a Task, or "classification"/"regression"
-    task_length: int  # the length the sequence sparsity is counted at
-
-    @property
-    def metric(self) -> str:
-        from top.metrics import primary_metric
-
-        return primary_metric(self.metric_kind)
-
-
-def load_task_data(args, max_seq_length: int) -> TaskData:
-    """``--task`` (+ ``--data-dir``) or ``--train-file`` and ``--validation-file``."""
-    from top import data
-
-    if args.task and (args.train_file or args.validation_file):
-        raise UserError("Give either --task (with --data-dir) or --train-file and --validation-file, not both.")
-    if args.task:
-        task = get_task(args.task)
-        if args.data_dir:
-            train = data.load_glue_split(task, args.data_dir, "train")
-            dev = data.load_glue_split(task, args.data_dir, "dev")
-        else:
-            train, dev = data.load_hub_split(task, "train"), data.load_hub_split(task, "dev")
-        return TaskData(task.name, task, train, dev, task.num_labels, task.is_regression, task, task.task_length)
-    if not (args.train_file and args.validation_file):
-        raise UserError("Give --task with --data-dir, or both --train-file and --validation-file.")
-    train, train_regression, train_labels = data.load_custom_file(args.train_file)
-    dev, dev_regression, dev_labels = data.load_custom_file(args.validation_file)
-    if train_regression != dev_regression:
-        raise UserError(
-            f"{args.train_file} and {args.validation_file} disagree on whether labels are numbers or classes; "
-            "use the same kind of label in both."
-        )
-    if not train_regression:
-        unknown = sorted(set(dev_labels) - set(train_labels))
-        if unknown:
-            raise UserError(
-                f"{args.validation_file} has labels {unknown} that {args.train_file} never uses; "
-                "give the train file every label."
-            )
-        # Each file numbers its own sorted labels; renumber the dev labels by the train file's list.
-        dev = [dataclasses.replace(e, label=train_labels.index(dev_labels[e.label])) for e in dev]
-    kind = "regression" if train_regression else "classification"
-    num_labels = 1 if train_regression else len(train_labels)
-    return TaskData("custom", None, train, dev, num_labels, train_regression, kind, max_seq_length)
 
 
 def shorten(batch: Dict[str, torch.Tensor], length: Optional[int] = None) -> Dict[str, torch.Tensor]:

@@ -10,18 +10,11 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from scipy import stats
 
-from top.tasks import METRIC_NAMES, Task, get_task
-
-# The kinds of a user's own data set (see top.data.load_custom_file).
-CUSTOM_METRICS = {
-    "classification": ("accuracy",),
-    "regression": ("pearson", "spearmanr"),
-}
+from top.tasks import METRIC_NAMES, Task
 
 logger = logging.getLogger(__name__)
 
 ArrayLike = Union[Sequence[float], np.ndarray]
-TaskOrKind = Union[str, Task]
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -88,25 +81,14 @@ _FUNCTIONS = {
 assert tuple(sorted(_FUNCTIONS)) == tuple(sorted(METRIC_NAMES))
 
 
-def _metrics_and_kind(task_or_kind: TaskOrKind):
-    if isinstance(task_or_kind, str) and task_or_kind in CUSTOM_METRICS:
-        return CUSTOM_METRICS[task_or_kind], task_or_kind == "regression"
-    task = task_or_kind if isinstance(task_or_kind, Task) else get_task(task_or_kind)
-    return task.metrics, task.is_regression
+def compute_metrics(task: Task, predictions: ArrayLike, labels: ArrayLike) -> Dict[str, Optional[float]]:
+    """Every metric ``task`` reports, on a 0-1 scale (None where the data leaves it undefined).
 
-
-def compute_metrics(
-    task_or_kind: TaskOrKind, predictions: ArrayLike, labels: ArrayLike
-) -> Dict[str, Optional[float]]:
-    """Every metric the task reports, on a 0-1 scale (None where the data leaves it undefined).
-
-    `task_or_kind` is a GLUE task (name or Task) or, for a user's own data,
-    "classification" or "regression". Classification predictions may be class ids
-    or logits `[N, C]` (argmax is taken); regression predictions may be `[N]` or `[N, 1]`.
+    A user's own data is a Task too (``top.data.custom_task``). Classification predictions may be
+    class ids or logits ``[N, C]`` (argmax is taken); regression predictions may be ``[N]`` or ``[N, 1]``.
     """
-    names, is_regression = _metrics_and_kind(task_or_kind)
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if is_regression:
+    if task.is_regression:
         predictions = predictions.reshape(len(predictions), -1)[:, 0].astype(np.float64)
         labels = labels.astype(np.float64)
     else:
@@ -117,12 +99,4 @@ def compute_metrics(
         raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must be matching vectors")
     if len(labels) == 0:
         raise ValueError("cannot compute metrics on zero examples")
-    return {name: _FUNCTIONS[name](predictions, labels) for name in names}
-
-
-def primary_metric(task_or_kind: TaskOrKind) -> str:
-    """The metric the paper reports for a task (accuracy / pearson for a user's own data)."""
-    if isinstance(task_or_kind, str) and task_or_kind in CUSTOM_METRICS:
-        return CUSTOM_METRICS[task_or_kind][0]
-    task = task_or_kind if isinstance(task_or_kind, Task) else get_task(task_or_kind)
-    return task.metric
+    return {name: _FUNCTIONS[name](predictions, labels) for name in task.metrics}

@@ -18,13 +18,16 @@ once per set of gates, and ``mode="compact"`` here says so.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from top.errors import UserError
 from top.gates import check_prune_locations, default_prune_locations
 from top.pruning import prune_step
 
@@ -131,7 +134,6 @@ class ToPForSequenceClassification(nn.Module):
         """
         from transformers import AutoConfig
 
-        from top.errors import UserError
         from top.hub import resolve_model
         from top.safeload import error_detail, read_state_dict
 
@@ -158,9 +160,9 @@ class ToPForSequenceClassification(nn.Module):
             hf_model = model_class.from_pretrained(None, config=config, state_dict=state_dict)
         except RuntimeError as error:  # a weight whose shape config.json does not imply
             raise UserError(
-                f"The weights in {directory} do not fit its config.json ({error_detail(error)}); {fix}."
+                f"The weights in {weights_file(directory)} do not fit its config.json ({error_detail(error)}); {fix}."
             ) from None
-        check_state_dict_fits(hf_model.state_dict(), state_dict, directory, fix)
+        check_state_dict_fits(hf_model.state_dict(), state_dict, weights_file(directory), fix)
         try:
             return cls(hf_model, prune_locations)
         except ValueError as error:
@@ -172,6 +174,28 @@ class ToPForSequenceClassification(nn.Module):
 
         force_eager_attention(config)
         return cls(AutoModelForSequenceClassification.from_config(config), prune_locations)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> ToPForSequenceClassification:
+        """The model of a ``PrunedCheckpoint`` (``top.checkpoint.load_checkpoint``), in eval mode.
+
+        It prunes at the checkpoint's locations (none for a dense checkpoint). Every weight's key
+        and shape is checked against config.json: a missing weight, the classifier head included,
+        is an error naming the file, never a freshly initialised layer.
+        """
+        locations = checkpoint.prune_locations if checkpoint.is_pruned else []
+        try:
+            model = cls.from_config(copy.deepcopy(checkpoint.config), prune_locations=locations)
+        except ValueError as exc:
+            raise UserError(f"{checkpoint.path}: {exc}; check config.json and zs.pt.") from None
+        model.load_checkpoint_weights(checkpoint)
+        return model.eval()
+
+    def load_checkpoint_weights(self, checkpoint, fix: str = "use a checkpoint saved for this architecture",
+                                against: str = "its config.json") -> None:
+        """Copy a ``PrunedCheckpoint``'s weights in, every key and shape checked (see ``load_state_dict_strictly``)."""
+        where = weights_file(checkpoint.path)
+        load_state_dict_strictly(self.hf_model, checkpoint.state_dict, where, fix=fix, against=against)
 
     def forward(
         self,
@@ -230,38 +254,64 @@ class ToPForSequenceClassification(nn.Module):
         return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
 
 
+def stock_model_from_checkpoint(checkpoint) -> nn.Module:
+    """The stock HF classifier of a ``PrunedCheckpoint`` (the library's default attention), in eval mode.
+
+    Its weights are checked as :meth:`ToPForSequenceClassification.from_checkpoint` checks them.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(checkpoint.config))
+    load_state_dict_strictly(model, checkpoint.state_dict, weights_file(checkpoint.path))
+    return model.eval()
+
+
 # Buffers that some transformers versions save and others do not; never learned weights.
 _OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
+_KEYS_NAMED = 4
 
 
-def load_state_dict_strictly(
-    hf_model, state_dict: Dict[str, torch.Tensor], where, fix: str = "use a checkpoint saved for this architecture"
-) -> None:
-    """Load ``state_dict`` into ``hf_model``; a ``UserError`` naming ``where`` unless every key and shape fits."""
-    check_state_dict_fits(hf_model.state_dict(), state_dict, where, fix)
+def load_state_dict_strictly(hf_model: nn.Module, state_dict: Dict[str, torch.Tensor], where,
+                             fix: str = "use a checkpoint saved for this architecture",
+                             against: str = "its config.json") -> None:
+    """Load ``state_dict`` into ``hf_model`` only if every key and shape fits; else a UserError naming ``where``.
+
+    Nothing is left at its random initial value: a missing key (a classifier head, say) is an error.
+    """
     expected = hf_model.state_dict()
-    loadable = {k: v for k, v in state_dict.items() if k in expected}
-    hf_model.load_state_dict(loadable, strict=False)
+    check_state_dict_fits(expected, state_dict, where, fix, against)
+    hf_model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
 
 
-def check_state_dict_fits(
-    expected: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], where, fix: str
-) -> None:
+def _some(keys: List[str]) -> str:
+    more = f" and {len(keys) - _KEYS_NAMED} more" if len(keys) > _KEYS_NAMED else ""
+    return ", ".join(keys[:_KEYS_NAMED]) + more
+
+
+def check_state_dict_fits(expected: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], where, fix: str,
+                          against: str = "its config.json") -> None:
     """A ``UserError`` naming ``where`` unless ``state_dict`` has every key and shape of ``expected``."""
-    from top.errors import UserError
-
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_BUFFERS)]
     unexpected = [k for k in state_dict if k not in expected and not k.endswith(_OPTIONAL_BUFFERS)]
     if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-        if unexpected:
-            detail.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
-        raise UserError(f"The weights in {where} do not fit its config.json ({'; '.join(detail)}); {fix}.")
+        detail = ([f"missing {_some(missing)}"] if missing else []) + (
+            [f"unexpected {_some(unexpected)}"] if unexpected else []
+        )
+        raise UserError(f"The weights in {where} do not fit {against} ({'; '.join(detail)}); {fix}.")
     for key, tensor in state_dict.items():
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
             raise UserError(
-                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies "
+                f"The weight {key} in {where} has shape {tuple(tensor.shape)} but {against} implies "
                 f"{tuple(expected[key].shape)}; {fix}."
             )
+
+
+def weights_file(path) -> Path:
+    """The weights file of a checkpoint directory, for messages (the directory itself if neither is there)."""
+    from top.checkpoint import SAFETENSORS_FILE, WEIGHTS_FILE
+
+    path = Path(path)
+    for name in (SAFETENSORS_FILE, WEIGHTS_FILE):
+        if (path / name).is_file():
+            return path / name
+    return path

@@ -186,7 +186,8 @@ def _cpu_name() -> str:
 
 def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, output_dir: Path,
                     progress: bool) -> Dict[str, Any]:
-    from top.evaluate import evaluate, load_eval_data, load_model, write_outputs
+    from top.data import load_task_data
+    from top.evaluate import evaluate, load_model, write_outputs
     from top.hub import resolve_checkpoint
 
     result: Dict[str, Any] = {
@@ -221,8 +222,8 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         return result
     result["checkpoint_path"] = str(path)
     try:
-        eval_data = load_eval_data(row.task, data_dir, None, MAX_SEQ_LENGTH)
-        result.update(data=eval_data.source, n_examples=len(eval_data.examples))
+        eval_data = load_task_data(row.task, data_dir, max_seq_length=MAX_SEQ_LENGTH, splits=("dev",))
+        result.update(data=eval_data.source, n_examples=len(eval_data.dev))
         loaded = load_model(path, device)
         records = {}
         for mode in ("faithful", "compact"):

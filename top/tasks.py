@@ -51,7 +51,7 @@ class Task:
     hub_dev_split: str
     train_size: int
     dev_size: int
-    preset: Preset
+    preset: Optional[Preset]  # None for a user's own data (top.data.custom_task)
 
     @property
     def is_regression(self) -> bool:

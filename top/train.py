@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from top import determinism, flops, loop, rundir
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
+from top.data import TaskData
 from top.errors import UserError
 from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
 from top.io import atomic_directory, atomic_write_json
@@ -294,7 +295,7 @@ class StepSettings:
 class Plan:
     """A run's inputs, checked before any weights load, and its length."""
 
-    data: loop.TaskData
+    data: TaskData
     settings: Dict[str, Any]
     student_dir: Path  # --model and --teacher, resolved to local directories
     teacher_dir: Path
@@ -307,11 +308,13 @@ class Plan:
 
 def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
     """Everything that can be wrong with the input, checked before any weights load."""
-    from top.data import check_max_seq_length
+    from top.data import check_max_seq_length, load_task_data
     from top.hub import resolve_model
 
-    data = loop.load_task_data(args, args.max_seq_length)
-    settings = resolve_settings(args, data.task)
+    data = load_task_data(
+        args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
+    )
+    settings = resolve_settings(args, None if data.is_custom else data.task)
     student_dir = resolve_model(args.model, "--model")
     teacher_dir = resolve_model(args.teacher, "--teacher")
     student_config = load_config(student_dir, "--model", args.model)
@@ -358,7 +361,7 @@ def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dic
     }
 
 
-def encode_data(args: argparse.Namespace, data: loop.TaskData, student_dir: Path):
+def encode_data(args: argparse.Namespace, data: TaskData, student_dir: Path):
     """The student's tokenizer, and the train and dev sets tokenised by it."""
     from transformers import AutoTokenizer
 
@@ -555,7 +558,7 @@ def _number(value) -> float:
 
 
 def evaluate_dev(
-    student, gates, dev_set, data: loop.TaskData, batch_size: int, device: torch.device, step: int, pruning: bool
+    student, gates, dev_set, data: TaskData, batch_size: int, device: torch.device, step: int, pruning: bool
 ) -> Dict[str, Any]:
     """The dev score in faithful mode with the deterministic gates (dense before pruning starts)."""
     from top import scoring
@@ -579,7 +582,7 @@ def evaluate_dev(
         measure=sparsities if pruning else None,
     )
     student.train()
-    metrics = compute_metrics(data.metric_kind, scored.logits.numpy(), scored.labels.numpy())
+    metrics = compute_metrics(data.task, scored.logits.numpy(), scored.labels.numpy())
     record = {"step": step, "eval": metrics, "score": metrics[data.metric]}
     if pruning:
         per_batch, per_batch_sequence = zip(*scored.per_batch)
@@ -683,12 +686,9 @@ def restore(
 
     state = loop.load_state_file(last_dir)
     checkpoint = load_checkpoint(last_dir)
-    missing, unexpected = student.hf_model.load_state_dict(checkpoint.state_dict, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{last_dir} does not fit the --model architecture (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); resume with the flags of the original run."
-        )
+    student.load_checkpoint_weights(
+        checkpoint, fix="resume with the flags of the original run", against="the --model architecture"
+    )
     saved = TokenGates.from_state(checkpoint.gate_state)
     if saved.prune_locations != gates.prune_locations or saved.bin_num != gates.bin_num:
         raise UserError(

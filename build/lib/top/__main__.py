@@ -1,5 +1,0 @@
-import sys
-
-from top.cli import main
-
-sys.exit(main())
