@@ -4,9 +4,10 @@ A ToP step adds to a fine-tune step the teacher's forward pass (no gradient), th
 the pruning inside the student's forward pass, the Lagrangian, the rank distillation and two
 tiny optimisers. The goal: a ToP step costs at most 1.5x a fine-tune step.
 
-Both steps are built from the same library calls `top/finetune.py` and `top/train.py` make
-(after pruning has started), on one fixed batch, and timed as medians over repeated steps.
-Writes OUT/train_step.json and prints one line.
+Both steps are the commands' own: `top.train.train_step` (after pruning has started, a new step
+index and so a new gate sample each call) and `top.finetune.finetune_step`, with optimisers built
+by the commands' own functions from their default flags. They run on one fixed batch, alternating,
+and are timed as medians over repeated steps. Writes OUT/train_step.json and prints one line.
 
     python scripts/bench_train_step.py --output-dir bench
 """
@@ -22,13 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from top import determinism, flops, loop  # noqa: E402
-from top.gates import TokenGates  # noqa: E402
+from top import determinism, finetune, loop, train  # noqa: E402
+from top.gates import TokenGates, default_prune_locations  # noqa: E402
 from top.io import atomic_write_json  # noqa: E402
-from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss  # noqa: E402
-from top.modeling import ToPForSequenceClassification, default_prune_locations  # noqa: E402
+from top.modeling import ToPForSequenceClassification  # noqa: E402
 
 GOAL = 1.5
+# Long enough that neither learning-rate schedule reaches 0 while timing.
+SCHEDULE_STEPS = 10_000
 
 
 def parse_args(argv=None):
@@ -41,8 +43,20 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=64, help="the batch's longest member (others shorter)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind (after 2 untimed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--bin-num", type=int, default=50)
+    parser.add_argument("--topk", type=int, default=20)
+    parser.add_argument("--target-sparsity", type=float, default=0.5)
+    parser.add_argument("--warmup-steps", type=int, default=10, help="of the target's ramp, from the first timed call")
+    parser.add_argument("--task-length", type=int, default=128, help="the length sparsity is counted at")
     parser.add_argument("--seed", type=int, default=57)
     return parser.parse_args(argv)
+
+
+def command_defaults(module, required):
+    """The command's flags at their defaults, from its own parser."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args([*required, "--output-dir", "unused", "--device", "cpu"])
 
 
 def small_bert_config(args):
@@ -56,11 +70,6 @@ def small_bert_config(args):
         intermediate_size=4 * args.hidden,
         num_labels=2,
     )
-
-
-def small_bert(args):
-    """The ToP wrapper (eager attention: ranking needs the attention probabilities)."""
-    return ToPForSequenceClassification.from_config(small_bert_config(args))
 
 
 def fixed_batch(args, gen):
@@ -90,68 +99,58 @@ def median_ms(steps, repeats):
     return [statistics.median(kept) for kept in times]
 
 
+def finetune_step_function(args, batch, dist):
+    """`top finetune`'s step on the stock model with its default attention kernel, as it loads it."""
+    from transformers import AutoModelForSequenceClassification
+
+    flags = command_defaults(finetune, ["--model", "unused"])
+    dense = AutoModelForSequenceClassification.from_config(small_bert_config(args)).train()
+    optimizer, scheduler = finetune.build_optimizer(dense, flags, SCHEDULE_STEPS)
+
+    def step():
+        finetune.finetune_step(dense, optimizer, scheduler, batch, 1.0, flags.max_grad_norm, dist)
+
+    return step
+
+
+def top_step_function(args, batch, dist):
+    """`top train`'s step once pruning runs: a fresh step index (so gate sample and ramp) per call."""
+    flags = command_defaults(train, ["--model", "unused", "--teacher", "unused"])
+    locations = default_prune_locations(args.layers)
+    student = ToPForSequenceClassification.from_config(small_bert_config(args), prune_locations=locations).train()
+    teacher = ToPForSequenceClassification.from_config(small_bert_config(args), prune_locations=[]).eval()
+    gates = TokenGates(locations, args.bin_num, layer_init=flags.layer_gate_init)
+    optimizers = train.build_optimizers(student, gates, flags, SCHEDULE_STEPS, pruning=True)
+    settings = train.StepSettings(
+        seed=flags.seed,
+        target_sparsity=args.target_sparsity,
+        warmup_steps=args.warmup_steps,
+        rank_loss_alpha=flags.rank_loss_alpha,
+        topk=args.topk,
+        distill_temperature=flags.distill_temperature,
+        max_grad_norm=flags.max_grad_norm,
+        regression=False,
+        task_length=args.task_length,
+    )
+    index = [train.PREPRUNING_STEPS]
+
+    def step():
+        global_batch = len(batch["labels"])  # one process holds the whole global batch
+        train.train_step(student, teacher, gates, optimizers, batch, index[0], 1.0, global_batch, settings, dist)
+        index[0] += 1
+
+    return step
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     determinism.seed_everything(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    batch = fixed_batch(args, gen)
-    inputs = loop.model_inputs(batch)
-
-    # --- fine-tune step: the dense model's own loss, clipping, AdamW, the schedule.
-    # As `top finetune` loads it: the stock model with its default attention kernel.
-    from transformers import AutoModelForSequenceClassification
-
-    dense = AutoModelForSequenceClassification.from_config(small_bert_config(args)).train()
-    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(dense, 2e-5, 0.0))
-    scheduler = loop.linear_schedule(optimizer, 10_000)
-
-    def finetune_step():
-        output = dense(**inputs, labels=batch["labels"])
-        output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(dense.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        dense.zero_grad(set_to_none=True)
-
-    # --- ToP step: teacher forward, sampled gates, pruned student, KD + Lagrangian + rank loss.
-    locations = default_prune_locations(args.layers)
-    student = small_bert(args).train()
-    teacher = small_bert(args).eval()
-    gates = TokenGates(locations, 50)
-    weights = torch.optim.AdamW(loop.weight_parameter_groups(student, 1e-5, 0.0))
-    gate_optimizer = torch.optim.AdamW(gates.gate_parameters(), lr=0.02, weight_decay=0.0)
-    lambda_optimizer = torch.optim.AdamW(gates.lambda_parameters(), lr=0.02, weight_decay=0.0, maximize=True)
-    top_scheduler = loop.linear_schedule(weights, 10_000)
-
-    def top_step():
-        with torch.no_grad():
-            teacher_out = teacher(**inputs, mode="faithful")
-        token_z, pruner_z = gates.sample()
-        student_out = student(**inputs, mode="train", token_z=token_z, pruner_z=pruner_z)
-        loss = logit_distillation_loss(student_out.logits, teacher_out.logits, 2.0)
-        token_score, pruner_score = gates.keep_probabilities()
-        relative, _ = flops.relative_macs(
-            token_score, pruner_score, locations, student.config, batch["attention_mask"], 128
-        )
-        expected = 1 - relative.mean()
-        loss = loss + lagrangian_loss(expected, 0.5, gates.lambda_1, gates.lambda_2)
-        rank = rank_distillation_loss(
-            student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], 20
-        )
-        loss = loss + 0.01 * rank
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        weights.step()
-        gate_optimizer.step()
-        lambda_optimizer.step()
-        top_scheduler.step()
-        gates.constrain_()
-        student.zero_grad(set_to_none=True)
-        gates.zero_grad(set_to_none=True)
-
-    finetune_ms, top_ms = median_ms([finetune_step, top_step], args.steps)
+    batch = fixed_batch(args, torch.Generator().manual_seed(args.seed))
+    dist = loop.Distributed()
+    steps = [finetune_step_function(args, batch, dist), top_step_function(args, batch, dist)]
+    finetune_ms, top_ms = median_ms(steps, args.steps)
     ratio = top_ms / finetune_ms
     result = {
         "finetune_step_ms": round(finetune_ms, 2),
@@ -159,9 +158,12 @@ def main(argv=None) -> int:
         "ratio": round(ratio, 3),
         "goal": GOAL,
         "goal_met": ratio <= GOAL,
+        "timed_steps": args.steps,
         "model": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads},
         "batch_size": args.batch_size,
         "max_length": args.max_length,
+        "bin_num": args.bin_num,
+        "topk": args.topk,
         "threads": torch.get_num_threads(),
         "device": "cpu",
         "environment": determinism.environment_record(),

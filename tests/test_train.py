@@ -394,3 +394,46 @@ def test_prune_locations_default_to_two_through_depth_minus_one():
     for bad in ("6", "0,2", "3,2", "x"):
         with pytest.raises(UserError, match="--prune-location"):
             prune_locations(bad, 6)
+
+
+# ------------------------------------------------------------------------------------- loop pieces
+
+
+def test_warmup_ramp_raises_the_target_and_lowers_the_rank_weight():
+    from top.train import warmup_ramp
+
+    assert warmup_ramp(0, 8, 0.3, 0.01) == (0.0, 0.01)
+    assert warmup_ramp(4, 8, 0.3, 0.01) == (0.15, 0.005)
+    # After the warm-up: the full target, and the rank weight held at 1% of alpha.
+    assert warmup_ramp(8, 8, 0.3, 0.01) == warmup_ramp(100, 8, 0.3, 0.01) == (0.3, 0.01 * 0.01)
+    assert warmup_ramp(0, 0, 0.3, 0.01) == (0.3, 0.01 * 0.01)  # no warm-up: the target at once
+
+
+def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_target():
+    from top.train import NO_BEST, apply_best_rule
+
+    def evaluation(step, score, sparsity=None):
+        record = {"step": step, "eval": {"accuracy": score}, "score": score}
+        if sparsity is not None:
+            record.update(expected_sparsity=sparsity, expected_sequence_sparsity=sparsity / 2, flops_reduction=1.5)
+        return record
+
+    best = dict(NO_BEST)
+    dense = evaluation(2, 0.9)  # before pruning: no sparsity, never best
+    best = apply_best_rule(dense, best, target=0.5, epsilon=0.01)
+    assert best == NO_BEST and not dense["reached_target"] and not dense["is_best"]
+    first = evaluation(4, 0.7, sparsity=0.495)  # within epsilon of the target
+    best = apply_best_rule(first, best, target=0.5, epsilon=0.01)
+    assert first["is_best"] and best["step"] == 4 and best["score"] == 0.7
+    below = evaluation(6, 0.95, sparsity=0.45)  # a better score, but short of the target
+    best = apply_best_rule(below, best, target=0.5, epsilon=0.01)
+    assert not below["reached_target"] and not below["is_best"] and best["step"] == 4
+    worse = evaluation(8, 0.6, sparsity=0.6)
+    best = apply_best_rule(worse, best, target=0.5, epsilon=0.01)
+    assert worse["reached_target"] and not worse["is_best"] and best["step"] == 4
+    better = evaluation(10, 0.8, sparsity=0.55)
+    best = apply_best_rule(better, best, target=0.5, epsilon=0.01)
+    assert better["is_best"] and best == {
+        "score": 0.8, "step": 10, "expected_sparsity": 0.55, "expected_sequence_sparsity": 0.275,
+        "flops_reduction": 1.5,
+    }

@@ -91,42 +91,31 @@ def evaluate(
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Run the dev set; return the ``<task>.json`` record plus ``predictions`` (list of dicts)."""
-    from tqdm.auto import tqdm
-
-    from top import data
+    from top import data, loop, scoring
     from top.metrics import compute_metrics
 
     if mode not in EVAL_MODES:
         raise UserError(f"Unknown mode {mode!r}; pass --mode faithful or --mode compact.")
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
-    config = model.config
     forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
-    sparsity, sequence_sparsity = [], []
-    exact_macs, dense_macs, task_macs = 0.0, 0.0, 0.0
-    logits_all, kept_all = [], []
+
     started = time.perf_counter()
-    total = (len(eval_data.dev) + batch_size - 1) // batch_size
-    with torch.no_grad():
-        for batch in tqdm(data.batches(encoded, batch_size), total=total, desc=f"eval {eval_data.name} ({mode})",
-                          disable=not progress, unit="batch"):
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            out = forward(inputs)
-            mask = inputs["attention_mask"]
-            s, seq = _expected_sparsities(model, token_z, pruner_z, mask, eval_data.task_length)
-            sparsity.append(s)
-            sequence_sparsity.append(seq)
-            lengths = mask.sum(dim=1, keepdim=True).float().expand(-1, config.num_hidden_layers)
-            exact_macs += float(flops.exact_model_macs(out.kept_lengths, config).sum())
-            dense_macs += float(flops.model_macs(lengths, config).sum())
-            task_macs += float(flops.model_macs(torch.full_like(lengths, float(eval_data.task_length)), config).sum())
-            logits_all.append(out.logits.float().cpu())
-            kept_all.append(out.kept_lengths.cpu())
+    scored = scoring.predict(
+        lambda batch: forward(loop.model_inputs(batch)),
+        encoded,
+        batch_size,
+        device,
+        trim=False,  # padded to max_seq_length, as the original evaluates
+        measure=lambda batch, out: _batch_costs(model, token_z, pruner_z, eval_data.task_length, batch, out),
+        progress=f"eval {eval_data.name} ({mode})" if progress else None,
+    )
     duration = time.perf_counter() - started
-    logits = torch.cat(logits_all)
-    labels = encoded["labels"]
+    sparsity, sequence_sparsity, macs, kept = zip(*scored.per_batch)
+    exact_macs, dense_macs, task_macs = _sums(macs)
+    logits, labels = scored.logits, encoded["labels"]
     regression = model.config.num_labels == 1
     predictions = logits[:, 0] if regression else logits.argmax(dim=-1)
     metrics = compute_metrics(eval_data.task, predictions.numpy(), labels.numpy())
@@ -145,7 +134,7 @@ def evaluate(
         # From the tokens that really survived each layer (not the gates' expectation).
         "exact_flops_reduction": task_macs / exact_macs,
         "exact_flops_reduction_unpadded": dense_macs / exact_macs,
-        "mean_kept_tokens_per_layer": [round(float(v), 4) for v in torch.cat(kept_all).float().mean(0)],
+        "mean_kept_tokens_per_layer": [round(float(v), 4) for v in torch.cat(kept).float().mean(0)],
         "checkpoint": str(loaded.path),
         "data": eval_data.source,
         "max_seq_length": max_seq_length,
@@ -163,6 +152,29 @@ def evaluate(
         for i in range(len(logits))
     ]
     return record
+
+
+def _batch_costs(model, token_z, pruner_z, task_length: int, batch, out):
+    """One batch's expected sparsities, its MACs (as run; dense at its lengths; dense at the task's
+    length) and the tokens kept at each layer."""
+    config, mask = model.config, batch["attention_mask"]
+    s, seq = _expected_sparsities(model, token_z, pruner_z, mask, task_length)
+    lengths = mask.sum(dim=1, keepdim=True).float().expand(-1, config.num_hidden_layers)
+    macs = (
+        float(flops.exact_model_macs(out.kept_lengths, config).sum()),
+        float(flops.model_macs(lengths, config).sum()),
+        float(flops.model_macs(torch.full_like(lengths, float(task_length)), config).sum()),
+    )
+    return s, seq, macs, out.kept_lengths.cpu()
+
+
+def _sums(rows) -> List[float]:
+    """Column sums of per-batch numbers, added in batch order from 0.0."""
+    totals = [0.0] * len(rows[0])
+    for row in rows:
+        for i, value in enumerate(row):
+            totals[i] += value
+    return totals
 
 
 def model_forward(loaded: LoadedModel, mode: str, max_seq_length: int):

@@ -114,13 +114,60 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
-def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
-    from tqdm import tqdm
+def encode_data(args: argparse.Namespace, data: TaskData, model_dir: Path):
+    """The tokenizer of the model in ``model_dir`` (``--model`` resolved), and the train and dev sets
+    tokenised by it."""
     from transformers import AutoTokenizer
 
-    from top.data import encode, load_task_data
-    from top.hub import resolve_model
+    from top.data import encode
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as error:
+        raise UserError(
+            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
+        ) from None
+    train_set = encode(data.train, tokenizer, args.max_seq_length)
+    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+
+
+def build_optimizer(model, args: argparse.Namespace, total_steps: int):
+    """AdamW over the non-embedding weights, and the linear decay of its learning rate."""
+    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
+    return optimizer, loop.linear_schedule(optimizer, total_steps)
+
+
+def finetune_step(
+    model, optimizer, scheduler, batch: Dict[str, torch.Tensor], share: float, max_grad_norm: float,
+    dist: loop.Distributed,
+) -> float:
+    """One optimisation step on this process's ``share`` of the global batch; returns its own loss."""
+    output = model(**loop.model_inputs(batch), labels=batch["labels"])
+    (output.loss * share).backward()
+    dist.sum_gradients(list(model.parameters()))
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    model.zero_grad(set_to_none=True)
+    return float(output.loss.detach())
+
+
+def score_dev(model, dev_set, data: TaskData, batch_size: int, device: torch.device) -> Dict[str, float]:
+    """Every metric of the task on the dev set (batches trimmed to their longest member)."""
+    from top import scoring
     from top.metrics import compute_metrics
+
+    model.eval()
+    scored = scoring.predict(lambda batch: model(**loop.model_inputs(batch)), dev_set, batch_size, device)
+    model.train()
+    return compute_metrics(data.task, scored.logits.numpy(), scored.labels.numpy())
+
+
+def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
+    from tqdm import tqdm
+
+    from top.data import load_task_data
+    from top.hub import resolve_model
 
     loop.check_positive(
         batch_size=args.batch_size,
@@ -140,21 +187,13 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     determinism.seed_everything(args.seed + dist.rank)
 
     model_dir = resolve_model(args.model, "--model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as error:
-        raise UserError(
-            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
-        ) from None
-    train_set = encode(data.train, tokenizer, args.max_seq_length)
-    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
+    tokenizer, train_set, dev_set = encode_data(args, data, model_dir)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch
 
     model = load_model(args, data, model_dir).to(device)
-    optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
-    scheduler = loop.linear_schedule(optimizer, total_steps)
+    optimizer, scheduler = build_optimizer(model, args, total_steps)
     log = loop.JsonLog(out / "log.jsonl", dist.is_main)
     if dist.is_main:
         loop.start_run(out, "finetune", args, {
@@ -175,35 +214,15 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     for step in range(1, total_steps + 1):
         indices, chunk = order.indices(step - 1)
         batch = loop.step_batch(train_set, indices, chunk, device)
-        global_batch = len(chunk)
-        output = model(**loop.model_inputs(batch), labels=batch["labels"])
-        (output.loss * (len(indices) / global_batch)).backward()
-        dist.sum_gradients(list(model.parameters()))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        model.zero_grad(set_to_none=True)
-
-        loss = float(output.loss.detach())
+        loss = finetune_step(model, optimizer, scheduler, batch, len(indices) / len(chunk), args.max_grad_norm, dist)
         bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
         bar.update(1)
         if step % args.logging_steps == 0 or step == total_steps:
-            log.write(
-                {
-                    "step": step,
-                    "epoch": step / order.steps_per_epoch,
-                    "loss": loss,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                }
-            )
+            epoch, learning_rate = step / order.steps_per_epoch, scheduler.get_last_lr()[0]
+            log.write({"step": step, "epoch": epoch, "loss": loss, "learning_rate": learning_rate})
         if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
-                model.eval()
-                logits, labels = loop.predict(
-                    lambda b: model(**loop.model_inputs(b)), dev_set, args.eval_batch_size, device
-                )
-                model.train()
-                metrics = compute_metrics(data.task, logits, labels)
+                metrics = score_dev(model, dev_set, data, args.eval_batch_size, device)
                 score = metrics[data.metric]
                 # An undefined score (None: see top.metrics) is never the best.
                 is_best = score is not None and (best["score"] is None or score > best["score"])
@@ -217,12 +236,15 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     bar.close()
     if dist.is_main:
         save_model(out / "last", model, tokenizer, {"step": total_steps, "best": best})
-        atomic_write_json(
-            out / "summary.json",
-            {"metric": data.metric, "best": best, "steps": total_steps, "seconds": round(time.time() - start_time, 1)},
-        )
-        if best["score"] is None:
-            print(f"No evaluation gave a defined {data.metric}, so best/ was not written (see {out / 'log.jsonl'}).")
-        else:
-            print(f"best {data.metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")
+        write_summary(out, data.metric, best, total_steps, time.time() - start_time)
     return 0
+
+
+def write_summary(out: Path, metric: str, best: Dict[str, Optional[float]], steps: int, seconds: float) -> None:
+    """``summary.json``, and one line on the best evaluation (or why there is none)."""
+    summary = {"metric": metric, "best": best, "steps": steps, "seconds": round(seconds, 1)}
+    atomic_write_json(out / "summary.json", summary)
+    if best["score"] is None:
+        print(f"No evaluation gave a defined {metric}, so best/ was not written (see {out / 'log.jsonl'}).")
+    else:
+        print(f"best {metric} {best['score']:.4f} at step {best['step']} -> {out / 'best'}")

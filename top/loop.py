@@ -1,5 +1,5 @@
-"""Pieces shared by ``top finetune`` and ``top train``: data, batch order, optimisers, evaluation,
-data-parallel gradients, logs and training-state files.
+"""Pieces shared by ``top finetune`` and ``top train``: data, batch order, optimisers,
+data-parallel gradients, logs and training-state files (the dev set is scored in ``top/scoring.py``).
 
 Each training command is a plain loop in its own module; this one holds only what both use.
 """
@@ -12,9 +12,8 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from top.argtypes import int_at_least, non_negative_float, non_negative_int, positive_float, positive_int
@@ -248,36 +247,7 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def predict(
-    forward: Callable[[Dict[str, torch.Tensor]], Any],
-    encoded: Dict[str, torch.Tensor],
-    batch_size: int,
-    device: torch.device,
-    on_batch: Optional[Callable[[Dict[str, torch.Tensor], Any], None]] = None,
-    trim: bool = True,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every dev example, in order; ``on_batch`` sees each batch and its output.
-
-    ``trim`` cuts each batch to its longest member, which changes nothing for a dense model. The
-    faithful evaluation of a pruned one must not trim: there every padded row counts in the
-    importance scores, as in ``top eval`` and the original's evaluation.
-    """
-    from top.data import batches
-
-    all_logits, all_labels = [], []
-    for batch in batches(encoded, batch_size):
-        batch = to_device(shorten(batch) if trim else batch, device)
-        output = forward(batch)
-        logits = output.logits if hasattr(output, "logits") else output
-        all_logits.append(logits.float().cpu())
-        all_labels.append(batch["labels"].cpu())
-        if on_batch is not None:
-            on_batch(batch, output)
-    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+# Model inputs
 
 
 def model_inputs(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

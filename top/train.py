@@ -18,16 +18,18 @@ Every ``--eval-steps`` the dev set is scored in ``faithful`` mode with the deter
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from top import determinism, flops, loop, rundir
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
+from top.data import TaskData
 from top.errors import UserError
 from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
 from top.io import atomic_directory, atomic_write_json
@@ -201,21 +203,114 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
-    from transformers import AutoTokenizer
+    from tqdm import tqdm
 
-    from top.data import check_max_seq_length, encode, load_task_data
     from top.gates import TokenGates
-    from top.hub import resolve_model
-    from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
-    from top.metrics import compute_metrics
-    from top.modeling import ToPForSequenceClassification
 
     out = Path(args.output_dir)
     last_dir, best_dir = out / "last", out / "best"
     if args.resume and not loop.has_state_file(last_dir):
         raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
+    plan = plan_run(args, dist)
+    flags = determinism.set_deterministic()
+    determinism.seed_everything(args.seed + dist.rank)
+    tokenizer, train_set, dev_set = encode_data(args, plan.data, plan.student_dir)
+    order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
+    student, teacher = load_models(plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device)
+    gates = TokenGates(plan.locations, plan.settings["bin_num"], layer_init=args.layer_gate_init).to(device)
 
-    # Everything that can be wrong with the input is checked before any weights load.
+    # Training state: what last/ saves and --resume restores.
+    step, best = 0, dict(NO_BEST)
+    optimizers = build_optimizers(student, gates, args, total_steps, pruning=False)
+    log = loop.JsonLog(out / "log.jsonl", dist.is_main)
+    if args.resume:
+        step, best, optimizers = restore(last_dir, student, gates, args, total_steps, dist)
+        log.truncate_after(step)
+        if dist.is_main:
+            logger.info("resumed from %s at step %d", last_dir, step)
+    elif dist.is_main:
+        loop.start_run(out, "train", args, run_record(plan, dist, flags))
+
+    bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
+               dynamic_ncols=True)
+    student.train()
+    start_time = time.time()
+    while step < total_steps:
+        if step == PREPRUNING_STEPS and "gates" not in optimizers:
+            optimizers = build_optimizers(student, gates, args, total_steps, pruning=True)
+            if dist.is_main:
+                logger.info("step %d: pruning starts (%d bins at layers %s)", step, gates.bin_num, plan.locations)
+        pruning = "gates" in optimizers
+        indices, chunk = order.indices(step)
+        batch = loop.step_batch(train_set, indices, chunk, device)
+        values = train_step(
+            student, teacher, gates, optimizers, batch, step, len(indices) / len(chunk), len(chunk), hp, dist
+        )
+        step += 1
+        show_progress(bar, values)
+        if step % args.logging_steps == 0 or step == total_steps:
+            learning_rate = optimizers["scheduler"].get_last_lr()[0]
+            log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
+
+        if step % args.eval_steps == 0 or step == total_steps:
+            if dist.is_main:
+                record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, device, step, pruning)
+                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon)
+                if record["is_best"]:
+                    write_checkpoint(best_dir, student, gates, tokenizer, {"step": step, "eval": record})
+                log.write(record)
+                bar.write(eval_line(record, plan.data.metric, hp.target_sparsity))
+            dist.barrier()
+        if step % args.save_steps == 0 or step == total_steps:
+            save_last(last_dir, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
+            dist.barrier()
+    bar.close()
+
+    if dist.is_main:
+        seconds = time.time() - start_time
+        write_summary(out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Before the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """What one ToP step needs besides the models, the optimisers and the batch."""
+
+    seed: int  # with the step's index, seeds the step's gate sample
+    target_sparsity: float
+    warmup_steps: int  # of the target's ramp, counted from the first pruning step
+    rank_loss_alpha: float
+    topk: int
+    distill_temperature: float
+    max_grad_norm: float
+    regression: bool  # the task loss is the MSE against the labels, not distillation
+    task_length: int  # the length the expected sparsity is counted at
+
+
+@dataclasses.dataclass
+class Plan:
+    """A run's inputs, checked before any weights load, and its length."""
+
+    data: TaskData
+    settings: Dict[str, Any]
+    student_dir: Path  # --model and --teacher, resolved to local directories
+    teacher_dir: Path
+    locations: List[int]
+    device: torch.device
+    order: loop.BatchOrder
+    total_steps: int
+    step_settings: StepSettings
+
+
+def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
+    """Everything that can be wrong with the input, checked before any weights load."""
+    from top.data import check_max_seq_length, load_task_data
+    from top.hub import resolve_model
+
     data = load_task_data(
         args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length
     )
@@ -229,8 +324,6 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         check_max_seq_length(args.max_seq_length, config, f"{flag} {name}")
     locations = prune_locations(args.prune_location, student_config.num_hidden_layers)
     device = loop.resolve_device(args.device, dist)
-    flags = determinism.set_deterministic()
-    determinism.seed_everything(args.seed + dist.rank)
     if dist.is_main:
         logger.info(
             "prune locations %s for a %d-layer model%s",
@@ -239,13 +332,49 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             "" if args.prune_location else " (default 2..L-1)",
         )
         logger.info("settings %s", settings)
+    order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
+    total_steps = loop.training_length(args, order.steps_per_epoch, settings["epochs"])
+    step_settings = StepSettings(
+        seed=args.seed,
+        target_sparsity=settings["target_sparsity"],
+        warmup_steps=int(round(settings["warmup_epochs"] * order.steps_per_epoch)),
+        rank_loss_alpha=args.rank_loss_alpha,
+        topk=settings["topk"],
+        distill_temperature=args.distill_temperature,
+        max_grad_norm=args.max_grad_norm,
+        regression=data.is_regression,
+        task_length=data.task_length,
+    )
+    return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
+
+
+def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dict[str, Any]:
+    """What ``run.json`` records of the run besides its arguments."""
+    return {
+        "settings": plan.settings,
+        "prune_locations": plan.locations,
+        "total_steps": plan.total_steps,
+        "warmup_steps": plan.step_settings.warmup_steps,
+        "steps_per_epoch": plan.order.steps_per_epoch,
+        "world_size": dist.world_size,
+        "deterministic": flags,
+    }
+
+
+def encode_data(args: argparse.Namespace, data: TaskData, student_dir: Path):
+    """The student's tokenizer, and the train and dev sets tokenised by it."""
+    from transformers import AutoTokenizer
+
+    from top.data import encode
 
     tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     train_set = encode(data.train, tokenizer, args.max_seq_length)
-    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
-    order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
-    total_steps = loop.training_length(args, order.steps_per_epoch, settings["epochs"])
-    warmup_steps = int(round(settings["warmup_epochs"] * order.steps_per_epoch))
+    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+
+
+def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device):
+    """The student (pruning at ``locations``) and the teacher (in eval mode, never pruned) on ``device``."""
+    from top.modeling import ToPForSequenceClassification
 
     try:
         # Read by top.safeload and loaded strictly: a hostile or incomplete file stops the run.
@@ -256,274 +385,164 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
             "give fine-tuned model directories."
         ) from None
-    student.config.finetuning_task = data.name
-    gates = TokenGates(locations, settings["bin_num"], layer_init=args.layer_gate_init)
+    student.config.finetuning_task = task_name
     student.to(device)
     teacher.to(device).eval()
-    gates.to(device)
-    regression = data.is_regression
+    return student, teacher
 
-    def build_optimizers(pruning: bool):
-        # Pruning starts with fresh optimisers whose schedule spans the remaining steps, as in the original.
-        weights = torch.optim.AdamW(loop.weight_parameter_groups(student, args.learning_rate, args.weight_decay))
-        schedule_steps = total_steps - PREPRUNING_STEPS if pruning else total_steps
-        optimizers = {"weights": weights, "scheduler": loop.linear_schedule(weights, schedule_steps)}
-        if pruning:
-            optimizers["gates"] = torch.optim.AdamW(
-                gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0
-            )
-            # The multipliers climb the Lagrangian: gradient ascent.
-            optimizers["lambdas"] = torch.optim.AdamW(
-                gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
-            )
-        return optimizers
 
-    # Training state: what last/ saves and --resume restores.
-    step = 0
-    best = {
-        "score": None,
-        "step": None,
-        "expected_sparsity": None,
-        "expected_sequence_sparsity": None,
-        "flops_reduction": None,
-    }
-    optimizers = build_optimizers(False)
-    log = loop.JsonLog(out / "log.jsonl", dist.is_main)
-    if args.resume:
-        step, best, optimizers = restore(last_dir, student, gates, build_optimizers, dist)
-        log.truncate_after(step)
-        if dist.is_main:
-            logger.info("resumed from %s at step %d", last_dir, step)
-    elif dist.is_main:
-        loop.start_run(out, "train", args, {
-            "settings": settings,
-            "prune_locations": locations,
-            "total_steps": total_steps,
-            "warmup_steps": warmup_steps,
-            "steps_per_epoch": order.steps_per_epoch,
-            "world_size": dist.world_size,
-            "deterministic": flags,
-        })
-    target = settings["target_sparsity"]
+def build_optimizers(student, gates, args: argparse.Namespace, total_steps: int, pruning: bool) -> Dict[str, Any]:
+    """AdamW for the weights with its linear schedule; once pruning, AdamW for the gates and the lambdas.
 
-    def warmup_progress(pruned_steps: int) -> float:
-        return 1.0 if warmup_steps <= 0 else min(1.0, pruned_steps / warmup_steps)
-
-    def evaluate(at_step: int) -> Dict[str, Any]:
-        """Dev score in faithful mode with the deterministic gates (dense before pruning starts)."""
-        student.eval()
-        pruning = "gates" in optimizers
-        token_z, pruner_z = gates.deterministic() if pruning else (None, None)
-        sparsities: List[float] = []
-        sequence_sparsities: List[float] = []
-
-        def on_batch(batch, output):
-            if pruning:
-                s, seq = flops.expected_sparsities(
-                    token_z, pruner_z, locations, student.config, batch["attention_mask"], data.task_length
-                )
-                sparsities.append(float(s))
-                sequence_sparsities.append(float(seq))
-
-        logits, labels = loop.predict(
-            lambda b: student(**loop.model_inputs(b), mode="faithful", token_z=token_z, pruner_z=pruner_z),
-            dev_set,
-            args.eval_batch_size,
-            device,
-            on_batch,
-            trim=not pruning,  # faithful: padded to max_seq_length, as `top eval` scores it
+    Pruning starts with fresh optimisers whose schedule spans the remaining steps, as in the original.
+    """
+    weights = torch.optim.AdamW(loop.weight_parameter_groups(student, args.learning_rate, args.weight_decay))
+    schedule_steps = total_steps - PREPRUNING_STEPS if pruning else total_steps
+    optimizers = {"weights": weights, "scheduler": loop.linear_schedule(weights, schedule_steps)}
+    if pruning:
+        optimizers["gates"] = torch.optim.AdamW(gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0)
+        # The multipliers climb the Lagrangian: gradient ascent.
+        optimizers["lambdas"] = torch.optim.AdamW(
+            gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
         )
-        student.train()
-        metrics = compute_metrics(data.task, logits, labels)
-        record = {"step": at_step, "eval": metrics, "score": metrics[data.metric]}
-        if pruning:
-            record["expected_sparsity"] = flops.mean_of_batch_means(sparsities)
-            record["expected_sequence_sparsity"] = flops.mean_of_batch_means(sequence_sparsities)
-            # Against the dense model at the task's length (the paper's figure), and at the same inputs.
-            record["flops_reduction"] = float(flops.flops_reduction(record["expected_sequence_sparsity"]))
-            record["flops_reduction_same_inputs"] = float(flops.flops_reduction(record["expected_sparsity"]))
-            record["kept_bins"] = token_z.sum(dim=1).tolist()
-            record["layer_gates"] = pruner_z.tolist()
-        return record
+    return optimizers
 
-    def save_last(at_step: int) -> None:
-        rng = dist.gather_objects(determinism.rng_state())
-        if not dist.is_main:
-            return
-        state = {
-            "step": at_step,
-            "pruning": "gates" in optimizers,
-            "best": best,
-            "world_size": dist.world_size,
-            "rng": rng,
-            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        }
-        with atomic_directory(last_dir) as tmp:
-            write_checkpoint(
-                tmp,
-                student,
-                gates,
-                tokenizer,
-                extra={"trainer_state.json": {"step": at_step, "total_steps": total_steps, "best": best}},
-            )
-            loop.save_state_file(tmp, state)
 
-    from tqdm import tqdm
+# ----------------------------------------------------------------------------------------------
+# One step
 
-    bar = tqdm(
-        total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main, dynamic_ncols=True
+
+def warmup_ramp(pruned_steps: int, warmup_steps: int, target: float, rank_loss_alpha: float) -> Tuple[float, float]:
+    """The target sparsity and the rank-loss weight after ``pruned_steps`` steps of pruning.
+
+    The target climbs linearly from 0 over the warm-up; the rank weight falls from alpha to alpha/100.
+    """
+    progress = 1.0 if warmup_steps <= 0 else min(1.0, pruned_steps / warmup_steps)
+    return target * progress, rank_loss_alpha * max(0.01, 1.0 - progress)
+
+
+def sample_gates(gates, seed: int, step: int, device: torch.device):
+    """The step's gate sample, the same on every rank and after a resume: its own seed per step."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed * 1_000_003 + step)
+        return gates.sample()
+
+
+def top_loss(
+    student_out,
+    teacher_out,
+    batch: Dict[str, torch.Tensor],
+    gates,
+    config,
+    pruning: bool,
+    step_target: float,
+    rank_weight: float,
+    share: float,
+    global_batch: int,
+    hp: StepSettings,
+    dist: loop.Distributed,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """This process's part of ToP's loss, and the loss's parts.
+
+    The task loss (KD of the teacher's logits; the MSE for regression) and the rank distillation
+    are weighted by the process's ``share`` of the global batch. Once pruning, the Lagrangian of
+    the global batch's expected MAC sparsity against ``step_target`` and the rank distillation are added.
+    """
+    from top.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
+
+    if hp.regression:
+        task_loss = F.mse_loss(student_out.logits.squeeze(-1), batch["labels"].float())
+    else:
+        task_loss = logit_distillation_loss(student_out.logits, teacher_out.logits, hp.distill_temperature)
+    loss = share * task_loss
+    lag = rank = expected = torch.zeros((), device=task_loss.device)
+    if pruning:
+        token_score, pruner_score = gates.keep_probabilities()
+        relative, _ = flops.relative_macs(
+            token_score, pruner_score, gates.prune_locations, config, batch["attention_mask"], hp.task_length
+        )
+        expected = 1 - dist.gather_sum(relative.sum()) / global_batch
+        lag = lagrangian_loss(expected, step_target, gates.lambda_1, gates.lambda_2)
+        rank = rank_distillation_loss(
+            student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], hp.topk
+        )
+        loss = loss + share * rank_weight * rank + lag
+    return loss, {"task_loss": task_loss, "lagrangian": lag, "rank_loss": rank, "expected_sparsity": expected}
+
+
+def train_step(
+    student,
+    teacher,
+    gates,
+    optimizers: Dict[str, Any],
+    batch: Dict[str, torch.Tensor],
+    step: int,
+    share: float,
+    global_batch: int,
+    hp: StepSettings,
+    dist: loop.Distributed,
+) -> Dict[str, float]:
+    """One optimisation step at ``step`` (0-based) on this process's ``share`` of a global batch.
+
+    Teacher and student forward passes, the loss, the backward pass, the gradients summed over
+    processes and clipped, the optimiser and schedule steps, the gate logits clamped. Returns the
+    values ``log.jsonl`` records.
+    """
+    pruning = "gates" in optimizers
+    inputs = loop.model_inputs(batch)
+    with torch.no_grad():
+        teacher_out = teacher(**inputs, mode="faithful")
+    token_z = pruner_z = None
+    step_target = rank_weight = 0.0
+    if pruning:
+        token_z, pruner_z = sample_gates(gates, hp.seed, step, batch["input_ids"].device)
+        step_target, rank_weight = warmup_ramp(
+            step - PREPRUNING_STEPS, hp.warmup_steps, hp.target_sparsity, hp.rank_loss_alpha
+        )
+    student_out = student(**inputs, mode="train", token_z=token_z, pruner_z=pruner_z)
+    loss, parts = top_loss(
+        student_out, teacher_out, batch, gates, student.config, pruning, step_target, rank_weight, share,
+        global_batch, hp, dist,
     )
-    student.train()
-    start_time = time.time()
-    while step < total_steps:
-        if step == PREPRUNING_STEPS and "gates" not in optimizers:
-            optimizers = build_optimizers(True)
-            if dist.is_main:
-                logger.info("step %d: pruning starts (%d bins at layers %s)", step, gates.bin_num, locations)
-        pruning = "gates" in optimizers
-        indices, chunk = order.indices(step)
-        batch = loop.step_batch(train_set, indices, chunk, device)
-        global_batch = len(chunk)
-        share = len(indices) / global_batch
-        inputs = loop.model_inputs(batch)
+    loss.backward()
 
-        with torch.no_grad():
-            teacher_out = teacher(**inputs, mode="faithful")
-        token_z = pruner_z = None
-        if pruning:
-            # The same gate sample on every rank and after a resume: its own seed per step.
-            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-                torch.manual_seed(args.seed * 1_000_003 + step)
-                token_z, pruner_z = gates.sample()
-        student_out = student(**inputs, mode="train", token_z=token_z, pruner_z=pruner_z)
+    dist.sum_gradients(list(student.parameters()) + gates.gate_parameters())
+    torch.nn.utils.clip_grad_norm_(student.parameters(), hp.max_grad_norm)
+    optimizers["weights"].step()
+    if pruning:
+        optimizers["gates"].step()
+        optimizers["lambdas"].step()
+    optimizers["scheduler"].step()
+    gates.constrain_()
+    student.zero_grad(set_to_none=True)
+    gates.zero_grad(set_to_none=True)
 
-        if regression:
-            task_loss = F.mse_loss(student_out.logits.squeeze(-1), batch["labels"].float())
-        else:
-            task_loss = logit_distillation_loss(student_out.logits, teacher_out.logits, args.distill_temperature)
-        loss = share * task_loss
-        lag = rank = expected = torch.zeros((), device=device)
-        step_target = rank_weight = 0.0
-        if pruning:
-            pruned_steps = step - PREPRUNING_STEPS
-            progress = warmup_progress(pruned_steps)
-            step_target = target * progress
-            token_score, pruner_score = gates.keep_probabilities()
-            relative, _ = flops.relative_macs(
-                token_score, pruner_score, locations, student.config, batch["attention_mask"], data.task_length
-            )
-            expected = 1 - dist.gather_sum(relative.sum()) / global_batch
-            lag = lagrangian_loss(expected, step_target, gates.lambda_1, gates.lambda_2)
-            rank = rank_distillation_loss(
-                student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], settings["topk"]
-            )
-            rank_weight = args.rank_loss_alpha * max(0.01, 1.0 - progress)
-            loss = loss + share * rank_weight * rank + lag
-        loss.backward()
+    task_loss, lag, rank = (_number(parts[k]) for k in ("task_loss", "lagrangian", "rank_loss"))
+    return {
+        "loss": task_loss + rank_weight * rank + lag,
+        "task_loss": task_loss,
+        "lagrangian": lag,
+        "rank_loss": rank,
+        "lambda_1": _number(gates.lambda_1),
+        "lambda_2": _number(gates.lambda_2),
+        "expected_sparsity": _number(parts["expected_sparsity"]),
+        "target": step_target,
+    }
 
-        dist.sum_gradients(list(student.parameters()) + gates.gate_parameters())
-        torch.nn.utils.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-        optimizers["weights"].step()
-        if pruning:
-            optimizers["gates"].step()
-            optimizers["lambdas"].step()
-        optimizers["scheduler"].step()
-        gates.constrain_()
-        student.zero_grad(set_to_none=True)
-        gates.zero_grad(set_to_none=True)
-        step += 1
 
-        values = {
-            "loss": _number(task_loss) + rank_weight * _number(rank) + _number(lag),
-            "task_loss": _number(task_loss),
-            "lagrangian": _number(lag),
-            "rank_loss": _number(rank),
-            "lambda_1": _number(gates.lambda_1),
-            "lambda_2": _number(gates.lambda_2),
-            "expected_sparsity": _number(expected),
-            "target": step_target,
-        }
-        bar.set_postfix(
-            {
-                "loss": f"{values['loss']:.4f}",
-                "task": f"{values['task_loss']:.4f}",
-                "lag": f"{values['lagrangian']:.4f}",
-                "l1": f"{values['lambda_1']:.3f}",
-                "l2": f"{values['lambda_2']:.3f}",
-                "sparsity": f"{values['expected_sparsity']:.3f}/{step_target:.3f}",
-            },
-            refresh=False,
-        )
-        bar.update(1)
-        if step % args.logging_steps == 0 or step == total_steps:
-            log.write(
-                {
-                    "step": step,
-                    "epoch": step / order.steps_per_epoch,
-                    "learning_rate": optimizers["scheduler"].get_last_lr()[0],
-                    **values,
-                }
-            )
-
-        if step % args.eval_steps == 0 or step == total_steps:
-            if dist.is_main:
-                record = evaluate(step)
-                # The issue's rule, stricter than the original's: there, once one evaluation reached
-                # the target, every later one could become best/ even below it.
-                reached = pruning and record["expected_sparsity"] >= target - args.sparsity_epsilon
-                record["reached_target"] = bool(reached)
-                # An undefined score (None: see top.metrics) is never the best.
-                record["is_best"] = bool(
-                    reached
-                    and record["score"] is not None
-                    and (best["score"] is None or record["score"] > best["score"])
-                )
-                if record["is_best"]:
-                    best = {
-                        "score": record["score"],
-                        "step": step,
-                        "expected_sparsity": record["expected_sparsity"],
-                        "expected_sequence_sparsity": record["expected_sequence_sparsity"],
-                        "flops_reduction": record["flops_reduction"],
-                    }
-                    write_checkpoint(
-                        best_dir,
-                        student,
-                        gates,
-                        tokenizer,
-                        extra={"trainer_state.json": {"step": step, "eval": record}},
-                    )
-                log.write(record)
-                bar.write(
-                    f"step {step}: {data.metric} {_score_text(record['score'])}"
-                    + (f", expected sparsity {record['expected_sparsity']:.4f} (target {target})" if pruning else "")
-                )
-            dist.barrier()
-        if step % args.save_steps == 0 or step == total_steps:
-            save_last(step)
-            dist.barrier()
-    bar.close()
-
-    if dist.is_main:
-        summary = {
-            "metric": data.metric,
-            "best": best,
-            "target_sparsity": target,
-            "steps": step,
-            "seconds": round(time.time() - start_time, 1),
-        }
-        atomic_write_json(out / "summary.json", summary)
-        if best["score"] is None:
-            print(
-                f"No evaluation reached the target sparsity {target} within {args.sparsity_epsilon}; "
-                f"best/ was not written (see {out / 'log.jsonl'})."
-            )
-        else:
-            print(
-                f"best {data.metric} {best['score']:.4f} at step {best['step']}: expected sparsity "
-                f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {best_dir}"
-            )
-    return 0
+def show_progress(bar, values: Dict[str, float]) -> None:
+    bar.set_postfix(
+        {
+            "loss": f"{values['loss']:.4f}",
+            "task": f"{values['task_loss']:.4f}",
+            "lag": f"{values['lagrangian']:.4f}",
+            "l1": f"{values['lambda_1']:.3f}",
+            "l2": f"{values['lambda_2']:.3f}",
+            "sparsity": f"{values['expected_sparsity']:.3f}/{values['target']:.3f}",
+        },
+        refresh=False,
+    )
+    bar.update(1)
 
 
 def _score_text(score: Optional[float]) -> str:
@@ -534,8 +553,84 @@ def _number(value) -> float:
     return float(value.detach()) if torch.is_tensor(value) else float(value)
 
 
-def write_checkpoint(path: Path, student, gates, tokenizer, extra: Optional[Dict[str, Any]] = None) -> None:
-    """The published layout (config, weights, zs.pt, l0_module.pt, tokenizer), written atomically."""
+# ----------------------------------------------------------------------------------------------
+# Evaluation and best/
+
+
+def evaluate_dev(
+    student, gates, dev_set, data: TaskData, batch_size: int, device: torch.device, step: int, pruning: bool
+) -> Dict[str, Any]:
+    """The dev score in faithful mode with the deterministic gates (dense before pruning starts)."""
+    from top import scoring
+    from top.metrics import compute_metrics
+
+    token_z, pruner_z = gates.deterministic() if pruning else (None, None)
+
+    def sparsities(batch, output):
+        s, seq = flops.expected_sparsities(
+            token_z, pruner_z, gates.prune_locations, student.config, batch["attention_mask"], data.task_length
+        )
+        return float(s), float(seq)
+
+    student.eval()
+    scored = scoring.predict(
+        lambda batch: student(**loop.model_inputs(batch), mode="faithful", token_z=token_z, pruner_z=pruner_z),
+        dev_set,
+        batch_size,
+        device,
+        trim=not pruning,  # faithful: padded to max_seq_length, as `top eval` scores it
+        measure=sparsities if pruning else None,
+    )
+    student.train()
+    metrics = compute_metrics(data.task, scored.logits.numpy(), scored.labels.numpy())
+    record = {"step": step, "eval": metrics, "score": metrics[data.metric]}
+    if pruning:
+        per_batch, per_batch_sequence = zip(*scored.per_batch)
+        record["expected_sparsity"] = flops.mean_of_batch_means(per_batch)
+        record["expected_sequence_sparsity"] = flops.mean_of_batch_means(per_batch_sequence)
+        # Against the dense model at the task's length (the paper's figure), and at the same inputs.
+        record["flops_reduction"] = float(flops.flops_reduction(record["expected_sequence_sparsity"]))
+        record["flops_reduction_same_inputs"] = float(flops.flops_reduction(record["expected_sparsity"]))
+        record["kept_bins"] = token_z.sum(dim=1).tolist()
+        record["layer_gates"] = pruner_z.tolist()
+    return record
+
+
+# What best/ and summary.json record of the best evaluation.
+BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity", "flops_reduction")
+NO_BEST = dict.fromkeys(BEST_KEYS)
+
+
+def apply_best_rule(record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float) -> Dict[str, Any]:
+    """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
+
+    best/ keeps the best score among evaluations whose expected sparsity reached target - epsilon
+    (a dense evaluation, before pruning, has none); an undefined score (None: see top.metrics) is
+    never the best. The original's rule was looser: once one evaluation reached the target, every
+    later one could become best/ even below it.
+    """
+    reached = "expected_sparsity" in record and record["expected_sparsity"] >= target - epsilon
+    record["reached_target"] = bool(reached)
+    record["is_best"] = bool(
+        reached and record["score"] is not None and (best["score"] is None or record["score"] > best["score"])
+    )
+    return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
+
+
+def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
+    line = f"step {record['step']}: {metric} {_score_text(record['score'])}"
+    if "expected_sparsity" in record:
+        line += f", expected sparsity {record['expected_sparsity']:.4f} (target {target})"
+    return line
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def write_checkpoint(path: Path, student, gates, tokenizer, trainer_state: Dict[str, Any]) -> None:
+    """The published layout (config, weights, zs.pt, l0_module.pt, tokenizer) and ``trainer_state.json``,
+    written atomically."""
     from top.checkpoint import save_checkpoint
 
     save_checkpoint(
@@ -544,12 +639,48 @@ def write_checkpoint(path: Path, student, gates, tokenizer, extra: Optional[Dict
         config=student.config,
         gate_state=gates.state_for_checkpoint(),
         tokenizer=tokenizer,
-        extra=extra,
+        extra={"trainer_state.json": trainer_state},
     )
 
 
-def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distributed):
-    """Weights, gates, lambdas, optimisers, scheduler and RNG states from ``last/``."""
+def save_last(
+    last_dir: Path,
+    step: int,
+    total_steps: int,
+    best: Dict[str, Any],
+    student,
+    gates,
+    tokenizer,
+    optimizers: Dict[str, Any],
+    dist: loop.Distributed,
+) -> None:
+    """``last/``: the checkpoint and everything a bit-identical ``--resume`` needs, swapped in whole.
+
+    Every process takes part (their RNG states are gathered); only the main process writes.
+    """
+    rng = dist.gather_objects(determinism.rng_state())
+    if not dist.is_main:
+        return
+    state = {
+        "step": step,
+        "pruning": "gates" in optimizers,
+        "best": best,
+        "world_size": dist.world_size,
+        "rng": rng,
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+    }
+    with atomic_directory(last_dir) as tmp:
+        write_checkpoint(tmp, student, gates, tokenizer, {"step": step, "total_steps": total_steps, "best": best})
+        loop.save_state_file(tmp, state)
+
+
+def restore(
+    last_dir: Path, student, gates, args: argparse.Namespace, total_steps: int, dist: loop.Distributed
+) -> Tuple[int, Dict[str, Any], Dict[str, Any]]:
+    """Weights, gates, lambdas, optimisers, scheduler and RNG states from ``last/``.
+
+    Returns the step to continue from, the best evaluation so far and the optimisers.
+    """
     from top.checkpoint import load_checkpoint
     from top.gates import TokenGates
 
@@ -566,7 +697,7 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
         )
     gates.load_state_dict(saved.state_dict())
     step = int(state["step"])
-    optimizers = build_optimizers(bool(state["pruning"]))
+    optimizers = build_optimizers(student, gates, args, total_steps, bool(state["pruning"]))
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(state["optimizers"][name])
     rng = state["rng"]
@@ -577,3 +708,21 @@ def restore(last_dir: Path, student, gates, build_optimizers, dist: loop.Distrib
             "last/ was written by %d processes, not %d; dropout randomness restarts", len(rng), dist.world_size
         )
     return step, dict(state["best"]), optimizers
+
+
+def write_summary(
+    out: Path, metric: str, best: Dict[str, Any], target: float, epsilon: float, steps: int, seconds: float
+) -> None:
+    """``summary.json``, and one line on the best evaluation (or why there is none)."""
+    summary = {"metric": metric, "best": best, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1)}
+    atomic_write_json(out / "summary.json", summary)
+    if best["score"] is None:
+        print(
+            f"No evaluation reached the target sparsity {target} within {epsilon}; "
+            f"best/ was not written (see {out / 'log.jsonl'})."
+        )
+    else:
+        print(
+            f"best {metric} {best['score']:.4f} at step {best['step']}: expected sparsity "
+            f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {out / 'best'}"
+        )

@@ -1,0 +1,63 @@
+"""scripts/bench_train_step.py times the commands' own steps, not a copy of them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from top import finetune, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "scripts" / "bench_train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_times_the_real_train_and_finetune_steps(tmp_path, monkeypatch):
+    calls = {"train": [], "finetune": 0}
+    real_train_step, real_finetune_step = train.train_step, finetune.finetune_step
+
+    def counted_train_step(student, teacher, gates, optimizers, batch, step, *rest):
+        values = real_train_step(student, teacher, gates, optimizers, batch, step, *rest)
+        calls["train"].append((step, "gates" in optimizers, gates.token_loga.detach().clone(), values))
+        return values
+
+    def counted_finetune_step(*args):
+        calls["finetune"] += 1
+        return real_finetune_step(*args)
+
+    monkeypatch.setattr(train, "train_step", counted_train_step)
+    monkeypatch.setattr(finetune, "finetune_step", counted_finetune_step)
+    before = torch.get_num_threads()
+    try:
+        code = load_script().main(
+            ["--output-dir", str(tmp_path), "--layers", "3", "--hidden", "32", "--heads", "2", "--batch-size", "4",
+             "--max-length", "12", "--steps", "3", "--bin-num", "5", "--topk", "3", "--threads", "1",
+             "--warmup-steps", "4"]
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+
+    # 2 untimed + 3 timed calls of each; every ToP call prunes, at a new step index.
+    assert calls["finetune"] == 5
+    steps = [step for step, _, _, _ in calls["train"]]
+    assert steps == list(range(train.PREPRUNING_STEPS, train.PREPRUNING_STEPS + 5))
+    assert all(pruning for _, pruning, _, _ in calls["train"])
+    # The gate optimiser runs: once the Lagrangian's multipliers have moved off 0, so do the gate logits.
+    assert not torch.equal(calls["train"][1][2], calls["train"][-1][2])
+    # The target ramps over the warm-up as in `top train`, rather than standing at a constant.
+    targets = [values["target"] for _, _, _, values in calls["train"]]
+    assert targets == [0.5 * min(1.0, i / 4) for i in range(5)]
+
+    result = json.loads((tmp_path / "train_step.json").read_text())
+    assert result["ratio"] == pytest.approx(result["top_step_ms"] / result["finetune_step_ms"], rel=2e-3)
+    assert result["timed_steps"] == 3 and result["threads"] == 1
