@@ -55,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
         report = read_report(args.report)
         print(render_markdown(report))
         return exit_code(report)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be at least 1; pass a positive number.")
     report = reproduce(
         tasks=parse_tasks(args.tasks),
         checkpoint_dir=args.checkpoint_dir,
