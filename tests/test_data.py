@@ -69,6 +69,8 @@ def test_task_table_is_consistent():
         ('metric = "matthews_correlation"\n', 'metric = "mcc"\n', "metric"),
         ('label_encoding = "index"\n', 'label_encoding = "ids"\n', "label_encoding"),
         ('bin_num = 20\n', 'bin_num = 2.5\n', "bin_num"),
+        ('bin_num = 20\n', 'bin_num = 0\n', "preset.bin_num"),
+        ('sparsity = 0.43\n', 'sparsity = 1.0\n', "preset.sparsity"),
         ('f1 = "F1"\n', '', "f1"),
         ('f1 = "F1"\n', 'f1 = "F1"\nmcc = "MCC"\n', "mcc"),
         ('accuracy = "Accuracy"\n', 'accuracy = 1\n', "accuracy"),

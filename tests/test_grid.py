@@ -247,6 +247,8 @@ BAD_GRIDS = {
     "unknown table": ("[grid]\nlearning_rate = [1e-5]\n[extra]\nx = 1\n", "unknown table"),
     "fixed-only in grid": ("[grid]\nmodel = ['a', 'b']\n", "put it under [fixed]"),
     "bad fixed": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nwarmup = 3\n", "fixed.warmup is not"),
+    "sparsity out of range": ("[grid]\ntarget_sparsity = [0.3, 1.5]\n", "grid.target_sparsity = 1.5 is refused"),
+    "zero bins": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nbin_num = 0\n", "fixed.bin_num = 0 is refused"),
     "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "not allowed with argument"),
 }
 

@@ -31,6 +31,7 @@ Peak memory is not measured in this mode.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -78,16 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be at least 1; pass a positive batch size.")
-    if args.passes < 5:
-        raise UserError(f"--passes {args.passes} is too few for a median; pass --passes 5 or more.")
-    if args.warmup_passes < 0:
-        raise UserError(f"--warmup-passes {args.warmup_passes} is negative; pass 0 or more.")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads} must be at least 1; pass a positive thread count.")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise UserError(f"--max-examples {args.max_examples} must be at least 1; pass a positive number.")
+    """What argparse cannot see: the machine, the installed runtimes and which dev set was named."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no GPU; pass --device cpu.")
     runtime = getattr(args, "runtime", "torch")
@@ -393,24 +385,22 @@ def measure_peak_memory(args, checkpoint, functions, batch, threads: int) -> Tup
 # The benchmark
 
 
-def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
-    from top.checkpoint import load_checkpoint
-    from top.compact import CompactPlan, compact_forward, prediction_agreement
-    from top.data import check_max_seq_length, encode
-    from top.flops import model_macs
-    from top.tasks import get_task
+@dataclasses.dataclass
+class Loaded:
+    """A pruned checkpoint's models, gates and compact plan on the device, and its dev set in sorted batches."""
 
-    _check_args(args)
-    task = get_task(args.task)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    checkpoint = load_checkpoint(args.checkpoint)
-    if not checkpoint.is_pruned:
-        raise UserError(
-            f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
-        )
-    check_max_seq_length(task.task_length, checkpoint.config, f"the checkpoint {checkpoint.path}", None)
+    checkpoint: Any
+    dense: torch.nn.Module
+    top_model: torch.nn.Module
+    token_z: torch.Tensor
+    pruner_z: torch.Tensor
+    plan: Any
+    batches: List[Dict[str, Any]]  # longest first; the last may be short
+    full_batches: List[Dict[str, Any]]  # the timed ones
+
+
+def _dev_batches(args: argparse.Namespace, task, checkpoint) -> List[Dict[str, Any]]:
+    from top.data import encode
     from top.evaluate import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint.path)
@@ -418,13 +408,27 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
     encoded.pop("labels", None)
     batches = sorted_batches(encoded, args.batch_size)
-    full_batches = [b for b in batches if b["size"] == args.batch_size]
-    if not full_batches:
+    if not any(b["size"] == args.batch_size for b in batches):
         raise UserError(
             f"The dev set has {len(examples)} examples, fewer than one batch of {args.batch_size}; "
             "pass a smaller --batch-size."
         )
+    return batches
 
+
+def load_bench(args: argparse.Namespace, task) -> Loaded:
+    """Load the checkpoint and the dev set, and put both on ``--device``."""
+    from top.checkpoint import load_checkpoint
+    from top.compact import CompactPlan
+    from top.data import check_max_seq_length
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    if not checkpoint.is_pruned:
+        raise UserError(
+            f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
+        )
+    check_max_seq_length(task.task_length, checkpoint.config, f"the checkpoint {checkpoint.path}", None)
+    batches = _dev_batches(args, task, checkpoint)
     dense, top_model = load_models(checkpoint)
     device = torch.device(args.device)
     dense.to(device)
@@ -434,90 +438,111 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     for batch in batches:
         for part in ("full", "trimmed"):
             batch[part] = {k: v.to(device) for k, v in batch[part].items()}
-    functions = method_functions(dense, top_model, plan)
-    config = top_model.config
-    runtime = getattr(args, "runtime", "torch")
-    onnx_dir = onnx_session = exports = None
-    if runtime == "onnxruntime":
-        onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
-        functions, onnx_session, exports = onnxruntime_functions(
-            top_model, token_z, pruner_z, batches, threads, Path(onnx_dir.name)
-        )
+    full_batches = [b for b in batches if b["size"] == args.batch_size]
+    return Loaded(checkpoint, dense, top_model, token_z, pruner_z, plan, batches, full_batches)
 
-    # Correctness: compact against faithful (predictions) and the unpadded reference (logits).
-    agree: List[bool] = []
-    onnx_agree: List[bool] = []
-    max_diff = onnx_diff = 0.0
-    kept = []
+
+@dataclasses.dataclass
+class Correctness:
+    agree: List[bool]  # compact's prediction equals faithful's, per example
+    max_diff: float  # largest |compact - unpadded reference| logit
+    kept: List[torch.Tensor]  # per batch, the survivors of every layer (for the MAC counts)
+    onnx_agree: List[bool]
+    onnx_diff: float  # largest |onnx compact - torch compact| logit
+
+
+def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str, Any]], Any]]) -> Correctness:
+    """Compact against faithful (predictions) and the unpadded reference (logits), on every batch;
+    with ``onnx_compact``, the exported graph against both as well."""
+    from top.compact import compact_forward, prediction_agreement
+
+    model, plan = loaded.top_model, loaded.plan
+    result = Correctness([], 0.0, [], [], 0.0)
     with torch.no_grad():
-        for batch in batches:
+        for batch in loaded.batches:
             t = batch["trimmed"]
             inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
-            fast = compact_forward(top_model, plan, *inputs)
-            faithful = top_model(*inputs, mode="faithful", token_z=token_z, pruner_z=pruner_z).logits
-            reference = unpadded_reference_logits(top_model, plan, *inputs)
-            agree.extend(prediction_agreement(fast.logits, faithful))
-            max_diff = max(max_diff, float((fast.logits - reference).abs().max()))
-            kept.append(fast.kept_lengths.cpu())
-            if onnx_session is not None:
-                onnx_logits = torch.from_numpy(functions["compact"](batch))
-                onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
-                onnx_diff = max(onnx_diff, float((onnx_logits - fast.logits).abs().max()))
+            fast = compact_forward(model, plan, *inputs)
+            faithful = model(*inputs, mode="faithful", token_z=loaded.token_z, pruner_z=loaded.pruner_z).logits
+            reference = unpadded_reference_logits(model, plan, *inputs)
+            result.agree.extend(prediction_agreement(fast.logits, faithful))
+            result.max_diff = max(result.max_diff, float((fast.logits - reference).abs().max()))
+            result.kept.append(fast.kept_lengths.cpu())
+            if onnx_compact is not None:
+                onnx_logits = torch.from_numpy(onnx_compact(batch))
+                result.onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
+                result.onnx_diff = max(result.onnx_diff, float((onnx_logits - fast.logits).abs().max()))
+    return result
 
-    # Exact MACs on the same examples.
+
+def mac_counts(config, batches, kept: List[torch.Tensor], task_length: int) -> Dict[str, List[torch.Tensor]]:
+    """Exact MACs per example and batch: compact at its survivors, dense at the task length
+    (``dense_padded``), at each batch's padded length (``dense_dynamic``) and at each example's
+    own length (``unpadded``)."""
+    from top.flops import model_macs
+
     layers = int(config.num_hidden_layers)
-    compact_macs = [model_macs(k, config).double() for k in kept]
-    dynamic_macs, padded_macs, unpadded_macs = [], [], []
+    macs: Dict[str, List[torch.Tensor]] = {
+        "compact": [model_macs(k, config).double() for k in kept],
+        "dense_dynamic": [],
+        "dense_padded": [],
+        "unpadded": [],
+    }
     for batch in batches:
         mask = batch["trimmed"]["attention_mask"].cpu()
         size, width = mask.shape
-        dynamic_macs.append(model_macs(torch.full((size, layers), width), config).double())
-        padded_macs.append(model_macs(torch.full((size, layers), task.task_length), config).double())
-        unpadded_macs.append(model_macs(mask.sum(dim=1, keepdim=True).expand(size, layers), config).double())
+        macs["dense_dynamic"].append(model_macs(torch.full((size, layers), width), config).double())
+        macs["dense_padded"].append(model_macs(torch.full((size, layers), task_length), config).double())
+        macs["unpadded"].append(model_macs(mask.sum(dim=1, keepdim=True).expand(size, layers), config).double())
+    return macs
 
-    def total(macs, only_full=True):
-        return float(sum(m.sum() for m, b in zip(macs, batches) if b["size"] == args.batch_size or not only_full))
 
+def total_macs(macs: List[torch.Tensor], batches, batch_size: int, only_full: bool = True) -> float:
+    return float(sum(m.sum() for m, b in zip(macs, batches) if b["size"] == batch_size or not only_full))
+
+
+def time_per_batch(args: argparse.Namespace, functions,
+                   full_batches) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
+    """Seconds per batch of every pass, and the median over passes in milliseconds, per method."""
     logger.info("timing %d full batches of %d, %d passes", len(full_batches), args.batch_size, args.passes)
     per_pass = time_methods(functions, full_batches, args.passes, args.warmup_passes, args.device)
-    ms = {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
+    return per_pass, {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
 
-    floor = None
-    if onnx_session is not None:
-        floor = weight_read_floor(top_model, ms.pop(FLOOR_METHOD))
-        del functions, onnx_session
-        onnx_dir.cleanup()
 
-    memory, memory_how = None, None
-    if not args.no_memory and runtime == "torch":
-        longest = full_batches[0]  # sorted longest first
-        memory, memory_how = measure_peak_memory(args, checkpoint, functions, longest, threads)
-
-    compact_total = total(compact_macs)
+def baseline_records(ms: Dict[str, float], macs, batches, batch_size: int) -> Dict[str, Dict[str, float]]:
+    compact_total = total_macs(macs["compact"], batches, batch_size)
     baselines = {}
-    for name, macs in (("dense_padded", padded_macs), ("dense_dynamic", dynamic_macs)):
+    for name in ("dense_padded", "dense_dynamic"):
         baselines[name] = {
             "ms_per_batch": ms[name],
             "speedup": ms[name] / ms["compact"],
-            "flops_ratio": total(macs) / compact_total,
+            "flops_ratio": total_macs(macs[name], batches, batch_size) / compact_total,
         }
     for entry in baselines.values():
         entry["speedup_over_flops_ratio"] = entry["speedup"] / entry["flops_ratio"]
+    return baselines
+
+
+def result_record(args: argparse.Namespace, task, threads: int, loaded: Loaded, correctness: Correctness,
+                  macs, per_pass, ms, memory) -> Dict[str, Any]:
+    """``bench.json`` for the torch runtime (the onnxruntime run adds to it)."""
     import transformers
 
-    result = {
+    batches, batch_size = loaded.batches, args.batch_size
+    every_compact = total_macs(macs["compact"], batches, batch_size, False)
+    return {
         "task": task.name,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "device": args.device,
         "threads": threads,
         "compact": {"ms_per_batch": ms["compact"]},
-        "baselines": baselines,
-        "flops_reduction": total(padded_macs, False) / total(compact_macs, False),
-        "flops_reduction_unpadded": total(unpadded_macs, False) / total(compact_macs, False),
-        "agreement_with_faithful": sum(agree) / len(agree),
-        "max_abs_logit_diff_vs_reference_compact": max_diff,
-        "n_examples": len(agree),
-        "n_timed_batches": len(full_batches),
+        "baselines": baseline_records(ms, macs, batches, batch_size),
+        "flops_reduction": total_macs(macs["dense_padded"], batches, batch_size, False) / every_compact,
+        "flops_reduction_unpadded": total_macs(macs["unpadded"], batches, batch_size, False) / every_compact,
+        "agreement_with_faithful": sum(correctness.agree) / len(correctness.agree),
+        "max_abs_logit_diff_vs_reference_compact": correctness.max_diff,
+        "n_examples": len(correctness.agree),
+        "n_timed_batches": len(loaded.full_batches),
         "passes": args.passes,
         "warmup_passes": args.warmup_passes,
         "per_pass_ms": {name: [1000.0 * v for v in values] for name, values in per_pass.items()},
@@ -527,25 +552,64 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             torch.cat([b["trimmed"]["attention_mask"].sum(dim=1).cpu() for b in batches]).double().mean()
         ),
         "task_length": task.task_length,
-        "peak_memory_mb": memory,
-        "peak_memory_measure": memory_how,
-        "dense_attention": getattr(dense.config, "_attn_implementation", None) or "eager",
+        "peak_memory_mb": memory[0],
+        "peak_memory_measure": memory[1],
+        "dense_attention": getattr(loaded.dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "runtime": runtime,
+        "runtime": getattr(args, "runtime", "torch"),
     }
-    if runtime == "onnxruntime":
-        import onnxruntime
 
-        result.update({
-            "onnxruntime": onnxruntime.__version__,
-            "onnx_agreement_with_faithful": sum(onnx_agree) / len(onnx_agree),
-            "max_abs_logit_diff_onnx_vs_compact": onnx_diff,
-            "onnx_export_check": exports,
-            "weight_read_floor": floor,
-            "dense_graph": "the same weights exported by top export --dense (no pruning, padding computed)",
-        })
-        result["dense_attention"] = "onnx (MatMul/Softmax, as in the pruned graph)"
+
+def onnx_record(correctness: Correctness, exports, floor) -> Dict[str, Any]:
+    """What ``--runtime onnxruntime`` adds to (or changes in) ``bench.json``."""
+    import onnxruntime
+
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "onnx_agreement_with_faithful": sum(correctness.onnx_agree) / len(correctness.onnx_agree),
+        "max_abs_logit_diff_onnx_vs_compact": correctness.onnx_diff,
+        "onnx_export_check": exports,
+        "weight_read_floor": floor,
+        "dense_graph": "the same weights exported by top export --dense (no pruning, padding computed)",
+        "dense_attention": "onnx (MatMul/Softmax, as in the pruned graph)",
+    }
+
+
+def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    from top.tasks import get_task
+
+    _check_args(args)
+    task = get_task(args.task)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    loaded = load_bench(args, task)
+    functions = method_functions(loaded.dense, loaded.top_model, loaded.plan)
+    runtime = getattr(args, "runtime", "torch")
+    onnx_dir = onnx_session = exports = None
+    if runtime == "onnxruntime":
+        onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
+        functions, onnx_session, exports = onnxruntime_functions(
+            loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name)
+        )
+    correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None)
+    macs = mac_counts(loaded.top_model.config, loaded.batches, correctness.kept, task.task_length)
+    per_pass, ms = time_per_batch(args, functions, loaded.full_batches)
+
+    floor = None
+    if onnx_session is not None:
+        floor = weight_read_floor(loaded.top_model, ms.pop(FLOOR_METHOD))
+        del functions, onnx_session
+        onnx_dir.cleanup()
+    memory = (None, None)
+    if not args.no_memory and runtime == "torch":
+        longest = loaded.full_batches[0]  # sorted longest first
+        memory = measure_peak_memory(args, loaded.checkpoint, functions, longest, threads)
+
+    result = result_record(args, task, threads, loaded, correctness, macs, per_pass, ms, memory)
+    if runtime == "onnxruntime":
+        result.update(onnx_record(correctness, exports, floor))
     return result
 
 

@@ -244,8 +244,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.max_seq_length < 2:
-        raise UserError("--batch-size must be at least 1 and --max-seq-length at least 2.")
     device = resolve_device(args.device)
     eval_data = load_task_data(args.task, args.data_dir, validation_file=args.validation_file,
                                max_seq_length=args.max_seq_length, splits=("dev",))

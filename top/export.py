@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from top.argtypes import int_at_least
 from top.errors import UserError
 from top.pruning import prune_step
 
@@ -47,7 +48,8 @@ MASK_VALUE = -10000.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
     parser.add_argument("--output", required=True, help="where to write the ONNX model (e.g. model.onnx)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int_at_least(14), default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 14 or newer (default {DEFAULT_OPSET})")
     parser.add_argument("--dense", action="store_true",
                         help="export without pruning and without trimming padding (a baseline)")
 
@@ -359,8 +361,6 @@ def run(args: argparse.Namespace) -> int:
     from top.checkpoint import load_checkpoint
     from top.modeling import ToPForSequenceClassification
 
-    if args.opset < 14:
-        raise UserError(f"--opset {args.opset} is too old for this graph; pass --opset 14 or newer.")
     _require_onnxruntime()
     checkpoint = load_checkpoint(args.checkpoint)  # no tokenizer needed: the graph starts at token ids
     if checkpoint.token_z is None and not args.dense:

@@ -169,15 +169,6 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     from top.data import load_task_data
     from top.hub import resolve_model
 
-    loop.check_positive(
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        max_seq_length=args.max_seq_length,
-        eval_steps=args.eval_steps,
-        logging_steps=args.logging_steps,
-    )
-    if not args.learning_rate >= 0:
-        raise UserError(f"--learning-rate is {args.learning_rate}; give a non-negative value such as 2e-5.")
     out = Path(args.output_dir)
     data = load_task_data(
         args.task, args.data_dir, args.train_file, args.validation_file, max_seq_length=args.max_seq_length

@@ -50,12 +50,6 @@ def add_run_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def check_positive(**values: Any) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} is {value}; give a positive number.")
-
-
 # ----------------------------------------------------------------------------------------------
 # Data
 
@@ -125,11 +119,8 @@ def select(encoded: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str,
 def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
     """Total optimisation steps from ``--max-steps`` or ``--epochs`` (else the default)."""
     if getattr(args, "max_steps", None) is not None:
-        check_positive(max_steps=args.max_steps)
         return int(args.max_steps)
     epochs = args.epochs if args.epochs is not None else default_epochs
-    if not (0 < epochs < math.inf):
-        raise UserError(f"--epochs is {epochs}; give a positive, finite number of epochs.")
     return max(1, int(math.ceil(epochs * steps_per_epoch)))
 
 

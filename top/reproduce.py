@@ -55,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
         report = read_report(args.report)
         print(render_markdown(report))
         return exit_code(report)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size} must be at least 1; pass a positive number.")
     report = reproduce(
         tasks=parse_tasks(args.tasks),
         checkpoint_dir=args.checkpoint_dir,
@@ -85,6 +83,23 @@ def parse_tasks(text: Optional[str]) -> Optional[List[str]]:
     return list(dict.fromkeys(names))
 
 
+def _select_tasks(table, table_path: Path, tasks: Optional[Sequence[str]]) -> List[str]:
+    """The tasks asked for (default: every row), each with a row that names a checkpoint."""
+    from top import hub
+
+    if tasks is None:
+        if not any(row.is_published for row in table.values()):
+            raise UserError(f"{table_path} lists no checkpoint for any task; give a row a Hugging Face id.")
+        return list(table)
+    absent = [t for t in tasks if t not in table]
+    if absent:
+        raise UserError(f"{table_path} has no row for {', '.join(absent)}; add one or drop it from --tasks.")
+    unpublished = [t for t in tasks if not table[t].is_published]
+    if unpublished:
+        raise UserError(hub.unpublished_message(", ".join(unpublished)))
+    return list(tasks)
+
+
 def reproduce(
     tasks: Optional[Sequence[str]] = None,
     checkpoint_dir=None,
@@ -106,17 +121,7 @@ def reproduce(
 
     table_path = Path(results_table) if results_table else PUBLISHED_FILE
     table = load_results_table(table_path)
-    if tasks is None:
-        tasks = list(table)
-        if not any(row.is_published for row in table.values()):
-            raise UserError(f"{table_path} lists no checkpoint for any task; give a row a Hugging Face id.")
-    else:
-        absent = [t for t in tasks if t not in table]
-        if absent:
-            raise UserError(f"{table_path} has no row for {', '.join(absent)}; add one or drop it from --tasks.")
-        unpublished = [t for t in tasks if not table[t].is_published]
-        if unpublished:
-            raise UserError(hub.unpublished_message(", ".join(unpublished)))
+    tasks = _select_tasks(table, table_path, tasks)
     if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
         raise UserError(f"--checkpoint-dir {checkpoint_dir} does not exist; pass a directory of checkpoints.")
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,34 +189,39 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _blank_result(row) -> Dict[str, Any]:
+    """A task's report entry before anything is measured: the table's figures, the rest None."""
+    return {
+    "task": row.task,
+    "metric": row.metric,
+    "checkpoint": row.checkpoint,
+    "checkpoint_path": None,
+    "data": None,
+    "n_examples": None,
+    "dev_examples": row.dev_examples,
+    "paper_score": row.score,
+    "measured_score": None,
+    "delta": None,
+    "score_tolerance": row.score_tolerance,
+    "paper_flops_reduction": row.flops_reduction,
+    "measured_flops_reduction": None,
+    "measured_flops_reduction_unpadded": None,
+    "exact_flops_reduction": None,
+    "flops_tolerance": row.flops_tolerance,
+    "compact_score": None,
+    "compact_exact_flops_reduction": None,
+    "status": None,
+    "reason": None,
+    }
+
+
 def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, output_dir: Path,
                     progress: bool) -> Dict[str, Any]:
     from top.data import load_task_data
     from top.evaluate import evaluate, load_model, write_outputs
     from top.hub import resolve_checkpoint
 
-    result: Dict[str, Any] = {
-        "task": row.task,
-        "metric": row.metric,
-        "checkpoint": row.checkpoint,
-        "checkpoint_path": None,
-        "data": None,
-        "n_examples": None,
-        "dev_examples": row.dev_examples,
-        "paper_score": row.score,
-        "measured_score": None,
-        "delta": None,
-        "score_tolerance": row.score_tolerance,
-        "paper_flops_reduction": row.flops_reduction,
-        "measured_flops_reduction": None,
-        "measured_flops_reduction_unpadded": None,
-        "exact_flops_reduction": None,
-        "flops_tolerance": row.flops_tolerance,
-        "compact_score": None,
-        "compact_exact_flops_reduction": None,
-        "status": None,
-        "reason": None,
-    }
+    result = _blank_result(row)
     if not row.is_published:
         result.update(status=NOT_PUBLISHED, reason=f"the results table lists no checkpoint for {row.task}; skipped")
         return result

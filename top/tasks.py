@@ -161,9 +161,24 @@ _TASK_SCHEMA = {
 }
 
 
+def _check_preset(preset: Mapping[str, Any], name: str, path: Path) -> None:
+    """The ranges `top train`'s flags enforce, for the values a preset gives when a flag is left out."""
+    ranges = {
+        "sparsity": (0.0 < preset["sparsity"] < 1.0, "strictly between 0 and 1"),
+        "bin_num": (preset["bin_num"] >= 1, "at least 1"),
+        "topk": (preset["topk"] >= 1, "at least 1"),
+        "warmup_epochs": (preset["warmup_epochs"] >= 0, "0 or more"),
+        "epochs": (preset["epochs"] >= 1, "at least 1"),
+    }
+    for key, (ok, rule) in ranges.items():
+        if not ok:
+            raise UserError(f"{path}: {name}.preset.{key} is {preset[key]}; make it {rule}.")
+
+
 def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
     check_fields(raw, _TASK_SCHEMA, name, path, optional=("train_columns", "hub_path"))
     check_fields(raw["preset"], _PRESET_SCHEMA, f"{name}.preset", path)
+    _check_preset(raw["preset"], name, path)
     columns = _str_list(raw, "columns", name, path)
     train_columns = _str_list(raw, "train_columns", name, path) if "train_columns" in raw else columns
     labels = _str_list(raw, "labels", name, path)

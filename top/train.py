@@ -105,8 +105,6 @@ def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
         if task is None:
             raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
         target = task.preset.sparsity
-    if not 0.0 < target < 1.0:
-        raise UserError(f"--target-sparsity is {target}; give a value strictly between 0 and 1.")
     settings = {
         "target_sparsity": float(target),
         "bin_num": args.bin_num if args.bin_num is not None else preset["bin_num"],
@@ -114,22 +112,6 @@ def resolve_settings(args: argparse.Namespace, task) -> Dict[str, Any]:
         "warmup_epochs": args.warmup_epochs if args.warmup_epochs is not None else preset["warmup_epochs"],
         "epochs": args.epochs if args.epochs is not None else preset["epochs"],
     }
-    if settings["bin_num"] < 1:
-        raise UserError(f"--bin-num is {settings['bin_num']}; give at least 1 rank bin, e.g. 50.")
-    if settings["topk"] < 1:
-        raise UserError(f"--topk is {settings['topk']}; give a positive number of tokens to rank, e.g. 20.")
-    if settings["warmup_epochs"] < 0:
-        raise UserError(f"--warmup-epochs is {settings['warmup_epochs']}; give 0 or more.")
-    loop.check_positive(
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        max_seq_length=args.max_seq_length,
-        eval_steps=args.eval_steps,
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-    )
-    if not args.reg_learning_rate > 0 or not args.learning_rate >= 0:
-        raise UserError("--learning-rate must be >= 0 and --reg-learning-rate > 0; fix their values.")
     return settings
 
 
