@@ -114,23 +114,6 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         atomic_write_json(tmp / "trainer_state.json", extra)
 
 
-def encode_data(args: argparse.Namespace, data: TaskData, model_dir: Path):
-    """The tokenizer of the model in ``model_dir`` (``--model`` resolved), and the train and dev sets
-    tokenised by it."""
-    from transformers import AutoTokenizer
-
-    from top.data import encode
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as error:
-        raise UserError(
-            f"--model {args.model} has no tokenizer ({type(error).__name__}); give a model directory with one."
-        ) from None
-    train_set = encode(data.train, tokenizer, args.max_seq_length)
-    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
-
-
 def build_optimizer(model, args: argparse.Namespace, total_steps: int):
     """AdamW over the non-embedding weights, and the linear decay of its learning rate."""
     optimizer = torch.optim.AdamW(loop.weight_parameter_groups(model, args.learning_rate, args.weight_decay))
@@ -178,7 +161,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     determinism.seed_everything(args.seed + dist.rank)
 
     model_dir = resolve_model(args.model, "--model")
-    tokenizer, train_set, dev_set = encode_data(args, data, model_dir)
+    tokenizer, train_set, dev_set = loop.encode_data(args, data, model_dir, "--model", args.model)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch

@@ -116,6 +116,24 @@ def select(encoded: Dict[str, torch.Tensor], indices: torch.Tensor) -> Dict[str,
     return {k: v[indices] for k, v in encoded.items()}
 
 
+def encode_data(args, data, model_dir: Path, flag: str, name: str):
+    """The tokenizer of the model in ``model_dir`` (``flag name`` resolved), and the train and dev
+    sets tokenised by it at ``--max-seq-length``."""
+    from transformers import AutoTokenizer
+
+    from top.data import encode
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as error:
+        raise UserError(
+            f"{flag} {name} has no tokenizer ({type(error).__name__}); give a model directory with one."
+        ) from None
+    train_set = encode(data.train, tokenizer, args.max_seq_length)
+    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+
+
+
 def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
     """Total optimisation steps from ``--max-steps`` or ``--epochs`` (else the default)."""
     if getattr(args, "max_steps", None) is not None:

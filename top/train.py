@@ -196,7 +196,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     plan = plan_run(args, dist)
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
-    tokenizer, train_set, dev_set = encode_data(args, plan.data, plan.student_dir)
+    tokenizer, train_set, dev_set = loop.encode_data(args, plan.data, plan.student_dir, "--model", args.model)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
     student, teacher = load_models(plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device)
     gates = TokenGates(plan.locations, plan.settings["bin_num"], layer_init=args.layer_gate_init).to(device)
@@ -341,17 +341,6 @@ def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dic
         "world_size": dist.world_size,
         "deterministic": flags,
     }
-
-
-def encode_data(args: argparse.Namespace, data: TaskData, student_dir: Path):
-    """The student's tokenizer, and the train and dev sets tokenised by it."""
-    from transformers import AutoTokenizer
-
-    from top.data import encode
-
-    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
-    train_set = encode(data.train, tokenizer, args.max_seq_length)
-    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
 
 
 def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device):
