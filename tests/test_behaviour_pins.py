@@ -166,7 +166,11 @@ def inputs(reference, tmp_path_factory) -> Path:
     return root
 
 
-def command_lines(inputs: Path, out: Path) -> List[List[str]]:
+# Options of the working tree that the reference lacks, set to the reference's behaviour.
+TRAIN_NOW = ["--attention", "eager"]
+
+
+def command_lines(inputs: Path, out: Path, reference: bool) -> List[List[str]]:
     runs = []
     for name, c in CHECKPOINTS.items():
         if c["num_labels"] == 1:
@@ -182,7 +186,8 @@ def command_lines(inputs: Path, out: Path) -> List[List[str]]:
         )
     model = str(inputs / "model")
     files = ["--train-file", str(inputs / "train.csv"), "--validation-file", str(inputs / "dev.csv")]
-    runs.append(["train", "--model", model, "--teacher", model, *files, *TRAIN, "--output-dir", str(out / "train")])
+    runs.append(["train", "--model", model, "--teacher", model, *files, *TRAIN, *([] if reference else TRAIN_NOW),
+                 "--output-dir", str(out / "train")])
     runs.append(["finetune", "--model", model, *files, *FINETUNE.split(), "--output-dir", str(out / "finetune")])
     return runs
 
@@ -193,7 +198,7 @@ def outputs(reference, inputs, tmp_path_factory) -> Dict[str, Path]:
     found = {}
     for side, package_root in (("reference", reference), ("working tree", ROOT)):
         out = tmp_path_factory.mktemp("pin-" + side.replace(" ", "-"))
-        drive(package_root, "run", {"runs": command_lines(inputs, out)}, out / "driver")
+        drive(package_root, "run", {"runs": command_lines(inputs, out, side == "reference")}, out / "driver")
         found[side] = out
     return found
 

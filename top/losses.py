@@ -51,6 +51,11 @@ def lambda_arp2_loss(
     return pair_loss.sum(dim=(1, 2))
 
 
+def default_rank_layers(num_layers: int) -> range:
+    """The student layers the rank distillation teaches, as in the original: 1 .. L/3 - 1 (1-3 of 12)."""
+    return range(1, num_layers // 3)
+
+
 def rank_distillation_loss(
     student_importance: Sequence[torch.Tensor],
     teacher_importance: torch.Tensor,
@@ -63,14 +68,13 @@ def rank_distillation_loss(
 
     ``student_importance`` holds one ``[B, N-1]`` tensor per student layer, ``teacher_importance``
     is the teacher's final-layer ``[B, N-1]`` and ``attention_mask [B, N-1]`` excludes [CLS].
-    ``layers`` indexes ``student_importance``; by default ``range(1, len // 3)`` (layers 1-3 of
-    a 12-layer model), as in the original. Returns the sum over layers of the batch-mean
-    LambdaARP2 loss divided by ``topk^2``.
+    ``layers`` indexes ``student_importance`` (by default :func:`default_rank_layers`). Returns
+    the sum over layers of the batch-mean LambdaARP2 loss divided by ``topk^2``.
     """
     if int(topk) < 1:
         raise UserError(f"topk is {topk}; give a positive number of tokens to rank, e.g. 20.")
     if layers is None:
-        layers = range(1, len(student_importance) // 3)
+        layers = default_rank_layers(len(student_importance))
     max_length = int(attention_mask.sum(-1).max().item())
     teacher = teacher_importance[:, :max_length].detach()
     mask = attention_mask[:, :max_length]

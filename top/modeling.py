@@ -22,7 +22,7 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -42,8 +42,8 @@ MASK_VALUE = -10000.0
 class ToPOutput:
     logits: torch.Tensor
     # Per layer, ``[B, N-1]``: attention probabilities averaged over heads and query rows,
-    # [CLS] column excluded.
-    importance: List[torch.Tensor]
+    # [CLS] column excluded; None for a layer whose probabilities were not materialised.
+    importance: List[Optional[torch.Tensor]]
     # Per layer, bool ``[B, N]`` of the tokens attended to at that layer (real tokens only);
     # None for layers before the first prune location.
     keep_masks: List[Optional[torch.Tensor]]
@@ -89,15 +89,53 @@ def _with_cls(keep: torch.Tensor) -> torch.Tensor:
     return torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
 
 
-def force_eager_attention(config) -> None:
-    """Ranking needs the attention probabilities; SDPA/flash kernels do not return them."""
+ATTENTIONS = ("sdpa", "eager")
+
+
+def sdpa_available(model_class=None) -> bool:
+    """Whether this torch has the fused kernel and this transformers a BERT/RoBERTa layer that calls it.
+
+    torch 1.12 and transformers 4.16 (the paper's stack) have neither: there every layer is eager.
+    """
+    import torch.nn.functional as functional
+
+    if not hasattr(functional, "scaled_dot_product_attention"):
+        return False
+    if model_class is None:
+        from transformers import BertForSequenceClassification as model_class
+    return bool(getattr(model_class, "_supports_sdpa", False))
+
+
+def set_attention(config, implementation: str = "eager", model_class=None) -> str:
+    """Build ``config``'s layers with ``implementation`` ("sdpa" falls back to "eager" where unavailable).
+
+    Either way a layer asked for its probabilities (``output_attentions=True``) computes them
+    eagerly, so ranking is unchanged; an SDPA layer uses the fused kernel only when nothing reads
+    them. Returns the implementation in effect.
+    """
+    if implementation not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {implementation!r}")
+    if implementation == "sdpa" and not sdpa_available(model_class):
+        implementation = "eager"
     if hasattr(config, "_attn_implementation"):
-        config._attn_implementation = "eager"
-    if hasattr(config, "attn_implementation"):
-        try:
-            config.attn_implementation = "eager"
-        except AttributeError:  # a read-only property on some versions
-            pass
+        config._attn_implementation = implementation
+    return implementation
+
+
+def force_eager_attention(config) -> None:
+    """Every layer eager: the attention of transformers 4.16, which the published numbers were made with."""
+    set_attention(config, "eager")
+
+
+class _QuietSdpaFallback(logging.Filter):
+    """transformers warns (once) when an SDPA layer is asked for its probabilities; we ask on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SdpaSelfAttention is used but" not in record.getMessage()
+
+
+for _name in ("transformers.models.bert.modeling_bert", "transformers.models.roberta.modeling_roberta"):
+    logging.getLogger(_name).addFilter(_QuietSdpaFallback())
 
 
 class ToPForSequenceClassification(nn.Module):
@@ -108,7 +146,6 @@ class ToPForSequenceClassification(nn.Module):
         model_type = getattr(hf_model.config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"ToP supports {', '.join(SUPPORTED_MODEL_TYPES)} models, not {model_type!r}")
-        force_eager_attention(hf_model.config)
         self.hf_model = hf_model
         self._family = _Family(hf_model)
         num_layers = hf_model.config.num_hidden_layers
@@ -126,11 +163,14 @@ class ToPForSequenceClassification(nn.Module):
         return self.hf_model.config
 
     @classmethod
-    def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model") -> ToPForSequenceClassification:
+    def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model",
+                        attention: str = "eager") -> ToPForSequenceClassification:
         """A fine-tuned classifier from a directory or hub id, every weight key and shape checked.
 
         The weights are read by ``top.safeload`` (transformers never unpickles them); a missing
-        classifier head is an error, never a fresh random one.
+        classifier head is an error, never a fresh random one. ``attention="sdpa"`` builds the
+        layers with the fused kernel for the layers whose probabilities nothing reads (see
+        :func:`set_attention`).
         """
         from transformers import AutoConfig
 
@@ -150,12 +190,12 @@ class ToPForSequenceClassification(nn.Module):
             raise UserError(
                 f"{flag} {name_or_path} is a {config.model_type!r} model; give a BERT or RoBERTa classifier."
             )
-        force_eager_attention(config)
         # transformers' own from_pretrained, handed the vetted state dict: it builds the model as the
         # original did, so the random stream it leaves behind (and so training) is the original's.
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
         model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+        set_attention(config, attention, model_class)
         try:
             hf_model = model_class.from_pretrained(None, config=config, state_dict=state_dict)
         except RuntimeError as error:  # a weight whose shape config.json does not imply
@@ -169,10 +209,12 @@ class ToPForSequenceClassification(nn.Module):
             raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
 
     @classmethod
-    def from_config(cls, config, prune_locations=None) -> ToPForSequenceClassification:
+    def from_config(cls, config, prune_locations=None, attention: str = "eager") -> ToPForSequenceClassification:
         from transformers import AutoModelForSequenceClassification
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-        force_eager_attention(config)
+        mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+        set_attention(config, attention, mapping[type(config)] if type(config) in mapping else None)
         return cls(AutoModelForSequenceClassification.from_config(config), prune_locations)
 
     @classmethod
@@ -206,7 +248,17 @@ class ToPForSequenceClassification(nn.Module):
         mode: str = "faithful",
         token_z: Optional[torch.Tensor] = None,
         pruner_z: Optional[torch.Tensor] = None,
+        probability_layers: Optional[Collection[int]] = None,
+        attention_hook: Optional[Callable[[int, torch.Tensor], None]] = None,
     ) -> ToPOutput:
+        """Logits, per-layer importance and keep masks (see :class:`ToPOutput`).
+
+        ``probability_layers``: the layers whose attention probabilities are materialised (their
+        ``importance`` entries; None elsewhere). None means every layer, the original's forward.
+        Pruning reads the layer before each prune location, so those are always added when gates
+        are given. Every other layer of a model built with ``attention="sdpa"`` runs the fused kernel.
+        ``attention_hook(index, probabilities)`` sees each materialised ``[B, heads, N, N]`` tensor.
+        """
         if mode == "compact":
             raise ValueError(
                 'mode="compact" is not a mode of this forward; build top.compact.CompactPlan.from_gates(...) '
@@ -224,15 +276,25 @@ class ToPForSequenceClassification(nn.Module):
                 raise ValueError(
                     f"gates cover {token_z.shape[0]} locations but the model prunes at {self.prune_locations}"
                 )
-        return self._forward_masked(input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z)
+        wanted = None
+        if probability_layers is not None:
+            wanted = set(probability_layers) | (self.ranking_layers() if pruning else set())
+        return self._forward_masked(
+            input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z, wanted, attention_hook
+        )
 
-    def _forward_masked(self, input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z) -> ToPOutput:
+    def ranking_layers(self) -> Set[int]:
+        """The layers whose importance the prune locations rank tokens by (each location's previous layer)."""
+        return {location - 1 for location in self.prune_locations}
+
+    def _forward_masked(self, input_ids, attention_mask, token_type_ids, mode, token_z, pruner_z,
+                        wanted: Optional[Set[int]], hook) -> ToPOutput:
         family = self._family
         hidden = family.embed(input_ids, token_type_ids)
         dtype = hidden.dtype
         keep = attention_mask[:, 1:].to(dtype)
         extended_mask = _additive_mask(attention_mask, dtype)
-        importance: List[torch.Tensor] = []
+        importance: List[Optional[torch.Tensor]] = []
         keep_masks: List[Optional[torch.Tensor]] = []
         kept_lengths = []
         current_mask = None
@@ -247,9 +309,12 @@ class ToPForSequenceClassification(nn.Module):
                 current_mask = _with_cls(keep) > 0
             keep_masks.append(current_mask)
             kept_lengths.append((keep > 0).sum(dim=1) + 1)
-            outputs = layer(hidden, attention_mask=extended_mask, output_attentions=True)
+            materialise = wanted is None or index in wanted
+            outputs = layer(hidden, attention_mask=extended_mask, output_attentions=materialise)
             hidden = outputs[0]
-            importance.append(_importance(outputs[1]))
+            if materialise and hook is not None:
+                hook(index, outputs[1])
+            importance.append(_importance(outputs[1]) if materialise else None)
         logits = family.head(hidden)
         return ToPOutput(logits, importance, keep_masks, torch.stack(kept_lengths, dim=1))
 

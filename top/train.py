@@ -33,6 +33,8 @@ from top.data import TaskData
 from top.errors import UserError
 from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
 from top.io import atomic_directory, atomic_write_json
+from top.losses import default_rank_layers
+from top.modeling import ATTENTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="recorded for parity with the original, whose token and layer gates start at logits 10 and -10 regardless",
     )
     parser.add_argument("--distill-temperature", type=positive_float, default=2.0)
+    parser.add_argument(
+        "--attention", choices=ATTENTIONS, default="sdpa",
+        help="sdpa: the fused kernel in every layer whose attention probabilities nothing reads (where this "
+        "torch and transformers have it); eager: every layer materialises them, as the original (bit-identical "
+        "to it)",
+    )
     parser.add_argument("--eval-steps", type=positive_int, default=100)
     parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
     loop.add_run_arguments(parser)
@@ -198,7 +206,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     determinism.seed_everything(args.seed + dist.rank)
     tokenizer, train_set, dev_set = loop.encode_data(args, plan.data, plan.student_dir, "--model", args.model)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
-    student, teacher = load_models(plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device)
+    student, teacher = load_models(
+        plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device, args.attention
+    )
     gates = TokenGates(plan.locations, plan.settings["bin_num"], layer_init=args.layer_gate_init).to(device)
 
     # Training state: what last/ saves and --resume restores.
@@ -271,6 +281,7 @@ class StepSettings:
     max_grad_norm: float
     regression: bool  # the task loss is the MSE against the labels, not distillation
     task_length: int  # the length the expected sparsity is counted at
+    rank_layers: Tuple[int, ...]  # the student layers the rank distillation teaches
 
 
 @dataclasses.dataclass
@@ -326,6 +337,7 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
         max_grad_norm=args.max_grad_norm,
         regression=data.is_regression,
         task_length=data.task_length,
+        rank_layers=tuple(default_rank_layers(student_config.num_hidden_layers)),
     )
     return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
 
@@ -343,14 +355,23 @@ def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dic
     }
 
 
-def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device):
-    """The student (pruning at ``locations``) and the teacher (in eval mode, never pruned) on ``device``."""
+def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device,
+                attention: str = "eager"):
+    """The student (pruning at ``locations``) and the teacher (in eval mode, never pruned) on ``device``.
+
+    Both are built with ``attention`` ("sdpa": the fused kernel wherever nothing reads a layer's
+    attention probabilities; see ``top.modeling.set_attention``).
+    """
     from top.modeling import ToPForSequenceClassification
 
     try:
         # Read by top.safeload and loaded strictly: a hostile or incomplete file stops the run.
-        student = ToPForSequenceClassification.from_pretrained(student_dir, prune_locations=locations, flag="--model")
-        teacher = ToPForSequenceClassification.from_pretrained(teacher_dir, prune_locations=[], flag="--teacher")
+        student = ToPForSequenceClassification.from_pretrained(
+            student_dir, prune_locations=locations, flag="--model", attention=attention
+        )
+        teacher = ToPForSequenceClassification.from_pretrained(
+            teacher_dir, prune_locations=[], flag="--teacher", attention=attention
+        )
     except (OSError, RuntimeError, ValueError) as error:
         raise UserError(
             f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
@@ -435,7 +456,8 @@ def top_loss(
         expected = 1 - dist.gather_sum(relative.sum()) / global_batch
         lag = lagrangian_loss(expected, step_target, gates.lambda_1, gates.lambda_2)
         rank = rank_distillation_loss(
-            student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], hp.topk
+            student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], hp.topk,
+            layers=hp.rank_layers,
         )
         loss = loss + share * rank_weight * rank + lag
     return loss, {"task_loss": task_loss, "lagrangian": lag, "rank_loss": rank, "expected_sparsity": expected}
@@ -462,7 +484,8 @@ def train_step(
     pruning = "gates" in optimizers
     inputs = loop.model_inputs(batch)
     with torch.no_grad():
-        teacher_out = teacher(**inputs, mode="faithful")
+        # Only the teacher's last layer ranks tokens (for the rank distillation).
+        teacher_out = teacher(**inputs, mode="faithful", probability_layers=[teacher.config.num_hidden_layers - 1])
     token_z = pruner_z = None
     step_target = rank_weight = 0.0
     if pruning:
@@ -470,7 +493,10 @@ def train_step(
         step_target, rank_weight = warmup_ramp(
             step - PREPRUNING_STEPS, hp.warmup_steps, hp.target_sparsity, hp.rank_loss_alpha
         )
-    student_out = student(**inputs, mode="train", token_z=token_z, pruner_z=pruner_z)
+    # Pruning reads the layers before the prune locations, the rank distillation hp.rank_layers.
+    student_out = student(
+        **inputs, mode="train", token_z=token_z, pruner_z=pruner_z, probability_layers=hp.rank_layers if pruning else ()
+    )
     loss, parts = top_loss(
         student_out, teacher_out, batch, gates, student.config, pruning, step_target, rank_weight, share,
         global_batch, hp, dist,
@@ -545,7 +571,9 @@ def evaluate_dev(
 
     student.eval()
     scored = scoring.predict(
-        lambda batch: student(**loop.model_inputs(batch), mode="faithful", token_z=token_z, pruner_z=pruner_z),
+        lambda batch: student(
+            **loop.model_inputs(batch), mode="faithful", token_z=token_z, pruner_z=pruner_z, probability_layers=()
+        ),
         dev_set,
         batch_size,
         device,
