@@ -7,7 +7,7 @@ from reference_compact import reference_compact
 
 from top.compact import CompactPlan, compact_forward
 from top.errors import UserError
-from top.modeling import ToPForSequenceClassification, default_prune_locations
+from top.modeling import ToPForSequenceClassification, default_prune_locations, sdpa_available, set_attention
 from top.pruning import prune_step, rank_to_bin
 
 
@@ -184,3 +184,50 @@ def test_prune_locations_are_validated_and_default_to_2_to_last():
         ToPForSequenceClassification.from_config(tiny_config(), prune_locations=[2, 4])
     with pytest.raises(ValueError, match="gates cover"):
         model_for()(torch.ones(1, 3, dtype=torch.long), mode="faithful", token_z=torch.ones(5, 4))
+
+
+# ------------------------------------------------------------------------------------- fused attention
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_sdpa_runs_only_where_no_probabilities_are_read(kind):
+    """Layers asked for nothing take the fused kernel; the ranking layers stay eager, so pruning is unchanged."""
+    eager = model_for(kind)
+    fused = ToPForSequenceClassification.from_config(tiny_config(kind), attention="sdpa").eval()
+    fused.load_state_dict(eager.state_dict())
+    ids, mask = batch()
+    if kind == "roberta":
+        ids = torch.where(mask.bool(), ids, torch.ones_like(ids))
+    token_z = torch.ones(len(eager.prune_locations), 6)
+    token_z[:, 3:] = 0
+    pruner_z = torch.ones(len(eager.prune_locations))
+    seen = []
+    with torch.no_grad():
+        reference = eager(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z)
+        ours = fused(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z, probability_layers=[0],
+                     attention_hook=lambda index, probs: seen.append((index, tuple(probs.shape))))
+    wanted = {0} | {location - 1 for location in eager.prune_locations}
+    assert [index for index, _ in seen] == sorted(wanted)
+    assert all(shape == (ids.shape[0], 2, ids.shape[1], ids.shape[1]) for _, shape in seen)
+    assert [i for i, x in enumerate(ours.importance) if x is not None] == sorted(wanted)
+    for index in wanted:
+        assert torch.equal(ours.importance[index], reference.importance[index])
+    for ours_mask, reference_mask in zip(ours.keep_masks, reference.keep_masks):
+        assert (ours_mask is None and reference_mask is None) or torch.equal(ours_mask, reference_mask)
+    torch.testing.assert_close(ours.logits, reference.logits, rtol=1e-5, atol=1e-6)
+    uses_fused = [type(layer.attention.self).__name__ for layer in fused._family.layers]
+    if sdpa_available():
+        assert all("Sdpa" in name for name in uses_fused)
+    else:  # torch 1.12 / transformers 4.16: no fused kernel, every layer eager
+        assert set_attention(tiny_config(kind), "sdpa") == "eager"
+        assert not any("Sdpa" in name for name in uses_fused)
+
+
+def test_all_layers_materialise_by_default():
+    model = model_for("bert")
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model(ids, mask)
+    assert all(x is not None for x in out.importance)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        set_attention(tiny_config(), "flash")

@@ -232,6 +232,20 @@ def test_same_seed_gives_bit_identical_runs(tiny, reference_run, tmp_path):
         assert_bit_identical(reference_run / "last", other / "last")
 
 
+def test_fused_attention_changes_only_rounding(tiny, tmp_path):
+    """--attention sdpa (the default) against eager, without dropout: the same run up to float rounding."""
+    runs = {}
+    for attention in ("eager", "sdpa"):
+        out = tmp_path / attention
+        assert cli.main(train_argv(tiny, out, *SHORT, "--attention", attention, model_key="model_no_dropout")) == 0
+        runs[attention] = read_log(out)
+    assert [sorted(r) for r in runs["eager"]] == [sorted(r) for r in runs["sdpa"]]
+    for eager, fused in zip(runs["eager"], runs["sdpa"]):
+        for key in ("task_loss", "rank_loss", "lagrangian", "lambda_1", "expected_sparsity", "score"):
+            if key in eager:
+                assert fused[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), (eager["step"], key)
+
+
 # ------------------------------------------------------------------------------------- resume
 
 KILLER = r"""
