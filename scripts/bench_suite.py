@@ -10,7 +10,8 @@ length-sorted full-size dev set, so the sorted batches `top bench` times are tho
 set would give, at a fraction of the time.
 
 Writes bench/<task>-b<batch>.json, bench/summary.json, bench/summary.md and bench/speedup.png;
-with scripts/bench_train_step.py present, also its training step-cost numbers.
+then the training benches: scripts/bench_train_step.py (one step of each command) and
+scripts/bench_run_cost.py (whole `top train` runs against `top finetune` runs).
 
 With ``--runtime onnxruntime`` it times the exported graphs instead (`top bench --runtime
 onnxruntime`) and writes bench/<task>-b<batch>-onnx.json and bench/summary-onnx.{md,json}, with
@@ -256,15 +257,14 @@ def plot(results: List[Dict], path: Path) -> bool:
     return True
 
 
-def train_step_numbers(output_dir: Path, args) -> None:
-    script = ROOT / "scripts" / "bench_train_step.py"
-    if not script.is_file():
-        return
-    command = [sys.executable, str(script), "--output-dir", str(output_dir)]
-    print("running", " ".join(command))
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        print(f"bench_train_step.py failed with exit status {result.returncode}", file=sys.stderr)
+def training_cost_numbers(output_dir: Path, args) -> None:
+    """The training benches: one step of each command, then whole `top train` and `top finetune` runs."""
+    for name in ("bench_train_step.py", "bench_run_cost.py"):
+        command = [sys.executable, str(ROOT / "scripts" / name), "--output-dir", str(output_dir)]
+        print("running", " ".join(command))
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            print(f"{name} failed with exit status {result.returncode}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     atomic_write_json(output_dir / "summary.json", {"goal": GOAL, "goal_met": met,
                                                     "results": results})
     plot(results, output_dir / "speedup.png")
-    train_step_numbers(output_dir, args)
+    training_cost_numbers(output_dir, args)
     print(table + "\n" + note)
     return 0
 

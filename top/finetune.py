@@ -163,6 +163,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
     model_dir = resolve_model(args.model, "--model")
     tokenizer, train_set, dev_set = loop.encode_data(args, data, model_dir, "--model", args.model)
     order = loop.BatchOrder(len(data.train), args.batch_size, args.seed, dist.world_size, dist.rank)
+    loop.apply_length_grouping(args, order, train_set)
     total_steps = loop.training_length(args, order.steps_per_epoch, default_epochs(data))
     eval_steps = args.eval_steps or order.steps_per_epoch
 
@@ -191,6 +192,7 @@ def finetune(args: argparse.Namespace, dist: loop.Distributed) -> int:
         loss = finetune_step(model, optimizer, scheduler, batch, len(indices) / len(chunk), args.max_grad_norm, dist)
         bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
         bar.update(1)
+        loop.step_finished("finetune", step, total_steps)
         if step % args.logging_steps == 0 or step == total_steps:
             epoch, learning_rate = step / order.steps_per_epoch, scheduler.get_last_lr()[0]
             log.write({"step": step, "epoch": epoch, "loss": loss, "learning_rate": learning_rate})

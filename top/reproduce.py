@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from top import machine
 from top.argtypes import non_negative_int, positive_int
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text
@@ -171,22 +172,8 @@ def stack_record(environment: Dict[str, Any], device_name: str) -> Dict[str, Any
         "python": environment.get("python"),
         "torch": environment.get("torch"),
         "transformers": environment.get("transformers"),
-        "device": device or f"cpu ({_cpu_name()})",
+        "device": device or f"cpu ({machine.cpu_name()})",
     }
-
-
-def _cpu_name() -> str:
-    """The processor's model name where the system says it (Linux), else its architecture."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _blank_result(row) -> Dict[str, Any]:

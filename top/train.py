@@ -205,6 +205,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     flags = determinism.set_deterministic()
     determinism.seed_everything(args.seed + dist.rank)
     tokenizer, train_set, dev_set = loop.encode_data(args, plan.data, plan.student_dir, "--model", args.model)
+    loop.apply_length_grouping(args, plan.order, train_set)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
     student, teacher = load_models(
         plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device, args.attention
@@ -240,6 +241,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         )
         step += 1
         show_progress(bar, values)
+        loop.step_finished("train", step, total_steps)
         if step % args.logging_steps == 0 or step == total_steps:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
