@@ -100,7 +100,7 @@ class BatchOrder:
     MEGABATCH = 50
     lengths: Optional[torch.Tensor] = None
 
-    def group_by_length(self, lengths: torch.Tensor) -> "BatchOrder":
+    def group_by_length(self, lengths: torch.Tensor) -> BatchOrder:
         """Batch examples of similar ``lengths`` (one per example) from now on."""
         if len(lengths) != self.num_examples:
             raise ValueError(f"{len(lengths)} lengths for {self.num_examples} examples")
