@@ -33,6 +33,9 @@ def test_quick_demo_writes_report_plots_and_example(tmp_path, capsys):
     else:
         assert report["pruned"]["onnx_speedup"] is None and "onnxruntime" in report["pruned"]["onnx_note"]
     assert report["duration_s"] > 0
+    assert list(report["stage_seconds"]) == ["data", "fine-tune the teacher", "prune with top train", "evaluate",
+                                             "benchmark"]
+    assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
     for name in ("report.md", "kept_tokens_per_layer.png", "teacher_vs_pruned.png", "data/manifest.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "kept_tokens_per_layer.png").read_bytes()[:4] == b"\x89PNG"
@@ -154,3 +157,30 @@ def test_fetch_lets_pip_check_the_hash_and_caches_only_verified_files(tmp_path, 
     with pytest.raises(Exception, match="corrupt copy was removed"):
         demo_assets.fetch(wheel.name, "top-pin-probe==0.1", sdist=False, expected_sha256=digest)
     assert not path.exists()
+
+
+def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
+    """The estimate is printed after a command's first steps, from their pace; ToP's pace refines it."""
+    from top import demo
+
+    clock = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+    recipe = dict(demo.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10)
+    said = []
+    estimate = demo.TimeEstimate(recipe, started=0.0, write=said.append)
+    assert estimate.total == {"finetune": 20, "train": 30}
+    for step in range(1, 21):  # fine-tune steps of 1 s, the first one after 10 s of set-up
+        clock[0] = 10.0 + step
+        estimate("finetune", step, 20)
+    assert len(said) == 1 and said[0].startswith("demo: about") and "after 6 finetune steps" in said[0]
+    unit = 1.0
+    expected = (16 + 14 * unit + 2 * 100 * demo.ETA_UNITS["dev_example"] * unit
+                + 30 * demo.ETA_UNITS["train_step"] * unit + 3 * 100 * demo.ETA_UNITS["dev_example"] * unit
+                + demo.ETA_UNITS["after_training"] * unit) / 60
+    assert estimate.estimates[0]["minutes"] == round(expected, 1)
+    estimate.finetune_done()
+    for step in range(1, 7):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows
+        clock[0] = 40.0 + 3 * step
+        estimate("train", step, 30)
+    assert len(said) == 2 and "after 6 train steps" in said[1]
+    assert estimate.estimates[1]["minutes"] > estimate.estimates[0]["minutes"]

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from top import demo_assets
+from top import demo_assets, loop, machine
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text
 
@@ -30,6 +30,8 @@ RECIPE = {
     "n_dev": 1000,
     "neutral_band": 0.5,  # drop snippets whose mean rating is within ±0.5 of 0
     "max_seq_length": 64,
+    # Batches of similar length (top finetune/train --group-by-length): about half the padding.
+    "group_by_length": True,
     "finetune_epochs": 2,
     "finetune_learning_rate": 5e-5,
     "target_sparsity": 0.5,
@@ -53,6 +55,11 @@ RECIPE = {
 # What the demo must reach, the one place these numbers are written: report.json and report.md
 # both read them from here.
 TARGETS = {"max_score_drop": 1.5, "min_flops_reduction_unpadded": 1.9, "max_minutes": 20}
+# The time estimate's cost model, in units of one fine-tune step (batch 32) timed on the machine
+# itself: a ToP step, one dev example scored, and everything after training (final evaluation,
+# benchmarks, ONNX export, report). Measured in the demo run the README quotes.
+ETA_UNITS = {"train_step": 1.25, "dev_example": 0.009, "after_training": 140.0}
+ETA_AFTER_STEPS = 6  # steps of a command timed before its estimate (the first one is left out: warm-up)
 QUICK = {  # a shortened run for the tests: same stages, a few steps on a slice of the data
     "n_train": 96, "n_dev": 48, "finetune_epochs": 1, "epochs": 1, "warmup_epochs": 0.5, "eval_steps": 2,
 }
@@ -67,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for key, value in RECIPE.items():
         if key == "bench_task":
             continue
+        if isinstance(value, bool):
+            parser.add_argument(f"--no-{key.replace('_', '-')}", dest=key, action="store_const", const=False,
+                                default=None, help=f"turn off {key} (on by default)")
+            continue
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                             help=f"default {value}")
 
@@ -80,6 +91,85 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
         if value is not None:
             recipe[key] = value
     return recipe
+
+
+class TimeEstimate:
+    """Listens to the training commands' steps; after the first few of each, prints the demo's total time.
+
+    The first estimate comes after the fine-tune's first steps (or ToP's, when the teacher is reused);
+    ToP's first steps refine it. ``estimates`` keeps each (when, minutes) for the report.
+    """
+
+    def __init__(self, recipe: Dict[str, Any], started: float, write=print):
+        steps_per_epoch = -(-recipe["n_train"] // 32)
+        self.recipe = recipe
+        self.started = started
+        self.write = write
+        self.total = {"finetune": steps_per_epoch * recipe["finetune_epochs"],
+                      "train": int(-(-recipe["epochs"] * steps_per_epoch // 1))}
+        self.evals = {"finetune": recipe["finetune_epochs"], "train": -(-self.total["train"] // recipe["eval_steps"])}
+        self.step_seconds: Dict[str, float] = {}
+        self.marks: Dict[str, float] = {}
+        self.skipped: set = set()
+        self.estimates: List[Dict[str, Any]] = []
+
+    def __call__(self, command: str, step: int, total_steps: int) -> None:
+        now = time.perf_counter()
+        if step == 1:
+            self.marks[command] = now
+        elif step == ETA_AFTER_STEPS and command in self.marks:
+            self.step_seconds[command] = (now - self.marks[command]) / (ETA_AFTER_STEPS - 1)
+            self.report(command, step, now)
+
+    def finetune_done(self) -> None:
+        """The teacher is ready (trained or reused): no fine-tuning left to wait for."""
+        self.total["finetune"] = self.evals["finetune"] = 0
+
+    def report(self, command: str, step: int, now: float) -> None:
+        unit = self.step_seconds.get("finetune") or self.step_seconds["train"] / ETA_UNITS["train_step"]
+        train_step = self.step_seconds.get("train", unit * ETA_UNITS["train_step"])
+        evaluation = self.recipe["n_dev"] * ETA_UNITS["dev_example"] * unit
+        done = {"finetune": step if command == "finetune" else self.total["finetune"], "train": 0}
+        if command == "train":
+            done["train"] = step
+        left = {
+            "fine-tune": (self.total["finetune"] - done["finetune"]) * unit
+            + (self.evals["finetune"] if command == "finetune" else 0) * evaluation,
+            "pruning": (self.total["train"] - done["train"]) * train_step + self.evals["train"] * evaluation,
+            "evaluation and benchmarks": ETA_UNITS["after_training"] * unit,
+        }
+        minutes = (now - self.started + sum(left.values())) / 60
+        self.estimates.append({"after": command, "step": step, "minutes": round(minutes, 1)})
+        parts = ", ".join(f"{name} ~{seconds / 60:.1f}" for name, seconds in left.items())
+        self.write(f"demo: about {minutes:.0f} minutes in all, estimated after {step} {command} steps "
+                   f"(minutes left: {parts})")
+
+
+class Stages:
+    """The demo's stage bar, and the seconds each stage took."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.seconds: Dict[str, float] = {}
+        self.current: Optional[str] = None
+        self.since = time.perf_counter()
+
+    def start(self, name: str) -> None:
+        self._close_current()
+        self.current = name
+        self.bar.set_postfix_str(name)
+
+    def _close_current(self) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.seconds[self.current] = round(now - self.since, 1)
+            self.bar.update(1)
+        self.since = now
+
+    def finish(self) -> None:
+        self._close_current()
+        self.current = None
+        self.bar.close()
 
 
 def _top(*argv: str) -> None:
@@ -123,7 +213,7 @@ def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], devi
         "model": str(demo_assets.model_dir()),
         "data": json.loads(data["manifest"].read_text())["snippets_sha256"],
         **{k: recipe[k] for k in ("n_train", "n_dev", "max_seq_length", "finetune_epochs",
-                                  "finetune_learning_rate", "seed", "neutral_band")},
+                                  "finetune_learning_rate", "seed", "neutral_band", "group_by_length")},
     }
     stamp = teacher / "demo-fingerprint.json"
     if not fresh and (teacher / "best" / "config.json").exists() and stamp.exists():
@@ -136,6 +226,7 @@ def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], devi
         "--epochs", str(recipe["finetune_epochs"]), "--learning-rate", str(recipe["finetune_learning_rate"]),
         "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", "32",
         "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(teacher),
+        *(["--group-by-length"] if recipe["group_by_length"] else []),
     )
     atomic_write_json(stamp, fingerprint)
     return teacher / "best"
@@ -154,6 +245,7 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
         "--layer-gate-init", str(recipe["layer_gate_init"]),
         "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", "32",
         "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(pruned),
+        *(["--group-by-length"] if recipe["group_by_length"] else []),
     )
     best = pruned / "best"
     if (best / "config.json").exists():
@@ -336,7 +428,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
            f"unpadded; the model is {p['onnx_model']}." if p.get("onnx_speedup") else f"{p.get('onnx_note')}."),
         "",
         f"Compact agrees with faithful on {100 * p['compact_agreement_with_faithful']:.1f}% of the predictions. "
-        f"Wall time: {report['duration_s'] / 60:.1f} minutes.",
+        f"Wall time: {report['duration_s'] / 60:.1f} minutes"
+        + (f" on {machine.one_line(report['machine'])}" if report.get("machine") else "")
+        + "".join(f"; estimated {e['minutes']:.0f} after {e['step']} {e['after']} steps"
+                  for e in report.get("time_estimates", [])) + ".",
         "",
         f"Targets: pruned score at least the teacher's minus {goal['max_score_drop']:g} points "
         f"({'met' if p['score'] >= goal['min_score'] else 'MISSED'}); unpadded FLOPs reduction at "
@@ -370,33 +465,36 @@ def run(args: argparse.Namespace) -> int:
     recipe = settings(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = tqdm(total=6, desc="demo", unit="stage", position=0)
-    stages.set_postfix_str("data")
-    data = prepare_data(out, recipe)
-    demo_assets.model_dir()
-    stages.update(1)
-    stages.set_postfix_str("fine-tune the teacher")
-    teacher = teacher_stage(out, data, recipe, args.device, args.fresh)
-    stages.update(1)
-    stages.set_postfix_str("prune with top train")
-    pruned = prune_stage(out, teacher, data, recipe, args.device)
-    stages.update(1)
-    stages.set_postfix_str("evaluate")
+    stages = Stages(tqdm(total=6, desc="demo", unit="stage", position=0))
+    clock = TimeEstimate(recipe, started, write=tqdm.write)
+    loop.STEP_LISTENERS.append(clock)
+    try:
+        stages.start("data")
+        data = prepare_data(out, recipe)
+        demo_assets.model_dir()
+        stages.start("fine-tune the teacher")
+        teacher = teacher_stage(out, data, recipe, args.device, args.fresh)
+        clock.finetune_done()
+        stages.start("prune with top train")
+        pruned = prune_stage(out, teacher, data, recipe, args.device)
+    finally:
+        loop.STEP_LISTENERS.remove(clock)
+    stages.start("evaluate")
     records, loaded, eval_data = evaluate_stage(teacher, pruned, data, recipe, args.device)
-    stages.update(1)
-    stages.set_postfix_str("benchmark")
+    stages.start("benchmark")
     bench = None if args.no_bench else bench_stage(out, pruned, data, recipe, args.device, args.quick)
     onnx = None if args.no_bench else onnx_stage(out, pruned, data, recipe, args.quick)
-    stages.update(1)
-    stages.set_postfix_str("report")
+    stages.start("report")
     example = token_example(loaded, eval_data, recipe["max_seq_length"])
     report = build_report(records, bench, recipe, time.perf_counter() - started, example, pruned, onnx)
+    report["stage_seconds"] = stages.seconds
+    report["time_estimates"] = clock.estimates
+    report["machine"] = machine.describe()
     plot(out, records)
     atomic_write_json(out / "report.json", report)
     markdown = render_markdown(report)
     atomic_write_text(out / "report.md", markdown)
-    stages.update(1)
-    stages.close()
+    stages.finish()
     print(markdown)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0
