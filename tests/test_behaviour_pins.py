@@ -167,7 +167,7 @@ def inputs(reference, tmp_path_factory) -> Path:
 
 
 # Options of the working tree that the reference lacks, set to the reference's behaviour.
-TRAIN_NOW = ["--attention", "eager"]
+TRAIN_NOW = ["--attention", "eager", "--no-teacher-cache"]
 
 
 def command_lines(inputs: Path, out: Path, reference: bool) -> List[List[str]]:

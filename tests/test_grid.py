@@ -289,6 +289,13 @@ def test_every_top_train_option_is_accepted_as_top_train_parses_it(fake):
     assert parsed.layer_gate_init == 10.0 and parsed.eval_batch_size == 64 and parsed.no_progress is True
 
 
+def test_a_switch_on_by_default_is_turned_off_by_false(fake):
+    fake.grid.write_text(SMALL_GRID + "teacher_cache = false\n")
+    assert fake.run() == 0
+    argv = fake.calls()[0]["argv"]
+    assert "--no-teacher-cache" in argv and grid_module.train_parser().parse_args(argv).teacher_cache is False
+
+
 def test_a_missing_grid_file_is_a_user_error(tmp_path, capsys):
     code = main(["grid", "--task", "sst2", "--grid", str(tmp_path / "nope.toml"), "--model", "m",
                  "--output-dir", str(tmp_path / "o")])

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set
 
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json, atomic_write_text
@@ -218,12 +218,18 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _switches_on_by_default() -> Set[str]:
+    """`top train` switches that are on unless turned off (``--teacher-cache`` / ``--no-teacher-cache``)."""
+    return {a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.default is True}
+
+
 def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Path, resume: bool) -> List[str]:
     """`top train` options for one run; `task` is None when the run reads custom files."""
     args = ["--task", task] if task else []
+    on_by_default = _switches_on_by_default()
     for key, value in options.items():
-        if isinstance(value, bool):  # a switch: present when true
-            args += [_flag(key)] if value else []
+        if isinstance(value, bool):  # a switch: present when true; one on by default has a --no- form for false
+            args += [_flag(key)] if value else [_flag("no_" + key)] if key in on_by_default else []
         else:
             args += [_flag(key), _format_value(value)]
     args += ["--output-dir", str(run_dir)]

@@ -13,6 +13,11 @@ to the logit distillation (KD at T=2; STS-B and other regression data use the ta
 Every ``--eval-steps`` the dev set is scored in ``faithful`` mode with the deterministic gates;
 ``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps.
 ``last/`` holds everything a bit-identical ``--resume`` needs.
+
+The teacher is frozen and in eval mode, so by default it runs once per training example before the
+loop (``top.teacher_cache``: ``OUT/teacher-cache/``, reused by a resumed or repeated run); the only
+setting of a batch it depends on is the length the batch is cut to, which the cache handles exactly.
+``--no-teacher-cache`` runs it at every step instead.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from top import determinism, flops, loop, rundir
+from top import determinism, flops, loop, rundir, teacher_cache
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.data import TaskData
 from top.errors import UserError
@@ -85,6 +90,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sdpa: the fused kernel in every layer whose attention probabilities nothing reads (where this "
         "torch and transformers have it); eager: every layer materialises them, as the original (bit-identical "
         "to it)",
+    )
+    parser.add_argument(
+        "--teacher-cache", dest="teacher_cache", action="store_true", default=True,
+        help="run the teacher once per training example before the loop and read its outputs from "
+        "OUT/teacher-cache/ (the default; reused while the teacher, data and schedule are unchanged)",
+    )
+    parser.add_argument(
+        "--no-teacher-cache", dest="teacher_cache", action="store_false",
+        help="run the teacher at every step instead (bit-identical to the original's training)",
     )
     parser.add_argument("--eval-steps", type=positive_int, default=100)
     parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
@@ -185,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     dist = loop.setup_distributed(args.device)
     try:
         # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
-        with rundir.claim(Path(args.output_dir), dist.is_main):
+        saved = rundir.SAVED_DIRECTORIES + (teacher_cache.DIRECTORY,)
+        with rundir.claim(Path(args.output_dir), dist.is_main, saved):
             dist.barrier()
             return train(args, dist)
     finally:
@@ -211,6 +226,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device, args.attention
     )
     gates = TokenGates(plan.locations, plan.settings["bin_num"], layer_init=args.layer_gate_init).to(device)
+    cache = prepare_teacher_cache(args, plan, teacher, train_set, dist)
+    if cache is not None:
+        teacher = None  # every step reads its outputs from the cache
 
     # Training state: what last/ saves and --resume restores.
     step, best = 0, dict(NO_BEST)
@@ -222,7 +240,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if dist.is_main:
             logger.info("resumed from %s at step %d", last_dir, step)
     elif dist.is_main:
-        loop.start_run(out, "train", args, run_record(plan, dist, flags))
+        loop.start_run(out, "train", args, run_record(plan, dist, flags, cache))
 
     bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
                dynamic_ncols=True)
@@ -236,8 +254,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         pruning = "gates" in optimizers
         indices, chunk = order.indices(step)
         batch = loop.step_batch(train_set, indices, chunk, device)
+        cached = cache.teacher_outputs(indices, batch["input_ids"].shape[1], device) if cache else None
         values = train_step(
-            student, teacher, gates, optimizers, batch, step, len(indices) / len(chunk), len(chunk), hp, dist
+            student, teacher, gates, optimizers, batch, step, len(indices) / len(chunk), len(chunk), hp, dist, cached
         )
         step += 1
         show_progress(bar, values)
@@ -344,7 +363,7 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
     return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
 
 
-def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dict[str, Any]:
+def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any], cache=None) -> Dict[str, Any]:
     """What ``run.json`` records of the run besides its arguments."""
     return {
         "settings": plan.settings,
@@ -354,7 +373,20 @@ def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any]) -> Dic
         "steps_per_epoch": plan.order.steps_per_epoch,
         "world_size": dist.world_size,
         "deterministic": flags,
+        "teacher_cache": {"used": cache is not None, "key": cache.key if cache is not None else None},
     }
+
+
+def prepare_teacher_cache(args: argparse.Namespace, plan: Plan, teacher, train_set: Dict[str, torch.Tensor],
+                          dist: loop.Distributed) -> Optional[teacher_cache.TeacherCache]:
+    """The teacher's outputs for the run's whole schedule (``OUT/teacher-cache/``, built or reused;
+    see ``top.teacher_cache``), or None with ``--no-teacher-cache``: then the teacher runs every step."""
+    if not args.teacher_cache:
+        return None
+    return teacher_cache.prepare(
+        Path(args.output_dir) / teacher_cache.DIRECTORY, teacher, plan.teacher_dir, train_set, plan.order,
+        plan.total_steps, args.eval_batch_size, dist, progress=not args.no_progress,
+    )
 
 
 def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task_name: str, device: torch.device,
@@ -476,18 +508,20 @@ def train_step(
     global_batch: int,
     hp: StepSettings,
     dist: loop.Distributed,
+    teacher_out=None,
 ) -> Dict[str, float]:
     """One optimisation step at ``step`` (0-based) on this process's ``share`` of a global batch.
 
-    Teacher and student forward passes, the loss, the backward pass, the gradients summed over
-    processes and clipped, the optimiser and schedule steps, the gate logits clamped. Returns the
-    values ``log.jsonl`` records.
+    Teacher (unless ``teacher_out`` brings its outputs from the cache) and student forward passes,
+    the loss, the backward pass, the gradients summed over processes and clipped, the optimiser
+    and schedule steps, the gate logits clamped. Returns the values ``log.jsonl`` records.
     """
     pruning = "gates" in optimizers
     inputs = loop.model_inputs(batch)
-    with torch.no_grad():
-        # Only the teacher's last layer ranks tokens (for the rank distillation).
-        teacher_out = teacher(**inputs, mode="faithful", probability_layers=[teacher.config.num_hidden_layers - 1])
+    if teacher_out is None:
+        with torch.no_grad():
+            # Only the teacher's last layer ranks tokens (for the rank distillation).
+            teacher_out = teacher(**inputs, mode="faithful", probability_layers=[teacher.config.num_hidden_layers - 1])
     token_z = pruner_z = None
     step_target = rank_weight = 0.0
     if pruning:
