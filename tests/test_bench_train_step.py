@@ -25,9 +25,10 @@ def test_bench_times_the_real_train_and_finetune_steps(tmp_path, monkeypatch):
     calls = {"train": [], "finetune": 0}
     real_train_step, real_finetune_step = train.train_step, finetune.finetune_step
 
-    def counted_train_step(student, teacher, gates, optimizers, batch, step, *rest):
-        values = real_train_step(student, teacher, gates, optimizers, batch, step, *rest)
-        calls["train"].append((step, "gates" in optimizers, gates.token_loga.detach().clone(), values))
+    def counted_train_step(student, teacher, gates, optimizers, batch, step, *rest, teacher_out=None):
+        values = real_train_step(student, teacher, gates, optimizers, batch, step, *rest, teacher_out=teacher_out)
+        kind = "cached" if teacher_out is not None else "teacher"
+        calls["train"].append((step, "gates" in optimizers, gates.token_loga.detach().clone(), values, kind))
         return values
 
     def counted_finetune_step(*args):
@@ -47,17 +48,19 @@ def test_bench_times_the_real_train_and_finetune_steps(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     assert code == 0
 
-    # 2 untimed + 3 timed calls of each; every ToP call prunes, at a new step index.
+    # 2 untimed + 3 timed calls of each; every ToP call prunes, at a new step index, with the teacher
+    # run every step and with its outputs handed in (as from the cache).
     assert calls["finetune"] == 5
-    steps = [step for step, _, _, _ in calls["train"]]
-    assert steps == list(range(train.PREPRUNING_STEPS, train.PREPRUNING_STEPS + 5))
-    assert all(pruning for _, pruning, _, _ in calls["train"])
-    # The gate optimiser runs: once the Lagrangian's multipliers have moved off 0, so do the gate logits.
-    assert not torch.equal(calls["train"][1][2], calls["train"][-1][2])
-    # The target ramps over the warm-up as in `top train`, rather than standing at a constant.
-    targets = [values["target"] for _, _, _, values in calls["train"]]
-    assert targets == [0.5 * min(1.0, i / 4) for i in range(5)]
+    for kind in ("teacher", "cached"):
+        kept = [call for call in calls["train"] if call[4] == kind]
+        assert [call[0] for call in kept] == list(range(train.PREPRUNING_STEPS, train.PREPRUNING_STEPS + 5))
+        assert all(call[1] for call in kept)
+        # The gate optimiser runs: once the Lagrangian's multipliers have moved off 0, so do the gate logits.
+        assert not torch.equal(kept[1][2], kept[-1][2])
+        # The target ramps over the warm-up as in `top train`, rather than standing at a constant.
+        assert [call[3]["target"] for call in kept] == [0.5 * min(1.0, i / 4) for i in range(5)]
 
     result = json.loads((tmp_path / "train_step.json").read_text())
     assert result["ratio"] == pytest.approx(result["top_step_ms"] / result["finetune_step_ms"], rel=2e-3)
+    assert result["ratio_cached"] == pytest.approx(result["top_step_cached_ms"] / result["finetune_step_ms"], rel=2e-3)
     assert result["timed_steps"] == 3 and result["threads"] == 1
