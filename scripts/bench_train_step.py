@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from top import determinism, finetune, loop, train  # noqa: E402
 from top.gates import TokenGates, default_prune_locations  # noqa: E402
 from top.io import atomic_write_json  # noqa: E402
+from top.losses import default_rank_layers  # noqa: E402
 from top.modeling import ToPForSequenceClassification  # noqa: E402
 
 GOAL = 1.5
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=None, help="feed-forward width (default: 4 x hidden)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64, help="the batch's longest member (others shorter)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind (after 2 untimed)")
@@ -67,7 +69,7 @@ def small_bert_config(args):
         hidden_size=args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden,
+        intermediate_size=args.intermediate or 4 * args.hidden,
         num_labels=2,
     )
 
@@ -131,6 +133,7 @@ def top_step_function(args, batch, dist):
         max_grad_norm=flags.max_grad_norm,
         regression=False,
         task_length=args.task_length,
+        rank_layers=tuple(default_rank_layers(args.layers)),
     )
     index = [train.PREPRUNING_STEPS]
 
@@ -159,7 +162,12 @@ def main(argv=None) -> int:
         "goal": GOAL,
         "goal_met": ratio <= GOAL,
         "timed_steps": args.steps,
-        "model": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads},
+        "model": {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "heads": args.heads,
+            "intermediate": args.intermediate or 4 * args.hidden,
+        },
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "bin_num": args.bin_num,
