@@ -27,6 +27,7 @@ from top.training_cost import (  # noqa: E402
     COST_FILE,
     EVAL_STEPS,
     MAX_SEQ_LENGTH,
+    ModelShape,
     TrainingCost,
     cpu_seconds,
     evaluation_flops,
@@ -93,12 +94,37 @@ def _rounded(value: float) -> str:
     return f"{value:.2g}"
 
 
+PETA = 1e15
+
+
+def _evaluation_share(model: ModelShape, task: Task) -> float:
+    """The part of a preset run's FLOPs (teacher cached) that dev evaluation takes."""
+    return evaluation_flops(model, task) / training_flops(model, task, teacher_cache=True)
+
+
+def _cost_row(task: Task, cost: TrainingCost) -> str:
+    m, paper = cost.measurement, cost.paper_model
+    cached, per_step = (training_flops(paper, task, cache) / PETA for cache in (True, False))
+    return (
+        f"| {task.glue_dir} | {task.train_size:,} | {task.preset.epochs} | {training_steps(task):,} "
+        f"| {task.task_length} | {_rounded(cached)} / {_rounded(per_step)} "
+        f"| {_rounded(evaluation_flops(paper, task) / PETA)} "
+        f"| {_rounded(cpu_seconds(m.model, task, m) / 3600)} "
+        f"| {_rounded(cpu_seconds(paper, task, m) / 86400)} |"
+    )
+
+
 def render_cost_block(
     cost: TrainingCost, tasks: Mapping[str, Task], source: str = "top/training_cost.toml"
 ) -> str:
     """The preset-cost block, markers included: FLOPs from tasks.toml, CPU time scaled from the measurement."""
     m, paper = cost.measurement, cost.paper_model
-    peta = 1e15
+    presets = [task for task in tasks.values() if task.preset is not None]
+    evaluation_heavy = [
+        f"{100 * _evaluation_share(paper, task):.0f}% of {task.glue_dir}'s"
+        for task in presets
+        if _evaluation_share(paper, task) > 0.5
+    ]
     lines = [
         COST_START,
         f"<!-- generated from {source} and top/tasks.toml by scripts/readme_table.py --write; "
@@ -108,22 +134,8 @@ def render_cost_block(
         f"| {paper.name} PFLOPs: teacher cached / every step | of which dev evaluation "
         f"| {m.model.name} on the CPU measured (est. hours) | {paper.name} on the CPU measured (est. days) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(_cost_row(task, cost) for task in presets),
     ]
-    evaluation_heavy = []
-    for task in tasks.values():
-        if task.preset is None:
-            continue
-        share = evaluation_flops(paper, task) / training_flops(paper, task, True)
-        if share > 0.5:
-            evaluation_heavy.append(f"{100 * share:.0f}% of {task.glue_dir}'s")
-        cached, per_step = (training_flops(paper, task, cache) / peta for cache in (True, False))
-        lines.append(
-            f"| {task.glue_dir} | {task.train_size:,} | {task.preset.epochs} | {training_steps(task):,} "
-            f"| {task.task_length} | {_rounded(cached)} / {_rounded(per_step)} "
-            f"| {_rounded(evaluation_flops(paper, task) / peta)} "
-            f"| {_rounded(cpu_seconds(m.model, task, m) / 3600)} "
-            f"| {_rounded(cpu_seconds(paper, task, m) / 86400)} |"
-        )
     shape = m.model
     teacher = "read from the cache" if m.teacher_cache else "run at every step"
     lines += [
