@@ -141,8 +141,8 @@ def render_cost_block(
     lines += [
         "",
         f"Measured: one `top train` step of {shape.name} ({shape.layers} layers, hidden {shape.hidden}, "
-        f"{shape.heads} heads, feed-forward {shape.intermediate}; teacher {teacher}) on {m.batch_size} "
-        f"examples of {m.length} tokens takes {m.train_step_seconds:g} s, a `top finetune` step "
+        f"{shape.heads} heads, feed-forward {shape.intermediate}; teacher {teacher}) on a batch of "
+        f"{m.batch_size} examples padded to {m.length} tokens takes {m.train_step_seconds:g} s, a `top finetune` step "
         f"{m.finetune_step_seconds:g} s, on {m.cpu} ({m.vector_extension}, {m.cores} cores, "
         f"{m.torch_threads} torch threads; torch {m.torch}, {m.date}; `{m.command}`)."
         + (f" {m.note}" if m.note else ""),
@@ -153,7 +153,7 @@ def render_cost_block(
         f"example and step without; a dev evaluation every {EVAL_STEPS} steps and after the last, "
         f"each padded to {MAX_SEQ_LENGTH} tokens as faithful mode does (`top train`'s defaults). "
         f"The CPU columns keep the teacher as measured ({teacher}). For a GPU, divide the PFLOPs by "
-        "the GPU's sustained training throughput in PFLOP/s; no GPU was available to measure one."
+        "the GPU's sustained training throughput in PFLOP/s to get seconds; no GPU was available to measure one."
         + _evaluation_note(evaluation_heavy),
         COST_END,
     ]

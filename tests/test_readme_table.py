@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,11 @@ def test_the_repository_readme_is_in_sync(readme_table):
 # The preset-cost block
 
 
+def with_step_seconds(text, value):
+    """The cost file's text with its measured `top train` step set to ``value``."""
+    return re.sub(r"(?m)^train_step_seconds = .*$", f"train_step_seconds = {value}", text, count=1)
+
+
 def cost_rows(block):
     return [[c.strip() for c in line.strip("|").split("|")] for line in table_rows(block)]
 
@@ -167,7 +173,7 @@ def test_a_changed_measurement_changes_the_cpu_columns_only(readme_table, tmp_pa
     text = COST_FILE.read_text(encoding="utf-8")
     seconds = load_training_cost().measurement.train_step_seconds
     changed = tmp_path / "cost.toml"
-    changed.write_text(text.replace(f"train_step_seconds = {seconds}", f"train_step_seconds = {2 * seconds}"))
+    changed.write_text(with_step_seconds(text, 2 * seconds))
     before = cost_rows(readme_table.render_cost_block(load_training_cost(), TASKS))
     after = cost_rows(readme_table.render_cost_block(load_training_cost(changed), TASKS))
     for old, new in zip(before, after):
@@ -199,14 +205,13 @@ def test_cost_drift_is_caught_and_a_bad_cost_file_is_one_sentence(readme_table, 
     assert readme_table.main(["--check", *args]) == 0
     capsys.readouterr()
 
-    seconds = load_training_cost(cost).measurement.train_step_seconds
-    cost.write_text(cost.read_text().replace(f"train_step_seconds = {seconds}", "train_step_seconds = 123.0"))
+    cost.write_text(with_step_seconds(cost.read_text(), "123.0"))
     assert readme_table.main(["--check", *args]) == 1
     err = capsys.readouterr().err
     assert "the preset-cost table" in err and str(cost) in err and "--write" in err
     assert "results table" not in err and "takes 123 s" in err
 
-    cost.write_text(cost.read_text().replace("train_step_seconds = 123.0", "train_step_seconds = \"slow\""))
+    cost.write_text(with_step_seconds(cost.read_text(), '"slow"'))
     assert readme_table.main(["--check", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "measurement.train_step_seconds must be of type float" in err
