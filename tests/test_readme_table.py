@@ -1,6 +1,8 @@
-"""scripts/readme_table.py: the README's results table generated from the results table TOML."""
+"""scripts/readme_table.py: the README's results table and preset-cost table generated from their TOML files."""
 
+import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 
 from top.published import PUBLISHED_FILE, load_results_table
 from top.tasks import TASKS
+from top.training_cost import COST_FILE, cpu_seconds, load_training_cost, training_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "readme_table.py"
@@ -54,8 +57,14 @@ def test_the_note_follows_the_data(readme_table, tmp_path):
     assert "per-task tolerances" in readme_table.render_table(load_results_table(path))
 
 
-def write_readme(path, block=""):
-    path.write_text(f"# Title\n\nintro\n\n## Results\n\n{block}\n\n## After\n\ntail text\n", encoding="utf-8")
+EMPTY_COST = "<!-- preset-cost:start -->\n<!-- preset-cost:end -->"
+
+
+def write_readme(path, block="", cost=EMPTY_COST):
+    path.write_text(
+        f"# Title\n\nintro\n\n## Results\n\n{block}\n\n## Cost\n\n{cost}\n\n## After\n\ntail text\n",
+        encoding="utf-8",
+    )
 
 
 def test_write_then_check_and_drift(readme_table, tmp_path, capsys):
@@ -101,6 +110,10 @@ def test_bad_markers_and_missing_readme(readme_table, tmp_path, capsys):
     assert readme_table.main(["--write", "--readme", str(absent)]) == 0
     assert absent.read_text().startswith("## Results\n\n" + readme_table.START)
     assert readme_table.main(["--check", "--readme", str(absent)]) == 0
+    capsys.readouterr()
+    write_readme(readme, f"{readme_table.START}\n{readme_table.END}", cost="")
+    assert readme_table.main(["--write", "--readme", str(readme)]) == 2
+    assert "no <!-- preset-cost:start -->" in capsys.readouterr().err
 
 
 def test_script_runs_from_the_command_line(tmp_path):
@@ -114,7 +127,91 @@ def test_script_runs_from_the_command_line(tmp_path):
 
 
 def test_the_repository_readme_is_in_sync(readme_table):
-    """What `nox -s readme` checks: README.md's table is the one top/published.toml generates."""
+    """What `nox -s readme` checks: README.md's blocks are the ones the data files generate."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme_table.render_table(load_results_table())
     assert block in text, "README.md has drifted; run `python scripts/readme_table.py --write`"
+    cost = readme_table.render_cost_block(load_training_cost(), TASKS)
+    assert cost in text, "README.md has drifted; run `python scripts/readme_table.py --write`"
+    assert text.index(cost) > text.index("### How long each preset takes") > text.index("## Reproducing the paper")
+
+
+# ----------------------------------------------------------------------------------------------
+# The preset-cost block
+
+
+def with_step_seconds(text, value):
+    """The cost file's text with its measured `top train` step set to ``value``."""
+    return re.sub(r"(?m)^train_step_seconds = .*$", f"train_step_seconds = {value}", text, count=1)
+
+
+def cost_rows(block):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table_rows(block)]
+
+
+def test_the_cost_rows_come_from_tasks_toml_and_the_measurement(readme_table):
+    cost = load_training_cost()
+    block = readme_table.render_cost_block(cost, TASKS)
+    assert block.startswith(readme_table.COST_START) and block.endswith(readme_table.COST_END)
+    rows = cost_rows(block)
+    assert [row[0] for row in rows] == [task.glue_dir for task in TASKS.values()]
+    for row, task in zip(rows, TASKS.values()):
+        assert int(row[1].replace(",", "")) == task.train_size
+        assert int(row[2]) == task.preset.epochs
+        assert int(row[3].replace(",", "")) == training_steps(task)
+        assert int(row[4]) == task.task_length
+        hours = cpu_seconds(cost.measurement.model, task, cost.measurement) / 3600
+        assert float(row[7].replace(",", "")) == pytest.approx(hours, rel=0.06)  # two figures
+    cola = dict(zip((row[0] for row in rows), rows))["CoLA"]
+    assert cola[3] == "26,800"  # 268 steps an epoch x 100 epochs
+    m = cost.measurement
+    assert f"takes {m.train_step_seconds:g} s" in block and m.cpu in block and m.command in block
+    assert "estimate" in block and "no GPU was available" in block
+
+
+def test_a_changed_measurement_changes_the_cpu_columns_only(readme_table, tmp_path):
+    text = COST_FILE.read_text(encoding="utf-8")
+    seconds = load_training_cost().measurement.train_step_seconds
+    changed = tmp_path / "cost.toml"
+    changed.write_text(with_step_seconds(text, 2 * seconds))
+    before = cost_rows(readme_table.render_cost_block(load_training_cost(), TASKS))
+    after = cost_rows(readme_table.render_cost_block(load_training_cost(changed), TASKS))
+    for old, new in zip(before, after):
+        assert old[:7] == new[:7]  # steps and FLOPs do not depend on the measurement
+        assert float(new[7].replace(",", "")) == pytest.approx(2 * float(old[7].replace(",", "")), rel=0.1)
+
+
+def test_a_changed_preset_changes_its_row(readme_table):
+    cola = TASKS["cola"]
+    tasks = dict(TASKS, cola=dataclasses.replace(cola, preset=dataclasses.replace(cola.preset, epochs=50)))
+    rows = {row[0]: row for row in cost_rows(readme_table.render_cost_block(load_training_cost(), tasks))}
+    assert rows["CoLA"][2:4] == ["50", "13,400"]
+
+
+def test_the_evaluation_note_names_the_tasks_where_evaluation_dominates(readme_table):
+    cost = load_training_cost()
+    assert "of QQP's" in readme_table.render_cost_block(cost, TASKS)  # 40,430 dev examples every 100 steps
+    tasks = dict(TASKS, qqp=dataclasses.replace(TASKS["qqp"], dev_size=1))
+    assert "of QQP's" not in readme_table.render_cost_block(cost, tasks)
+
+
+def test_cost_drift_is_caught_and_a_bad_cost_file_is_one_sentence(readme_table, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    write_readme(readme, f"{readme_table.START}\n{readme_table.END}")
+    cost = tmp_path / "cost.toml"
+    cost.write_text(COST_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    args = ["--readme", str(readme), "--cost", str(cost)]
+    assert readme_table.main(["--write", *args]) == 0
+    assert readme_table.main(["--check", *args]) == 0
+    capsys.readouterr()
+
+    cost.write_text(with_step_seconds(cost.read_text(), "123.0"))
+    assert readme_table.main(["--check", *args]) == 1
+    err = capsys.readouterr().err
+    assert "the preset-cost table" in err and str(cost) in err and "--write" in err
+    assert "results table" not in err and "takes 123 s" in err
+
+    cost.write_text(with_step_seconds(cost.read_text(), '"slow"'))
+    assert readme_table.main(["--check", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "measurement.train_step_seconds must be of type float" in err
