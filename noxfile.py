@@ -133,7 +133,7 @@ def reproduce(session: nox.Session) -> None:
 
 @nox.session(python=CURRENT_PYTHON)
 def bench(session: nox.Session) -> None:
-    """Compact inference against dense baselines, and a ToP step against a fine-tune step."""
+    """Compact inference against dense baselines; a ToP step and a whole `top train` run against `top finetune`'s."""
     install_current(session)
     session.run("python", str(ROOT / "scripts" / "bench_suite.py"), *(session.posargs or ["--output-dir", "bench"]))
 

@@ -165,22 +165,24 @@ def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
 
     clock = [0.0]
     monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
-    recipe = dict(demo.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10)
+    recipe = dict(demo.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10,
+                  prune_batch_size=32)
     said = []
     estimate = demo.TimeEstimate(recipe, started=0.0, write=said.append)
     assert estimate.total == {"finetune": 20, "train": 30}
     for step in range(1, 21):  # fine-tune steps of 1 s, the first one after 10 s of set-up
         clock[0] = 10.0 + step
         estimate("finetune", step, 20)
-    assert len(said) == 1 and said[0].startswith("demo: about") and "after 6 finetune steps" in said[0]
+    assert len(said) == 1 and said[0].startswith("demo: about") and "after 12 finetune steps" in said[0]
     unit = 1.0
-    expected = (16 + 14 * unit + 2 * 100 * demo.ETA_UNITS["dev_example"] * unit
-                + 30 * demo.ETA_UNITS["train_step"] * unit + 3 * 100 * demo.ETA_UNITS["dev_example"] * unit
+    expected = (22 + 8 * unit + 2 * 100 * demo.ETA_UNITS["dev_example"] * unit
+                + 30 * demo.ETA_UNITS["train_step"] * recipe["prune_batch_size"] / 32 * unit
+                + 3 * 100 * demo.ETA_UNITS["dev_example"] * unit + 10 * demo.ETA_UNITS["cache_batch"] * unit
                 + demo.ETA_UNITS["after_training"] * unit) / 60
     assert estimate.estimates[0]["minutes"] == round(expected, 1)
     estimate.finetune_done()
-    for step in range(1, 7):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows
+    for step in range(1, 13):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows
         clock[0] = 40.0 + 3 * step
         estimate("train", step, 30)
-    assert len(said) == 2 and "after 6 train steps" in said[1]
+    assert len(said) == 2 and "after 12 train steps" in said[1]
     assert estimate.estimates[1]["minutes"] > estimate.estimates[0]["minutes"]
