@@ -109,7 +109,7 @@ BAD_FILES = [
     # The new value, then the old one commented out.
     ("train_step_seconds = ", "train_step_seconds = \"fast\"  #", "train_step_seconds must be of type float"),
     ("train_step_seconds = ", "train_step_seconds = -1.0  #", "measurement.train_step_seconds is -1.0; make it"),
-    ("teacher_cache = false", "teacher_cache = 0", "measurement.teacher_cache must be of type bool"),
+    ("teacher_cache = true", "teacher_cache = 1", "measurement.teacher_cache must be of type bool"),
     ("torch_threads = ", "threads = ", "unknown field measurement.cpu.threads"),
     ("heads = 12\nintermediate = 1536", "heads = 7\nintermediate = 1536", "hidden (384) must be a multiple of"),
     ("\n[paper_model]\n", "\n[paper]\n", "unknown table [paper]"),
