@@ -7,27 +7,25 @@ import platform
 from typing import Dict, List
 
 
-def cpu_name() -> str:
-    """The processor's model name where the system says it (Linux), else its architecture."""
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo (Linux), or "" where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return ""
+
+
+def cpu_name() -> str:
+    """The processor's model name where the system says it (Linux), else its architecture."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def _cpu_flags() -> List[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+    return _cpuinfo("flags").split()
 
 
 def describe() -> Dict[str, object]:
