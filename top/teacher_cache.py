@@ -24,7 +24,7 @@ and keeps the row sums up to each of its ``L`` (in float64, stored as float32).
 example, L, offset, count, sorted by example then L), ``logits.npy`` (``[examples, labels]``) and,
 written last, ``meta.json``: the key, its parts and each file's size and sha256. The key hashes the
 format, the teacher's weights file and config.json, the encoded training tensors, the schedule
-(examples, batch size, seed, processes, steps), the attention implementation, the device and the
+(examples, batch size, seed, processes, steps, length grouping), the attention implementation, the device and the
 torch and transformers versions. A cache whose key differs, or that is missing, unreadable,
 misshapen or altered, is rebuilt with one log line saying why; files are read with
 ``numpy.load(allow_pickle=False)``, so nothing in them runs. In data parallel every rank builds a
