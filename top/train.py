@@ -98,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-teacher-cache", dest="teacher_cache", action="store_false",
-        help="run the teacher at every step instead (bit-identical to the original's training)",
+        help="run the teacher at every step instead (with --attention eager, bit-identical to training before "
+        "the cache and the fused kernel)",
     )
     parser.add_argument("--eval-steps", type=positive_int, default=100)
     parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
