@@ -19,7 +19,7 @@ import torch
 
 from top import demo_assets, loop, machine
 from top.errors import UserError
-from top.io import atomic_write_json, atomic_write_text
+from top.io import atomic_write_json, atomic_write_text, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def prepare_data(out: Path, recipe: Dict[str, Any]) -> Dict[str, Path]:
     manifest = {
         "source": f"{demo_assets.DATA_PACKAGE} sdist: {demo_assets.DATA_MEMBER}",
         "sdist_sha256": demo_assets.ASSET_SHA256[demo_assets.DATA_SDIST],
-        "snippets_sha256": demo_assets.sha256_of(snippets_path),
+        "snippets_sha256": sha256_of(snippets_path),
         "seed": recipe["seed"],
         "n_train": recipe["n_train"],
         "n_dev": recipe["n_dev"],

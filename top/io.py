@@ -7,6 +7,7 @@ command line turns into one sentence and exit status 1.
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -206,3 +207,12 @@ def _test_kill_point(phase: str, path: Path, victim: Optional[Path] = None) -> N
             else:
                 files[-1].unlink()
     os._exit(137)
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    """The sha256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -122,11 +122,6 @@ def set_attention(config, implementation: str = "eager", model_class=None) -> st
     return implementation
 
 
-def force_eager_attention(config) -> None:
-    """Every layer eager: the attention of transformers 4.16, which the published numbers were made with."""
-    set_attention(config, "eager")
-
-
 class _QuietSdpaFallback(logging.Filter):
     """transformers warns (once) when an SDPA layer is asked for its probabilities; we ask on purpose."""
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from top import loop
-from top.io import atomic_directory, atomic_write_json
+from top.io import atomic_directory, atomic_write_json, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ IMPORTANCE_FILE, INDEX_FILE, LOGITS_FILE = "importance.npy", "index.npy", "logit
 DATA_FILES = (IMPORTANCE_FILE, INDEX_FILE, LOGITS_FILE)
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _COPY_CHUNK = 1 << 24  # values per copy when merging the ranks' parts
-_HASH_CHUNK = 1 << 24  # bytes per read when hashing a file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,16 +157,8 @@ def _load(directory: Path, key: Optional[str], pairs: np.ndarray, lengths: np.nd
     return TeacherCache(directory, key, importance, index, logits, int(lengths.max()) + 1)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_record(path: Path) -> Dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def _check(directory: Path, key: str, parts: Dict[str, Any], pairs, lengths, num_labels: int) -> TeacherCache:
@@ -214,7 +205,7 @@ def key_parts(teacher, teacher_dir: Path, train_set: Dict[str, torch.Tensor], or
 
     digest = hashlib.sha256()
     for path in (weights_file(teacher_dir), Path(teacher_dir) / CONFIG_FILE):
-        digest.update(path.name.encode("utf-8") + b"\0" + _file_sha256(path).encode("ascii"))
+        digest.update(path.name.encode("utf-8") + b"\0" + sha256_of(path).encode("ascii"))
     device = next(teacher.parameters()).device
     return {
         "format": FORMAT,
