@@ -204,6 +204,46 @@ def test_lock_of_another_host_or_being_written_is_respected(tmp_path):
     assert not lock.exists()
 
 
+FLOCK_HOLDER = r"""
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": 1, "host": "a-container", "boot_id": sys.argv[2]}).encode())
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(rundir.boot_id() is None or rundir.fcntl is None, reason="needs Linux's boot id and flock")
+def test_a_lock_from_another_container_on_this_kernel_is_judged_by_its_flock(tmp_path, caplog):
+    # A killed `docker compose run` leaves a lock of pid 1 on the dead container's hostname.
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / rundir.LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", FLOCK_HOLDER, str(lock), rundir.boot_id()],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(UserError, match=r"in use by another top run \(pid 1 on a-container\)"):
+            with rundir.claim(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(lock.read_text())["host"] == "a-container"  # the kill left it behind
+    with caplog.at_level("WARNING"):
+        with rundir.claim(out):
+            mine = json.loads(lock.read_text())
+            assert mine["pid"] == os.getpid() and mine["boot_id"] == rundir.boot_id()
+    assert any("a-container" in r.getMessage() and "no longer runs" in r.getMessage() for r in caplog.records)
+    assert not lock.exists()
+    # Another kernel's lock (another boot id) is another machine's: never taken.
+    lock.write_text(json.dumps({"pid": 1, "host": "a-container", "boot_id": "another-boot"}))
+    with pytest.raises(UserError, match="in use"):
+        with rundir.claim(out):
+            pass
+
+
 def test_only_rank_0_takes_the_lock(tmp_path):
     out = tmp_path / "out"
     with rundir.claim(out, is_main=False):
