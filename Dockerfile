@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # ToP's reproducibility image. Three targets (see docs/DOCKER.md for the GPU table):
 #   exact   (default)  Python 3.8.8, torch 1.12.1 from PyPI (bundles CUDA 10.2): the paper's
 #                      environment, for sm_37..sm_75 GPUs (K80, P100, V100, T4, RTX 20xx)
@@ -8,10 +7,20 @@
 #     docker build --target ampere -t top:ampere .
 #     docker build --target current -t top:current .
 #
-# Base images are pinned by tag. To pin them by digest as well, look the digest up once,
+# No `# syntax=` line: BuildKit's built-in Dockerfile frontend builds this file, so a build never
+# pulls a frontend image (which a machine behind a registry mirror, or offline, cannot do).
+#
+# Base images are pinned by tag, and each is an ARG so that a registry mirror can stand in:
+#     docker build --build-arg CUDA_DEVEL_IMAGE=mirror.example/nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04 ...
+# To pin them by digest as well, look the digest up once,
 #     docker buildx imagetools inspect nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04
-# and write it into the FROM line: FROM nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04@sha256:<digest>
-# (the same for the -runtime- image and python:3.11.7-slim-bookworm).
+# and pass it the same way: --build-arg CUDA_DEVEL_IMAGE=nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04@sha256:<digest>
+# (the same for the -runtime- image and python:3.11.7-slim-bookworm). PYTHON_SOURCE_URL points the
+# CPython source download at a mirror; the tarball's sha256 is checked whatever its source.
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG PYTHON_SOURCE_URL=https://www.python.org/ftp/python
 
 ARG PYTHON_VERSION=3.8.8
 # sha256 of https://www.python.org/ftp/python/3.8.8/Python-3.8.8.tgz, as recorded by pyenv's
@@ -29,9 +38,10 @@ ARG NUMPY_VERSION=1.24.4
 
 ############################################################################################
 # Build stage: CPython 3.8.8 from the checksum-verified source tarball, then a virtualenv.
-FROM nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04 AS python-build
+FROM ${CUDA_DEVEL_IMAGE} AS python-build
 ARG PYTHON_VERSION
 ARG PYTHON_SHA256
+ARG PYTHON_SOURCE_URL
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
 # Ubuntu 18.04's archive is frozen, so its package versions no longer move.
@@ -42,7 +52,7 @@ RUN apt-get update \
         libncursesw5-dev libreadline-dev libsqlite3-dev libssl-dev tk-dev uuid-dev xz-utils zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /tmp/python-src
-RUN curl -fsSL -o python.tgz "https://www.python.org/ftp/python/${PYTHON_VERSION}/Python-${PYTHON_VERSION}.tgz" \
+RUN curl -fsSL -o python.tgz "${PYTHON_SOURCE_URL}/${PYTHON_VERSION}/Python-${PYTHON_VERSION}.tgz" \
     && echo "${PYTHON_SHA256}  python.tgz" | sha256sum -c - \
     && tar -xzf python.tgz --strip-components=1 \
     && ./configure --prefix=/opt/python --with-ensurepip=install \
@@ -88,7 +98,7 @@ RUN pip install --no-deps --require-hashes -r requirements/ampere.txt \
 
 ############################################################################################
 # Runtime base: the CUDA 11.1 runtime, the interpreter's shared libraries, no compilers.
-FROM nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04 AS runtime
+FROM ${CUDA_RUNTIME_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -126,7 +136,7 @@ USER 1000:1000
 
 # Hopper (H100/H200) and newer: the current stack. torch's CUDA libraries come as wheels; the
 # host's NVIDIA driver is all it needs.
-FROM python:3.11.7-slim-bookworm AS current
+FROM ${PYTHON_IMAGE} AS current
 ENV PYTHONHASHSEED=0 \
     CUBLAS_WORKSPACE_CONFIG=:16:8 \
     PYTHONUNBUFFERED=1 \

@@ -65,14 +65,20 @@ eval_task() {
     if [ -z "$checkpoint" ]; then
         checkpoint="$(python - "$task" <<'PY'
 import os, sys
+from top.errors import UserError
 from top.hub import resolve_checkpoint
 from top.published import load_results_table
 row = load_results_table().get(sys.argv[1])
 repo = getattr(row, "checkpoint", "") if row is not None else ""
 if repo:
-    print(resolve_checkpoint(repo, checkpoint_dir=os.environ.get("CHECKPOINT_DIR") or None, task=sys.argv[1]))
+    try:
+        print(resolve_checkpoint(repo, checkpoint_dir=os.environ.get("CHECKPOINT_DIR") or None, task=sys.argv[1]))
+    except UserError as error:
+        # Not published here nor cached: a checkpoint of train-TASK's, else the one sentence.
+        if not os.path.isdir(f"outputs/{sys.argv[1]}/best"):
+            sys.exit(f"eval-{sys.argv[1]}: {error}")
 PY
-)"
+)" || exit 2
     fi
     checkpoint="${checkpoint:-outputs/$task/best}"
     if [ ! -d "$checkpoint" ]; then

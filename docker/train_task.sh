@@ -5,6 +5,9 @@
 #   2. `top train` from that teacher with the task's preset (top/tasks.toml), into outputs/<task>/,
 #      resuming from outputs/<task>/last when an earlier run was interrupted.
 # Usage: train_task.sh TASK [extra `top train` arguments...]
+# A shorter or different recipe: $TOP_FINETUNE_ARGS and $TOP_TRAIN_ARGS are split on whitespace and
+# appended to the `top finetune` and `top train` command lines (the arguments after TASK come last).
+# A resumed run must be given the same `top train` arguments as the run it continues.
 set -euo pipefail
 
 if [ "$#" -lt 1 ]; then
@@ -12,6 +15,8 @@ if [ "$#" -lt 1 ]; then
     exit 2
 fi
 task="$1"; shift
+read -r -a finetune_args <<< "${TOP_FINETUNE_ARGS:-}"
+read -r -a train_args <<< "${TOP_TRAIN_ARGS:-}"
 output="outputs/$task"
 glue_dir="${GLUE_DIR:-/data/glue}"
 data=()
@@ -30,7 +35,7 @@ else
     teacher="$output/teacher/best"
     if [ ! -d "$teacher" ]; then
         python -m top finetune --model "${BASE_MODEL:-bert-base-uncased}" --task "$task" "${data[@]}" \
-            --output-dir "$output/teacher"
+            --output-dir "$output/teacher" "${finetune_args[@]}"
     fi
 fi
 
@@ -39,4 +44,4 @@ if [ -d "$output/last" ]; then
     resume=(--resume)
 fi
 exec python -m top train --model "$teacher" --teacher "$teacher" --task "$task" "${data[@]}" \
-    --output-dir "$output" "${resume[@]}" "$@"
+    --output-dir "$output" "${resume[@]}" "${train_args[@]}" "$@"

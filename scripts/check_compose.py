@@ -4,8 +4,10 @@
 
 The schema is vendored as docker/compose-spec.schema.json (see docker/compose-spec.NOTICE),
 so no network is needed. YAML anchors, merge keys (``<<``) and extension fields are resolved
-by PyYAML's safe loader before validation, as Compose itself does. Exit 0 when every file is
-valid, 1 with one line per error otherwise, 2 when the file cannot be read or parsed.
+by PyYAML's safe loader before validation, as Compose itself does; Compose's merge tags are
+read as it reads them: ``!reset`` as null (the key is removed from the merged file) and
+``!override`` as its value. Exit 0 when every file is valid, 1 with one line per error
+otherwise, 2 when the file cannot be read or parsed.
 """
 
 from __future__ import annotations
@@ -24,11 +26,33 @@ def load_schema(path: Path = SCHEMA) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _loader() -> Any:
+    """PyYAML's safe loader, plus Compose's ``!reset`` and ``!override`` merge tags."""
+    import yaml
+
+    class ComposeLoader(yaml.SafeLoader):
+        pass
+
+    def reset(loader: Any, node: Any) -> None:
+        return None
+
+    def override(loader: Any, node: Any) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_scalar(node)
+
+    ComposeLoader.add_constructor("!reset", reset)
+    ComposeLoader.add_constructor("!override", override)
+    return ComposeLoader
+
+
 def load_compose(path: Path) -> Any:
     import yaml
 
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=_loader())  # noqa: S506 (a safe loader with two tags)
 
 
 def compose_errors(document: Any, schema: Optional[Any] = None) -> List[str]:

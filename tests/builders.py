@@ -156,14 +156,37 @@ def sentences(n: int, seed: int = 0, low: int = 3, high: int = 14) -> List[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
 
 
-def write_cola_dev(glue_dir: Path, n: int = 40, seed: int = 0) -> Path:
-    """CoLA's dev.tsv: no header; source, label, original label, sentence."""
+def write_cola_dev(glue_dir: Path, n: int = 40, seed: int = 0, split: str = "dev") -> Path:
+    """CoLA's dev.tsv (or ``split``.tsv): no header; source, label, original label, sentence."""
     rng = random.Random(seed)
-    path = glue_dir / "CoLA" / "dev.tsv"
+    path = glue_dir / "CoLA" / f"{split}.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [f"src{i % 3}\t{rng.randint(0, 1)}\t\t{s}" for i, s in enumerate(sentences(n, seed))]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+def write_sst2_dev(glue_dir: Path, n: int, seed: int = 1) -> Path:
+    """SST-2's dev.tsv: a header, then sentence and label."""
+    path = glue_dir / "SST-2" / "dev.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["sentence\tlabel"] + [f"{s}\t{i % 2}" for i, s in enumerate(sentences(n, seed))]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_container_world(root: Path) -> Path:
+    """What tests/test_containers.py mounts into the containers, made inside the image itself:
+    ``checkpoints/`` with two published-layout checkpoints under their published repo names plus
+    a tiny base model for train-cola, and ``glue/`` with CoLA (train and dev) and SST-2 (dev)."""
+    checkpoints, glue = root / "checkpoints", root / "glue"
+    tiny_checkpoint(checkpoints / "bert-base-uncased-top-pruned-cola", layers=3, keep_bins=5, seed=3)
+    tiny_checkpoint(checkpoints / "bert-base-uncased-top-pruned-sst2", layers=3, keep_bins=4, seed=4)
+    tiny_model_dir(checkpoints / "tiny-base", layers=3, seed=5)
+    write_cola_dev(glue, n=96, seed=6, split="train")
+    write_cola_dev(glue, n=23, seed=0)
+    write_sst2_dev(glue, n=29)
+    return root
 
 
 def write_custom_csv(path: Path, n: int = 30, seed: int = 0, regression: bool = False) -> Path:
@@ -175,3 +198,9 @@ def write_custom_csv(path: Path, n: int = 30, seed: int = 0, regression: bool = 
         lines.append(f"{s},{label}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_container_world(Path(sys.argv[1]))

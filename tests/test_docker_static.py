@@ -1,4 +1,4 @@
-"""The Docker files, checked statically: there is no Docker engine on these machines or in CI.
+"""The Docker files, checked statically (tests/test_containers.py runs them in a real engine).
 
 The Dockerfile's pins equal the lock files, the lock files are hash-locked from PyPI, the
 compose file has every service with the right command and GPU reservation and passes the
@@ -105,8 +105,16 @@ def test_dockerfile_installs_locks_in_order_and_verifies_the_python_tarball():
     parts = stages()
     assert list(parts)[-1] == "exact", "the default target (the last stage) must be the paper's stack"
     assert {"python-build", "deps-exact", "deps-ampere", "runtime", "ampere", "current", "exact"} <= set(parts)
-    assert parts["python-build"].startswith("FROM nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04 ")
-    assert parts["runtime"].startswith("FROM nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04 ")
+    args = dockerfile_args()
+    bases = {"python-build": "CUDA_DEVEL_IMAGE", "runtime": "CUDA_RUNTIME_IMAGE", "current": "PYTHON_IMAGE"}
+    for stage, arg in bases.items():
+        assert parts[stage].startswith(f"FROM ${{{arg}}} "), stage
+    assert args["CUDA_DEVEL_IMAGE"] == "nvidia/cuda:11.1.1-cudnn8-devel-ubuntu18.04"
+    assert args["CUDA_RUNTIME_IMAGE"] == "nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04"
+    assert args["PYTHON_IMAGE"] == "python:3.11.7-slim-bookworm"
+    assert '"${PYTHON_SOURCE_URL}/${PYTHON_VERSION}/Python-${PYTHON_VERSION}.tgz"' in parts["python-build"]
+    # A `# syntax=` line would make BuildKit pull its frontend from a registry before building.
+    assert not DOCKERFILE.read_text(encoding="utf-8").startswith("# syntax=")
     assert "sha256sum -c" in parts["python-build"] and "${PYTHON_SHA256}" in parts["python-build"]
     deps = parts["deps-exact"]
     first = deps.index("pip install --require-hashes -r requirements/pinned.txt")
@@ -174,24 +182,41 @@ def test_compose_file_passes_the_compose_spec_schema():
 # -- compose services ----------------------------------------------------------------------
 
 
-def test_compose_has_every_service_with_its_command_and_gpu():
+def test_compose_has_every_service_with_its_job_and_gpu():
     services = compose()["services"]
     expected = {f"{job}-{task}" for job in ("train", "eval", "grid") for task in TASKS}
     expected |= {"eval-all", "reproduce", "test"}
     assert expected <= set(services)
+    # The job is the entrypoint, so that `docker compose run SERVICE ARGS` appends ARGS to it (a
+    # `command` would be replaced by them).
+    entry = "/opt/top/docker/entrypoint.sh"
     for task in TASKS:
-        assert services[f"train-{task}"]["command"] == ["train-task", task]
-        assert services[f"eval-{task}"]["command"] == ["eval-task", task]
-        assert services[f"grid-{task}"]["command"] == ["grid-task", task]
-    assert services["eval-all"]["command"] == ["reproduce", "--no-assert", "--output-dir", "outputs/reproduce"]
-    assert services["reproduce"]["command"] == ["reproduce", "--output-dir", "outputs/reproduce"]
-    assert services["test"]["command"] == ["test"]
+        assert services[f"train-{task}"]["entrypoint"] == [entry, "train-task", task]
+        assert services[f"eval-{task}"]["entrypoint"] == [entry, "eval-task", task]
+        assert services[f"grid-{task}"]["entrypoint"] == [entry, "grid-task", task]
+    assert services["eval-all"]["entrypoint"] == [entry, "reproduce", "--no-assert", "--output-dir",
+                                                  "outputs/reproduce"]
+    assert services["reproduce"]["entrypoint"] == [entry, "reproduce", "--output-dir", "outputs/reproduce"]
+    assert services["test"]["entrypoint"] == [entry, "test"]
     for name, service in services.items():
+        assert "command" not in service, name
         if name == "test":
             assert "deploy" not in service
             continue
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" and d["capabilities"] == ["gpu"] for d in devices), name
+
+
+def test_the_cpu_override_drops_the_gpu_of_every_gpu_service():
+    check = load_script("check_compose")
+    pytest.importorskip("yaml")
+    base = compose()["services"]
+    override = check.load_compose(ROOT / "docker-compose.cpu.yml")["services"]
+    gpu = {name for name, service in base.items() if "deploy" in service}
+    assert set(override) == gpu
+    assert all(service == {"deploy": None} for service in override.values())  # `!reset {}`
+    text = (ROOT / "docker-compose.cpu.yml").read_text(encoding="utf-8")
+    assert text.count("deploy: !reset {}") == len(gpu)
 
 
 def test_compose_is_written_once_with_shared_volumes_and_offline_switch():
@@ -203,7 +228,8 @@ def test_compose_is_written_once_with_shared_volumes_and_offline_switch():
         volumes = service["volumes"]
         assert any(v.endswith(":/home/top/.cache/huggingface") for v in volumes), name
         assert any(v.startswith("${GLUE_DIR:-./data/glue}:/data/glue") for v in volumes), name
-        assert any(v.startswith("./outputs:") for v in volumes), name
+        assert any(v.startswith("${TOP_OUTPUTS:-./outputs}:/opt/top/outputs") for v in volumes), name
+        assert "${TOP_CHECKPOINTS:-./checkpoints}:/opt/top/checkpoints:ro" in volumes, name
         assert service["environment"]["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE:-0}", name
 
 

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from builders import sentences, tiny_checkpoint, write_cola_dev
+from builders import tiny_checkpoint, write_cola_dev, write_sst2_dev
 
 from top import hub
 from top.cli import main
@@ -43,14 +43,6 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-def write_sst2_dev(glue_dir: Path, n: int, seed: int = 1) -> Path:
-    path = glue_dir / "SST-2" / "dev.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = ["sentence\tlabel"] + [f"{s}\t{i % 2}" for i, s in enumerate(sentences(n, seed))]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
 
 
 def reference(checkpoint: Path, task: str, glue: Path, metric: str):
