@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import signal
@@ -133,6 +134,42 @@ def read_log(out: Path) -> List[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+# Warm-up (8 steps) plus 50: the paper's controller overshoots a target of 0.3 on this schedule.
+OVERSHOOT = (
+    "--target-sparsity", "0.3", "--max-steps", "60", "--warmup-epochs", "1", "--reg-learning-rate", "0.2",
+    "--eval-steps", "5", "--save-steps", "20", "--logging-steps", "5",
+)
+
+
+class Warnings(logging.Handler):
+    """The warnings ``top.train`` logs while it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_logging_warnings(argv: List[str]) -> List[str]:
+    handler = Warnings()
+    logger = logging.getLogger("top.train")
+    logger.addHandler(handler)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        logger.removeHandler(handler)
+    return handler.messages
+
+
+@pytest.fixture(scope="session")
+def overshoot_run(tiny, tmp_path_factory):
+    """The paper's controller on OVERSHOOT: the output directory and the warnings it logged."""
+    out = tmp_path_factory.mktemp("overshoot") / "out"
+    return out, run_logging_warnings(train_argv(tiny, out, *OVERSHOOT))
+
+
 @pytest.fixture(scope="session")
 def reference_run(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
@@ -143,27 +180,8 @@ def reference_run(tiny, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------- end to end
 
 
-def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
-    out = tmp_path / "out"
-    argv = train_argv(
-        tiny,
-        out,
-        "--target-sparsity",
-        "0.3",
-        "--max-steps",
-        "60",
-        "--warmup-epochs",
-        "1",
-        "--reg-learning-rate",
-        "0.2",
-        "--eval-steps",
-        "5",
-        "--save-steps",
-        "20",
-        "--logging-steps",
-        "5",
-    )
-    assert cli.main(argv) == 0
+def test_reaches_target_sparsity_and_outputs_evaluate(tiny, overshoot_run, tmp_path):
+    out, _ = overshoot_run
 
     run = json.loads((out / "run.json").read_text())
     assert run["prune_locations"] == [2, 3]  # 2..L-1 for 4 layers
@@ -215,6 +233,36 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
     record = json.loads((tmp_path / "eval" / "custom.json").read_text())
     assert record["expected_sparsity"] == pytest.approx(best["expected_sparsity"], abs=1e-6)
     assert record["metrics"]["accuracy"] == pytest.approx(best["score"])
+
+
+def test_a_sparsity_off_target_is_a_warning_and_in_the_summary(overshoot_run):
+    out, warnings = overshoot_run
+    evals = [r for r in read_log(out) if "eval" in r]
+    final = evals[-1]["expected_sparsity"]
+    assert evals[-1]["step"] == 60 and final > 0.3 + 0.1  # the paper's controller overshoots here
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_expected_sparsity"] == final
+    assert summary["reached_target"] is False and summary["sparsity_epsilon"] == 0.01
+    assert summary["best"]["score"] is not None  # best/ still follows the default rule
+
+    # Step 11 is the first at the full target (2 steps before pruning, 8 of warm-up): still short of it.
+    after_warmup = [w for w in warnings if w.startswith("After the warm-up (step 11)")]
+    at_end = [w for w in warnings if w.startswith("At the end (step 60)")]
+    assert len(after_warmup) == 1 and len(at_end) == 1, warnings
+    assert "below the target 0.3" in after_warmup[0] and "--reg-learning-rate" in after_warmup[0]
+    assert f"{final:.4f}, above the target 0.3" in at_end[0]
+    for lever in ("--warmup-epochs", "--reg-learning-rate", "more steps"):
+        assert lever in at_end[0]
+
+
+def test_a_sparsity_within_the_band_is_no_warning(tiny, tmp_path):
+    """With the band wide enough to hold both sparsities, neither check warns."""
+    out = tmp_path / "out"
+    warnings = run_logging_warnings(train_argv(tiny, out, *SHORT, "--sparsity-epsilon", "0.99"))
+    assert not [w for w in warnings if "expected sparsity" in w], warnings
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reached_target"] is True
+    assert summary["final_expected_sparsity"] == [r for r in read_log(out) if "eval" in r][-1]["expected_sparsity"]
 
 
 # ------------------------------------------------------------------------------------- determinism
@@ -397,6 +445,7 @@ def test_defaults_follow_the_paper():
     assert (args.learning_rate, args.reg_learning_rate, args.rank_loss_alpha) == (1e-5, 0.02, 0.01)
     assert (args.sparsity_epsilon, args.droprate_init, args.distill_temperature) == (0.01, 0.01, 2.0)
     assert (args.batch_size, args.max_seq_length, args.seed) == (32, 256, 57)
+    assert args.best_rule == "score"
 
 
 def test_prune_locations_default_to_two_through_depth_minus_one():
@@ -451,3 +500,29 @@ def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_targe
         "score": 0.8, "step": 10, "expected_sparsity": 0.55, "expected_sequence_sparsity": 0.275,
         "flops_reduction": 1.5,
     }
+
+
+def test_nearest_target_rule_keeps_the_evaluation_nearest_the_target_within_the_band():
+    from top.train import NO_BEST, apply_best_rule
+
+    def evaluation(step, score, sparsity):
+        return {"step": step, "eval": {}, "score": score, "expected_sparsity": sparsity,
+                "expected_sequence_sparsity": sparsity, "flops_reduction": 1.0}
+
+    def steps_kept(evaluations, rule):
+        best, kept = dict(NO_BEST), []
+        for record in evaluations:
+            best = apply_best_rule(record, best, target=0.5, epsilon=0.02, rule=rule)
+            kept.append(best["step"])
+        return kept
+
+    evaluations = [
+        evaluation(1, 0.70, 0.519),  # in the band
+        evaluation(2, 0.90, 0.60),  # reached the target, far above it: the default rule takes it
+        evaluation(3, 0.60, 0.5078125),  # nearer: nearest-target takes it despite the lower score
+        evaluation(4, 0.65, 0.4921875),  # as near: the better score wins the tie
+        evaluation(5, 0.99, 0.47),  # outside the band
+        evaluation(6, None, 0.50),  # undefined score: never the best
+    ]
+    assert steps_kept([dict(e) for e in evaluations], "score") == [1, 2, 2, 2, 2, 2]
+    assert steps_kept([dict(e) for e in evaluations], "nearest-target") == [1, 1, 3, 4, 4, 4]

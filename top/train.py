@@ -11,7 +11,8 @@ hard-concrete gates, prunes tokens in the student's forward pass and adds
 
 to the logit distillation (KD at T=2; STS-B and other regression data use the task loss).
 Every ``--eval-steps`` the dev set is scored in ``faithful`` mode with the deterministic gates;
-``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps.
+``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps
+(``--best-rule``). After the warm-up and at the end, a sparsity outside target +- eps is a warning.
 ``last/`` holds everything a bit-identical ``--resume`` needs.
 
 The teacher is frozen and in eval mode, so by default it runs once per training example before the
@@ -49,6 +50,8 @@ PREPRUNING_STEPS = 2
 CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
 # A MAC sparsity to reach: strictly between 0 and 1.
 SPARSITY = finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+# --best-rule's choices; the first is the default (the paper's rule).
+BEST_RULES = ("score", "nearest-target")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
     parser.add_argument("--reg-learning-rate", type=positive_float, default=0.02, help="lr of the gates and lambdas")
     parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
-    parser.add_argument("--sparsity-epsilon", type=non_negative_float, default=0.01)
+    parser.add_argument(
+        "--sparsity-epsilon", type=non_negative_float, default=0.01,
+        help="the band around the target: best/ needs target - eps, and a sparsity outside target +- eps after the "
+        "warm-up or at the end is a warning",
+    )
+    parser.add_argument(
+        "--best-rule", choices=BEST_RULES, default=BEST_RULES[0],
+        help="which evaluation best/ keeps. score (the default, the paper's): the best score among those whose "
+        "expected sparsity reached target - eps; nearest-target: among those within target +- eps, the one nearest "
+        "the target (the better score of equally near ones)",
+    )
     parser.add_argument(
         "--layer-gate-init", type=any_float, default=LAYER_GATE_INIT,
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
@@ -245,6 +258,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
     bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
                dynamic_ncols=True)
+    final = None  # the last evaluation's record
     student.train()
     start_time = time.time()
     while step < total_steps:
@@ -262,6 +276,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         step += 1
         show_progress(bar, values)
         loop.step_finished("train", step, total_steps)
+        if step == first_full_target_step(hp) and step < total_steps and dist.is_main:
+            warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
+                            values["expected_sparsity"], hp.target_sparsity, args.sparsity_epsilon)
         if step % args.logging_steps == 0 or step == total_steps:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
@@ -269,7 +286,8 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if step % args.eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, device, step, pruning)
-                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon)
+                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon, args.best_rule)
+                final = record
                 if record["is_best"]:
                     write_checkpoint(best_dir, student, gates, tokenizer, {"step": step, "eval": record})
                 log.write(record)
@@ -282,7 +300,10 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
 
     if dist.is_main:
         seconds = time.time() - start_time
-        write_summary(out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds)
+        final_sparsity = check_final_sparsity(final, log, step, hp.target_sparsity, args.sparsity_epsilon)
+        write_summary(
+            out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds, final_sparsity
+        )
     return 0
 
 
@@ -446,6 +467,11 @@ def warmup_ramp(pruned_steps: int, warmup_steps: int, target: float, rank_loss_a
     """
     progress = 1.0 if warmup_steps <= 0 else min(1.0, pruned_steps / warmup_steps)
     return target * progress, rank_loss_alpha * max(0.01, 1.0 - progress)
+
+
+def first_full_target_step(hp: StepSettings) -> int:
+    """The number of steps done when the first step at the full target (after the warm-up) has run."""
+    return PREPRUNING_STEPS + hp.warmup_steps + 1
 
 
 def sample_gates(gates, seed: int, step: int, device: torch.device):
@@ -637,20 +663,73 @@ BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity",
 NO_BEST = dict.fromkeys(BEST_KEYS)
 
 
-def apply_best_rule(record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float) -> Dict[str, Any]:
+def apply_best_rule(
+    record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float, rule: str = BEST_RULES[0]
+) -> Dict[str, Any]:
     """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
 
-    best/ keeps the best score among evaluations whose expected sparsity reached target - epsilon
-    (a dense evaluation, before pruning, has none); an undefined score (None: see top.metrics) is
-    never the best. The original's rule was looser: once one evaluation reached the target, every
-    later one could become best/ even below it.
+    ``reached_target``: the expected sparsity reached target - epsilon (a dense evaluation, before
+    pruning, has none). Rule ``score`` (the default): best/ keeps the best score among evaluations
+    that reached the target. The original's rule was looser: once one evaluation reached the target,
+    every later one could become best/ even below it. Rule ``nearest-target``: among evaluations
+    within target +- epsilon, the one nearest the target, the better score breaking a tie. An
+    undefined score (None: see top.metrics) is never the best.
     """
-    reached = "expected_sparsity" in record and record["expected_sparsity"] >= target - epsilon
+    if rule not in BEST_RULES:
+        raise ValueError(f"unknown best rule {rule!r}")
+    sparsity = record.get("expected_sparsity")
+    reached = sparsity is not None and sparsity >= target - epsilon
     record["reached_target"] = bool(reached)
-    record["is_best"] = bool(
-        reached and record["score"] is not None and (best["score"] is None or record["score"] > best["score"])
-    )
+    first = best["score"] is None
+    if rule == "score":
+        eligible = reached
+        better = first or (record["score"] is not None and record["score"] > best["score"])
+    else:
+        eligible = sparsity is not None and within_band(sparsity, target, epsilon)
+        distance = abs(sparsity - target) if sparsity is not None else None
+        best_distance = None if first else abs(best["expected_sparsity"] - target)
+        better = first or (
+            record["score"] is not None
+            and (distance < best_distance or (distance == best_distance and record["score"] > best["score"]))
+        )
+    record["is_best"] = bool(eligible and record["score"] is not None and better)
     return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
+
+
+def within_band(sparsity: float, target: float, epsilon: float) -> bool:
+    """``|sparsity - target| <= epsilon``, allowing float rounding (0.31 is within 0.01 of 0.3)."""
+    return abs(sparsity - target) <= epsilon + 1e-9
+
+
+def check_final_sparsity(
+    final: Optional[Dict[str, Any]], log: loop.JsonLog, step: int, target: float, epsilon: float
+) -> Optional[float]:
+    """The last evaluation's expected sparsity (None before pruning), with a warning when it is off target.
+
+    ``final`` is None when a finished run was resumed: its last evaluation is then read from the log.
+    """
+    if final is None:
+        final = log.last_record_with("eval")
+    sparsity = None if final is None else final.get("expected_sparsity")
+    if sparsity is None:
+        logger.warning("Pruning never started (%d steps); give more than %d steps.", step, PREPRUNING_STEPS)
+    else:
+        warn_off_target(f"At the end (step {step}), the expected sparsity", sparsity, target, epsilon)
+    return sparsity
+
+
+def warn_off_target(what: str, sparsity: float, target: float, epsilon: float) -> None:
+    """A warning when ``sparsity`` (``what``: when and which) is outside target +- epsilon, naming the levers."""
+    if within_band(sparsity, target, epsilon):
+        return
+    if sparsity > target:
+        how, levers = "above", "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
+    else:
+        how, levers = "below", "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
+    logger.warning(
+        "%s is %.4f, %s the target %s by more than --sparsity-epsilon %s; to land nearer, try %s.",
+        what, sparsity, how, target, epsilon, levers,
+    )
 
 
 def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
@@ -747,10 +826,20 @@ def restore(
 
 
 def write_summary(
-    out: Path, metric: str, best: Dict[str, Any], target: float, epsilon: float, steps: int, seconds: float
+    out: Path, metric: str, best: Dict[str, Any], target: float, epsilon: float, steps: int, seconds: float,
+    final_sparsity: Optional[float] = None,
 ) -> None:
-    """``summary.json``, and one line on the best evaluation (or why there is none)."""
-    summary = {"metric": metric, "best": best, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1)}
+    """``summary.json``, and one line on the best evaluation (or why there is none).
+
+    ``final_expected_sparsity`` is the last evaluation's (None when pruning never started);
+    ``reached_target`` says whether it is within target +- epsilon.
+    """
+    summary = {
+        "metric": metric, "best": best, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1),
+        "final_expected_sparsity": final_sparsity,
+        "reached_target": final_sparsity is not None and within_band(final_sparsity, target, epsilon),
+        "sparsity_epsilon": epsilon,
+    }
     atomic_write_json(out / "summary.json", summary)
     if best["score"] is None:
         print(
