@@ -251,7 +251,7 @@ def test_a_sparsity_off_target_is_a_warning_and_in_the_summary(overshoot_run):
     assert len(after_warmup) == 1 and len(at_end) == 1, warnings
     assert "below the target 0.3" in after_warmup[0] and "--reg-learning-rate" in after_warmup[0]
     assert f"{final:.4f}, above the target 0.3" in at_end[0]
-    for lever in ("--warmup-epochs", "--reg-learning-rate", "more steps"):
+    for lever in ("--sparsity-control adaptive", "--warmup-epochs", "--reg-learning-rate", "more steps"):
         assert lever in at_end[0]
 
 
@@ -263,6 +263,41 @@ def test_a_sparsity_within_the_band_is_no_warning(tiny, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reached_target"] is True
     assert summary["final_expected_sparsity"] == [r for r in read_log(out) if "eval" in r][-1]["expected_sparsity"]
+
+
+def test_adaptive_control_lands_on_the_target_where_the_papers_overshoots(tiny, overshoot_run, tmp_path):
+    """Warm-up plus 50 steps: the paper's controller ends far above 0.3, the adaptive one within 0.02."""
+    paper_out, _ = overshoot_run
+    out = tmp_path / "adaptive"
+    warnings = run_logging_warnings(
+        train_argv(tiny, out, *OVERSHOOT, "--sparsity-control", "adaptive", "--sparsity-epsilon", "0.02")
+    )
+    paper = json.loads((paper_out / "summary.json").read_text())
+    adaptive = json.loads((out / "summary.json").read_text())
+    assert paper["final_expected_sparsity"] > 0.3 + 0.02  # overshoots
+    assert abs(adaptive["final_expected_sparsity"] - 0.3) <= 0.02
+    assert adaptive["reached_target"] is True
+    assert not [w for w in warnings if w.startswith("At the end")], warnings
+    # It settles rather than passing through: every evaluation of the last 20 steps is within the band.
+    late = [r["expected_sparsity"] for r in read_log(out) if "eval" in r and r["step"] >= 40]
+    assert len(late) == 5 and all(abs(s - 0.3) <= 0.02 for s in late), late
+    assert json.loads((out / "run.json").read_text())["sparsity_control"] == "adaptive"
+    assert json.loads((paper_out / "run.json").read_text())["sparsity_control"] == "paper"
+
+
+def test_adaptive_multipliers_follow_the_gap_and_its_change():
+    from top.sparsity_control import AdaptiveMultipliers
+
+    lambda_1, lambda_2 = torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0))
+    control = AdaptiveMultipliers(lambda_1, lambda_2, gain=2.0, damping_steps=3.0)
+    assert float(lambda_2.detach()) == 1.0  # the quadratic term pulls with gain * gap from the first step
+    for gap, expected_lambda_1 in ((-0.25, 0.0), (-0.125, 2.0 * 3.0 * 0.125), (-0.125, 0.0), (0.0, 2.0 * 3.0 * 0.125)):
+        lambda_1.grad = torch.tensor(gap)  # d(loss)/d(lambda_1) is the gap
+        control.step()
+        assert float(lambda_1.detach()) == expected_lambda_1 and float(lambda_2.detach()) == 1.0
+    again = AdaptiveMultipliers(torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0)))
+    again.load_state_dict(control.state_dict())
+    assert again.state_dict() == control.state_dict() == {"previous_gap": 0.0, "gain": 2.0, "damping_steps": 3.0}
 
 
 # ------------------------------------------------------------------------------------- determinism
@@ -361,6 +396,35 @@ def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mo
     assert read_log(out) == read_log(reference_run)
 
 
+def test_adaptive_control_resumes_bit_identically(tiny, tmp_path):
+    """The controller's state (the previous gap) travels in last/: a kill mid-step resumes exactly."""
+    flags = (*SHORT, "--sparsity-control", "adaptive")
+    whole = tmp_path / "whole"
+    assert cli.main(train_argv(tiny, whole, *flags)) == 0
+    out = tmp_path / "out"
+    # AdamW steps: 1 per step before pruning (steps 0-1), then 2 (weights, gates; the controller is
+    # no AdamW); call 14 is the gates step of step index 7, after last/ was written at step 6.
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "step", "14", *train_argv(tiny, out, *flags)],
+        cwd=str(tmp_path), env=subprocess_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 6
+    assert cli.main(train_argv(tiny, out, *flags, "--resume")) == 0
+    assert_bit_identical(whole / "last", out / "last")
+    assert read_log(out) == read_log(whole)
+    assert any(r.get("lambda_1", 0.0) != 0.0 for r in read_log(out))
+
+
+def test_resuming_with_another_sparsity_control_exits_2(tiny, reference_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(str(reference_run), str(out))
+    assert cli.main(train_argv(tiny, out, *SHORT, "--sparsity-control", "adaptive", "--resume")) == 2
+    assert "resume with --sparsity-control paper" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 
@@ -445,7 +509,7 @@ def test_defaults_follow_the_paper():
     assert (args.learning_rate, args.reg_learning_rate, args.rank_loss_alpha) == (1e-5, 0.02, 0.01)
     assert (args.sparsity_epsilon, args.droprate_init, args.distill_temperature) == (0.01, 0.01, 2.0)
     assert (args.batch_size, args.max_seq_length, args.seed) == (32, 256, 57)
-    assert args.best_rule == "score"
+    assert (args.sparsity_control, args.best_rule, args.eval_steps) == ("paper", "score", 100)
 
 
 def test_prune_locations_default_to_two_through_depth_minus_one():

@@ -13,6 +13,7 @@ to the logit distillation (KD at T=2; STS-B and other regression data use the ta
 Every ``--eval-steps`` the dev set is scored in ``faithful`` mode with the deterministic gates;
 ``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps
 (``--best-rule``). After the warm-up and at the end, a sparsity outside target +- eps is a warning.
+``--sparsity-control adaptive`` sets the lambdas by a controller (``top.sparsity_control``) instead.
 ``last/`` holds everything a bit-identical ``--resume`` needs.
 
 The teacher is frozen and in eval mode, so by default it runs once per training example before the
@@ -33,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from top import determinism, flops, loop, rundir, teacher_cache
+from top import determinism, flops, loop, rundir, sparsity_control, teacher_cache
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.data import TaskData
 from top.errors import UserError
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
     parser.add_argument("--reg-learning-rate", type=positive_float, default=0.02, help="lr of the gates and lambdas")
     parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
+    parser.add_argument(
+        "--sparsity-control", choices=sparsity_control.CONTROLS, default=sparsity_control.CONTROLS[0],
+        help="how the Lagrange multipliers move. paper (the default): AdamW ascent at --reg-learning-rate, as the "
+        "original, which settles on long schedules and can overshoot short ones; adaptive: a proportional-derivative "
+        "controller on the gap to the target, which settles within tens of steps once the gates can move",
+    )
     parser.add_argument(
         "--sparsity-epsilon", type=non_negative_float, default=0.01,
         help="the band around the target: best/ needs target - eps, and a sparsity outside target +- eps after the "
@@ -254,7 +261,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if dist.is_main:
             logger.info("resumed from %s at step %d", last_dir, step)
     elif dist.is_main:
-        loop.start_run(out, "train", args, run_record(plan, dist, flags, cache))
+        loop.start_run(out, "train", args, run_record(plan, args, dist, flags, cache))
 
     bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
                dynamic_ncols=True)
@@ -278,7 +285,8 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         loop.step_finished("train", step, total_steps)
         if step == first_full_target_step(hp) and step < total_steps and dist.is_main:
             warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
-                            values["expected_sparsity"], hp.target_sparsity, args.sparsity_epsilon)
+                            values["expected_sparsity"], hp.target_sparsity, args.sparsity_epsilon,
+                            args.sparsity_control)
         if step % args.logging_steps == 0 or step == total_steps:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
@@ -294,13 +302,13 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
                 bar.write(eval_line(record, plan.data.metric, hp.target_sparsity))
             dist.barrier()
         if step % args.save_steps == 0 or step == total_steps:
-            save_last(last_dir, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
+            save_last(last_dir, args, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
             dist.barrier()
     bar.close()
 
     if dist.is_main:
         seconds = time.time() - start_time
-        final_sparsity = check_final_sparsity(final, log, step, hp.target_sparsity, args.sparsity_epsilon)
+        final_sparsity = check_final_sparsity(final, log, step, hp.target_sparsity, args)
         write_summary(
             out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds, final_sparsity
         )
@@ -385,13 +393,16 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
     return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
 
 
-def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any], cache=None) -> Dict[str, Any]:
+def run_record(
+    plan: Plan, args: argparse.Namespace, dist: loop.Distributed, flags: Dict[str, Any], cache=None
+) -> Dict[str, Any]:
     """What ``run.json`` records of the run besides its arguments."""
     return {
         "settings": plan.settings,
         "prune_locations": plan.locations,
         "total_steps": plan.total_steps,
         "warmup_steps": plan.step_settings.warmup_steps,
+        "sparsity_control": args.sparsity_control,
         "steps_per_epoch": plan.order.steps_per_epoch,
         "world_size": dist.world_size,
         "deterministic": flags,
@@ -440,7 +451,8 @@ def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task
 
 
 def build_optimizers(student, gates, args: argparse.Namespace, total_steps: int, pruning: bool) -> Dict[str, Any]:
-    """AdamW for the weights with its linear schedule; once pruning, AdamW for the gates and the lambdas.
+    """AdamW for the weights with its linear schedule; once pruning, AdamW for the gates and, with
+    ``--sparsity-control paper``, for the lambdas (``adaptive``: ``top.sparsity_control``).
 
     Pruning starts with fresh optimisers whose schedule spans the remaining steps, as in the original.
     """
@@ -449,10 +461,13 @@ def build_optimizers(student, gates, args: argparse.Namespace, total_steps: int,
     optimizers = {"weights": weights, "scheduler": loop.linear_schedule(weights, schedule_steps)}
     if pruning:
         optimizers["gates"] = torch.optim.AdamW(gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0)
-        # The multipliers climb the Lagrangian: gradient ascent.
-        optimizers["lambdas"] = torch.optim.AdamW(
-            gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
-        )
+        if args.sparsity_control == "adaptive":
+            optimizers["lambdas"] = sparsity_control.AdaptiveMultipliers(gates.lambda_1, gates.lambda_2)
+        else:
+            # The multipliers climb the Lagrangian: gradient ascent.
+            optimizers["lambdas"] = torch.optim.AdamW(
+                gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
+            )
     return optimizers
 
 
@@ -702,7 +717,7 @@ def within_band(sparsity: float, target: float, epsilon: float) -> bool:
 
 
 def check_final_sparsity(
-    final: Optional[Dict[str, Any]], log: loop.JsonLog, step: int, target: float, epsilon: float
+    final: Optional[Dict[str, Any]], log: loop.JsonLog, step: int, target: float, args: argparse.Namespace
 ) -> Optional[float]:
     """The last evaluation's expected sparsity (None before pruning), with a warning when it is off target.
 
@@ -714,16 +729,19 @@ def check_final_sparsity(
     if sparsity is None:
         logger.warning("Pruning never started (%d steps); give more than %d steps.", step, PREPRUNING_STEPS)
     else:
-        warn_off_target(f"At the end (step {step}), the expected sparsity", sparsity, target, epsilon)
+        warn_off_target(f"At the end (step {step}), the expected sparsity", sparsity, target,
+                        args.sparsity_epsilon, args.sparsity_control)
     return sparsity
 
 
-def warn_off_target(what: str, sparsity: float, target: float, epsilon: float) -> None:
+def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, control: str) -> None:
     """A warning when ``sparsity`` (``what``: when and which) is outside target +- epsilon, naming the levers."""
     if within_band(sparsity, target, epsilon):
         return
     if sparsity > target:
         how, levers = "above", "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
+        if control == "paper":
+            levers = "--sparsity-control adaptive, " + levers
     else:
         how, levers = "below", "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
     logger.warning(
@@ -760,6 +778,7 @@ def write_checkpoint(path: Path, student, gates, tokenizer, trainer_state: Dict[
 
 def save_last(
     last_dir: Path,
+    args: argparse.Namespace,
     step: int,
     total_steps: int,
     best: Dict[str, Any],
@@ -779,6 +798,7 @@ def save_last(
     state = {
         "step": step,
         "pruning": "gates" in optimizers,
+        "sparsity_control": args.sparsity_control,
         "best": best,
         "world_size": dist.world_size,
         "rng": rng,
@@ -811,6 +831,11 @@ def restore(
             "resume with the --prune-location and --bin-num of the original run."
         )
     gates.load_state_dict(saved.state_dict())
+    control = state.get("sparsity_control", "paper")  # states written before the flag are the paper's
+    if control != args.sparsity_control:
+        raise UserError(
+            f"{last_dir} was trained with --sparsity-control {control}; resume with --sparsity-control {control}."
+        )
     step = int(state["step"])
     optimizers = build_optimizers(student, gates, args, total_steps, bool(state["pruning"]))
     for name, optimizer in optimizers.items():
