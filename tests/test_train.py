@@ -260,6 +260,8 @@ def test_a_sparsity_within_the_band_is_no_warning(tiny, tmp_path):
     out = tmp_path / "out"
     warnings = run_logging_warnings(train_argv(tiny, out, *SHORT, "--sparsity-epsilon", "0.99"))
     assert not [w for w in warnings if "expected sparsity" in w], warnings
+    # 12 steps, the target full from step 11: two steps left, too few for five evaluations at any cadence.
+    assert [w for w in warnings if w.startswith("--eval-steps 4 gives 1 evaluation") and "more steps" in w]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reached_target"] is True
     assert summary["final_expected_sparsity"] == [r for r in read_log(out) if "eval" in r][-1]["expected_sparsity"]
@@ -298,6 +300,47 @@ def test_adaptive_multipliers_follow_the_gap_and_its_change():
     again = AdaptiveMultipliers(torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0)))
     again.load_state_dict(control.state_dict())
     assert again.state_dict() == control.state_dict() == {"previous_gap": 0.0, "gain": 2.0, "damping_steps": 3.0}
+
+
+def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_path):
+    """30 steps, the target full from step 11: every 100 steps gives only the final evaluation."""
+    flags = ("--target-sparsity", "0.3", "--max-steps", "30", "--warmup-epochs", "1", "--reg-learning-rate", "0.2")
+    few = run_logging_warnings(train_argv(tiny, tmp_path / "default", *flags))
+    assert [r["step"] for r in read_log(tmp_path / "default") if "eval" in r] == [30]
+    warned = [w for w in few if w.startswith("--eval-steps 100 gives 1 evaluation after the warm-up (steps 11-30)")]
+    assert len(warned) == 1 and "pass --eval-steps 2 or --eval-steps auto" in warned[0], few
+
+    out = tmp_path / "auto"
+    enough = run_logging_warnings(train_argv(tiny, out, *flags, "--eval-steps", "auto"))
+    assert not [w for w in enough if "--eval-steps" in w], enough
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["eval_steps"] == "auto" and run["eval_steps"] == 2
+    evaluated = [r["step"] for r in read_log(out) if "eval" in r]
+    assert evaluated == list(range(2, 31, 2)) and len([s for s in evaluated if s >= 11]) == 10
+
+
+def test_evaluation_counts_and_the_auto_cadence():
+    from top.train import EVAL_STEPS, evaluations_from, resolve_eval_steps
+
+    assert evaluations_from(11, 20, 60) == 3  # 20, 40, 60
+    assert evaluations_from(11, 7, 60) == 8  # 14, 21, ..., 56 and the last step, 60
+    assert evaluations_from(61, 5, 60) == 0  # the warm-up outlasts the run
+    assert resolve_eval_steps(7, 60, 11) == 7
+    assert resolve_eval_steps("auto", 60, 11) == 5 and evaluations_from(11, 5, 60) == 10
+    assert resolve_eval_steps("auto", 14, 11) == 1  # 4 steps after the warm-up: every one
+    assert resolve_eval_steps("auto", 8, 11) == EVAL_STEPS  # none after it: only the final evaluation
+    # Every paper preset, batch 32 on one process, keeps the default cadence under auto.
+    import math
+
+    from top.tasks import TASKS, get_task
+    from top.train import PREPRUNING_STEPS
+
+    for name in TASKS:
+        task = get_task(name)
+        steps_per_epoch = math.ceil(task.train_size / 32)
+        total = math.ceil(task.preset.epochs * steps_per_epoch)
+        first = PREPRUNING_STEPS + round(task.preset.warmup_epochs * steps_per_epoch) + 1
+        assert resolve_eval_steps("auto", total, first) == EVAL_STEPS, name
 
 
 # ------------------------------------------------------------------------------------- determinism
@@ -445,6 +488,7 @@ def odd_teachers(tiny) -> Dict[str, Path]:
         ("prune location beyond depth", ["--target-sparsity", "0.3", "--prune-location", "2,4"], "--prune-location"),
         ("bin_num below one", ["--target-sparsity", "0.3", "--bin-num", "0"], "--bin-num"),
         ("resume without last", ["--target-sparsity", "0.3", "--resume"], "--resume"),
+        ("eval steps neither a number nor auto", ["--target-sparsity", "0.3", "--eval-steps", "soon"], "--eval-steps"),
     ],
 )
 def test_bad_flags_exit_2(tiny, tmp_path, capsys, case, flags, needle):

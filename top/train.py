@@ -53,6 +53,23 @@ CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
 SPARSITY = finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
 # --best-rule's choices; the first is the default (the paper's rule).
 BEST_RULES = ("score", "nearest-target")
+# --eval-steps: the default cadence; `auto` keeps it unless that gives fewer than AUTO_EVALUATIONS
+# evaluations after the warm-up; fewer than FEW_EVALUATIONS there is a warning.
+EVAL_STEPS = 100
+AUTO_EVALUATIONS = 10
+FEW_EVALUATIONS = 5
+
+
+def eval_cadence(text: str):
+    """``--eval-steps``: a positive whole number of steps, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a positive whole number of steps nor auto; give one such as 100, or auto"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the teacher at every step instead (with --attention eager, bit-identical to training before "
         "the cache and the fused kernel)",
     )
-    parser.add_argument("--eval-steps", type=positive_int, default=100)
+    parser.add_argument(
+        "--eval-steps", type=eval_cadence, default=EVAL_STEPS,
+        help=f"score the dev set every this many steps (and after the last); auto: every {EVAL_STEPS}, or more "
+        f"often where that gives fewer than {AUTO_EVALUATIONS} evaluations after the warm-up (for short runs)",
+    )
     parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
     loop.add_run_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
@@ -243,6 +264,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     tokenizer, train_set, dev_set = loop.encode_data(args, plan.data, plan.student_dir, "--model", args.model)
     loop.apply_length_grouping(args, plan.order, train_set)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
+    eval_steps = plan.eval_steps
     student, teacher = load_models(
         plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device, args.attention
     )
@@ -291,7 +313,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
 
-        if step % args.eval_steps == 0 or step == total_steps:
+        if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, device, step, pruning)
                 best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon, args.best_rule)
@@ -348,6 +370,7 @@ class Plan:
     order: loop.BatchOrder
     total_steps: int
     step_settings: StepSettings
+    eval_steps: int  # --eval-steps, auto resolved
 
 
 def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
@@ -390,7 +413,52 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
         task_length=data.task_length,
         rank_layers=tuple(default_rank_layers(student_config.num_hidden_layers)),
     )
-    return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
+    eval_steps = resolve_eval_steps(args.eval_steps, total_steps, first_full_target_step(step_settings))
+    if dist.is_main:
+        warn_few_evaluations(args.eval_steps, eval_steps, total_steps, first_full_target_step(step_settings))
+    return Plan(
+        data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings, eval_steps
+    )
+
+
+def evaluations_from(first: int, eval_steps: int, total_steps: int) -> int:
+    """How many evaluations (every ``eval_steps`` steps, and after the last) fall at steps ``first..total_steps``."""
+    if first > total_steps:
+        return 0
+    count = total_steps // eval_steps - (first - 1) // eval_steps
+    return count + (1 if total_steps % eval_steps else 0)
+
+
+def resolve_eval_steps(flag, total_steps: int, first: int) -> int:
+    """``--eval-steps``, with ``auto`` made a number: EVAL_STEPS, or the largest cadence that gives
+    AUTO_EVALUATIONS evaluations at steps ``first..total_steps`` (every step, if that is too few)."""
+    if flag != "auto":
+        return int(flag)
+    span = total_steps - first + 1
+    if span <= 0:  # no step after the warm-up: only the final evaluation counts
+        return EVAL_STEPS
+    return max(1, min(EVAL_STEPS, span // AUTO_EVALUATIONS))
+
+
+def warn_few_evaluations(flag, eval_steps: int, total_steps: int, first: int) -> None:
+    """A warning before training when best/ will have fewer than FEW_EVALUATIONS after the warm-up to choose from."""
+    count = evaluations_from(first, eval_steps, total_steps)
+    if count >= FEW_EVALUATIONS:
+        return
+    if first > total_steps:
+        logger.warning(
+            "The warm-up lasts past the run's %d steps (the target is full from step %d), so no evaluation comes "
+            "after it for best/ to choose from; train for more steps or shorten --warmup-epochs.", total_steps, first,
+        )
+        return
+    if total_steps - first + 1 < FEW_EVALUATIONS:
+        advice = "train for more steps or shorten --warmup-epochs"
+    else:
+        advice = f"pass --eval-steps {resolve_eval_steps('auto', total_steps, first)} or --eval-steps auto"
+    logger.warning(
+        "--eval-steps %s gives %d evaluation%s after the warm-up (steps %d-%d), fewer than %d for best/ to choose "
+        "from; %s.", flag, count, "" if count == 1 else "s", first, total_steps, FEW_EVALUATIONS, advice,
+    )
 
 
 def run_record(
@@ -403,6 +471,7 @@ def run_record(
         "total_steps": plan.total_steps,
         "warmup_steps": plan.step_settings.warmup_steps,
         "sparsity_control": args.sparsity_control,
+        "eval_steps": plan.eval_steps,
         "steps_per_epoch": plan.order.steps_per_epoch,
         "world_size": dist.world_size,
         "deterministic": flags,
