@@ -249,6 +249,7 @@ BAD_GRIDS = {
     "bad fixed": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nwarmup = 3\n", "fixed.warmup is not"),
     "sparsity out of range": ("[grid]\ntarget_sparsity = [0.3, 1.5]\n", "grid.target_sparsity = 1.5 is refused"),
     "zero bins": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nbin_num = 0\n", "fixed.bin_num = 0 is refused"),
+    "unknown control": ("[grid]\nsparsity_control = ['pid']\n", "grid.sparsity_control = 'pid' is refused"),
     "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "not allowed with argument"),
 }
 
@@ -276,17 +277,24 @@ def test_every_top_train_option_is_accepted_as_top_train_parses_it(fake):
         weight_decay = 0.01
         max_grad_norm = 0.5
         eval_batch_size = 64
+        sparsity_control = "adaptive"
+        best_rule = "nearest-target"
+        eval_steps = "auto"
         no_progress = true
         """))
     assert fake.run() == 0
     argv = fake.calls()[0]["argv"]
     for flag, value in [("--layer-gate-init", "10"), ("--distill-temperature", "3"), ("--weight-decay", "0.01"),
-                        ("--max-grad-norm", "0.5"), ("--eval-batch-size", "64")]:
+                        ("--max-grad-norm", "0.5"), ("--eval-batch-size", "64"),
+                        ("--sparsity-control", "adaptive"), ("--best-rule", "nearest-target"),
+                        ("--eval-steps", "auto")]:
         assert argv[argv.index(flag) + 1] == value
     assert "--no-progress" in argv
     # and what the grid builds, `top train` itself accepts
     parsed = grid_module.train_parser().parse_args(argv)
     assert parsed.layer_gate_init == 10.0 and parsed.eval_batch_size == 64 and parsed.no_progress is True
+    assert parsed.sparsity_control == "adaptive" and parsed.best_rule == "nearest-target"
+    assert parsed.eval_steps == "auto"
 
 
 def test_a_switch_on_by_default_is_turned_off_by_false(fake):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import signal
@@ -133,6 +134,42 @@ def read_log(out: Path) -> List[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+# Warm-up (8 steps) plus 50: the paper's controller overshoots a target of 0.3 on this schedule.
+OVERSHOOT = (
+    "--target-sparsity", "0.3", "--max-steps", "60", "--warmup-epochs", "1", "--reg-learning-rate", "0.2",
+    "--eval-steps", "5", "--save-steps", "20", "--logging-steps", "5",
+)
+
+
+class Warnings(logging.Handler):
+    """The warnings ``top.train`` logs while it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_logging_warnings(argv: List[str]) -> List[str]:
+    handler = Warnings()
+    logger = logging.getLogger("top.train")
+    logger.addHandler(handler)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        logger.removeHandler(handler)
+    return handler.messages
+
+
+@pytest.fixture(scope="session")
+def overshoot_run(tiny, tmp_path_factory):
+    """The paper's controller on OVERSHOOT: the output directory and the warnings it logged."""
+    out = tmp_path_factory.mktemp("overshoot") / "out"
+    return out, run_logging_warnings(train_argv(tiny, out, *OVERSHOOT))
+
+
 @pytest.fixture(scope="session")
 def reference_run(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
@@ -143,27 +180,8 @@ def reference_run(tiny, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------- end to end
 
 
-def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
-    out = tmp_path / "out"
-    argv = train_argv(
-        tiny,
-        out,
-        "--target-sparsity",
-        "0.3",
-        "--max-steps",
-        "60",
-        "--warmup-epochs",
-        "1",
-        "--reg-learning-rate",
-        "0.2",
-        "--eval-steps",
-        "5",
-        "--save-steps",
-        "20",
-        "--logging-steps",
-        "5",
-    )
-    assert cli.main(argv) == 0
+def test_reaches_target_sparsity_and_outputs_evaluate(tiny, overshoot_run, tmp_path):
+    out, _ = overshoot_run
 
     run = json.loads((out / "run.json").read_text())
     assert run["prune_locations"] == [2, 3]  # 2..L-1 for 4 layers
@@ -215,6 +233,114 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, tmp_path):
     record = json.loads((tmp_path / "eval" / "custom.json").read_text())
     assert record["expected_sparsity"] == pytest.approx(best["expected_sparsity"], abs=1e-6)
     assert record["metrics"]["accuracy"] == pytest.approx(best["score"])
+
+
+def test_a_sparsity_off_target_is_a_warning_and_in_the_summary(overshoot_run):
+    out, warnings = overshoot_run
+    evals = [r for r in read_log(out) if "eval" in r]
+    final = evals[-1]["expected_sparsity"]
+    assert evals[-1]["step"] == 60 and final > 0.3 + 0.1  # the paper's controller overshoots here
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_expected_sparsity"] == final
+    assert summary["reached_target"] is False and summary["sparsity_epsilon"] == 0.01
+    assert summary["best"]["score"] is not None  # best/ still follows the default rule
+
+    # Step 11 is the first at the full target (2 steps before pruning, 8 of warm-up): still short of it.
+    after_warmup = [w for w in warnings if w.startswith("After the warm-up (step 11)")]
+    at_end = [w for w in warnings if w.startswith("At the end (step 60)")]
+    assert len(after_warmup) == 1 and len(at_end) == 1, warnings
+    assert "below the target 0.3" in after_warmup[0] and "--reg-learning-rate" in after_warmup[0]
+    assert f"{final:.4f}, above the target 0.3" in at_end[0]
+    for lever in ("--sparsity-control adaptive", "--warmup-epochs", "--reg-learning-rate", "more steps"):
+        assert lever in at_end[0]
+
+
+def test_a_sparsity_within_the_band_is_no_warning(tiny, tmp_path):
+    """With the band wide enough to hold both sparsities, neither check warns."""
+    out = tmp_path / "out"
+    warnings = run_logging_warnings(train_argv(tiny, out, *SHORT, "--sparsity-epsilon", "0.99"))
+    assert not [w for w in warnings if "expected sparsity" in w], warnings
+    # 12 steps, the target full from step 11: two steps left, too few for five evaluations at any cadence.
+    assert [w for w in warnings if w.startswith("--eval-steps 4 gives 1 evaluation") and "more steps" in w]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reached_target"] is True
+    assert summary["final_expected_sparsity"] == [r for r in read_log(out) if "eval" in r][-1]["expected_sparsity"]
+
+
+def test_adaptive_control_lands_on_the_target_where_the_papers_overshoots(tiny, overshoot_run, tmp_path):
+    """Warm-up plus 50 steps: the paper's controller ends far above 0.3, the adaptive one within 0.02."""
+    paper_out, _ = overshoot_run
+    out = tmp_path / "adaptive"
+    warnings = run_logging_warnings(
+        train_argv(tiny, out, *OVERSHOOT, "--sparsity-control", "adaptive", "--sparsity-epsilon", "0.02")
+    )
+    paper = json.loads((paper_out / "summary.json").read_text())
+    adaptive = json.loads((out / "summary.json").read_text())
+    assert paper["final_expected_sparsity"] > 0.3 + 0.02  # overshoots
+    assert abs(adaptive["final_expected_sparsity"] - 0.3) <= 0.02
+    assert adaptive["reached_target"] is True
+    assert not [w for w in warnings if w.startswith("At the end")], warnings
+    # It settles rather than passing through: every evaluation of the last 20 steps is within the band.
+    late = [r["expected_sparsity"] for r in read_log(out) if "eval" in r and r["step"] >= 40]
+    assert len(late) == 5 and all(abs(s - 0.3) <= 0.02 for s in late), late
+    assert json.loads((out / "run.json").read_text())["sparsity_control"] == "adaptive"
+    assert json.loads((paper_out / "run.json").read_text())["sparsity_control"] == "paper"
+
+
+def test_adaptive_multipliers_follow_the_gap_and_its_change():
+    from top.sparsity_control import AdaptiveMultipliers
+
+    lambda_1, lambda_2 = torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0))
+    control = AdaptiveMultipliers(lambda_1, lambda_2, gain=2.0, damping_steps=3.0)
+    assert float(lambda_2.detach()) == 1.0  # the quadratic term pulls with gain * gap from the first step
+    for gap, expected_lambda_1 in ((-0.25, 0.0), (-0.125, 2.0 * 3.0 * 0.125), (-0.125, 0.0), (0.0, 2.0 * 3.0 * 0.125)):
+        lambda_1.grad = torch.tensor(gap)  # d(loss)/d(lambda_1) is the gap
+        control.step()
+        assert float(lambda_1.detach()) == expected_lambda_1 and float(lambda_2.detach()) == 1.0
+    again = AdaptiveMultipliers(torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0)))
+    again.load_state_dict(control.state_dict())
+    assert again.state_dict() == control.state_dict() == {"previous_gap": 0.0, "gain": 2.0, "damping_steps": 3.0}
+
+
+def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_path):
+    """30 steps, the target full from step 11: every 100 steps gives only the final evaluation."""
+    flags = ("--target-sparsity", "0.3", "--max-steps", "30", "--warmup-epochs", "1", "--reg-learning-rate", "0.2")
+    few = run_logging_warnings(train_argv(tiny, tmp_path / "default", *flags))
+    assert [r["step"] for r in read_log(tmp_path / "default") if "eval" in r] == [30]
+    warned = [w for w in few if w.startswith("--eval-steps 100 gives 1 evaluation after the warm-up (steps 11-30)")]
+    assert len(warned) == 1 and "pass --eval-steps 2 or --eval-steps auto" in warned[0], few
+
+    out = tmp_path / "auto"
+    enough = run_logging_warnings(train_argv(tiny, out, *flags, "--eval-steps", "auto"))
+    assert not [w for w in enough if "--eval-steps" in w], enough
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["eval_steps"] == "auto" and run["eval_steps"] == 2
+    evaluated = [r["step"] for r in read_log(out) if "eval" in r]
+    assert evaluated == list(range(2, 31, 2)) and len([s for s in evaluated if s >= 11]) == 10
+
+
+def test_evaluation_counts_and_the_auto_cadence():
+    from top.train import EVAL_STEPS, evaluations_from, resolve_eval_steps
+
+    assert evaluations_from(11, 20, 60) == 3  # 20, 40, 60
+    assert evaluations_from(11, 7, 60) == 8  # 14, 21, ..., 56 and the last step, 60
+    assert evaluations_from(61, 5, 60) == 0  # the warm-up outlasts the run
+    assert resolve_eval_steps(7, 60, 11) == 7
+    assert resolve_eval_steps("auto", 60, 11) == 5 and evaluations_from(11, 5, 60) == 10
+    assert resolve_eval_steps("auto", 14, 11) == 1  # 4 steps after the warm-up: every one
+    assert resolve_eval_steps("auto", 8, 11) == EVAL_STEPS  # none after it: only the final evaluation
+    # Every paper preset, batch 32 on one process, keeps the default cadence under auto.
+    import math
+
+    from top.tasks import TASKS, get_task
+    from top.train import PREPRUNING_STEPS
+
+    for name in TASKS:
+        task = get_task(name)
+        steps_per_epoch = math.ceil(task.train_size / 32)
+        total = math.ceil(task.preset.epochs * steps_per_epoch)
+        first = PREPRUNING_STEPS + round(task.preset.warmup_epochs * steps_per_epoch) + 1
+        assert resolve_eval_steps("auto", total, first) == EVAL_STEPS, name
 
 
 # ------------------------------------------------------------------------------------- determinism
@@ -313,6 +439,35 @@ def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mo
     assert read_log(out) == read_log(reference_run)
 
 
+def test_adaptive_control_resumes_bit_identically(tiny, tmp_path):
+    """The controller's state (the previous gap) travels in last/: a kill mid-step resumes exactly."""
+    flags = (*SHORT, "--sparsity-control", "adaptive")
+    whole = tmp_path / "whole"
+    assert cli.main(train_argv(tiny, whole, *flags)) == 0
+    out = tmp_path / "out"
+    # AdamW steps: 1 per step before pruning (steps 0-1), then 2 (weights, gates; the controller is
+    # no AdamW); call 14 is the gates step of step index 7, after last/ was written at step 6.
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "step", "14", *train_argv(tiny, out, *flags)],
+        cwd=str(tmp_path), env=subprocess_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 6
+    assert cli.main(train_argv(tiny, out, *flags, "--resume")) == 0
+    assert_bit_identical(whole / "last", out / "last")
+    assert read_log(out) == read_log(whole)
+    assert any(r.get("lambda_1", 0.0) != 0.0 for r in read_log(out))
+
+
+def test_resuming_with_another_sparsity_control_exits_2(tiny, reference_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(str(reference_run), str(out))
+    assert cli.main(train_argv(tiny, out, *SHORT, "--sparsity-control", "adaptive", "--resume")) == 2
+    assert "resume with --sparsity-control paper" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 
@@ -333,6 +488,7 @@ def odd_teachers(tiny) -> Dict[str, Path]:
         ("prune location beyond depth", ["--target-sparsity", "0.3", "--prune-location", "2,4"], "--prune-location"),
         ("bin_num below one", ["--target-sparsity", "0.3", "--bin-num", "0"], "--bin-num"),
         ("resume without last", ["--target-sparsity", "0.3", "--resume"], "--resume"),
+        ("eval steps neither a number nor auto", ["--target-sparsity", "0.3", "--eval-steps", "soon"], "--eval-steps"),
     ],
 )
 def test_bad_flags_exit_2(tiny, tmp_path, capsys, case, flags, needle):
@@ -397,6 +553,7 @@ def test_defaults_follow_the_paper():
     assert (args.learning_rate, args.reg_learning_rate, args.rank_loss_alpha) == (1e-5, 0.02, 0.01)
     assert (args.sparsity_epsilon, args.droprate_init, args.distill_temperature) == (0.01, 0.01, 2.0)
     assert (args.batch_size, args.max_seq_length, args.seed) == (32, 256, 57)
+    assert (args.sparsity_control, args.best_rule, args.eval_steps) == ("paper", "score", 100)
 
 
 def test_prune_locations_default_to_two_through_depth_minus_one():
@@ -451,3 +608,29 @@ def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_targe
         "score": 0.8, "step": 10, "expected_sparsity": 0.55, "expected_sequence_sparsity": 0.275,
         "flops_reduction": 1.5,
     }
+
+
+def test_nearest_target_rule_keeps_the_evaluation_nearest_the_target_within_the_band():
+    from top.train import NO_BEST, apply_best_rule
+
+    def evaluation(step, score, sparsity):
+        return {"step": step, "eval": {}, "score": score, "expected_sparsity": sparsity,
+                "expected_sequence_sparsity": sparsity, "flops_reduction": 1.0}
+
+    def steps_kept(evaluations, rule):
+        best, kept = dict(NO_BEST), []
+        for record in evaluations:
+            best = apply_best_rule(record, best, target=0.5, epsilon=0.02, rule=rule)
+            kept.append(best["step"])
+        return kept
+
+    evaluations = [
+        evaluation(1, 0.70, 0.519),  # in the band
+        evaluation(2, 0.90, 0.60),  # reached the target, far above it: the default rule takes it
+        evaluation(3, 0.60, 0.5078125),  # nearer: nearest-target takes it despite the lower score
+        evaluation(4, 0.65, 0.4921875),  # as near: the better score wins the tie
+        evaluation(5, 0.99, 0.47),  # outside the band
+        evaluation(6, None, 0.50),  # undefined score: never the best
+    ]
+    assert steps_kept([dict(e) for e in evaluations], "score") == [1, 2, 2, 2, 2, 2]
+    assert steps_kept([dict(e) for e in evaluations], "nearest-target") == [1, 1, 3, 4, 4, 4]

@@ -338,6 +338,20 @@ class JsonLog:
 
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
+    def last_record_with(self, key: str) -> Optional[Dict[str, Any]]:
+        """The last whole record that has ``key`` (None if none does, or there is no log)."""
+        if not self.path.is_file():
+            return None
+        found = None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and key in record:
+                found = record
+        return found
+
     def write(self, record: Dict[str, Any]) -> None:
         """Append one line; a value that is not a finite number (a diverged loss) is logged as null.
 

@@ -11,7 +11,9 @@ hard-concrete gates, prunes tokens in the student's forward pass and adds
 
 to the logit distillation (KD at T=2; STS-B and other regression data use the task loss).
 Every ``--eval-steps`` the dev set is scored in ``faithful`` mode with the deterministic gates;
-``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps.
+``best/`` keeps the best score among evaluations whose expected sparsity reached target - eps
+(``--best-rule``). After the warm-up and at the end, a sparsity outside target +- eps is a warning.
+``--sparsity-control adaptive`` sets the lambdas by a controller (``top.sparsity_control``) instead.
 ``last/`` holds everything a bit-identical ``--resume`` needs.
 
 The teacher is frozen and in eval mode, so by default it runs once per training example before the
@@ -32,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from top import determinism, flops, loop, rundir, teacher_cache
+from top import determinism, flops, loop, rundir, sparsity_control, teacher_cache
 from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
 from top.data import TaskData
 from top.errors import UserError
@@ -49,6 +51,25 @@ PREPRUNING_STEPS = 2
 CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
 # A MAC sparsity to reach: strictly between 0 and 1.
 SPARSITY = finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+# --best-rule's choices; the first is the default (the paper's rule).
+BEST_RULES = ("score", "nearest-target")
+# --eval-steps: the default cadence; `auto` keeps it unless that gives fewer than AUTO_EVALUATIONS
+# evaluations after the warm-up; fewer than FEW_EVALUATIONS there is a warning.
+EVAL_STEPS = 100
+AUTO_EVALUATIONS = 10
+FEW_EVALUATIONS = 5
+
+
+def eval_cadence(text: str):
+    """``--eval-steps``: a positive whole number of steps, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a positive whole number of steps nor auto; give one such as 100, or auto"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +93,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
     parser.add_argument("--reg-learning-rate", type=positive_float, default=0.02, help="lr of the gates and lambdas")
     parser.add_argument("--rank-loss-alpha", type=non_negative_float, default=0.01)
-    parser.add_argument("--sparsity-epsilon", type=non_negative_float, default=0.01)
+    parser.add_argument(
+        "--sparsity-control", choices=sparsity_control.CONTROLS, default=sparsity_control.CONTROLS[0],
+        help="how the Lagrange multipliers move. paper (the default): AdamW ascent at --reg-learning-rate, as the "
+        "original, which settles on long schedules and can overshoot short ones; adaptive: a proportional-derivative "
+        "controller on the gap to the target, which settles within tens of steps once the gates can move",
+    )
+    parser.add_argument(
+        "--sparsity-epsilon", type=non_negative_float, default=0.01,
+        help="the band around the target: best/ needs target - eps, and a sparsity outside target +- eps after the "
+        "warm-up or at the end is a warning",
+    )
+    parser.add_argument(
+        "--best-rule", choices=BEST_RULES, default=BEST_RULES[0],
+        help="which evaluation best/ keeps. score (the default, the paper's): the best score among those whose "
+        "expected sparsity reached target - eps; nearest-target: among those within target +- eps, the one nearest "
+        "the target (the better score of equally near ones)",
+    )
     parser.add_argument(
         "--layer-gate-init", type=any_float, default=LAYER_GATE_INIT,
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; "
@@ -101,7 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the teacher at every step instead (with --attention eager, bit-identical to training before "
         "the cache and the fused kernel)",
     )
-    parser.add_argument("--eval-steps", type=positive_int, default=100)
+    parser.add_argument(
+        "--eval-steps", type=eval_cadence, default=EVAL_STEPS,
+        help=f"score the dev set every this many steps (and after the last); auto: every {EVAL_STEPS}, or more "
+        f"often where that gives fewer than {AUTO_EVALUATIONS} evaluations after the warm-up (for short runs)",
+    )
     parser.add_argument("--save-steps", type=positive_int, default=500, help="write last/ every this many steps")
     loop.add_run_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last")
@@ -223,6 +264,7 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     tokenizer, train_set, dev_set = loop.encode_data(args, plan.data, plan.student_dir, "--model", args.model)
     loop.apply_length_grouping(args, plan.order, train_set)
     order, total_steps, device, hp = plan.order, plan.total_steps, plan.device, plan.step_settings
+    eval_steps = plan.eval_steps
     student, teacher = load_models(
         plan.student_dir, plan.teacher_dir, plan.locations, plan.data.name, device, args.attention
     )
@@ -241,10 +283,11 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         if dist.is_main:
             logger.info("resumed from %s at step %d", last_dir, step)
     elif dist.is_main:
-        loop.start_run(out, "train", args, run_record(plan, dist, flags, cache))
+        loop.start_run(out, "train", args, run_record(plan, args, dist, flags, cache))
 
     bar = tqdm(total=total_steps, initial=step, desc="ToP", disable=args.no_progress or not dist.is_main,
                dynamic_ncols=True)
+    final = None  # the last evaluation's record
     student.train()
     start_time = time.time()
     while step < total_steps:
@@ -262,27 +305,35 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         step += 1
         show_progress(bar, values)
         loop.step_finished("train", step, total_steps)
+        if step == first_full_target_step(hp) and step < total_steps and dist.is_main:
+            warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
+                            values["expected_sparsity"], hp.target_sparsity, args.sparsity_epsilon,
+                            args.sparsity_control)
         if step % args.logging_steps == 0 or step == total_steps:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
 
-        if step % args.eval_steps == 0 or step == total_steps:
+        if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
                 record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, device, step, pruning)
-                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon)
+                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon, args.best_rule)
+                final = record
                 if record["is_best"]:
                     write_checkpoint(best_dir, student, gates, tokenizer, {"step": step, "eval": record})
                 log.write(record)
                 bar.write(eval_line(record, plan.data.metric, hp.target_sparsity))
             dist.barrier()
         if step % args.save_steps == 0 or step == total_steps:
-            save_last(last_dir, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
+            save_last(last_dir, args, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
             dist.barrier()
     bar.close()
 
     if dist.is_main:
         seconds = time.time() - start_time
-        write_summary(out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds)
+        final_sparsity = check_final_sparsity(final, log, step, hp.target_sparsity, args)
+        write_summary(
+            out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds, final_sparsity
+        )
     return 0
 
 
@@ -319,6 +370,7 @@ class Plan:
     order: loop.BatchOrder
     total_steps: int
     step_settings: StepSettings
+    eval_steps: int  # --eval-steps, auto resolved
 
 
 def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
@@ -361,16 +413,65 @@ def plan_run(args: argparse.Namespace, dist: loop.Distributed) -> Plan:
         task_length=data.task_length,
         rank_layers=tuple(default_rank_layers(student_config.num_hidden_layers)),
     )
-    return Plan(data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings)
+    eval_steps = resolve_eval_steps(args.eval_steps, total_steps, first_full_target_step(step_settings))
+    if dist.is_main:
+        warn_few_evaluations(args.eval_steps, eval_steps, total_steps, first_full_target_step(step_settings))
+    return Plan(
+        data, settings, student_dir, teacher_dir, locations, device, order, total_steps, step_settings, eval_steps
+    )
 
 
-def run_record(plan: Plan, dist: loop.Distributed, flags: Dict[str, Any], cache=None) -> Dict[str, Any]:
+def evaluations_from(first: int, eval_steps: int, total_steps: int) -> int:
+    """How many evaluations (every ``eval_steps`` steps, and after the last) fall at steps ``first..total_steps``."""
+    if first > total_steps:
+        return 0
+    count = total_steps // eval_steps - (first - 1) // eval_steps
+    return count + (1 if total_steps % eval_steps else 0)
+
+
+def resolve_eval_steps(flag, total_steps: int, first: int) -> int:
+    """``--eval-steps``, with ``auto`` made a number: EVAL_STEPS, or the largest cadence that gives
+    AUTO_EVALUATIONS evaluations at steps ``first..total_steps`` (every step, if that is too few)."""
+    if flag != "auto":
+        return int(flag)
+    span = total_steps - first + 1
+    if span <= 0:  # no step after the warm-up: only the final evaluation counts
+        return EVAL_STEPS
+    return max(1, min(EVAL_STEPS, span // AUTO_EVALUATIONS))
+
+
+def warn_few_evaluations(flag, eval_steps: int, total_steps: int, first: int) -> None:
+    """A warning before training when best/ will have fewer than FEW_EVALUATIONS after the warm-up to choose from."""
+    count = evaluations_from(first, eval_steps, total_steps)
+    if count >= FEW_EVALUATIONS:
+        return
+    if first > total_steps:
+        logger.warning(
+            "The warm-up lasts past the run's %d steps (the target is full from step %d), so no evaluation comes "
+            "after it for best/ to choose from; train for more steps or shorten --warmup-epochs.", total_steps, first,
+        )
+        return
+    if total_steps - first + 1 < FEW_EVALUATIONS:
+        advice = "train for more steps or shorten --warmup-epochs"
+    else:
+        advice = f"pass --eval-steps {resolve_eval_steps('auto', total_steps, first)} or --eval-steps auto"
+    logger.warning(
+        "--eval-steps %s gives %d evaluation%s after the warm-up (steps %d-%d), fewer than %d for best/ to choose "
+        "from; %s.", flag, count, "" if count == 1 else "s", first, total_steps, FEW_EVALUATIONS, advice,
+    )
+
+
+def run_record(
+    plan: Plan, args: argparse.Namespace, dist: loop.Distributed, flags: Dict[str, Any], cache=None
+) -> Dict[str, Any]:
     """What ``run.json`` records of the run besides its arguments."""
     return {
         "settings": plan.settings,
         "prune_locations": plan.locations,
         "total_steps": plan.total_steps,
         "warmup_steps": plan.step_settings.warmup_steps,
+        "sparsity_control": args.sparsity_control,
+        "eval_steps": plan.eval_steps,
         "steps_per_epoch": plan.order.steps_per_epoch,
         "world_size": dist.world_size,
         "deterministic": flags,
@@ -419,7 +520,8 @@ def load_models(student_dir: Path, teacher_dir: Path, locations: List[int], task
 
 
 def build_optimizers(student, gates, args: argparse.Namespace, total_steps: int, pruning: bool) -> Dict[str, Any]:
-    """AdamW for the weights with its linear schedule; once pruning, AdamW for the gates and the lambdas.
+    """AdamW for the weights with its linear schedule; once pruning, AdamW for the gates and, with
+    ``--sparsity-control paper``, for the lambdas (``adaptive``: ``top.sparsity_control``).
 
     Pruning starts with fresh optimisers whose schedule spans the remaining steps, as in the original.
     """
@@ -428,10 +530,13 @@ def build_optimizers(student, gates, args: argparse.Namespace, total_steps: int,
     optimizers = {"weights": weights, "scheduler": loop.linear_schedule(weights, schedule_steps)}
     if pruning:
         optimizers["gates"] = torch.optim.AdamW(gates.gate_parameters(), lr=args.reg_learning_rate, weight_decay=0.0)
-        # The multipliers climb the Lagrangian: gradient ascent.
-        optimizers["lambdas"] = torch.optim.AdamW(
-            gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
-        )
+        if args.sparsity_control == "adaptive":
+            optimizers["lambdas"] = sparsity_control.AdaptiveMultipliers(gates.lambda_1, gates.lambda_2)
+        else:
+            # The multipliers climb the Lagrangian: gradient ascent.
+            optimizers["lambdas"] = torch.optim.AdamW(
+                gates.lambda_parameters(), lr=args.reg_learning_rate, weight_decay=0.0, maximize=True
+            )
     return optimizers
 
 
@@ -446,6 +551,11 @@ def warmup_ramp(pruned_steps: int, warmup_steps: int, target: float, rank_loss_a
     """
     progress = 1.0 if warmup_steps <= 0 else min(1.0, pruned_steps / warmup_steps)
     return target * progress, rank_loss_alpha * max(0.01, 1.0 - progress)
+
+
+def first_full_target_step(hp: StepSettings) -> int:
+    """The number of steps done when the first step at the full target (after the warm-up) has run."""
+    return PREPRUNING_STEPS + hp.warmup_steps + 1
 
 
 def sample_gates(gates, seed: int, step: int, device: torch.device):
@@ -637,20 +747,76 @@ BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity",
 NO_BEST = dict.fromkeys(BEST_KEYS)
 
 
-def apply_best_rule(record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float) -> Dict[str, Any]:
+def apply_best_rule(
+    record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float, rule: str = BEST_RULES[0]
+) -> Dict[str, Any]:
     """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
 
-    best/ keeps the best score among evaluations whose expected sparsity reached target - epsilon
-    (a dense evaluation, before pruning, has none); an undefined score (None: see top.metrics) is
-    never the best. The original's rule was looser: once one evaluation reached the target, every
-    later one could become best/ even below it.
+    ``reached_target``: the expected sparsity reached target - epsilon (a dense evaluation, before
+    pruning, has none). Rule ``score`` (the default): best/ keeps the best score among evaluations
+    that reached the target. The original's rule was looser: once one evaluation reached the target,
+    every later one could become best/ even below it. Rule ``nearest-target``: among evaluations
+    within target +- epsilon, the one nearest the target, the better score breaking a tie. An
+    undefined score (None: see top.metrics) is never the best.
     """
-    reached = "expected_sparsity" in record and record["expected_sparsity"] >= target - epsilon
+    if rule not in BEST_RULES:
+        raise ValueError(f"unknown best rule {rule!r}")
+    sparsity = record.get("expected_sparsity")
+    reached = sparsity is not None and sparsity >= target - epsilon
     record["reached_target"] = bool(reached)
-    record["is_best"] = bool(
-        reached and record["score"] is not None and (best["score"] is None or record["score"] > best["score"])
-    )
+    first = best["score"] is None
+    if rule == "score":
+        eligible = reached
+        better = first or (record["score"] is not None and record["score"] > best["score"])
+    else:
+        eligible = sparsity is not None and within_band(sparsity, target, epsilon)
+        distance = abs(sparsity - target) if sparsity is not None else None
+        best_distance = None if first else abs(best["expected_sparsity"] - target)
+        better = first or (
+            record["score"] is not None
+            and (distance < best_distance or (distance == best_distance and record["score"] > best["score"]))
+        )
+    record["is_best"] = bool(eligible and record["score"] is not None and better)
     return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
+
+
+def within_band(sparsity: float, target: float, epsilon: float) -> bool:
+    """``|sparsity - target| <= epsilon``, allowing float rounding (0.31 is within 0.01 of 0.3)."""
+    return abs(sparsity - target) <= epsilon + 1e-9
+
+
+def check_final_sparsity(
+    final: Optional[Dict[str, Any]], log: loop.JsonLog, step: int, target: float, args: argparse.Namespace
+) -> Optional[float]:
+    """The last evaluation's expected sparsity (None before pruning), with a warning when it is off target.
+
+    ``final`` is None when a finished run was resumed: its last evaluation is then read from the log.
+    """
+    if final is None:
+        final = log.last_record_with("eval")
+    sparsity = None if final is None else final.get("expected_sparsity")
+    if sparsity is None:
+        logger.warning("Pruning never started (%d steps); give more than %d steps.", step, PREPRUNING_STEPS)
+    else:
+        warn_off_target(f"At the end (step {step}), the expected sparsity", sparsity, target,
+                        args.sparsity_epsilon, args.sparsity_control)
+    return sparsity
+
+
+def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, control: str) -> None:
+    """A warning when ``sparsity`` (``what``: when and which) is outside target +- epsilon, naming the levers."""
+    if within_band(sparsity, target, epsilon):
+        return
+    if sparsity > target:
+        how, levers = "above", "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
+        if control == "paper":
+            levers = "--sparsity-control adaptive, " + levers
+    else:
+        how, levers = "below", "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
+    logger.warning(
+        "%s is %.4f, %s the target %s by more than --sparsity-epsilon %s; to land nearer, try %s.",
+        what, sparsity, how, target, epsilon, levers,
+    )
 
 
 def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
@@ -681,6 +847,7 @@ def write_checkpoint(path: Path, student, gates, tokenizer, trainer_state: Dict[
 
 def save_last(
     last_dir: Path,
+    args: argparse.Namespace,
     step: int,
     total_steps: int,
     best: Dict[str, Any],
@@ -700,6 +867,7 @@ def save_last(
     state = {
         "step": step,
         "pruning": "gates" in optimizers,
+        "sparsity_control": args.sparsity_control,
         "best": best,
         "world_size": dist.world_size,
         "rng": rng,
@@ -732,6 +900,11 @@ def restore(
             "resume with the --prune-location and --bin-num of the original run."
         )
     gates.load_state_dict(saved.state_dict())
+    control = state.get("sparsity_control", "paper")  # states written before the flag are the paper's
+    if control != args.sparsity_control:
+        raise UserError(
+            f"{last_dir} was trained with --sparsity-control {control}; resume with --sparsity-control {control}."
+        )
     step = int(state["step"])
     optimizers = build_optimizers(student, gates, args, total_steps, bool(state["pruning"]))
     for name, optimizer in optimizers.items():
@@ -747,10 +920,20 @@ def restore(
 
 
 def write_summary(
-    out: Path, metric: str, best: Dict[str, Any], target: float, epsilon: float, steps: int, seconds: float
+    out: Path, metric: str, best: Dict[str, Any], target: float, epsilon: float, steps: int, seconds: float,
+    final_sparsity: Optional[float] = None,
 ) -> None:
-    """``summary.json``, and one line on the best evaluation (or why there is none)."""
-    summary = {"metric": metric, "best": best, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1)}
+    """``summary.json``, and one line on the best evaluation (or why there is none).
+
+    ``final_expected_sparsity`` is the last evaluation's (None when pruning never started);
+    ``reached_target`` says whether it is within target +- epsilon.
+    """
+    summary = {
+        "metric": metric, "best": best, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1),
+        "final_expected_sparsity": final_sparsity,
+        "reached_target": final_sparsity is not None and within_band(final_sparsity, target, epsilon),
+        "sparsity_epsilon": epsilon,
+    }
     atomic_write_json(out / "summary.json", summary)
     if best["score"] is None:
         print(
