@@ -169,10 +169,12 @@ class ToPForSequenceClassification(nn.Module):
         """
         from transformers import AutoConfig
 
+        from top.checkpoint import check_config_file
         from top.hub import resolve_model
         from top.safeload import error_detail, read_state_dict
 
         directory = resolve_model(str(name_or_path), flag)
+        check_config_file(directory, f"The config.json of {flag} {name_or_path}")
         try:
             config = AutoConfig.from_pretrained(str(directory))
         except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
