@@ -163,7 +163,8 @@ def check_tensor_layout(storage: Any, offset: Any, size: Any, stride: Any) -> No
     last = offset + sum((dim - 1) * step for dim, step in zip(size, stride))
     if last >= available or numel > available:
         raise pickle.UnpicklingError(
-            f"a tensor of shape {list(size)[:8]} that needs more than the {available} elements its storage holds"
+            f"a tensor of shape {list(size)[:8]} (offset {offset}, stride {list(stride)[:8]}) that needs more than "
+            f"the {available} elements its storage holds"
         )
 
 
@@ -318,7 +319,8 @@ def _archive_prefix(names: List[str]) -> str:
         if name[len(prefix) + 1:] not in _PLAIN_MEMBERS and not _DATA_MEMBER.fullmatch(name[len(prefix) + 1:])
     ]
     if extra:
-        raise _ArchiveError("it holds {}{}".format(", ".join(extra[:3]), " …" if len(extra) > 3 else ""))
+        raise _ArchiveError("it holds {}{}".format(", ".join(brief(name) for name in extra[:3]),
+                                                   " …" if len(extra) > 3 else ""))
     if f"{prefix}/data.pkl" not in names:
         raise _ArchiveError("it has no data.pkl")
     return prefix
