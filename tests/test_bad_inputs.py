@@ -606,3 +606,13 @@ def test_resume_with_a_damaged_log_line_names_it_and_goes_on(bad_line, tiny, sav
     assert len(warnings) == 1 and "dropped it" in warnings[0] and len(warnings[0]) < 400, warnings
     steps = [json.loads(line).get("step") for line in (out / "log.jsonl").read_text().splitlines()]
     assert bad_line not in (out / "log.jsonl").read_text() and max(steps) == 6
+
+
+def test_a_tokenizer_that_gives_ids_past_the_embeddings_is_one_sentence(checkpoint, tiny, tmp_path, capsys):
+    """A damaged special_tokens_map.json ("[PAD]" -> "[&AD]") adds a token the embeddings do not have."""
+    target = copy_checkpoint(checkpoint, tmp_path / "added-token")
+    text = (target / "special_tokens_map.json").read_text()
+    (target / "special_tokens_map.json").write_text(text.replace("[PAD]", "[&AD]"))
+    assert cli.main(eval_argv(target, tmp_path / "out", "--validation-file", str(tiny["dev"]))) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "The tokenizer of" in line and "input_ids" in line and "vocabulary of" in line, line

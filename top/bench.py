@@ -405,12 +405,13 @@ class Loaded:
 
 
 def _dev_batches(args: argparse.Namespace, task, checkpoint) -> List[Dict[str, Any]]:
-    from top.data import encode
+    from top.data import check_token_ids, encode
     from top.evaluate import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint.path)
     examples = _load_examples(args, task)
     encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
+    check_token_ids(encoded, checkpoint.config, checkpoint.path)
     encoded.pop("labels", None)
     batches = sorted_batches(encoded, args.batch_size)
     if not any(b["size"] == args.batch_size for b in batches):

@@ -482,6 +482,19 @@ def check_max_seq_length(
         raise UserError(f"{what} is longer than the {limit} positions {model} has; {fix}.")
 
 
+def check_token_ids(encoded: Dict[str, Any], config: Any, tokenizer_source: Any) -> None:
+    """A ``UserError`` when the tokenizer gave ids past the model's embeddings (or token types past its table):
+    the tokenizer files do not belong to the model, or are damaged (an added special token, say)."""
+    limits = (("input_ids", "vocab_size", "a vocabulary"), ("token_type_ids", "type_vocab_size", "token types"))
+    for key, field, what in limits:
+        size = getattr(config, field, None)
+        if key in encoded and isinstance(size, int) and encoded[key].numel() and int(encoded[key].max()) >= size:
+            raise UserError(
+                f"The tokenizer of {tokenizer_source} gives {key} up to {int(encoded[key].max())} but the model has "
+                f"{what} of {size}; use the tokenizer files saved with the model (they may be damaged)."
+            )
+
+
 def encode(
     examples: Sequence[Example], tokenizer: Any, max_seq_length: int, padding: str = "max_length"
 ) -> Dict[str, "Any"]:

@@ -100,6 +100,7 @@ def evaluate(
     model, device = loaded.model, next(loaded.model.parameters()).device
     forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
+    data.check_token_ids(encoded, model.config, loaded.path)
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
     started = time.perf_counter()

@@ -185,8 +185,16 @@ def encode_data(args, data, model_dir: Path, flag: str, name: str):
         raise UserError(
             f"{flag} {name} has no tokenizer ({type(error).__name__}); give a model directory with one."
         ) from None
+    from transformers import AutoConfig
+
+    from top.data import check_token_ids
+
+    config = AutoConfig.from_pretrained(str(model_dir))  # config.json was checked before
     train_set = encode(data.train, tokenizer, args.max_seq_length)
-    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
+    for encoded in (train_set, dev_set):
+        check_token_ids(encoded, config, f"{flag} {name}")
+    return tokenizer, train_set, dev_set
 
 
 
