@@ -187,9 +187,11 @@ def encode_data(args, data, model_dir: Path, flag: str, name: str):
         ) from None
     from transformers import AutoConfig
 
+    from top.checkpoint import check_config_file
     from top.data import check_token_ids
 
-    config = AutoConfig.from_pretrained(str(model_dir))  # config.json was checked before
+    check_config_file(model_dir, f"The config.json of {flag} {name}")  # before transformers reads it
+    config = AutoConfig.from_pretrained(str(model_dir))
     train_set = encode(data.train, tokenizer, args.max_seq_length)
     dev_set = encode(data.dev, tokenizer, args.max_seq_length)
     for encoded in (train_set, dev_set):
