@@ -608,11 +608,15 @@ def test_resume_with_a_damaged_log_line_names_it_and_goes_on(bad_line, tiny, sav
     assert bad_line not in (out / "log.jsonl").read_text() and max(steps) == 6
 
 
-def test_a_tokenizer_that_gives_ids_past_the_embeddings_is_one_sentence(checkpoint, tiny, tmp_path, capsys):
-    """A damaged special_tokens_map.json ("[PAD]" -> "[&AD]") adds a token the embeddings do not have."""
-    target = copy_checkpoint(checkpoint, tmp_path / "added-token")
-    text = (target / "special_tokens_map.json").read_text()
-    (target / "special_tokens_map.json").write_text(text.replace("[PAD]", "[&AD]"))
-    assert cli.main(eval_argv(target, tmp_path / "out", "--validation-file", str(tiny["dev"]))) == 2
+def test_a_tokenizer_that_gives_ids_past_the_embeddings_is_one_sentence(checkpoint, tmp_path, capsys):
+    """A damaged vocab.txt (one line too many) gives ids the embeddings do not have: one sentence, not an IndexError."""
+    target = copy_checkpoint(checkpoint, tmp_path / "longer-vocab")
+    if (target / "tokenizer.json").exists():
+        (target / "tokenizer.json").unlink()  # the fast tokenizer is rebuilt from vocab.txt
+    words = (target / "vocab.txt").read_text().splitlines()
+    (target / "vocab.txt").write_text("\n".join(["[unused0]"] + words) + "\n")
+    dev = tmp_path / "dev.csv"
+    dev.write_text(f"sentence,label\nthe {words[-1]} film,1\na {words[-1]} plot,0\n")
+    assert cli.main(eval_argv(target, tmp_path / "out", "--validation-file", str(dev))) == 2
     line = error_line(capsys.readouterr().err)
     assert "The tokenizer of" in line and "input_ids" in line and "vocabulary of" in line, line
