@@ -5,6 +5,7 @@ Every session is a thin wrapper around one helper and passes ``session.posargs``
     nox -s tests          # Python 3.10-3.13 (3.11 first), torch 2.13.0, newest transformers 4.x
     nox -s tests-pinned   # Python 3.8, the paper's pins, installed from requirements/pinned*.txt
     nox -s demo           # the end-to-end run on a real model and real data
+    nox -s fuzz           # the fuzz test with 600 trials of its largest category (TOP_FUZZ_COUNT)
     nox -s reproduce -- --checkpoint-dir D --data-dir G
 
 The current-stack sessions run once, on the first of CURRENT_PYTHONS that this machine has.
@@ -115,6 +116,15 @@ def tests_pinned(session: nox.Session) -> None:
     install_pinned(session)
     install_pinned_test_extras(session)
     run_pytest(session)
+
+
+@nox.session(python=CURRENT_PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz test with more trials: `nox -s fuzz`, `TOP_FUZZ_COUNT=2000 TOP_FUZZ_SEED=7 nox -s fuzz`."""
+    install_current(session)
+    defaults = {"TOP_FUZZ_COUNT": "600", "TOP_FUZZ_SEED": "24"}
+    env = {name: os.environ.get(name, default) for name, default in defaults.items()}
+    session.run("python", "-m", "pytest", "-s", "tests/test_fuzz.py", *session.posargs, env=env)
 
 
 @nox.session(python=CURRENT_PYTHON)

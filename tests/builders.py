@@ -111,6 +111,7 @@ def tiny_checkpoint(
     finetuning_task: Optional[str] = None,
     pruned: bool = True,
     model_type: str = "bert",
+    max_position_embeddings: int = 300,
 ) -> Path:
     """A random tiny BERT (or RoBERTa) saved in the published layout (config, weights, zs.pt, l0_module.pt,
     tokenizer; the RoBERTa one carries the same word-piece tokenizer, enough for tests)."""
@@ -123,7 +124,7 @@ def tiny_checkpoint(
         config = tiny_roberta_config(num_labels, layers)
         model = RobertaForSequenceClassification(config)
     else:
-        config = tiny_config(num_labels, layers, finetuning_task)
+        config = tiny_config(num_labels, layers, finetuning_task, max_position_embeddings=max_position_embeddings)
         model = BertForSequenceClassification(config)
     tokenizer = tiny_tokenizer(directory.parent / f".{directory.name}-vocab")
     locations = list(prune_locations) if prune_locations is not None else list(range(2, layers))

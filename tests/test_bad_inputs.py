@@ -48,7 +48,10 @@ def replace_flag(argv: List[str], flag: str, value: str) -> List[str]:
 
 
 def copy_with_config(source: Path, target: Path, **fields) -> Path:
+    """A copy with config.json edited by hand, as its manifest (removed) would otherwise report."""
     shutil.copytree(str(source), str(target))
+    if (target / "manifest.json").exists():
+        (target / "manifest.json").unlink()
     config = json.loads((target / "config.json").read_text())
     config.update(fields)
     (target / "config.json").write_text(json.dumps(config))
@@ -56,7 +59,9 @@ def copy_with_config(source: Path, target: Path, **fields) -> Path:
 
 
 def copy_checkpoint(checkpoint: Path, target: Path) -> Path:
+    """A copy to change by hand: without the manifest, which would report every change as damage."""
     shutil.copytree(str(checkpoint), str(target), symlinks=True)
+    (target / "manifest.json").unlink()
     return target
 
 
@@ -132,7 +137,7 @@ def bad_config_checkpoint(checkpoint: Path, tmp: Path) -> Path:
 
 
 def short_position_checkpoint(checkpoint: Path, tmp: Path) -> Path:
-    return copy_with_config(checkpoint, tmp / "short", max_position_embeddings=16)
+    return tiny_checkpoint(tmp / "short", max_position_embeddings=16)
 
 
 def zero_bin_checkpoint(checkpoint: Path, tmp: Path) -> Path:
@@ -189,6 +194,123 @@ def checkpoint_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(path) / "weights"))
 
     monkeypatch.setattr(top.checkpoint, "save_checkpoint", save_then_fail)
+
+
+
+# ------------------------------------------------------------------------------------- fuzzed inputs (issue 24)
+
+
+def gate_file_with(checkpoint: Path, tmp: Path, name: str, **fields) -> Path:
+    """A copy whose l0_module.pt holds the gate state with ``fields`` replaced (zs.pt removed)."""
+    from top.checkpoint import load_checkpoint
+
+    state = dict(load_checkpoint(checkpoint).gate_state)
+    state.update(fields)
+    target = copy_checkpoint(checkpoint, tmp / name)
+    (target / "zs.pt").unlink()
+    torch.save(state, str(target / "l0_module.pt"))
+    return target
+
+
+def stride_zero_masks(checkpoint: Path, tmp: Path) -> Path:
+    """zs.pt whose token_z is one float viewed as [1, 2**34] (stride 0): 4 bytes on disk, 64 GiB as a copy."""
+    target = copy_checkpoint(checkpoint, tmp / "bomb-zs")
+    (target / "l0_module.pt").unlink()
+    torch.save({"token_z": torch.ones(1).expand(1, 2**34), "pruner_z": torch.ones(1)}, str(target / "zs.pt"))
+    return target
+
+
+def nested_bin_num(checkpoint: Path, tmp: Path, depth: int = 50_000) -> Path:
+    """l0_module.pt whose bin_num is a list nested ``depth`` deep (spliced into data.pkl: torch.save cannot)."""
+    import zipfile
+
+    target = gate_file_with(checkpoint, tmp, "nested", bin_num="NESTME")
+    file = target / "l0_module.pt"
+    with zipfile.ZipFile(str(file)) as archive:
+        members = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    marker = b"X" + len(b"NESTME").to_bytes(4, "little") + b"NESTME"  # BINUNICODE 'NESTME'
+    with zipfile.ZipFile(str(file), "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            if name.endswith("data.pkl"):
+                assert marker in data
+                data = data.replace(marker, b"]" * depth + b"a" * (depth - 1))
+            archive.writestr(name, data)
+    return target
+
+
+def fifo_tar_gates(checkpoint: Path, tmp: Path) -> Path:
+    """l0_module.pt as torch's legacy tar format whose 'storages' member is a FIFO (torch would block on it)."""
+    import tarfile
+
+    target = copy_checkpoint(checkpoint, tmp / "fifo")
+    (target / "zs.pt").unlink()
+    (target / "l0_module.pt").unlink()
+    with tarfile.open(str(target / "l0_module.pt"), "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("storages")
+        info.type = tarfile.FIFOTYPE
+        tar.addfile(info)
+    return target
+
+
+def nan_weights(checkpoint: Path, tmp: Path) -> Path:
+    """A checkpoint (no manifest: someone else's) whose classifier bias is NaN: every logit is NaN."""
+    from top.safeload import read_safetensors, write_safetensors
+
+    target = copy_checkpoint(checkpoint, tmp / "nan")
+    weights = read_safetensors(target / "model.safetensors")
+    weights["classifier.bias"] = torch.full_like(weights["classifier.bias"], float("nan"))
+    write_safetensors(target / "model.safetensors", weights)
+    return target
+
+
+def flipped_weights(checkpoint: Path, tmp: Path) -> Path:
+    """A checkpoint top wrote, with one byte of its weights flipped: its manifest says so."""
+    target = tmp / "flipped"
+    shutil.copytree(str(checkpoint), str(target))
+    data = bytearray((target / "model.safetensors").read_bytes())
+    data[-7] ^= 0x10
+    (target / "model.safetensors").write_bytes(bytes(data))
+    return target
+
+
+def damaged_manifest(checkpoint: Path, tmp: Path) -> Path:
+    target = tmp / "manifest"
+    shutil.copytree(str(checkpoint), str(target))
+    text = (target / "manifest.json").read_text()
+    (target / "manifest.json").write_text(text[: len(text) // 2])
+    return target
+
+
+def config_model(tiny: Dict[str, Path], tmp: Path, **fields) -> Path:
+    return copy_with_config(tiny["model"], tmp / ("model-" + "-".join(fields)), **fields)
+
+
+def nested_json(tmp: Path, depth: int = 100_000) -> Path:
+    path = tmp / "nested.json"
+    path.write_text("[" * depth + "]" * depth, encoding="utf-8")
+    return path
+
+
+def long_label_json(tmp: Path) -> Path:
+    path = tmp / "digits.json"
+    path.write_text('[{"sentence": "the film", "label": 1}, {"sentence": "a film", "label": ' + "7" * 5000 + "}]",
+                    encoding="utf-8")
+    return path
+
+
+def long_label_csv(tmp: Path) -> Path:
+    path = write_data(tmp / "digits.csv", 10, seed=1)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("the good film," + "7" * 5000 + "\n")
+    return path
+
+
+def many_examples(tmp: Path) -> Path:
+    return write_data(tmp / "many.csv", 200, seed=3)
+
+
+def bench_argv(tiny: Dict[str, Path], checkpoint: Path, *extra: str) -> List[str]:
+    return ["bench", "--task", "sst2", "--checkpoint", str(checkpoint), "--validation-file", str(tiny["dev"]), *extra]
 
 
 def train(tiny, tmp, *flags) -> List[str]:
@@ -284,6 +406,79 @@ CASES = [
     Case("l0-module-is-directory", lambda t, c, tmp: eval_argv(directory_in_place_of("l0_module.pt")(c, tmp),
                                                                tmp / "out", "--validation-file", str(t["dev"])), 2,
          lambda tmp: "l0_module.pt"),
+    # fuzzed inputs (issue 24): the checkpoint reader
+    Case("zs-stride-zero-bomb", lambda t, c, tmp: eval_argv(stride_zero_masks(c, tmp), tmp / "out",
+                                                            "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "zs.pt"),
+    Case("l0-stride-zero-bomb", lambda t, c, tmp: eval_argv(
+        gate_file_with(c, tmp, "bomb-l0", token_loga=torch.ones(1).expand(2, 2**33)), tmp / "out",
+        "--validation-file", str(t["dev"])), 2, lambda tmp: "l0_module.pt"),
+    Case("l0-temperature-10**400", lambda t, c, tmp: eval_argv(gate_file_with(c, tmp, "hot", temperature=10**400),
+                                                               tmp / "out", "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "temperature"),
+    Case("l0-bin-num-nested-50000", lambda t, c, tmp: eval_argv(nested_bin_num(c, tmp), tmp / "out",
+                                                                "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "bin_num"),
+    Case("l0-legacy-tar-fifo", lambda t, c, tmp: eval_argv(fifo_tar_gates(c, tmp), tmp / "out", "--validation-file",
+                                                           str(t["dev"])), 2, lambda tmp: "l0_module.pt"),
+    Case("eval-config-1e9-layers", lambda t, c, tmp: eval_argv(
+        copy_with_config(c, tmp / "deep", num_hidden_layers=10**9), tmp / "out", "--validation-file",
+        str(t["dev"])), 2, lambda tmp: "num_hidden_layers"),
+    Case("eval-config-hidden-act-evil", lambda t, c, tmp: eval_argv(
+        copy_with_config(c, tmp / "evil", hidden_act="evil"), tmp / "out", "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "hidden_act"),
+    Case("eval-config-huge-intermediate", lambda t, c, tmp: eval_argv(
+        copy_with_config(c, tmp / "wide", intermediate_size=10**9), tmp / "out", "--validation-file",
+        str(t["dev"])), 2, lambda tmp: "intermediate_size"),
+    Case("eval-config-layers-unlike-weights", lambda t, c, tmp: eval_argv(
+        copy_with_config(c, tmp / "six", num_hidden_layers=6), tmp / "out", "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "num_hidden_layers 6"),
+    Case("train-config-1e9-layers", lambda t, c, tmp: replace_flag(train(t, tmp), "--model", str(
+        config_model(t, tmp, num_hidden_layers=10**9))), 2, lambda tmp: "num_hidden_layers"),
+    Case("train-config-hidden-act-evil", lambda t, c, tmp: replace_flag(train(t, tmp), "--model", str(
+        config_model(t, tmp, hidden_act="evil"))), 2, lambda tmp: "hidden_act"),
+    Case("train-config-huge-hidden-size", lambda t, c, tmp: replace_flag(train(t, tmp), "--teacher", str(
+        config_model(t, tmp, hidden_size=10**9))), 2, lambda tmp: "hidden_size"),
+    Case("finetune-config-huge-positions", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--model", str(
+        config_model(t, tmp, max_position_embeddings=10**9))), 2, lambda tmp: "max_position_embeddings"),
+    Case("finetune-config-num-labels-1e9", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--model", str(
+        config_model(t, tmp, num_labels=10**9))), 2, lambda tmp: "num_labels"),
+    Case("eval-nan-logits", lambda t, c, tmp: eval_argv(nan_weights(c, tmp), tmp / "out", "--validation-file",
+                                                        str(t["dev"])), 2, lambda tmp: "not finite"),
+    Case("eval-flipped-weight-byte", lambda t, c, tmp: eval_argv(flipped_weights(c, tmp), tmp / "out",
+                                                                 "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "model.safetensors does not match the sha256"),
+    Case("eval-damaged-manifest", lambda t, c, tmp: eval_argv(damaged_manifest(c, tmp), tmp / "out",
+                                                              "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "manifest.json is damaged"),
+    # fuzzed inputs: data files
+    Case("json-nested-100000", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                           str(nested_json(tmp))), 2, lambda tmp: "nested.json"),
+    Case("json-label-5000-digits", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                               str(long_label_json(tmp))), 2,
+         lambda tmp: "digits.json"),
+    Case("csv-label-5000-digits", lambda t, c, tmp: replace_flag(train(t, tmp), "--validation-file",
+                                                                 str(long_label_csv(tmp))), 2,
+         lambda tmp: "digits.csv: example 11"),
+    # fuzzed inputs: flags
+    Case("train-seed-2**64", lambda t, c, tmp: train(t, tmp, "--seed", str(2**64)), 2, lambda tmp: "--seed"),
+    Case("finetune-seed-2**64", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--seed", str(2**64)), 2,
+         lambda tmp: "--seed"),
+    Case("train-bin-num-1e9", lambda t, c, tmp: train(t, tmp, "--bin-num", "1000000000"), 2, lambda tmp: "--bin-num"),
+    Case("train-batch-size-1e9", lambda t, c, tmp: train(t, tmp, "--batch-size", "1000000000"), 2,
+         lambda tmp: "--batch-size"),
+    Case("train-epochs-1e9", lambda t, c, tmp: train(t, tmp)[:-2] + ["--epochs", "1e9"], 2, lambda tmp: "--epochs"),
+    Case("train-max-steps-1e12", lambda t, c, tmp: replace_flag(train(t, tmp), "--max-steps", str(10**12)), 2,
+         lambda tmp: "--max-steps"),
+    Case("train-schedule-over-1e8-steps", lambda t, c, tmp: replace_flag(
+        train(t, tmp)[:-2] + ["--epochs", "1000000", "--batch-size", "1"], "--train-file", str(many_examples(tmp))),
+         2, lambda tmp: "more than the 1e+08"),
+    Case("finetune-epochs-1e9", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--epochs", "1e9"), 2,
+         lambda tmp: "--epochs"),
+    Case("bench-threads-100000", lambda t, c, tmp: bench_argv(t, c, "--threads", "100000"), 2,
+         lambda tmp: "--threads"),
+    Case("export-opset-1e9", lambda t, c, tmp: ["export", "--checkpoint", str(c), "--output", str(tmp / "m.onnx"),
+                                                "--opset", "1000000000"], 2, lambda tmp: "--opset"),
     # output paths
     Case("train-output-dir-is-file", lambda t, c, tmp: replace_flag(train(t, tmp), "--output-dir", str(a_file(tmp))),
          2, lambda tmp: "a-file"),
@@ -317,6 +512,9 @@ def test_bad_input_is_one_sentence(case: Case, tiny, checkpoint, tmp_path, capsy
     # Nothing half-written: no temporary file or directory left anywhere under tmp_path.
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
     assert not leftovers, leftovers
+    if case.status == 2:  # refused before any result: no report, log or checkpoint in the output directory
+        written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").is_dir() else []
+        assert not written, written
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through any permission")
@@ -377,3 +575,48 @@ def test_download_onto_a_full_disk_is_not_called_a_network_problem(monkeypatch, 
         hub._download_to_cache("senfu/bert-base-uncased-top-pruned-sst2", False, None)
     assert raised.value.errno == errno.ENOSPC
     assert cli.environment_message(raised.value).startswith(f"cannot write {tmp_path / 'blobs' / 'weights'}: ")
+
+
+# ------------------------------------------------------------------------------------- a damaged log never costs a run
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "out"
+    argv = train_argv(tiny, out, "--target-sparsity", "0.3", "--max-steps", "4", "--save-steps", "2",
+                      "--logging-steps", "1")
+    assert cli.main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize("bad_line", ['{"step": null}', '{"step": "3"}', '[1, 2, 3]', '{"step": ' + "9" * 5000 + "}",
+                                      "[" * 100_000],
+                         ids=["step-null", "step-string", "json-list", "step-5000-digits", "nested-100000"])
+def test_resume_with_a_damaged_log_line_names_it_and_goes_on(bad_line, tiny, saved_run, tmp_path, caplog):
+    out = tmp_path / "out"
+    shutil.copytree(str(saved_run), str(out))
+    lines = (out / "log.jsonl").read_text().splitlines()
+    lines.insert(1, bad_line)
+    (out / "log.jsonl").write_text("\n".join(lines) + "\n")
+    argv = train_argv(tiny, out, "--target-sparsity", "0.3", "--max-steps", "6", "--save-steps", "2",
+                      "--logging-steps", "1", "--resume")
+    with caplog.at_level("WARNING"):
+        assert cli.main(argv) == 0
+    warnings = [r.getMessage() for r in caplog.records if "log.jsonl line 2" in r.getMessage()]
+    assert len(warnings) == 1 and "dropped it" in warnings[0] and len(warnings[0]) < 400, warnings
+    steps = [json.loads(line).get("step") for line in (out / "log.jsonl").read_text().splitlines()]
+    assert bad_line not in (out / "log.jsonl").read_text() and max(steps) == 6
+
+
+def test_a_tokenizer_that_gives_ids_past_the_embeddings_is_one_sentence(checkpoint, tmp_path, capsys):
+    """A damaged vocab.txt (one line too many) gives ids the embeddings do not have: one sentence, not an IndexError."""
+    target = copy_checkpoint(checkpoint, tmp_path / "longer-vocab")
+    if (target / "tokenizer.json").exists():
+        (target / "tokenizer.json").unlink()  # the fast tokenizer is rebuilt from vocab.txt
+    words = (target / "vocab.txt").read_text().splitlines()
+    (target / "vocab.txt").write_text("\n".join(["[unused0]"] + words) + "\n")
+    dev = tmp_path / "dev.csv"
+    dev.write_text(f"sentence,label\nthe {words[-1]} film,1\na {words[-1]} plot,0\n")
+    assert cli.main(eval_argv(target, tmp_path / "out", "--validation-file", str(dev))) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "The tokenizer of" in line and "input_ids" in line and "vocabulary of" in line, line

@@ -98,6 +98,7 @@ def test_bench_without_a_dev_set_is_a_user_error(tmp_path, capsys):
 def test_bench_needs_a_pruned_checkpoint(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path)
     (ckpt / "zs.pt").unlink()
+    (ckpt / "manifest.json").unlink()  # which would report zs.pt missing: this dense checkpoint is made by hand
     code = main(["bench", "--task", "cola", "--checkpoint", str(ckpt), "--validation-file",
                  str(make_dev_file(tmp_path)), "--output", str(tmp_path / "b.json")])
     assert code == 2

@@ -440,3 +440,96 @@ def test_loading_does_not_modify_the_directory(published):
     load_checkpoint(directory)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
     assert Path(directory).is_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest.json: what top writes carries the sha256 of every file, checked on load
+
+
+def test_saved_checkpoint_lists_every_file_in_its_manifest(tmp_path):
+    from builders import tiny_checkpoint
+
+    from top.io import sha256_of
+    from top.manifest import MANIFEST_FILE, read_manifest
+
+    path = tiny_checkpoint(tmp_path / "ckpt")
+    files = read_manifest(path)
+    on_disk = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+    assert set(files) == on_disk and {"config.json", "model.safetensors", "zs.pt", "l0_module.pt"} <= on_disk
+    for name, entry in files.items():
+        assert entry == {"size": (path / name).stat().st_size, "sha256": sha256_of(path / name)}
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "zs.pt", "l0_module.pt", "vocab.txt"])
+def test_a_damaged_file_of_a_saved_checkpoint_is_named(tmp_path, name):
+    """One flipped byte anywhere (safetensors and tokenizer files carry no checksum of their own) is refused."""
+    from builders import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "ckpt")
+    data = bytearray((path / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / name).write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{name} does not match the sha256 .* so it was damaged"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_manifest_reads_as_before(tmp_path):
+    from builders import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "ckpt")
+    before = load_checkpoint(path)
+    (path / "manifest.json").unlink()
+    after = load_checkpoint(path)
+    assert all(torch.equal(before.state_dict[k], after.state_dict[k]) for k in before.state_dict)
+    assert torch.equal(before.token_z, after.token_z)
+
+
+def test_a_file_the_manifest_lists_must_be_there(tmp_path):
+    from builders import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "ckpt")
+    (path / "vocab.txt").unlink()
+    with pytest.raises(UserError, match="vocab.txt is missing, though .*manifest.json lists it"):
+        load_checkpoint(path)
+
+
+def test_stride_zero_tensor_is_refused_before_anything_is_allocated(tmp_path):
+    """4 bytes on disk declared as 2**40 floats: refused by the reader, no 4 TiB copy is attempted."""
+    from top.safeload import read_torch_file
+
+    torch.save({"token_z": torch.ones(1).expand(1, 2**40)}, str(tmp_path / "zs.pt"))
+    with pytest.raises(UserError, match=r"zs\.pt .*needs more than the 1 elements its storage holds"):
+        read_torch_file(tmp_path / "zs.pt")
+    # an expanded view that stays within its storage (HF's position_ids buffer) is still read
+    torch.save({"position_ids": torch.arange(8).expand(1, -1)}, str(tmp_path / "ok.pt"))
+    assert read_torch_file(tmp_path / "ok.pt")["position_ids"].tolist() == [list(range(8))]
+
+
+def test_compressed_zip_member_is_refused(tmp_path):
+    import zipfile
+
+    torch.save({"token_z": torch.ones(2, 3)}, str(tmp_path / "plain.pt"))
+    with zipfile.ZipFile(str(tmp_path / "plain.pt")) as archive:
+        members = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(str(tmp_path / "deflated.pt"), "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    from top.safeload import read_torch_file
+
+    assert torch.equal(read_torch_file(tmp_path / "plain.pt")["token_z"], torch.ones(2, 3))
+    with pytest.raises(UserError, match="compressed"):
+        read_torch_file(tmp_path / "deflated.pt")
+
+
+def test_legacy_storage_larger_than_the_file_is_refused_before_torch_allocates_it(tmp_path):
+    """torch's pre-zip loader allocates each storage at the size the pickle declares; that size is checked first."""
+    from top.safeload import read_torch_file
+
+    file = tmp_path / "legacy.pt"
+    torch.save({"token_z": torch.ones(4)}, str(file), _use_new_zipfile_serialization=False)
+    data = file.read_bytes()
+    # the storage's element count (4) as pickled: BININT1 4 right before the view metadata (None)
+    assert data.count(b"K\x04N") == 1
+    file.write_bytes(data.replace(b"K\x04N", b"J" + (2**30).to_bytes(4, "little") + b"N"))
+    with pytest.raises(UserError, match="declared in a file of"):
+        read_torch_file(file)

@@ -179,7 +179,12 @@ def train_argv(model, teacher, train, dev, out, *extra) -> List[str]:
 
 
 def place(directory: Path, name: str, payload: str, marker: Path) -> Path:
-    """Put a hostile ``name`` into ``directory``; the weights file replaces the safetensors one."""
+    """Put a hostile ``name`` into ``directory``; the weights file replaces the safetensors one.
+
+    The directory's manifest goes too: it would refuse the swapped file by its checksum before any
+    reader saw it, and the readers are what is under test (a hostile file comes without one).
+    """
+    (directory / "manifest.json").unlink()
     if name == "pytorch_model.bin":
         (directory / "model.safetensors").unlink()
     if name == "trainer_state.pt":
@@ -428,6 +433,7 @@ def test_old_training_state_is_still_read(world, tmp_path):
     shutil.copytree(str(world["run"]), str(out))
     state = loop.load_state_file(out / "last")
     (out / "last" / "trainer_state.safetensors").unlink()
+    (out / "last" / "manifest.json").unlink()  # written since; an old last/ has none
     torch.save(state, str(out / "last" / "trainer_state.pt"))
     again = loop.load_state_file(out / "last")
     assert again["step"] == state["step"] == 3

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from top.argtypes import int_at_least, non_negative_int, positive_int
+from top.argtypes import batch_size_count, int_in_range, positive_int
 from top.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 METHODS = ("dense_padded", "dense_dynamic", "compact")
 RUNTIMES = ("torch", "onnxruntime")
 FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
+# Threads torch can start (100,000 exhaust memory) and passes that end within a day.
+MAX_THREADS = 1024
+MAX_PASSES = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,11 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
     parser.add_argument("--data-dir", help="GLUE data directory (e.g. glue_data)")
     parser.add_argument("--validation-file", help="a csv/tsv/json file to use instead of the GLUE dev set")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=batch_size_count, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--passes", type=int_at_least(5), default=5, help="timed passes over the dev set (at least 5)")
-    parser.add_argument("--warmup-passes", type=non_negative_int, default=1, help="untimed passes first")
+    parser.add_argument("--threads", type=int_in_range(1, MAX_THREADS), default=None,
+                        help=f"torch threads, 1..{MAX_THREADS} (default: torch's choice)")
+    parser.add_argument("--passes", type=int_in_range(5, MAX_PASSES), default=5,
+                        help=f"timed passes over the dev set, 5..{MAX_PASSES}")
+    parser.add_argument("--warmup-passes", type=int_in_range(0, MAX_PASSES), default=1, help="untimed passes first")
     parser.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N dev examples")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--output", default="bench.json", help="where to write the results")
@@ -400,12 +405,13 @@ class Loaded:
 
 
 def _dev_batches(args: argparse.Namespace, task, checkpoint) -> List[Dict[str, Any]]:
-    from top.data import encode
+    from top.data import check_token_ids, encode
     from top.evaluate import load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint.path)
     examples = _load_examples(args, task)
     encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
+    check_token_ids(encoded, checkpoint.config, checkpoint.path)
     encoded.pop("labels", None)
     batches = sorted_batches(encoded, args.batch_size)
     if not any(b["size"] == args.batch_size for b in batches):
@@ -455,6 +461,7 @@ def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str,
     """Compact against faithful (predictions) and the unpadded reference (logits), on every batch;
     with ``onnx_compact``, the exported graph against both as well."""
     from top.compact import compact_forward, prediction_agreement
+    from top.scoring import require_finite_logits
 
     model, plan = loaded.top_model, loaded.plan
     result = Correctness([], 0.0, [], [], 0.0)
@@ -463,6 +470,7 @@ def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str,
             t = batch["trimmed"]
             inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
             fast = compact_forward(model, plan, *inputs)
+            require_finite_logits(fast.logits, loaded.checkpoint.path)
             faithful = model(*inputs, mode="faithful", token_z=loaded.token_z, pruner_z=loaded.pruner_z).logits
             reference = unpadded_reference_logits(model, plan, *inputs)
             result.agree.extend(prediction_agreement(fast.logits, faithful))

@@ -12,14 +12,18 @@ What the gates mean (their masks, defaults and valid locations) is ``top.gates``
 """
 
 import json
+import math
 import os
+import re
+import stat
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from top.errors import UserError
+from top.errors import UserError, brief
 from top.gates import (
     DEFAULT_MAGICAL_NUMBER,
     DEFAULT_TEMPERATURE,
@@ -31,6 +35,7 @@ from top.gates import (
     trailing_prune_locations,
 )
 from top.io import atomic_directory
+from top.manifest import verify_manifest, write_manifest
 from top.safeload import (
     SAFETENSORS_FILE,
     WEIGHTS_FILE,
@@ -90,6 +95,7 @@ def _load_config(path: Path) -> Any:
         raise UserError(
             f"{path} has no {CONFIG_FILE}; point to a checkpoint directory that holds the model's config.json."
         )
+    check_config_file(path, path / CONFIG_FILE)
     try:
         config = AutoConfig.from_pretrained(str(path))
     except Exception as error:
@@ -106,19 +112,163 @@ _CONFIG_COUNTS = (
     "max_position_embeddings",
 )
 _CONFIG_NUMBERS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+# The published architectures are BERT and RoBERTa, base and large: 12 or 24 layers, 768 or 1024
+# wide, 12 or 16 heads, 3072 or 4096 inner, 512 or 514 positions, vocabularies of 30,522 and
+# 50,265. A config far outside that is damaged or hostile, and building it would allocate memory
+# without bound (1e9 layers), so each field has a ceiling with room to spare (twice BERT-large,
+# XLM-R's 250k vocabulary), and the model they describe at most MAX_PARAMETERS weights.
+CONFIG_CEILINGS = {
+    "num_hidden_layers": 48,
+    "hidden_size": 4096,
+    "num_attention_heads": 64,
+    "intermediate_size": 16384,
+    "max_position_embeddings": 8192,
+    "vocab_size": 500_000,
+    "type_vocab_size": 1024,
+}
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; BERT-large has 335 million
+MAX_LABELS = 10_000
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def _activations() -> Any:
+    from transformers.activations import ACT2FN
+
+    return ACT2FN
 
 
 def check_config(config: Any, source: Any) -> Any:
-    """``config`` back if its architecture fields have the right types; else one sentence naming ``source``."""
+    """``config`` back if its architecture fields have the right types and lie within the published
+    architectures' ranges (``CONFIG_CEILINGS``); else one sentence naming ``source``. ``config`` is a
+    transformers config or anything with the same attributes (the raw JSON, before transformers reads it)."""
     for name in _CONFIG_COUNTS:
         value = getattr(config, name, None)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{source} gives {name} as {value!r}, not a positive whole number; fix that field.")
+            raise UserError(f"{source} gives {name} as {brief(value)}, not a positive whole number; fix that field.")
     for name in _CONFIG_NUMBERS:
         value = getattr(config, name, None)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{source} gives {name} as {value!r}, not a number; fix that field.")
+            raise UserError(f"{source} gives {name} as {brief(value)}, not a number; fix that field.")
+    for name, ceiling in CONFIG_CEILINGS.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
+            raise UserError(
+                f"{source} gives {name} as {brief(value)}, outside 1..{ceiling} (the published BERT and RoBERTa "
+                "models use far less); fix that field or download the model again."
+            )
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        value = getattr(config, name, None)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"{source} gives {name} as {brief(value)}, not a probability in 0..1; fix that field.")
+    eps = getattr(config, "layer_norm_eps", None)
+    if eps is not None and not (math.isfinite(eps) and 0.0 < eps < 1.0):
+        raise UserError(f"{source} gives layer_norm_eps as {brief(eps)}, not a small positive number; fix that field.")
+    heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if heads and width and width % heads:
+        raise UserError(
+            f"{source} gives hidden_size {width}, which {heads} attention heads do not divide; fix those fields."
+        )
+    act = getattr(config, "hidden_act", None)
+    if act is not None and not (isinstance(act, str) and act in _activations()):
+        raise UserError(
+            f"{source} gives hidden_act as {brief(act)}, which transformers does not know; use one such as \"gelu\"."
+        )
+    parameters = _parameter_count(config)
+    if parameters > MAX_PARAMETERS:
+        raise UserError(
+            f"{source} describes a model of about {parameters:.2g} weights, more than top builds "
+            f"({MAX_PARAMETERS:.0e}); fix its sizes or download the model again."
+        )
     return config
+
+
+def _parameter_count(config: Any) -> int:
+    """About how many weights a BERT/RoBERTa classifier of ``config`` holds (fields absent count as base's)."""
+    def field(name: str, default: int) -> int:
+        value = getattr(config, name, None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    width, inner = field("hidden_size", 768), field("intermediate_size", 3072)
+    rows = field("vocab_size", 30522) + field("max_position_embeddings", 512) + field("type_vocab_size", 2)
+    layer = 4 * width * width + 2 * width * inner + 9 * width + inner
+    return rows * width + field("num_hidden_layers", 12) * layer + width * width
+
+
+def check_config_file(directory: PathLike, source: Any) -> None:
+    """Check a model directory's raw ``config.json`` before transformers reads it (``check_config`` on its
+    fields, and the label count, which transformers expands into a dict of that many names), and that the
+    directory holds nothing but regular files and folders (a FIFO among the tokenizer files would block)."""
+    directory = Path(directory)
+    check_plain_entries(directory)
+    file = directory / CONFIG_FILE
+    if not file.is_file():
+        return  # the caller says what is missing
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{source} is larger than {MAX_CONFIG_BYTES >> 20} MiB, not a model config; fix it.")
+    try:
+        fields = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{source} is not valid JSON ({error_detail(error)}); fix it or download the model again."
+        ) from None
+    if not isinstance(fields, dict):
+        raise UserError(f"{source} does not hold a JSON object; fix it or download the model again.")
+    labels = fields.get("num_labels")
+    if labels is not None and (
+        isinstance(labels, bool) or not isinstance(labels, int) or not 1 <= labels <= MAX_LABELS
+    ):
+        raise UserError(f"{source} gives num_labels as {brief(labels)}, outside 1..{MAX_LABELS}; fix that field.")
+    for key in ("id2label", "label2id"):
+        if isinstance(fields.get(key), (dict, list)) and len(fields[key]) > MAX_LABELS:
+            raise UserError(f"{source} names more than {MAX_LABELS} labels in {key}; fix that field.")
+    check_config(types.SimpleNamespace(**{k: v for k, v in fields.items() if isinstance(k, str)}), source)
+
+
+def check_plain_entries(directory: Path) -> None:
+    """A ``UserError`` when ``directory`` holds a FIFO, socket or device (or a link to one)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue  # a dangling link: the reader of that file says so, if it is one we read
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UserError(
+                f"{entry} is not a regular file (a FIFO, socket or device); remove it from {directory}."
+            )
+
+
+def check_config_fits_weights(config: Any, state_dict: Mapping[str, torch.Tensor], where: Any) -> None:
+    """The weights' own shapes against config.json's sizes, before a model of that config is built."""
+    fix = "fix config.json or download the checkpoint again"
+    layers = set()
+    for key in state_dict:
+        match = _LAYER_KEY.search(key)
+        if match:
+            layers.add(int(match.group(1)))
+    if layers and layers != set(range(config.num_hidden_layers)):
+        raise UserError(
+            f"config.json of {where.parent} gives num_hidden_layers {config.num_hidden_layers} but {where} holds "
+            f"layers {brief(sorted(layers))}; {fix}."
+        )
+    shapes = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, config.hidden_size),
+        "embeddings.position_embeddings.weight": (config.max_position_embeddings, config.hidden_size),
+        "encoder.layer.0.intermediate.dense.weight": (config.intermediate_size, config.hidden_size),
+    }
+    for key, tensor in state_dict.items():
+        for suffix, shape in shapes.items():
+            if key.endswith(suffix) and tuple(tensor.shape) != shape:
+                raise UserError(
+                    f"The weight {key} in {where} has shape {tuple(tensor.shape)} but config.json implies {shape}; "
+                    f"{fix}."
+                )
+
+
+_LAYER_KEY = re.compile(r"encoder\.layer\.([0-9]{1,6})\.")
 
 
 def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
@@ -127,7 +277,12 @@ def _load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             f"{path} has neither {WEIGHTS_FILE} nor {SAFETENSORS_FILE}; point to a checkpoint directory "
             "that holds the model weights."
         )
-    return read_state_dict(path)
+    return read_state_dict(path, check_manifest=False)  # load_checkpoint has checked the whole manifest
+
+
+def weights_file_of(path: Path) -> Path:
+    """The weights file that ``read_state_dict`` reads from ``path``."""
+    return path / SAFETENSORS_FILE if (path / SAFETENSORS_FILE).is_file() else path / WEIGHTS_FILE
 
 
 def _as_mask(value: Any, file: Path, key: str, ndim: int) -> torch.Tensor:
@@ -216,6 +371,10 @@ def _present(file: Path) -> bool:
 def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
     """Read a checkpoint directory (published by the authors or written by ``save_checkpoint``).
 
+    A directory with ``manifest.json`` (what ``save_checkpoint`` writes) has every file it lists
+    checked against its sha256 first; the config's sizes are checked against the published
+    architectures' ranges before transformers reads it, and against the weights' own shapes.
+
     With both ``zs.pt`` and ``l0_module.pt`` the masks are recomputed from the gate logits and
     must agree with ``zs.pt``; the returned masks are those of ``zs.pt`` when it exists.
     """
@@ -225,8 +384,10 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
             f"Checkpoint directory {path} does not exist; give a directory with config.json and the "
             "model weights (e.g. a clone of senfu/bert-base-uncased-top-pruned-sst2)."
         )
+    verify_manifest(path)
     config = _load_config(path)
     state_dict = _load_state_dict(path)
+    check_config_fits_weights(config, state_dict, weights_file_of(path))
     num_layers = int(config.num_hidden_layers)
 
     masks_file, gates_file = path / MASKS_FILE, path / GATES_FILE
@@ -247,6 +408,12 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
         return PrunedCheckpoint(path, config, state_dict, None, None, [], None, None, temperature, magical_number)
 
     token_z, pruner_z = masks
+    if token_z.shape[1] > config.max_position_embeddings:
+        source = gates_file if gates is not None else masks_file
+        raise UserError(
+            f"{source} has {token_z.shape[1]} rank bins, more than the {config.max_position_embeddings} positions "
+            f"of the model; {_REFETCH}."
+        )
     if gates is not None:
         locations = list(gates["prune_locations"])
     else:  # zs.pt alone does not say where its rows sit
@@ -348,6 +515,7 @@ def save_checkpoint(
             tokenizer.save_pretrained(str(tmp))
         for name, text in encoded_extra.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        write_manifest(tmp)  # last: it vouches for every file above
     return path
 
 

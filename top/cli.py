@@ -108,16 +108,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:
             raise  # not about a path the user can fix: a bug, so keep the traceback
-        print(f"error: {environment_message(exc)}", file=sys.stderr)
+        print(f"error: {one_line(environment_message(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a line break or other control character taken from a file is escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
 
 
 def environment_message(exc: OSError) -> str:

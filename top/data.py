@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from top.errors import UserError
+from top.errors import UserError, brief
 from top.io import atomic_write_text
 from top.tasks import Task, get_task
 
@@ -82,16 +82,16 @@ def _parse_label(task: Task, value: str, where: str) -> Label:
         if task.label_encoding == "float":
             number = float(value)
             if not math.isfinite(number):
-                raise UserError(f"{where}: label {value!r} is not a finite number; fix or remove that row.")
+                raise UserError(f"{where}: label {brief(value)} is not a finite number; fix or remove that row.")
             return number
         if task.label_encoding == "name":
             return task.labels.index(value)
         label = int(value)
     except ValueError:
         expected = "a number" if task.label_encoding != "name" else "one of " + ", ".join(task.labels)
-        raise UserError(f"{where}: label {value!r} is not {expected}; fix or remove that row.") from None
+        raise UserError(f"{where}: label {brief(value)} is not {expected}; fix or remove that row.") from None
     if not 0 <= label < task.num_labels:
-        raise UserError(f"{where}: label {label} is outside 0..{task.num_labels - 1}; fix or remove that row.")
+        raise UserError(f"{where}: label {brief(label)} is outside 0..{task.num_labels - 1}; fix or remove that row.")
     return label
 
 
@@ -196,6 +196,8 @@ def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
 # --------------------------------------------------------------------------- a user's own file
 
 CUSTOM_COLUMNS = "'sentence' (or 'sentence1'), optional 'sentence2', and 'label'"
+# Longer whole numbers are no label (and Python 3.11 refuses to read those over 4,300 digits).
+MAX_LABEL_DIGITS = 100
 
 
 def _read_records(path: Path) -> List[Dict[str, Any]]:
@@ -207,13 +209,27 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
         text = read_text(path)
         if not text.strip():
             return []
+
+        def whole_number(digits: str) -> int:
+            if len(digits.lstrip("-")) > MAX_LABEL_DIGITS:
+                raise UserError(
+                    f"{path} holds a number of {len(digits.lstrip('-'))} digits; a label is a class number or a score "
+                    f"of at most {MAX_LABEL_DIGITS} digits, so fix that value."
+                )
+            return int(digits)
+
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            try:  # JSON lines, which `datasets` also accepts under .json
-                data = [json.loads(line) for line in text.splitlines() if line.strip()]
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} is neither JSON nor JSON lines ({exc}); fix its syntax.") from None
+            try:
+                data = json.loads(text, parse_int=whole_number)
+            except json.JSONDecodeError:
+                # JSON lines, which `datasets` also accepts under .json
+                data = [json.loads(line, parse_int=whole_number) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is neither JSON nor JSON lines ({exc}); fix its syntax.") from None
+        except RecursionError:
+            raise UserError(
+                f"{path} nests its JSON deeper than it can be read; give a flat list of objects, one per example."
+            ) from None
         if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
             keys = list(data)
             data = [dict(zip(keys, values)) for values in zip(*data.values())]
@@ -288,9 +304,16 @@ def load_custom_file(path: Union[str, Path]) -> Tuple[List[Example], bool, List[
             if value is None or value == "":
                 raise UserError(f"{path}: example {n + 1} has no {key!r}; fill it in or remove the example.")
         raw_labels.append(record["label"])
+        if isinstance(record["label"], str) and len(record["label"].strip().lstrip("+-")) > MAX_LABEL_DIGITS and (
+            record["label"].strip().lstrip("+-").isdigit()
+        ):
+            raise UserError(
+                f"{path}: example {n + 1} has a label of {len(record['label'].strip())} digits; a label is a class "
+                f"number or a score of at most {MAX_LABEL_DIGITS} digits, so fix that value."
+            )
         if _is_non_finite(record["label"]):
             raise UserError(
-                f"{path}: example {n + 1} has the label {record['label']!r}, which is not a finite number; "
+                f"{path}: example {n + 1} has the label {brief(record['label'])}, which is not a finite number; "
                 "fix or remove the example."
             )
 
@@ -457,6 +480,19 @@ def check_max_seq_length(
         what = f"{flag} {max_seq_length}" if flag else f"The sequence length {max_seq_length}"
         fix = f"give {flag} {limit} or less" if flag else f"use a model with at least {max_seq_length} positions"
         raise UserError(f"{what} is longer than the {limit} positions {model} has; {fix}.")
+
+
+def check_token_ids(encoded: Dict[str, Any], config: Any, tokenizer_source: Any) -> None:
+    """A ``UserError`` when the tokenizer gave ids past the model's embeddings (or token types past its table):
+    the tokenizer files do not belong to the model, or are damaged (an added special token, say)."""
+    limits = (("input_ids", "vocab_size", "a vocabulary"), ("token_type_ids", "type_vocab_size", "token types"))
+    for key, field, what in limits:
+        size = getattr(config, field, None)
+        if key in encoded and isinstance(size, int) and encoded[key].numel() and int(encoded[key].max()) >= size:
+            raise UserError(
+                f"The tokenizer of {tokenizer_source} gives {key} up to {int(encoded[key].max())} but the model has "
+                f"{what} of {size}; use the tokenizer files saved with the model (they may be damaged)."
+            )
 
 
 def encode(

@@ -1,4 +1,6 @@
-"""The one exception type that the command line turns into a one-sentence error."""
+"""The one exception type that the command line turns into a one-sentence error, and how it quotes a value."""
+
+import reprlib
 
 
 class UserError(Exception):
@@ -7,3 +9,21 @@ class UserError(Exception):
     The message is one sentence that names the input and the fix; the command line
     prints it without a traceback and exits with status 2.
     """
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 3
+_BRIEF.maxstring = 60
+_BRIEF.maxother = 60
+_BRIEF.maxlong = 40
+
+
+def brief(value) -> str:
+    """A short ``repr`` of a value read from a file, for a message: bounded in length and depth, so a
+    list nested 50,000 deep or a 5,000-digit number is quoted in a few characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a whole number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        return _BRIEF.repr(value)
+    except Exception:  # noqa: BLE001 - a hostile object's own repr may fail in any way
+        return f"an object of type {type(value).__name__}"

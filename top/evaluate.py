@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from top import flops
-from top.argtypes import int_at_least, positive_int
+from top.argtypes import batch_size_count, int_at_least
 from top.data import TaskData, check_max_seq_length, load_task_data
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
@@ -100,6 +100,7 @@ def evaluate(
     model, device = loaded.model, next(loaded.model.parameters()).device
     forward = model_forward(loaded, mode, max_seq_length)
     encoded = data.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
+    data.check_token_ids(encoded, model.config, loaded.path)
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
     started = time.perf_counter()
@@ -113,6 +114,7 @@ def evaluate(
         progress=f"eval {eval_data.name} ({mode})" if progress else None,
     )
     duration = time.perf_counter() - started
+    scoring.require_finite_logits(scored.logits, loaded.path)
     sparsity, sequence_sparsity, macs, kept = zip(*scored.per_batch)
     exact_macs, dense_macs, task_macs = _sums(macs)
     logits, labels = scored.logits, encoded["labels"]
@@ -213,7 +215,7 @@ def write_outputs(record: Dict[str, Any], output_dir) -> Path:
     output_dir = Path(output_dir)
     record = dict(record)
     predictions = record.pop("predictions")
-    # A model whose weights are broken gives NaN logits: they are written as null.
+    # `evaluate` refuses non-finite logits; a NaN elsewhere (a metric) is written as null.
     lines = "".join(json_text(finite_or_none(p)) + "\n" for p in predictions)
     atomic_write_text(output_dir / f"{record['task']}.predictions.jsonl", lines)
     path = output_dir / f"{record['task']}.json"
@@ -236,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-file", help="a csv/tsv/json file with sentence[, sentence2], label")
     parser.add_argument("--mode", choices=EVAL_MODES, default="faithful")
     parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=batch_size_count, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--tokenizer", help="tokenizer name or directory when the checkpoint has none")
     parser.add_argument("--output-dir", required=True)

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from top.argtypes import int_at_least
+from top.argtypes import int_in_range
 from top.errors import UserError
 from top.pruning import prune_step
 
@@ -40,6 +40,19 @@ logger = logging.getLogger(__name__)
 
 # torch 1.12's exporter stops at opset 16; 1.13 and newer write 17.
 DEFAULT_OPSET = 17 if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (1, 13) else 16
+
+
+def _max_opset() -> int:
+    """The newest opset this torch's TorchScript exporter writes."""
+    from torch.onnx import _constants
+
+    for name in ("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", "ONNX_MAX_OPSET", "onnx_main_opset"):
+        if isinstance(getattr(_constants, name, None), int):
+            return getattr(_constants, name)
+    return DEFAULT_OPSET
+
+
+MAX_OPSET = max(DEFAULT_OPSET, _max_opset())
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and the PyTorch compact path
 # The additive mask value of transformers 4.16, as the compact paths use.
 MASK_VALUE = -10000.0
@@ -48,8 +61,9 @@ MASK_VALUE = -10000.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
     parser.add_argument("--output", required=True, help="where to write the ONNX model (e.g. model.onnx)")
-    parser.add_argument("--opset", type=int_at_least(14), default=DEFAULT_OPSET,
-                        help=f"ONNX opset, 14 or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int_in_range(14, MAX_OPSET, f" (the newest that torch {torch.__version__} "
+                                                  "exports)"), default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 14..{MAX_OPSET} (default {DEFAULT_OPSET})")
     parser.add_argument("--dense", action="store_true",
                         help="export without pruning and without trimming padding (a baseline)")
 
@@ -279,9 +293,11 @@ def run_session(session, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(session.run(["logits"], feed)[0])
 
 
-def compare_with_compact(session, model, token_z, pruner_z, batches) -> Tuple[float, int]:
+def compare_with_compact(session, model, token_z, pruner_z, batches,
+                         source: str = "being exported") -> Tuple[float, int]:
     """``(max |logit difference|, length of the worst batch)`` of onnxruntime against PyTorch compact."""
     from top.compact import CompactPlan, compact_forward
+    from top.scoring import require_finite_logits
 
     longest = max(int(inputs["input_ids"].shape[1]) for inputs in batches)
     plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, longest)
@@ -290,6 +306,7 @@ def compare_with_compact(session, model, token_z, pruner_z, batches) -> Tuple[fl
         reference = compact_forward(
             model, plan, inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
         ).logits
+        require_finite_logits(reference, source)
         got = run_session(session, inputs)
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else math.inf
         if not diff <= worst:  # also catches NaN
@@ -298,7 +315,7 @@ def compare_with_compact(session, model, token_z, pruner_z, batches) -> Tuple[fl
 
 
 def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor], output,
-                 opset: int = DEFAULT_OPSET, dense: bool = False) -> Dict[str, object]:
+                 opset: int = DEFAULT_OPSET, dense: bool = False, source: str = "being exported") -> Dict[str, object]:
     """Export, check against the compact path in onnxruntime, then write ``output`` atomically.
 
     ``dense`` exports the same weights without pruning and without trimming padding. Returns what
@@ -315,7 +332,7 @@ def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torc
     session = onnxruntime_session(model_bytes)
     batches = check_batches(model.config)
     with torch.no_grad():
-        worst, length = compare_with_compact(session, model, token_z, pruner_z, batches)
+        worst, length = compare_with_compact(session, model, token_z, pruner_z, batches, source)
     if not worst <= TOLERANCE:
         raise UserError(
             f"The exported graph's logits differ from the PyTorch compact path's by {worst:.3g} "
@@ -370,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         )
     model = ToPForSequenceClassification.from_checkpoint(checkpoint)
     output = Path(args.output)
-    report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense)
+    report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense,
+                          source=str(checkpoint.path))
     print(
         "wrote {out} ({mb:.1f} MB, opset {opset}); onnxruntime agrees with the PyTorch compact path within "
         "{diff:.2g} on lengths {lengths}".format(

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from top import determinism, loop, rundir
-from top.argtypes import non_negative_float, positive_float, positive_int
+from top.argtypes import epoch_count, non_negative_float, positive_int, step_count
 from top.data import TaskData
 from top.errors import UserError
 from top.io import atomic_directory, atomic_write_json
@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pre-trained model directory or hub id, e.g. bert-base-uncased")
     loop.add_data_arguments(parser)
     parser.add_argument(
-        "--epochs", type=positive_float, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
+        "--epochs", type=epoch_count, help="default: 10 for MRPC, RTE, STS-B, CoLA (and small custom data), else 3"
     )
-    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--max-steps", type=step_count, help="stop after this many steps (overrides --epochs)")
     parser.add_argument("--learning-rate", type=non_negative_float, default=2e-5)
     parser.add_argument(
         "--eval-steps", type=positive_int, help="score the dev set every this many steps (default: every epoch)"
@@ -73,10 +73,11 @@ def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-    from top.checkpoint import check_config
+    from top.checkpoint import check_config, check_config_file
     from top.data import check_max_seq_length
     from top.safeload import read_state_dict
 
+    check_config_file(directory, f"The config.json of --model {args.model}")
     try:
         config = AutoConfig.from_pretrained(str(directory), num_labels=data.num_labels, finetuning_task=data.name)
     except Exception as error:
@@ -105,6 +106,7 @@ def load_model(args: argparse.Namespace, data: TaskData, directory: Path):
 
 def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
     """Hugging Face layout (config, ``model.safetensors``, tokenizer), swapped in whole."""
+    from top.manifest import write_manifest
     from top.safeload import SAFETENSORS_FILE, write_safetensors
 
     with atomic_directory(path) as tmp:
@@ -112,6 +114,7 @@ def save_model(path: Path, model, tokenizer, extra: Dict[str, Any]) -> None:
         write_safetensors(tmp / SAFETENSORS_FILE, model.state_dict())
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "trainer_state.json", extra)
+        write_manifest(tmp)  # last: it vouches for every file above
 
 
 def build_optimizer(model, args: argparse.Namespace, total_steps: int):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from top.errors import UserError
+from top.errors import UserError, brief
 
 # Stretch limits of the concrete distribution and the clamp on its CDF.
 LIMIT_A = -0.1
@@ -73,7 +73,7 @@ def check_prune_locations(
         except TypeError:  # not a sequence at all
             pass
     if values is None or None in values:
-        raise UserError(f"Prune locations {locations!r} from {source} are not whole layer numbers; {fix}.")
+        raise UserError(f"Prune locations {brief(locations)} from {source} are not whole layer numbers; {fix}.")
     if not values and not allow_empty:
         raise UserError(f"There are no prune locations in {source}; {fix}.")
     if n_gates is not None and len(values) != n_gates:
@@ -221,10 +221,10 @@ def _positive(fields: Mapping[str, Any], key: str, default: float, source: str, 
         value = default
     try:
         number = float(value)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # OverflowError: an int like 10**400
         number = math.nan
     if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
-        raise UserError(f"{source} gives {key} as {value!r}, not a positive number; {fix}.")
+        raise UserError(f"{source} gives {key} as {brief(value)}, not a positive number; {fix}.")
     return number
 
 
@@ -256,7 +256,7 @@ def read_gate_state(
         raise UserError(f"{source} has gates with 0 rank bins; {fix}.")
     bin_num = fields.get("bin_num")
     if bin_num is not None and _whole(bin_num) != bins:
-        raise UserError(f"{source} gives bin_num {bin_num!r} but its token_loga has {bins} bins; {fix}.")
+        raise UserError(f"{source} gives bin_num {brief(bin_num)} but its token_loga has {bins} bins; {fix}.")
     locations = fields.get("prune_locations", fields.get(_OLD_LOCATIONS_KEY))
     if locations is None:
         if num_layers is None:

@@ -16,8 +16,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from top.argtypes import int_at_least, non_negative_float, non_negative_int, positive_float, positive_int
-from top.errors import UserError
+from top.argtypes import (
+    MAX_STEPS,
+    batch_size_count,
+    int_at_least,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed_number,
+)
+from top.errors import UserError, brief
 from top.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -38,12 +46,12 @@ def add_data_arguments(parser) -> None:
 
 
 def add_run_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per process and step")
-    parser.add_argument("--eval-batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=batch_size_count, default=32, help="examples per process and step")
+    parser.add_argument("--eval-batch-size", type=batch_size_count, default=32)
     parser.add_argument("--max-seq-length", type=int_at_least(2), default=256)
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--max-grad-norm", type=positive_float, default=1.0)
-    parser.add_argument("--seed", type=non_negative_int, default=57)
+    parser.add_argument("--seed", type=seed_number, default=57, help="0..2**32-1 (default 57)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--logging-steps", type=positive_int, default=25)
     parser.add_argument("--output-dir", required=True)
@@ -177,8 +185,18 @@ def encode_data(args, data, model_dir: Path, flag: str, name: str):
         raise UserError(
             f"{flag} {name} has no tokenizer ({type(error).__name__}); give a model directory with one."
         ) from None
+    from transformers import AutoConfig
+
+    from top.checkpoint import check_config_file
+    from top.data import check_token_ids
+
+    check_config_file(model_dir, f"The config.json of {flag} {name}")  # before transformers reads it
+    config = AutoConfig.from_pretrained(str(model_dir))
     train_set = encode(data.train, tokenizer, args.max_seq_length)
-    return tokenizer, train_set, encode(data.dev, tokenizer, args.max_seq_length)
+    dev_set = encode(data.dev, tokenizer, args.max_seq_length)
+    for encoded in (train_set, dev_set):
+        check_token_ids(encoded, config, f"{flag} {name}")
+    return tokenizer, train_set, dev_set
 
 
 
@@ -187,7 +205,14 @@ def training_length(args, steps_per_epoch: int, default_epochs: float) -> int:
     if getattr(args, "max_steps", None) is not None:
         return int(args.max_steps)
     epochs = args.epochs if args.epochs is not None else default_epochs
-    return max(1, int(math.ceil(epochs * steps_per_epoch)))
+    total = max(1, int(math.ceil(epochs * steps_per_epoch)))
+    if total > MAX_STEPS:
+        # Checked before anything plans the steps: the teacher cache lists every one of them.
+        raise UserError(
+            f"--epochs {epochs:g} at {steps_per_epoch} steps per epoch plans {total:.3g} steps, more than the "
+            f"{MAX_STEPS:.0e} a run may take; give fewer epochs, a larger --batch-size or --max-steps."
+        )
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,16 +348,31 @@ class JsonLog:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines a killed run wrote after the step it is resumed from."""
+        """Drop lines a killed run wrote after the step it is resumed from.
+
+        A line cut short by the kill is dropped in silence; any other line that is not a record
+        with a whole-number step (``{"step": null}``, a list, bytes that are not UTF-8) is dropped
+        with one warning naming the file and the line: the log never costs the run its weights.
+        """
         if not self.enabled or not self.path.is_file():
             return
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(lines, start=1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill
-            if int(record.get("step", 0)) <= step:
+            except (ValueError, RecursionError):  # ValueError: also a number of more than 4,300 digits
+                if line.strip() and number < len(lines):
+                    logger.warning("%s line %d is not JSON; dropped it from the resumed log.", self.path, number)
+                continue  # the last line: cut short by the kill
+            logged = record.get("step", 0) if isinstance(record, dict) else None
+            if isinstance(logged, bool) or not isinstance(logged, int):
+                logger.warning(
+                    "%s line %d is not a log record with a whole-number step (%s); dropped it from the resumed log.",
+                    self.path, number, brief(record),
+                )
+                continue
+            if logged <= step:
                 kept.append(line)
         from top.io import atomic_write_text
 
@@ -382,9 +422,11 @@ class JsonLog:
 def save_state_file(directory: Path, state: Dict[str, Any]) -> None:
     """The training state as ``trainer_state.safetensors``: its tensors, and its structure and plain
     values (optimizer settings, RNG states, counters) as JSON in the file's metadata."""
+    from top.manifest import add_to_manifest
     from top.safeload import write_tree
 
     write_tree(Path(directory) / STATE_FILE, state)
+    add_to_manifest(directory, [STATE_FILE])
 
 
 _RESTART = "start the run again without --resume"
@@ -397,10 +439,12 @@ def has_state_file(directory: Path) -> bool:
 def load_state_file(directory: Path) -> Dict[str, Any]:
     """Our own training state: ``trainer_state.safetensors``, or an older ``trainer_state.pt``
     (read through the allow-list, so nothing in it runs)."""
+    from top.manifest import verify_manifest
     from top.safeload import read_torch_file, read_tree
 
     directory = Path(directory)
     file = directory / STATE_FILE
+    verify_manifest(directory, [STATE_FILE, OLD_STATE_FILE])
     if file.is_file():
         state = read_tree(file, fix=_RESTART)
     elif (directory / OLD_STATE_FILE).is_file():

@@ -169,10 +169,12 @@ class ToPForSequenceClassification(nn.Module):
         """
         from transformers import AutoConfig
 
+        from top.checkpoint import check_config_file
         from top.hub import resolve_model
         from top.safeload import error_detail, read_state_dict
 
         directory = resolve_model(str(name_or_path), flag)
+        check_config_file(directory, f"The config.json of {flag} {name_or_path}")
         try:
             config = AutoConfig.from_pretrained(str(directory))
         except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
@@ -364,6 +366,19 @@ def check_state_dict_fits(expected: Dict[str, torch.Tensor], state_dict: Dict[st
                 f"The weight {key} in {where} has shape {tuple(tensor.shape)} but {against} implies "
                 f"{tuple(expected[key].shape)}; {fix}."
             )
+        # The index buffers hold what the config implies (0..N-1 positions, type 0); another value is
+        # damage, and an index past its table would fail inside the embedding lookup.
+        if key.endswith(_OPTIONAL_BUFFERS) and key in expected and not torch.equal(tensor, _index_buffer(key, tensor)):
+            raise UserError(
+                f"The buffer {key} in {where} does not hold the indices {against} implies (it is damaged); {fix}."
+            )
+
+
+def _index_buffer(key: str, like: torch.Tensor) -> torch.Tensor:
+    """What transformers fills a position_ids (0, 1, ..., N-1) or token_type_ids (zeros) buffer with."""
+    if key.endswith("position_ids"):
+        return torch.arange(like.shape[-1], dtype=like.dtype).expand(like.shape) if like.dim() else like
+    return torch.zeros_like(like)
 
 
 def weights_file(path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from top import machine
-from top.argtypes import non_negative_int, positive_int
+from top.argtypes import batch_size_count, seed_number
 from top.errors import UserError
 from top.io import atomic_write_json, atomic_write_text
 
@@ -42,12 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's original layout (else the `datasets` hub copy)")
     parser.add_argument("--results-table", help="a results table of your own (default: top/published.toml)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=batch_size_count, default=32)
     parser.add_argument("--output-dir", default="outputs/reproduce", help="where report.json and report.md go")
     parser.add_argument("--no-assert", action="store_true",
                         help="evaluate what can be evaluated and report, without asserting the table (eval-all)")
     parser.add_argument("--report", metavar="REPORT_JSON", help="re-print the table of an earlier run's report.json")
-    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED)
+    parser.add_argument("--seed", type=seed_number, default=DEFAULT_SEED)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

@@ -24,6 +24,7 @@ import importlib
 import inspect
 import io
 import json
+import os
 import pickle
 import re
 import types
@@ -34,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from top.errors import UserError
+from top.errors import UserError, brief
 
 PathLike = Union[str, Path]
 
@@ -125,6 +126,60 @@ _NUMPY_ALLOWED = {
 }
 
 
+def _storage_elements(storage: Any) -> Optional[int]:
+    """How many elements a typed storage holds (None when it is not one)."""
+    for attribute in ("_size", "size"):  # torch 2.x's TypedStorage has _size(); torch 1.12's storages size()
+        method = getattr(storage, attribute, None)
+        if callable(method):
+            try:
+                return int(method())
+            except Exception:  # noqa: BLE001 - not a storage after all
+                return None
+    return None
+
+
+def check_tensor_layout(storage: Any, offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a tensor whose declared layout reaches past its storage or holds more elements than it.
+
+    A stride-0 tensor of ``[1, 2**33]`` over a 4-byte storage is a valid view, but any copy of it
+    (``.clone()``, ``.to()``) allocates 32 GiB: so no tensor read from a file may hold more elements
+    than the bytes of its storage, which are bytes the file itself holds.
+    """
+    def whole(values: Any) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))) or len(size) != len(stride):
+        raise pickle.UnpicklingError("a tensor with a malformed size or stride")
+    if len(size) > 64 or not whole(size) or not whole(stride) or not whole([offset]):
+        raise pickle.UnpicklingError("a tensor with a negative or non-integer size, stride or offset")
+    available = _storage_elements(storage)
+    if available is None:
+        raise pickle.UnpicklingError("a tensor whose storage is not a storage")
+    numel = 1
+    for dim in size:
+        numel *= dim
+    if numel == 0:
+        return
+    last = offset + sum((dim - 1) * step for dim, step in zip(size, stride))
+    if last >= available or numel > available:
+        raise pickle.UnpicklingError(
+            f"a tensor of shape {list(size)[:8]} (offset {offset}, stride {list(stride)[:8]}) that needs more than "
+            f"the {available} elements its storage holds"
+        )
+
+
+def _checked_rebuilder(name: str) -> Any:
+    rebuild = getattr(torch._utils, name, None)
+    if rebuild is None or name == "_rebuild_parameter" or name == "_rebuild_parameter_with_state":
+        return rebuild  # these wrap a tensor that was itself rebuilt (and checked) already
+
+    def checked(storage: Any, storage_offset: Any, size: Any, stride: Any, *rest: Any) -> Any:
+        check_tensor_layout(storage, storage_offset, tuple(size) if isinstance(size, torch.Size) else size, stride)
+        return rebuild(storage, storage_offset, size, stride, *rest)
+
+    return checked
+
+
 def allowed_global(module: str, name: str, allow_gate_module: bool) -> Any:
     """The object a pickle may name as ``module.name``, or None if it is not on the allow-list."""
     if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
@@ -134,7 +189,7 @@ def allowed_global(module: str, name: str, allow_gate_module: bool) -> Any:
     if (module, name) == ("_codecs", "encode"):
         return _latin1_encode
     if module == "torch._utils" and name in _TORCH_REBUILDERS:
-        return getattr(torch._utils, name, None)
+        return _checked_rebuilder(name)
     if module == "torch":
         value = getattr(torch, name, None) if not name.startswith("_") else None
         # Storage names are resolved by torch's legacy loader itself and by our zip reader.
@@ -162,12 +217,34 @@ def _disallowed(file: Path, module: str, name: str) -> UserError:
     )
 
 
-def restricted_pickle_module(file: Path, allow_gate_module: bool) -> types.ModuleType:
+def restricted_pickle_module(
+    file: Path, allow_gate_module: bool, storage_bytes: Optional[int] = None
+) -> types.ModuleType:
     """A stand-in for the ``pickle`` module, for ``torch.load(pickle_module=...)``.
 
     Its ``Unpickler`` resolves only allow-listed globals and refuses everything else with a
-    ``UserError`` naming ``file``, before any of the file's objects are built from it.
+    ``UserError`` naming ``file``, before any of the file's objects are built from it. With
+    ``storage_bytes`` (the file's size), the storages that torch's legacy loader is asked to
+    allocate may not add up to more bytes than that, checked before torch allocates them.
     """
+    declared: Dict[Any, int] = {}
+
+    def check_storage(pid: Any) -> None:
+        # torch's legacy persistent id: ("storage", storage type, key, location, numel, view metadata)
+        if storage_bytes is None or not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            return
+        if len(pid) < 5 or not isinstance(pid[4], int) or pid[4] < 0:
+            raise pickle.UnpicklingError("a malformed storage reference")
+        dtype = getattr(pid[1], "dtype", None)
+        itemsize = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8
+        try:
+            declared.setdefault(pid[2], pid[4] * itemsize)
+        except TypeError:
+            raise pickle.UnpicklingError("a malformed storage reference") from None
+        if sum(declared.values()) > storage_bytes:
+            raise pickle.UnpicklingError(
+                f"storages of {sum(declared.values())} bytes declared in a file of {storage_bytes} bytes"
+            )
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -175,6 +252,20 @@ def restricted_pickle_module(file: Path, allow_gate_module: bool) -> types.Modul
             if value is None:
                 raise _disallowed(file, module, name)
             return value
+
+        # torch's legacy loader assigns its own persistent_load to the instance; this wraps it.
+        @property
+        def persistent_load(self) -> Any:  # type: ignore[override]
+            return self._checked_persistent_load
+
+        @persistent_load.setter
+        def persistent_load(self, load: Any) -> None:
+            def checked(pid: Any) -> Any:
+                check_storage(pid)
+                return load(pid)
+
+            self._checked_persistent_load = checked
+            pickle.Unpickler.persistent_load.__set__(self, checked)  # type: ignore[attr-defined]
 
     def load(handle: Any, **kwargs: Any) -> Any:
         return Unpickler(handle, **kwargs).load()
@@ -228,17 +319,27 @@ def _archive_prefix(names: List[str]) -> str:
         if name[len(prefix) + 1:] not in _PLAIN_MEMBERS and not _DATA_MEMBER.fullmatch(name[len(prefix) + 1:])
     ]
     if extra:
-        raise _ArchiveError("it holds {}{}".format(", ".join(extra[:3]), " …" if len(extra) > 3 else ""))
+        raise _ArchiveError("it holds {}{}".format(", ".join(brief(name) for name in extra[:3]),
+                                                   " …" if len(extra) > 3 else ""))
     if f"{prefix}/data.pkl" not in names:
         raise _ArchiveError("it has no data.pkl")
     return prefix
 
 
+def _check_members_stored(archive: zipfile.ZipFile, file_size: int) -> None:
+    """torch.save stores every member uncompressed; a compressed one could inflate far past the file's size."""
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > file_size:
+            raise _ArchiveError(f"its member {info.filename} is compressed or larger than the file")
+
+
 def _read_zip(file: Path, handle: Any, allow_gate_module: bool) -> Any:
+    file_size = os.fstat(handle.fileno()).st_size
     with zipfile.ZipFile(handle) as archive:
         names = archive.namelist()
         try:
             prefix = _archive_prefix(names)
+            _check_members_stored(archive, file_size)
         except _ArchiveError as why:
             raise UserError(
                 f"{file} is a TorchScript archive or not a plain tensor file ({why}); refusing to load it, "
@@ -275,9 +376,38 @@ def _read_zip(file: Path, handle: Any, allow_gate_module: bool) -> Any:
         return Unpickler(io.BytesIO(archive.read(f"{prefix}/data.pkl")), encoding="utf-8").load()
 
 
+_TAR_MEMBERS = ("storages", "tensors", "pickle")
+
+
+def _check_tar(file: Path, handle: Any) -> None:
+    """torch tries its oldest format, a tar, on every file that is not a zip: it extracts members and
+    opens them, so a FIFO (or a link, a device) among them would block or escape. Only the three
+    regular files that format holds may be there."""
+    import tarfile
+
+    try:
+        with tarfile.open(fileobj=handle, mode="r:") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        return  # not a tar: torch's loader goes on to the pickle formats
+    finally:
+        handle.seek(0)
+    for member in members:
+        if not member.isreg():
+            why = f"whose member {brief(member.name)} is not a regular file (a FIFO, link or device)"
+        elif member.name not in _TAR_MEMBERS:
+            why = f"with a member {brief(member.name)} that torch's tar format never holds"
+        else:
+            continue
+        raise UserError(
+            f"{file} is a tar archive {why}; refusing to load it, so get the file again from a source you trust."
+        )
+
+
 def _read_legacy(file: Path, handle: Any, allow_gate_module: bool) -> Any:
     """torch's pre-zip format or a raw pickle: every pickle of that path goes through ``pickle_module``."""
-    pickle_module = restricted_pickle_module(file, allow_gate_module)
+    _check_tar(file, handle)
+    pickle_module = restricted_pickle_module(file, allow_gate_module, os.fstat(handle.fileno()).st_size)
     kwargs = {"weights_only": False} if _TORCH_HAS_WEIGHTS_ONLY else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
@@ -371,10 +501,18 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], metad
 # A model directory's weights
 
 
-def read_state_dict(directory: PathLike) -> Dict[str, torch.Tensor]:
-    """A model directory's weights: ``model.safetensors`` when present, else ``pytorch_model.bin``."""
+def read_state_dict(directory: PathLike, *, check_manifest: bool = True) -> Dict[str, torch.Tensor]:
+    """A model directory's weights: ``model.safetensors`` when present, else ``pytorch_model.bin``.
+
+    With ``check_manifest``, a directory that top wrote (it has ``manifest.json``) has the weights
+    file checked against the sha256 recorded there before it is read.
+    """
+    from top.manifest import verify_manifest
+
     directory = Path(directory)
     safe_file, bin_file = directory / SAFETENSORS_FILE, directory / WEIGHTS_FILE
+    if check_manifest:
+        verify_manifest(directory, [SAFETENSORS_FILE if safe_file.is_file() else WEIGHTS_FILE])
     if safe_file.is_file():
         return read_safetensors(safe_file, what="model weights")
     if bin_file.is_file():
@@ -496,7 +634,7 @@ def read_tree(path: PathLike, *, what: str = "file", fix: Optional[str] = None) 
         raise UserError(f"{file} was not written by top (no '{TREE_FORMAT}' metadata); {advice}.")
     try:
         return unflatten_tree(json.loads(metadata["structure"]), tensors)
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise UserError(f"{file} is corrupt ({error_detail(error)}); {advice}.") from None
 
 

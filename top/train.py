@@ -35,7 +35,17 @@ import torch
 import torch.nn.functional as F
 
 from top import determinism, flops, loop, rundir, sparsity_control, teacher_cache
-from top.argtypes import any_float, finite_float, non_negative_float, positive_float, positive_int
+from top.argtypes import (
+    any_float,
+    epoch_count,
+    finite_float,
+    int_in_range,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    step_count,
+    warmup_epoch_count,
+)
 from top.data import TaskData
 from top.errors import UserError
 from top.gates import LAYER_GATE_INIT, check_prune_locations, default_prune_locations
@@ -70,6 +80,8 @@ def eval_cadence(text: str):
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a positive whole number of steps nor auto; give one such as 100, or auto"
         ) from None
+# Rank bins and ranked tokens: no more than the positions of the longest model top builds.
+TOKEN_COUNT = int_in_range(1, 8192, " (no model top builds has more positions)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,16 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_data_arguments(parser)
     parser.add_argument("--target-sparsity", type=SPARSITY, help="MAC sparsity to reach (default: the task preset)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=positive_float, help="default: the task preset")
-    length.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
+    length.add_argument("--epochs", type=epoch_count, help="default: the task preset")
+    length.add_argument("--max-steps", type=step_count, help="stop after this many steps (overrides --epochs)")
     parser.add_argument(
-        "--warmup-epochs", type=non_negative_float, help="Lagrangian warm-up (default: the task preset)"
+        "--warmup-epochs", type=warmup_epoch_count, help="Lagrangian warm-up (default: the task preset)"
     )
     parser.add_argument(
-        "--bin-num", type=positive_int, help="rank bins per prune location (default: the task preset)"
+        "--bin-num", type=TOKEN_COUNT, help="rank bins per prune location, 1..8192 (default: the task preset)"
     )
     parser.add_argument(
-        "--topk", type=positive_int, help="tokens ranked by the rank distillation (default: the task preset)"
+        "--topk", type=TOKEN_COUNT, help="tokens ranked by the rank distillation (default: the task preset)"
     )
     parser.add_argument("--prune-location", help="comma-separated layer indices (default: 2..L-1)")
     parser.add_argument("--learning-rate", type=non_negative_float, default=1e-5)
@@ -204,8 +216,9 @@ def prune_locations(spec: Optional[str], num_layers: int) -> List[int]:
 def load_config(directory: Path, flag: str, name: str):
     from transformers import AutoConfig
 
-    from top.checkpoint import check_config
+    from top.checkpoint import check_config, check_config_file
 
+    check_config_file(directory, f"The config.json of {flag} {name}")
     try:
         config = AutoConfig.from_pretrained(str(directory))
     except Exception as error:
