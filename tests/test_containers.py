@@ -61,6 +61,11 @@ def snapshot(directory: Path) -> Dict[str, tuple]:
     return files
 
 
+def written_at(directory: Path) -> Dict[Path, int]:
+    """{file: mtime_ns} under ``directory``: a file is written when it is new or its time moved."""
+    return {p: p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+
+
 def owners(paths) -> str:
     found = sorted({f"{p.stat().st_uid}:{p.stat().st_gid}" for p in paths})
     return ", ".join(found) or "–"
@@ -111,9 +116,9 @@ class World:
                 service, *args]
 
     def compose(self, service: str, *args: str, cpu: bool = True, outputs: Optional[Path] = None,
-                record: bool = True, **env: str) -> subprocess.CompletedProcess:
+                record: bool = True, note: str = "", **env: str) -> subprocess.CompletedProcess:
         outputs = outputs or self.outputs
-        before = {p for p in outputs.rglob("*")}
+        before = written_at(outputs)
         environment = self.env(**env)
         environment["TOP_OUTPUTS"] = str(outputs)
         start = time.monotonic()
@@ -121,18 +126,16 @@ class World:
                                 text=True, timeout=1200)
         seconds = time.monotonic() - start
         if record:
-            self.record(service, args, result.returncode, seconds, outputs, before, env)
+            self.record(service, args, result.returncode, seconds, outputs, before, env, note)
         return result
 
-    def record(self, service, args, code, seconds, outputs, before, env) -> None:
-        new = sorted(p for p in outputs.rglob("*") if p not in before)
-        tops = sorted({str(p.relative_to(outputs)).split("/")[0] for p in new if p.is_file()}
-                      | {str(p.relative_to(outputs)).split("/")[0] for p in new if p.is_dir()})
-        files = [p for p in new if p.is_file()]
+    def record(self, service, args, code, seconds, outputs, before, env, note: str = "") -> None:
+        after = written_at(outputs)
+        files = sorted(p for p, mtime in after.items() if before.get(p) != mtime)
+        tops = sorted({str(p.relative_to(outputs)).split("/")[0] for p in files})
         label = " ".join([service, *args]) if args else service
-        settings = " ".join(f"{k}={v}" for k, v in env.items() if k in ("TOP_UID", "TOP_GID"))
         ROWS.append({
-            "service": label + (f" ({settings})" if settings else ""), "image": base_note(), "exit": code,
+            "service": label + (f" ({note})" if note else ""), "image": base_note(), "exit": code,
             "seconds": round(seconds, 1),
             "wrote": f"{len(files)} files in {', '.join(f'outputs/{t}/' for t in tops)}" if files else "nothing",
             "owner": owners(files),
@@ -225,7 +228,7 @@ def test_train_cola_is_killed_and_resumes_to_a_published_layout_best(world):
                TOP_TRAIN_ARGS=TRAIN_ARGS)
     environment = world.env(**env)
     name = f"{PROJECT}-train-killed"
-    before = {p for p in world.outputs.rglob("*")}
+    before = written_at(world.outputs)
     start = time.monotonic()
     process = subprocess.Popen(world.compose_argv("train-cola", name=name), env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -240,11 +243,11 @@ def test_train_cola_is_killed_and_resumes_to_a_published_layout_best(world):
     finally:
         if process.poll() is None:
             process.kill()
-    world.record("train-cola (killed once last/ existed)", (), process.returncode, time.monotonic() - start,
-                 world.outputs, before, {})
+    world.record("train-cola", (), process.returncode, time.monotonic() - start, world.outputs, before, {},
+                 "killed once last/ existed")
     assert not finished, "the run finished before it could be killed; give it more steps"
     assert process.returncode != 0
-    result = world.compose("train-cola", **env)
+    result = world.compose("train-cola", note="again: resumes", **env)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said[-3000:]
     assert "resumed from" in said, said[-3000:]
@@ -259,8 +262,8 @@ def test_train_cola_is_killed_and_resumes_to_a_published_layout_best(world):
 def test_grid_cola_runs_a_two_point_grid_and_promotes_the_winner(world):
     grid = world.outputs / "grid-two.toml"
     grid.write_text(
-        "[grid]\nlearning_rate = [5e-5, 1e-4]\n\n[fixed]\nmax_steps = 40\neval_steps = 10\nsave_steps = 10\n"
-        "batch_size = 8\nmax_seq_length = 32\nwarmup_epochs = 0.5\ntarget_sparsity = 0.3\nreg_learning_rate = 0.1\n"
+        "[grid]\nlearning_rate = [5e-5, 1e-4]\n\n[fixed]\nmax_steps = 100\neval_steps = 25\nsave_steps = 50\n"
+        "batch_size = 8\nmax_seq_length = 32\nwarmup_epochs = 1\ntarget_sparsity = 0.3\nreg_learning_rate = 0.1\n"
         "bin_num = 10\ntopk = 4\nno_progress = true\n", encoding="utf-8")
     result = world.compose("grid-cola", "--grid", "outputs/grid-two.toml")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -283,7 +286,8 @@ def test_the_default_uid_on_a_root_owned_clone_gets_one_sentence(world):
         pytest.skip("needs root to make a root-owned outputs folder")
     root_owned = world.root / "root-owned-outputs"
     root_owned.mkdir(mode=0o755)
-    result = world.compose("eval-cola", outputs=root_owned, TOP_UID=None, TOP_GID=None)
+    result = world.compose("eval-cola", outputs=root_owned, note="default uid 1000, root-owned outputs",
+                           TOP_UID=None, TOP_GID=None)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "TOP_UID" in lines[0] and "not writable by uid 1000" in lines[0], result.stderr
