@@ -396,7 +396,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             engine = contextlib.nullcontext(dict(os.environ, DOCKER_HOST=args.docker_host))
             client_environment = dict(os.environ, DOCKER_HOST=args.docker_host)
         else:
-            ensure_packages({"dockerd": "docker.io", "tar": "tar"})
+            needed = {"dockerd": "docker.io", "tar": "tar"}
+            if Path("/sys/module/apparmor/parameters/enabled").exists():
+                # dockerd loads its container profile with apparmor_parser where the kernel enforces AppArmor.
+                needed["apparmor_parser"] = "apparmor"
+            ensure_packages(needed)
             client_environment = dict(os.environ)
             engine = None
         client = pick_client(client_environment)
