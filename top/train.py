@@ -319,22 +319,15 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
         show_progress(bar, values)
         loop.step_finished("train", step, total_steps)
         if step == first_full_target_step(hp) and step < total_steps and dist.is_main:
-            warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
-                            values["expected_sparsity"], hp.target_sparsity, args.sparsity_epsilon,
-                            args.sparsity_control)
+            check_warmup_sparsity(values, step, hp.target_sparsity, args)
         if step % args.logging_steps == 0 or step == total_steps:
             learning_rate = optimizers["scheduler"].get_last_lr()[0]
             log.write({"step": step, "epoch": step / order.steps_per_epoch, "learning_rate": learning_rate, **values})
 
         if step % eval_steps == 0 or step == total_steps:
             if dist.is_main:
-                record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, device, step, pruning)
-                best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon, args.best_rule)
-                final = record
-                if record["is_best"]:
-                    write_checkpoint(best_dir, student, gates, tokenizer, {"step": step, "eval": record})
-                log.write(record)
-                bar.write(eval_line(record, plan.data.metric, hp.target_sparsity))
+                final, best = evaluate_and_keep_best(student, gates, tokenizer, dev_set, plan, args, step, pruning,
+                                                     best, best_dir, log, bar)
             dist.barrier()
         if step % args.save_steps == 0 or step == total_steps:
             save_last(last_dir, args, step, total_steps, best, student, gates, tokenizer, optimizers, dist)
@@ -342,11 +335,9 @@ def train(args: argparse.Namespace, dist: loop.Distributed) -> int:
     bar.close()
 
     if dist.is_main:
-        seconds = time.time() - start_time
         final_sparsity = check_final_sparsity(final, log, step, hp.target_sparsity, args)
-        write_summary(
-            out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step, seconds, final_sparsity
-        )
+        write_summary(out, plan.data.metric, best, hp.target_sparsity, args.sparsity_epsilon, step,
+                      time.time() - start_time, final_sparsity)
     return 0
 
 
@@ -796,6 +787,27 @@ def apply_best_rule(
 def within_band(sparsity: float, target: float, epsilon: float) -> bool:
     """``|sparsity - target| <= epsilon``, allowing float rounding (0.31 is within 0.01 of 0.3)."""
     return abs(sparsity - target) <= epsilon + 1e-9
+
+
+def evaluate_and_keep_best(
+    student, gates, tokenizer, dev_set, plan, args: argparse.Namespace, step: int, pruning: bool,
+    best: Dict[str, Any], best_dir: Path, log: loop.JsonLog, bar,
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Score the dev set, apply the --best-rule, write best/ when this evaluation is the best; (record, best)."""
+    hp = plan.step_settings
+    record = evaluate_dev(student, gates, dev_set, plan.data, args.eval_batch_size, plan.device, step, pruning)
+    best = apply_best_rule(record, best, hp.target_sparsity, args.sparsity_epsilon, args.best_rule)
+    if record["is_best"]:
+        write_checkpoint(best_dir, student, gates, tokenizer, {"step": step, "eval": record})
+    log.write(record)
+    bar.write(eval_line(record, plan.data.metric, hp.target_sparsity))
+    return record, best
+
+
+def check_warmup_sparsity(values: Dict[str, Any], step: int, target: float, args: argparse.Namespace) -> None:
+    """A warning when the training batch's expected sparsity is off target after the warm-up."""
+    warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
+                    values["expected_sparsity"], target, args.sparsity_epsilon, args.sparsity_control)
 
 
 def check_final_sparsity(
