@@ -227,7 +227,9 @@ def image_exists(client: str, image: str, environment: Dict[str, str]) -> bool:
 def stand_in_note(client: str, image: str, environment: Dict[str, str]) -> Optional[str]:
     result = run([client, "image", "inspect", "--format", "{{json .Config.Labels}}", image], check=False,
                  capture=True, env=environment)
-    labels = json.loads(result.stdout or "null") or {} if result.returncode == 0 else {}
+    if result.returncode != 0:
+        return None
+    labels = json.loads(result.stdout or "null") or {}
     return labels.get(STAND_IN_LABEL)
 
 

@@ -55,9 +55,7 @@ def _flock(fd: int) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:  # a filesystem without flock: nothing to learn from it
+    except OSError:  # held by someone (BlockingIOError), or a filesystem without flock
         return False
     return True
 
