@@ -163,8 +163,11 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=CURRENT_PYTHON)
 def readme(session: nox.Session) -> None:
-    """Fail when the README's generated blocks have drifted from top/published.toml and top/training_cost.toml."""
-    session.install(CURRENT_TORCH, "numpy")  # the preset-cost block counts FLOPs with top.flops
+    """Fail when the README's generated blocks have drifted from their data files.
+
+    They are top/data/published.toml and top/training/training_cost.toml.
+    """
+    session.install(CURRENT_TORCH, "numpy")  # the preset-cost block counts FLOPs with top.method.flops
     session.install("-e", ".", "--no-deps")
     session.install("tomli")
     session.run("python", str(ROOT / "scripts" / "readme_table.py"), "--check", *session.posargs)

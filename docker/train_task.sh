@@ -2,7 +2,7 @@
 # A task's full ToP recipe, as `docker compose run train-<task>` runs it:
 #   1. `top finetune` the dense teacher from $BASE_MODEL (skipped when $TEACHER is set, or when
 #      outputs/<task>/teacher/best already exists from an earlier run);
-#   2. `top train` from that teacher with the task's preset (top/tasks.toml), into outputs/<task>/,
+#   2. `top train` from that teacher with the task's preset (top/data/tasks.toml), into outputs/<task>/,
 #      resuming from outputs/<task>/last when an earlier run was interrupted.
 # Usage: train_task.sh TASK [extra `top train` arguments...]
 # A shorter or different recipe: $TOP_FINETUNE_ARGS and $TOP_TRAIN_ARGS are split on whitespace and

@@ -29,29 +29,32 @@ from typing import Dict, List, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from top import demo_assets, machine  # noqa: E402
-from top.io import atomic_write_json, atomic_write_text  # noqa: E402
+from top.commands import demo_assets  # noqa: E402
+from top.evaluation import machine  # noqa: E402
+from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
+from top.training.determinism import SEED  # noqa: E402
 
 GOAL = 1.10
 SCHEDULE = {"train_sentences": 512, "dev_sentences": 256, "epochs": 3, "batch_size": 32, "max_seq_length": 64}
-# ToP's settings: the demo's (top/demo.py RECIPE), over the bench's schedule.
+# ToP's settings: the demo's (top/commands/demo_recipe.py RECIPE), over the bench's schedule.
 TRAIN_FLAGS = [
     "--target-sparsity", "0.5", "--prune-location", "1,2,3,4,5", "--bin-num", "16", "--topk", "10",
     "--warmup-epochs", "1", "--layer-gate-init", "10", "--learning-rate", "5e-5", "--reg-learning-rate", "0.05",
 ]
 # The profile's rows: cumulative seconds of the functions (file suffix, name; None: any) in a cProfile run.
 PROFILE_ROWS = [
-    ("read data, tokenise", [("top/loop.py", "encode_data")]),
-    ("load student and teacher", [("top/train.py", "load_models")]),
-    ("build the teacher cache", [("top/teacher_cache.py", None)]),
-    ("training steps", [("top/train.py", "train_step")]),
+    ("read data, tokenise", [("top/commands/options.py", "encode_data")]),
+    ("load student and teacher", [("top/commands/train.py", "load_models")]),
+    ("build the teacher cache", [("top/training/teacher_cache.py", None)]),
+    ("training steps", [("top/commands/train.py", "train_step")]),
     ("  backward", [("torch/_tensor.py", "backward")]),
     ("  optimiser steps", [("torch/optim/adamw.py", "step"), ("torch/optim/adam.py", "step")]),
     ("  clip gradients", [("torch/nn/utils/clip_grad.py", "clip_grad_norm_")]),
-    ("  ToP loss (KD, Lagrangian, rank distillation)", [("top/train.py", "top_loss")]),
-    ("  gate sample", [("top/train.py", "sample_gates")]),
-    ("dev evaluations", [("top/train.py", "evaluate_dev")]),
-    ("writing last/ and best/", [("top/train.py", "save_last"), ("top/train.py", "write_checkpoint")]),
+    ("  ToP loss (KD, Lagrangian, rank distillation)", [("top/commands/train.py", "top_loss")]),
+    ("  gate sample", [("top/commands/train.py", "sample_gates")]),
+    ("dev evaluations", [("top/commands/train.py", "evaluate_dev")]),
+    ("writing last/ and best/", [("top/commands/train.py", "save_last"),
+                                 ("top/commands/train.py", "write_checkpoint")]),
 ]
 STEP_PARTS = ("  backward", "  optimiser steps", "  clip gradients", "  ToP loss (KD, Lagrangian, rank distillation)",
               "  gate sample")
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     parser.add_argument("--eager-too", action="store_true",
                         help="also time `top train --attention eager` (where the fused kernel exists)")
-    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--seed", type=int, default=SEED)
     return parser.parse_args(argv)
 
 
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     work = out / "run-cost-work"
     work.mkdir(parents=True, exist_ok=True)
-    from top.modeling import sdpa_available
+    from top.method.modeling import sdpa_available
 
     paths = prepare(work, args.seed)
     seconds = time_rounds(paths, work, args.rounds, args.eager_too and sdpa_available())

@@ -31,14 +31,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from top import bench  # noqa: E402
-from top.checkpoint import save_checkpoint  # noqa: E402
-from top.compact import survivor_table  # noqa: E402
-from top.data import Example, write_glue_tsv  # noqa: E402
-from top.flops import model_macs  # noqa: E402
-from top.gates import default_prune_locations  # noqa: E402
-from top.io import atomic_write_json, atomic_write_text  # noqa: E402
-from top.tasks import Task, get_task  # noqa: E402
+from top.commands import bench  # noqa: E402
+from top.data.files import Example  # noqa: E402
+from top.data.glue import write_glue_tsv  # noqa: E402
+from top.data.tasks import Task, get_task  # noqa: E402
+from top.evaluation import torch_timing  # noqa: E402
+from top.method.checkpoint import save_checkpoint  # noqa: E402
+from top.method.compact import survivor_table  # noqa: E402
+from top.method.flops import model_macs  # noqa: E402
+from top.method.gates import default_prune_locations  # noqa: E402
+from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 GOAL = 0.85  # speedup at batch 32 on the CPU >= GOAL x flops_ratio, for each baseline
 # name -> mean tokens incl. special ones, target token sparsity (dev-set size, pairs: tasks.toml)
@@ -172,15 +174,10 @@ def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool
 
 
 def run_one(task_name, batch_size, checkpoint, data_dir, args, output: Path) -> Dict:
-    argv = [
-        "--task", task_name, "--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
-        "--batch-size", str(batch_size), "--device", args.device, "--threads", str(args.threads),
-        "--passes", str(args.passes), "--output", str(output), "--runtime", args.runtime,
-    ]
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    namespace = parser.parse_args(argv)
-    bench.run(namespace)
+    bench.measure(bench.BenchOptions(
+        task=task_name, checkpoint=str(checkpoint), data_dir=str(data_dir), batch_size=batch_size,
+        device=args.device, threads=args.threads, passes=args.passes, output=str(output), runtime=args.runtime,
+    ))
     return json.loads(output.read_text())
 
 
@@ -197,7 +194,7 @@ def summary_table(results: List[Dict]) -> str:
             ratio = b["speedup"] / b["flops_ratio"]
             cells.append("{:.2f}x / {:.2f}x ({:.2f})".format(b["speedup"], b["flops_ratio"], ratio))
         peak = r.get("peak_memory_mb") or {}
-        mb = {name: "-" if peak.get(name) is None else f"{peak[name]:.0f}" for name in bench.METHODS}
+        mb = {name: "-" if peak.get(name) is None else f"{peak[name]:.0f}" for name in torch_timing.METHODS}
 
         lines.append("| {} | {} | {:.1f} | {} | {} | {:.3f} | {} / {} / {} |".format(
             r["task"], r["batch_size"], r["compact"]["ms_per_batch"], cells[0], cells[1],

@@ -6,8 +6,8 @@ tiny optimisers. The goal: a ToP step costs at most 1.5x a fine-tune step. The T
 twice: with the teacher run every step (`--no-teacher-cache`: `top_step_ms`, `ratio`) and with its
 outputs handed in as the teacher cache hands them (the default: `top_step_cached_ms`, `ratio_cached`).
 
-Both steps are the commands' own: `top.train.train_step` (after pruning has started, a new step
-index and so a new gate sample each call) and `top.finetune.finetune_step`, with optimisers built
+Both steps are the commands' own: `top.commands.train.train_step` (after pruning has started, a new step
+index and so a new gate sample each call) and `top.commands.finetune.finetune_step`, with optimisers built
 by the commands' own functions from their default flags. They run on one fixed batch, alternating,
 and are timed as medians over repeated steps. Writes OUT/train_step.json and prints one line.
 
@@ -25,12 +25,17 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from top import determinism, finetune, loop, machine, train  # noqa: E402
-from top.gates import TokenGates, default_prune_locations  # noqa: E402
-from top.io import atomic_write_json  # noqa: E402
-from top.losses import default_rank_layers  # noqa: E402
-from top.modeling import ToPForSequenceClassification, set_attention  # noqa: E402
-from top.teacher_cache import CachedTeacherOutput  # noqa: E402
+from top.commands import finetune, train  # noqa: E402
+from top.commands.options import DataSource, RunOptions, Schedule  # noqa: E402
+from top.data import batching  # noqa: E402
+from top.evaluation import machine  # noqa: E402
+from top.method.gates import TokenGates, default_prune_locations  # noqa: E402
+from top.method.losses import default_rank_layers  # noqa: E402
+from top.method.modeling import ToPForSequenceClassification, set_attention  # noqa: E402
+from top.storage.io import atomic_write_json  # noqa: E402
+from top.training import determinism, distributed  # noqa: E402
+from top.training.determinism import SEED  # noqa: E402
+from top.training.teacher_cache import CachedTeacherOutput  # noqa: E402
 
 GOAL = 1.5
 # Long enough that neither learning-rate schedule reaches 0 while timing.
@@ -53,15 +58,20 @@ def parse_args(argv=None):
     parser.add_argument("--target-sparsity", type=float, default=0.5)
     parser.add_argument("--warmup-steps", type=int, default=10, help="of the target's ramp, from the first timed call")
     parser.add_argument("--task-length", type=int, default=128, help="the length sparsity is counted at")
-    parser.add_argument("--seed", type=int, default=57)
+    parser.add_argument("--seed", type=int, default=SEED)
     return parser.parse_args(argv)
 
 
-def command_defaults(module, required):
-    """The command's flags at their defaults, from its own parser."""
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return parser.parse_args([*required, "--output-dir", "unused", "--device", "cpu"])
+def finetune_defaults() -> finetune.FinetuneOptions:
+    """`top finetune`'s settings at their defaults, from the settings objects themselves."""
+    return finetune.FinetuneOptions(model="unused", data=DataSource(), schedule=Schedule(),
+                                    run=RunOptions(output_dir=Path("unused"), device="cpu"))
+
+
+def train_defaults() -> train.TrainOptions:
+    """`top train`'s settings at their defaults, from the settings objects themselves."""
+    return train.TrainOptions(model="unused", teacher="unused", data=DataSource(), schedule=Schedule(),
+                              run=RunOptions(output_dir=Path("unused"), device="cpu"))
 
 
 def small_bert_config(args):
@@ -108,12 +118,12 @@ def finetune_step_function(args, batch, dist):
     """`top finetune`'s step on the stock model with its default attention kernel, as it loads it."""
     from transformers import AutoModelForSequenceClassification
 
-    flags = command_defaults(finetune, ["--model", "unused"])
+    flags = finetune_defaults()
     dense = AutoModelForSequenceClassification.from_config(small_bert_config(args)).train()
     optimizer, scheduler = finetune.build_optimizer(dense, flags, SCHEDULE_STEPS)
 
     def step():
-        finetune.finetune_step(dense, optimizer, scheduler, batch, 1.0, flags.max_grad_norm, dist)
+        finetune.finetune_step(dense, optimizer, scheduler, batch, 1.0, flags.run.max_grad_norm, dist)
 
     return step
 
@@ -125,7 +135,7 @@ def top_step_function(args, batch, dist, cached: bool):
     (the lookup, about 0.3 ms, is left out); else the teacher runs every step (--no-teacher-cache).
     Both models are built with the command's default attention (--attention).
     """
-    flags = command_defaults(train, ["--model", "unused", "--teacher", "unused"])
+    flags = train_defaults()
     locations = default_prune_locations(args.layers)
     config = small_bert_config(args)
     student = ToPForSequenceClassification.from_config(
@@ -137,18 +147,18 @@ def top_step_function(args, batch, dist, cached: bool):
     teacher_out = None
     if cached:
         with torch.no_grad():
-            out = teacher(**loop.model_inputs(batch), mode="faithful", probability_layers=[args.layers - 1])
+            out = teacher(**batching.model_inputs(batch), mode="faithful", probability_layers=[args.layers - 1])
         teacher_out = CachedTeacherOutput(out.logits, [out.importance[-1]])
     gates = TokenGates(locations, args.bin_num, layer_init=flags.layer_gate_init)
     optimizers = train.build_optimizers(student, gates, flags, SCHEDULE_STEPS, pruning=True)
     settings = train.StepSettings(
-        seed=flags.seed,
+        seed=flags.run.seed,
         target_sparsity=args.target_sparsity,
         warmup_steps=args.warmup_steps,
         rank_loss_alpha=flags.rank_loss_alpha,
         topk=args.topk,
         distill_temperature=flags.distill_temperature,
-        max_grad_norm=flags.max_grad_norm,
+        max_grad_norm=flags.run.max_grad_norm,
         regression=False,
         task_length=args.task_length,
         rank_layers=tuple(default_rank_layers(args.layers)),
@@ -168,7 +178,7 @@ def train_default_attention() -> str:
     """The attention `top train` builds its models with by default, as this stack resolves it."""
     from transformers import BertConfig
 
-    flags = command_defaults(train, ["--model", "unused", "--teacher", "unused"])
+    flags = train_defaults()
     return set_attention(BertConfig(), flags.attention)
 
 
@@ -178,7 +188,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     determinism.seed_everything(args.seed)
     batch = fixed_batch(args, torch.Generator().manual_seed(args.seed))
-    dist = loop.Distributed()
+    dist = distributed.Distributed()
     steps = [finetune_step_function(args, batch, dist), top_step_function(args, batch, dist, cached=False),
              top_step_function(args, batch, dist, cached=True)]
     finetune_ms, top_ms, cached_ms = median_ms(steps, args.steps)

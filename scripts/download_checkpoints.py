@@ -15,9 +15,9 @@ from typing import List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout that is not pip-installed
 
+from top.data.published import load_results_table  # noqa: E402
+from top.data.tasks import canonical_task_name  # noqa: E402
 from top.errors import UserError  # noqa: E402
-from top.published import load_results_table  # noqa: E402
-from top.tasks import canonical_task_name  # noqa: E402
 
 
 def parse_tasks(values: Optional[Sequence[str]]) -> Optional[List[str]]:
@@ -30,7 +30,7 @@ def parse_tasks(values: Optional[Sequence[str]]) -> Optional[List[str]]:
 
 def verify(path: Path) -> None:
     """Raise UserError unless `path` holds config.json and weights that load as a ToP checkpoint."""
-    from top.checkpoint import load_checkpoint
+    from top.method.checkpoint import load_checkpoint
 
     if not (path / "config.json").is_file():
         raise UserError(f"{path} has no config.json; delete {path} and run this script again.")
@@ -41,7 +41,7 @@ def verify(path: Path) -> None:
 
 
 def download(tasks: Optional[List[str]], output_dir: Path, progress: bool = True) -> List[Path]:
-    from top import hub
+    from top.storage import hub
 
     table = load_results_table()
     unknown = [t for t in tasks or [] if t not in table]

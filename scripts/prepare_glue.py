@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout that is not pip-installed
 
+from top.data.tasks import TASKS, canonical_task_name  # noqa: E402
 from top.errors import UserError  # noqa: E402
-from top.tasks import TASKS, canonical_task_name  # noqa: E402
 
 SPLITS = ("dev", "train")
 
@@ -30,7 +30,8 @@ def parse_tasks(values: Optional[Sequence[str]]) -> List[str]:
 
 
 def prepare(tasks: Sequence[str], output_dir: Path, splits: Sequence[str] = SPLITS) -> List[Path]:
-    from top.data import load_hub_split, write_glue_tsv
+    from top.data.glue import write_glue_tsv
+    from top.data.hub_copy import load_hub_split
 
     written = []
     for name in tasks:

@@ -4,9 +4,9 @@
     python scripts/readme_table.py --write   # rewrite the blocks between the markers
     python scripts/readme_table.py           # print the blocks
 
-The results table (from ``top/published.toml``) sits between ``<!-- results-table:start -->`` and
-``<!-- results-table:end -->``; the preset costs (from ``top/training_cost.toml`` and
-``top/tasks.toml``) between ``<!-- preset-cost:start -->`` and ``<!-- preset-cost:end -->``.
+The results table (from ``top/data/published.toml``) sits between ``<!-- results-table:start -->`` and
+``<!-- results-table:end -->``; the preset costs (from ``top/training/training_cost.toml`` and
+``top/data/tasks.toml``) between ``<!-- preset-cost:start -->`` and ``<!-- preset-cost:end -->``.
 Everything outside the markers is left alone.
 """
 
@@ -19,10 +19,10 @@ from typing import Dict, List, Mapping, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
+from top.data.published import PUBLISHED_FILE, PublishedResult, load_results_table  # noqa: E402
+from top.data.tasks import METRIC_LABELS, TASKS, Task  # noqa: E402
 from top.errors import UserError  # noqa: E402
-from top.published import PUBLISHED_FILE, PublishedResult, load_results_table  # noqa: E402
-from top.tasks import METRIC_LABELS, TASKS, Task  # noqa: E402
-from top.training_cost import (  # noqa: E402
+from top.training.training_cost import (  # noqa: E402
     BATCH_SIZE,
     COST_FILE,
     EVAL_STEPS,
@@ -49,7 +49,7 @@ def _tolerances(table: Dict[str, PublishedResult]) -> str:
     flops = sorted({row.flops_tolerance for row in table.values()})
     if len(scores) == 1 and len(flops) == 1:
         return f"±{scores[0]:g} points on the score and ±{100 * flops[0]:g}% on the FLOPs reduction"
-    return "the per-task tolerances in `top/published.toml`"
+    return "the per-task tolerances in `top/data/published.toml`"
 
 
 def _lengths(table: Dict[str, PublishedResult]) -> str:
@@ -58,7 +58,7 @@ def _lengths(table: Dict[str, PublishedResult]) -> str:
     return f"{words} tokens"
 
 
-def render_table(table: Dict[str, PublishedResult], source: str = "top/published.toml") -> str:
+def render_table(table: Dict[str, PublishedResult], source: str = "top/data/published.toml") -> str:
     """The generated block, markers included."""
     lines = [
         START,
@@ -78,7 +78,7 @@ def render_table(table: Dict[str, PublishedResult], source: str = "top/published
         "",
         "FLOPs reduction follows the paper's convention: each dev example's FLOPs in the pruned model "
         "are taken relative to the dense model's on that example padded to the task's length "
-        f"({_lengths(table)}, `task_length` in `top/tasks.toml`), and the reduction is one over the mean "
+        f"({_lengths(table)}, `task_length` in `top/data/tasks.toml`), and the reduction is one over the mean "
         "of that ratio, so skipped padding counts as saved. Against the real (unpadded) tokens the "
         "reduction is smaller; `top reproduce` reports both, the unpadded figure beside the paper's, "
         f"and asserts {_tolerances(table)}.",
@@ -115,7 +115,7 @@ def _cost_row(task: Task, cost: TrainingCost) -> str:
 
 
 def render_cost_block(
-    cost: TrainingCost, tasks: Mapping[str, Task], source: str = "top/training_cost.toml"
+    cost: TrainingCost, tasks: Mapping[str, Task], source: str = "top/training/training_cost.toml"
 ) -> str:
     """The preset-cost block, markers included: FLOPs from tasks.toml, CPU time scaled from the measurement."""
     m, paper = cost.measurement, cost.paper_model
@@ -127,7 +127,7 @@ def render_cost_block(
     ]
     lines = [
         COST_START,
-        f"<!-- generated from {source} and top/tasks.toml by scripts/readme_table.py --write; "
+        f"<!-- generated from {source} and top/data/tasks.toml by scripts/readme_table.py --write; "
         "edit those files, not this table -->",
         "",
         f"| Task | Train examples | Epochs | Steps (batch {BATCH_SIZE}) | Length "
@@ -146,7 +146,7 @@ def render_cost_block(
         f"{m.finetune_step_seconds:g} s, on {m.cpu} ({m.vector_extension}, {m.cores} cores, "
         f"{m.torch_threads} torch threads; torch {m.torch}, {m.date}; `{m.command}`)."
         + (f" {m.note}" if m.note else ""),
-        "Everything else is an estimate, scaled from that step by FLOPs (2 × the MACs `top.flops` "
+        "Everything else is an estimate, scaled from that step by FLOPs (2 × the MACs `top.method.flops` "
         f"counts, dense): steps = ⌈train examples / {BATCH_SIZE}⌉ × epochs; every training example "
         "counted at the task's length; the student's forward and backward pass as three forward "
         "passes; the teacher's forward pass once per training example with the cache, once per "

@@ -5,9 +5,11 @@ Everything here is made from scratch in a temporary directory, so no test needs 
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -117,7 +119,7 @@ def tiny_checkpoint(
     tokenizer; the RoBERTa one carries the same word-piece tokenizer, enough for tests)."""
     from transformers import BertForSequenceClassification, RobertaForSequenceClassification
 
-    from top.checkpoint import save_checkpoint
+    from top.method.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     if model_type == "roberta":
@@ -205,3 +207,165 @@ if __name__ == "__main__":
     import sys
 
     write_container_world(Path(sys.argv[1]))
+
+
+# ------------------------------------------------------------------- the training commands' world
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def single_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin for ages."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env() -> Dict[str, str]:
+    path = str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+
+
+def write_data(path: Path, n: int, seed: int, labels: bool = True) -> Path:
+    """Sentences of 8-30 words; the label says whether 'good' or 'great' occurs."""
+    rng = random.Random(seed)
+    lines = ["sentence,label" if labels else "sentence"]
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 30))]
+        text = " ".join(words)
+        lines.append(f"{text},{int('good' in words or 'great' in words)}" if labels else text)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def build_tiny(tmp_path_factory) -> Dict[str, Path]:
+    """Two tiny models (with and without dropout) and a train and a dev csv."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "model": tiny_model_dir(root / "model"),
+        "model_no_dropout": tiny_model_dir(root / "model_no_dropout", dropout=0.0),
+        "train": write_data(root / "train.csv", 64, seed=1),
+        "dev": write_data(root / "dev.csv", 24, seed=2),
+        "root": root,
+    }
+
+
+def train_argv(tiny: Dict[str, Path], out: Path, *extra: str, model_key: str = "model") -> List[str]:
+    return [
+        "train",
+        "--model",
+        str(tiny[model_key]),
+        "--teacher",
+        str(tiny[model_key]),
+        "--train-file",
+        str(tiny["train"]),
+        "--validation-file",
+        str(tiny["dev"]),
+        "--bin-num",
+        "10",
+        "--topk",
+        "5",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+SHORT = (
+    "--target-sparsity",
+    "0.3",
+    "--max-steps",
+    "12",
+    "--warmup-epochs",
+    "1",
+    "--reg-learning-rate",
+    "0.1",
+    "--eval-steps",
+    "4",
+    "--save-steps",
+    "3",
+    "--logging-steps",
+    "2",
+)
+
+
+def tensors(directory: Path) -> Dict[str, torch.Tensor]:
+    """Every tensor a checkpoint holds: weights, masks, gate logits and lambdas."""
+    from top.storage.safeload import read_state_dict, read_torch_file
+
+    found = {}
+    found.update({f"w.{k}": v for k, v in read_state_dict(directory).items()})
+    found.update({f"z.{k}": v for k, v in read_torch_file(directory / "zs.pt").items()})
+    gates = read_torch_file(directory / "l0_module.pt")
+    found.update({f"g.{k}": v for k, v in gates.items() if torch.is_tensor(v)})
+    return found
+
+
+def assert_bit_identical(a: Path, b: Path) -> None:
+    left, right = tensors(a), tensors(b)
+    assert left.keys() == right.keys()
+    different = [k for k in left if not torch.equal(left[k], right[k])]
+    assert not different, f"differ: {different[:5]}"
+
+
+def read_log(out: Path) -> List[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+KILLER = r"""
+import os, signal, sys, torch
+from top import cli
+mode, at = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def kill_on_call():
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if mode == "step":
+    adamw_step = torch.optim.AdamW.step
+    def step(self, *args, **kwargs):
+        kill_on_call()
+        return adamw_step(self, *args, **kwargs)
+    torch.optim.AdamW.step = step
+else:
+    import safetensors.torch
+    def killing(write):
+        def save(obj, f, *args, **kwargs):
+            if ".last.tmp" in str(f):
+                kill_on_call()
+            return write(obj, f, *args, **kwargs)
+        return save
+    torch.save = killing(torch.save)
+    safetensors.torch.save_file = killing(safetensors.torch.save_file)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def finetune_argv(tiny: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+    return [
+        "finetune",
+        "--model",
+        str(tiny["model"]),
+        "--train-file",
+        str(tiny["train"]),
+        "--validation-file",
+        str(tiny["dev"]),
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]

@@ -172,7 +172,7 @@ def _drop_manifest(directory: Path) -> None:
 
 
 def _resign(directory: Path) -> None:
-    from top.manifest import write_manifest
+    from top.storage.manifest import write_manifest
 
     write_manifest(directory)
 
@@ -192,7 +192,7 @@ class _Layout:
 
 
 def _gate_state(directory: Path) -> Dict:
-    from top.checkpoint import load_checkpoint
+    from top.method.checkpoint import load_checkpoint
 
     return dict(load_checkpoint(directory).gate_state)
 
@@ -210,7 +210,7 @@ def _random_layout(rng: random.Random, elements: int, stride_zero: bool) -> Tupl
 
 def bad_storage(directory: Path, rng: random.Random, stride_zero: bool) -> None:
     """A tensor of zs.pt, l0_module.pt or the weights (as pytorch_model.bin) declared larger than its storage."""
-    from top.safeload import read_safetensors
+    from top.storage.safeload import read_safetensors
 
     target = rng.choice(["zs.pt", "l0_module.pt", "pytorch_model.bin"])
     small = torch.ones(rng.choice([1, 4, 10]))
@@ -387,7 +387,7 @@ def trials_of(category: Category, count: int = COUNT) -> int:
 def build_world(root: Path) -> World:
     from builders import tiny_checkpoint, write_custom_csv
 
-    from top.data import load_custom_file
+    from top.data.custom import load_custom_file
 
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = tiny_checkpoint(root / "checkpoint", layers=3, keep_bins=5, seed=3)

@@ -22,8 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_hostile_files as corpus  # noqa: E402
 import torch  # noqa: E402
-from builders import tiny_checkpoint, tiny_model_dir, write_cola_dev, write_custom_csv  # noqa: E402
-from test_train import write_data  # noqa: E402
+from builders import (  # noqa: E402
+    tiny_checkpoint,
+    tiny_model_dir,
+    write_cola_dev,
+    write_custom_csv,
+    write_data,  # noqa: E402
+)
 
 from top import cli  # noqa: E402
 

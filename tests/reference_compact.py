@@ -1,14 +1,14 @@
-"""The test oracle for ``top/compact.py``: compact inference stated plainly.
+"""The test oracle for ``top/method/compact.py``: compact inference stated plainly.
 
 Each prune step gathers a row's survivors to the front (in order) and re-pads the batch to its
 longest row, then runs the stock Hugging Face layer on that shorter batch. Nothing is packed,
 nothing is planned ahead (it reads lengths from the device after every prune step), and the
 attention is the layer's own, so it shares none of the fast path's machinery except the keep
-rule, :func:`top.pruning.prune_step`. Importance averages the attention probabilities over heads
+rule, :func:`top.method.pruning.prune_step`. Importance averages the attention probabilities over heads
 and over the rows of real survivors only: re-padded rows are an artefact of batching.
 
 This was ``ToPForSequenceClassification(..., mode="compact")`` before every command moved to
-``top.compact``; it lives here as the statement the fast path is checked against.
+``top.method.compact``; it lives here as the statement the fast path is checked against.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import torch
 
-from top.modeling import ToPOutput, _additive_mask, _with_cls
-from top.pruning import prune_step
+from top.method.modeling import ToPOutput, _additive_mask, _with_cls
+from top.method.pruning import prune_step
 
 
 def reference_compact(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,

@@ -16,13 +16,19 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 import pytest
 import torch
-from builders import tiny_checkpoint, write_cola_dev, write_custom_csv
-from test_train import build_tiny, single_thread, train_argv, write_data
+from builders import (
+    finetune_argv,
+    single_thread,
+    tiny_checkpoint,
+    train_argv,
+    write_cola_dev,
+    write_custom_csv,
+    write_data,
+)
 
 from top import cli
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
-tiny = pytest.fixture(scope="module", name="tiny")(build_tiny)
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +41,6 @@ def eval_argv(checkpoint: Path, out: Path, *extra: str) -> List[str]:
             *extra]
 
 
-def finetune_argv(tiny: Dict[str, Path], out: Path, *extra: str) -> List[str]:
-    return ["finetune", "--model", str(tiny["model"]), "--train-file", str(tiny["train"]), "--validation-file",
-            str(tiny["dev"]), "--batch-size", "8", "--device", "cpu", "--no-progress", "--output-dir", str(out),
-            *extra]
 
 
 def replace_flag(argv: List[str], flag: str, value: str) -> List[str]:
@@ -175,25 +177,27 @@ def a_file(tmp: Path) -> Path:
 
 def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic file write fails as on a full disk, when its data is flushed to the device."""
-    import top.io
+    import top.storage.io
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(top.io.os, "fsync", no_space)
+    monkeypatch.setattr(top.storage.io.os, "fsync", no_space)
 
 
 def checkpoint_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up while a checkpoint is written (after part of it is on disk)."""
-    import top.checkpoint
+    import top.commands.train
+    import top.method.checkpoint
 
-    real = top.checkpoint.save_checkpoint
+    real = top.method.checkpoint.save_checkpoint
 
     def save_then_fail(path, **kwargs):
         real(path, **kwargs)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(path) / "weights"))
 
-    monkeypatch.setattr(top.checkpoint, "save_checkpoint", save_then_fail)
+    monkeypatch.setattr(top.method.checkpoint, "save_checkpoint", save_then_fail)
+    monkeypatch.setattr(top.commands.train, "save_checkpoint", save_then_fail)  # the name `top train` calls
 
 
 
@@ -202,7 +206,7 @@ def checkpoint_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def gate_file_with(checkpoint: Path, tmp: Path, name: str, **fields) -> Path:
     """A copy whose l0_module.pt holds the gate state with ``fields`` replaced (zs.pt removed)."""
-    from top.checkpoint import load_checkpoint
+    from top.method.checkpoint import load_checkpoint
 
     state = dict(load_checkpoint(checkpoint).gate_state)
     state.update(fields)
@@ -254,7 +258,7 @@ def fifo_tar_gates(checkpoint: Path, tmp: Path) -> Path:
 
 def nan_weights(checkpoint: Path, tmp: Path) -> Path:
     """A checkpoint (no manifest: someone else's) whose classifier bias is NaN: every logit is NaN."""
-    from top.safeload import read_safetensors, write_safetensors
+    from top.storage.safeload import read_safetensors, write_safetensors
 
     target = copy_checkpoint(checkpoint, tmp / "nan")
     weights = read_safetensors(target / "model.safetensors")
@@ -554,7 +558,7 @@ def test_constant_labels_give_null_pearson_with_a_warning(tmp_path, caplog):
 
 
 def test_reports_refuse_nan():
-    from top.io import json_text
+    from top.storage.io import json_text
 
     with pytest.raises(ValueError):
         json_text({"score": float("nan")})
@@ -564,7 +568,7 @@ def test_download_onto_a_full_disk_is_not_called_a_network_problem(monkeypatch, 
     """A checkpoint download that fills the disk ends in exit 1 naming the path, not 'check the network'."""
     import huggingface_hub
 
-    from top import hub
+    from top.storage import hub
 
     def fill_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "blobs" / "weights"))

@@ -2,7 +2,8 @@
 
 import torch
 
-from top import cli, loop
+from top import cli
+from top.training import batch_order, listeners
 
 
 def lengths_of(n, seed=0):
@@ -15,8 +16,8 @@ def steps(order, epoch):
 
 def test_grouped_order_covers_every_example_once_per_epoch_in_length_sorted_batches():
     lengths = lengths_of(1000)
-    plain = loop.BatchOrder(1000, 8, seed=3)
-    grouped = loop.BatchOrder(1000, 8, seed=3).group_by_length(lengths)
+    plain = batch_order.BatchOrder(1000, 8, seed=3)
+    grouped = batch_order.BatchOrder(1000, 8, seed=3).group_by_length(lengths)
     assert grouped.steps_per_epoch == plain.steps_per_epoch == 125
     for epoch in range(2):
         seen = torch.cat([local for local, _ in steps(grouped, epoch)])
@@ -30,14 +31,14 @@ def test_grouped_order_covers_every_example_once_per_epoch_in_length_sorted_batc
     maxima = [int(lengths[local].max()) for local, _ in steps(grouped, 0)]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
     assert [c.tolist() for _, c in steps(grouped, 0)] != [c.tolist() for _, c in steps(grouped, 1)]
-    again = loop.BatchOrder(1000, 8, seed=3).group_by_length(lengths)
+    again = batch_order.BatchOrder(1000, 8, seed=3).group_by_length(lengths)
     assert [c.tolist() for _, c in steps(again, 1)] == [c.tolist() for _, c in steps(grouped, 1)]
 
 
 def test_grouped_order_keeps_a_short_last_batch_last_and_ranks_share_global_batches():
     lengths = lengths_of(101, seed=1)
     for rank in range(2):
-        order = loop.BatchOrder(101, 4, seed=5, world_size=2, rank=rank).group_by_length(lengths)
+        order = batch_order.BatchOrder(101, 4, seed=5, world_size=2, rank=rank).group_by_length(lengths)
         assert order.steps_per_epoch == 13  # 12 full global batches of 8, and 5 left for the two ranks
         local, chunk = order.indices(12)
         assert len(chunk) == 5 and local.tolist() == chunk[rank::2].tolist()
@@ -54,13 +55,13 @@ def test_step_listeners_hear_every_finetune_step(tmp_path):
     model = tiny_model_dir(tmp_path / "model", layers=2)
     train = write_custom_csv(tmp_path / "train.csv", n=24, seed=1)
     heard = []
-    loop.STEP_LISTENERS.append(lambda *event: heard.append(event))
+    listeners.STEP_LISTENERS.append(lambda *event: heard.append(event))
     try:
         code = cli.main(["finetune", "--model", str(model), "--train-file", str(train), "--validation-file",
                          str(train), "--batch-size", "8", "--epochs", "2", "--max-seq-length", "32",
                          "--group-by-length", "--device", "cpu", "--no-progress", "--output-dir",
                          str(tmp_path / "out")])
     finally:
-        loop.STEP_LISTENERS.clear()
+        listeners.STEP_LISTENERS.clear()
     assert code == 0
     assert heard == [("finetune", step, 6) for step in range(1, 7)]

@@ -49,7 +49,10 @@ torch.set_num_threads(1)
 if mode == "build":
     from transformers import BertForSequenceClassification
     from builders import gate_state, tiny_config, tiny_tokenizer
-    from top.checkpoint import save_checkpoint
+    try:
+        from top.method.checkpoint import save_checkpoint
+    except ImportError:  # the reference commit's flat layout
+        from top.checkpoint import save_checkpoint
     for c in spec["checkpoints"]:
         directory = Path(c["path"])
         torch.manual_seed(c["seed"])
@@ -212,7 +215,7 @@ def read_jsonl(path: Path) -> List[Dict[str, Any]]:
 
 def checkpoint_tensors(directory: Path) -> Dict[str, Any]:
     """Weights, masks, gate logits and lambdas, read from either weights format."""
-    from top.checkpoint import load_checkpoint
+    from top.method.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(directory)
     found: Dict[str, Any] = {f"weight {k}": v for k, v in checkpoint.state_dict.items()}

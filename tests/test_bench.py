@@ -7,10 +7,10 @@ import pytest
 import torch
 from builders import WORDS, tiny_config, tiny_tokenizer
 
-from top.bench import sorted_batches
-from top.checkpoint import save_checkpoint
 from top.cli import main
-from top.modeling import ToPForSequenceClassification
+from top.evaluation.torch_timing import sorted_batches
+from top.method.checkpoint import save_checkpoint
+from top.method.modeling import ToPForSequenceClassification
 
 
 def make_checkpoint(root):
@@ -110,8 +110,8 @@ def test_the_logit_check_is_an_independent_statement_of_the_oracle(kind):
     from reference_compact import reference_compact
     from transformers import BertConfig, RobertaConfig
 
-    from top.bench import unpadded_reference_logits
-    from top.compact import CompactPlan
+    from top.evaluation.torch_timing import unpadded_reference_logits
+    from top.method.compact import CompactPlan
 
     # Weights ten times the default scale, so that pruning moves the logits visibly.
     common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from top import finetune, train
+from top.commands import finetune, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import torch
 from builders import tiny_config as builders_tiny_config
 from transformers import BertForSequenceClassification, BertTokenizer
 
-from top.checkpoint import GATES_FORMAT, load_checkpoint, save_checkpoint
 from top.errors import UserError
-from top.gates import TokenGates
+from top.method.checkpoint import GATES_FORMAT, load_checkpoint, save_checkpoint
+from top.method.gates import TokenGates
 
 # Gate logits at the clamp bounds of the original: log(1e2) keeps a gate open, log(1e-2) closes
 # it (its expected-zero share is 0.953, so up to 10 closed gates per row round to themselves).
@@ -449,8 +449,8 @@ def test_loading_does_not_modify_the_directory(published):
 def test_saved_checkpoint_lists_every_file_in_its_manifest(tmp_path):
     from builders import tiny_checkpoint
 
-    from top.io import sha256_of
-    from top.manifest import MANIFEST_FILE, read_manifest
+    from top.storage.io import sha256_of
+    from top.storage.manifest import MANIFEST_FILE, read_manifest
 
     path = tiny_checkpoint(tmp_path / "ckpt")
     files = read_manifest(path)
@@ -495,7 +495,7 @@ def test_a_file_the_manifest_lists_must_be_there(tmp_path):
 
 def test_stride_zero_tensor_is_refused_before_anything_is_allocated(tmp_path):
     """4 bytes on disk declared as 2**40 floats: refused by the reader, no 4 TiB copy is attempted."""
-    from top.safeload import read_torch_file
+    from top.storage.safeload import read_torch_file
 
     torch.save({"token_z": torch.ones(1).expand(1, 2**40)}, str(tmp_path / "zs.pt"))
     with pytest.raises(UserError, match=r"zs\.pt .*needs more than the 1 elements its storage holds"):
@@ -514,7 +514,7 @@ def test_compressed_zip_member_is_refused(tmp_path):
     with zipfile.ZipFile(str(tmp_path / "deflated.pt"), "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members:
             archive.writestr(name, data)
-    from top.safeload import read_torch_file
+    from top.storage.safeload import read_torch_file
 
     assert torch.equal(read_torch_file(tmp_path / "plain.pt")["token_z"], torch.ones(2, 3))
     with pytest.raises(UserError, match="compressed"):
@@ -523,7 +523,7 @@ def test_compressed_zip_member_is_refused(tmp_path):
 
 def test_legacy_storage_larger_than_the_file_is_refused_before_torch_allocates_it(tmp_path):
     """torch's pre-zip loader allocates each storage at the size the pickle declares; that size is checked first."""
-    from top.safeload import read_torch_file
+    from top.storage.safeload import read_torch_file
 
     file = tmp_path / "legacy.pt"
     torch.save({"token_z": torch.ones(4)}, str(file), _use_new_zipfile_serialization=False)

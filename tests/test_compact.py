@@ -5,9 +5,9 @@ import torch
 from builders import tiny_config
 from reference_compact import reference_compact
 
-from top.compact import CompactPlan, compact_forward, prediction_agreement, survivor_table
-from top.modeling import ToPForSequenceClassification
-from top.pruning import prune_step
+from top.method.compact import CompactPlan, compact_forward, prediction_agreement, survivor_table
+from top.method.modeling import ToPForSequenceClassification
+from top.method.pruning import prune_step
 
 
 def tiny_model(kind="bert", layers=4, seed=0, prune_locations=None, labels=3):

@@ -1,7 +1,7 @@
 """A kill at any phase of a save leaves a run that ``--resume`` continues bit-identically; one run per OUT/.
 
 The kill tests run ``top train`` in a subprocess that ends itself (``os._exit(137)``) at a named
-phase of one save (``TOP_TEST_KILL_AT``, read by ``top.io``), then resume in-process and compare
+phase of one save (``TOP_TEST_KILL_AT``, read by ``top.storage.io``), then resume in-process and compare
 the final weights, gates and log with an uninterrupted run's.
 """
 
@@ -20,16 +20,16 @@ from typing import Dict
 
 import pytest
 import torch
-from builders import WORDS, tiny_model_dir
-from test_train import SHORT, build_tiny, read_log, single_thread, subprocess_env, train_argv
+from builders import SHORT, WORDS, read_log, single_thread, subprocess_env, tiny_model_dir, train_argv
 
-from top import cli, rundir
-from top.checkpoint import load_checkpoint
+from top import cli
 from top.errors import UserError
-from top.io import KILL_ENV, KILL_PHASES, atomic_directory
+from top.method.checkpoint import load_checkpoint
+from top.storage import rundir
+from top.storage.io import KILL_ENV, KILL_PHASES, atomic_directory
+from top.training import run_files
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
-tiny = pytest.fixture(scope="module", name="tiny")(build_tiny)
 
 
 # SHORT never reaches its target, so it writes no best/. On regression data, whose Pearson
@@ -142,7 +142,7 @@ def test_kill_between_renames_then_fresh_start_keeps_nothing_stale(tiny, tmp_pat
 HOLDER = r"""
 import sys, time
 from pathlib import Path
-from top import rundir
+from top.storage import rundir
 with rundir.claim(Path(sys.argv[1])):
     (Path(sys.argv[1]) / "log.jsonl").write_text('{"step": 1}\n')
     print("holding", flush=True)
@@ -267,9 +267,8 @@ def test_failed_directory_write_leaves_the_old_copy_and_no_temporary(tmp_path):
 
 
 def test_failed_log_write_leaves_no_half_line(tmp_path, monkeypatch):
-    from top import loop
 
-    log = loop.JsonLog(tmp_path / "log.jsonl", True)
+    log = run_files.JsonLog(tmp_path / "log.jsonl", True)
     log.write({"step": 1, "loss": float("nan")})
     real_write = os.write
 
@@ -277,7 +276,7 @@ def test_failed_log_write_leaves_no_half_line(tmp_path, monkeypatch):
         real_write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(loop.os, "write", half_then_full)
+    monkeypatch.setattr(run_files.os, "write", half_then_full)
     with pytest.raises(OSError) as raised:
         log.write({"step": 2, "loss": 0.5})
     assert raised.value.filename == str(tmp_path / "log.jsonl")

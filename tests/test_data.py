@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from top.data import (
-    Example,
-    batches,
-    encode,
-    load_custom_file,
-    load_glue_split,
-    load_hub_split,
-    load_task_data,
-    write_glue_tsv,
-)
+from top.data.batching import batches, encode
+from top.data.custom import load_custom_file
+from top.data.files import Example
+from top.data.glue import load_glue_split, write_glue_tsv
+from top.data.hub_copy import load_hub_split
+from top.data.loading import load_task_data
+from top.data.tasks import METRIC_NAMES, TASKS, TASKS_FILE, get_task, load_tasks
 from top.errors import UserError
-from top.tasks import METRIC_NAMES, TASKS, TASKS_FILE, get_task, load_tasks
 
 # --------------------------------------------------------------------------- tasks
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from test_train import build_tiny, read_log, single_thread, subprocess_env, tensors, train_argv
+from builders import read_log, single_thread, subprocess_env, tensors, train_argv
 
 from top import cli
 
@@ -31,7 +31,6 @@ STEPS = (
 )
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
-tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
 
 
 def _free_port() -> int:

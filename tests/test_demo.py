@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from top import demo_assets
 from top.cli import main
+from top.commands import demo_assets
 
 REPORT_KEYS = {"teacher", "pruned", "duration_s"}
 PRUNED_KEYS = {"score", "flops_reduction", "flops_reduction_unpadded", "compact_speedup"}
@@ -92,7 +92,7 @@ def test_snippets_parser_handles_crlf_and_tabs(tmp_path):
 def _report(teacher_accuracy: float, pruned_accuracy: float, unpadded: float, duration: float) -> dict:
     from pathlib import Path
 
-    from top import demo
+    from top.commands import demo_recipe, demo_report
 
     def record(accuracy):
         return {"metrics": {"accuracy": accuracy}, "predictions": [{"prediction": 1}], "flops_reduction": 3.0,
@@ -101,11 +101,12 @@ def _report(teacher_accuracy: float, pruned_accuracy: float, unpadded: float, du
 
     records = {"teacher": record(teacher_accuracy), "faithful": record(pruned_accuracy),
                "compact": record(pruned_accuracy)}
-    return demo.build_report(records, None, demo.RECIPE, duration, [], Path("out/pruned/best"))
+    return demo_report.build_report(records, None, demo_recipe.RECIPE, duration, [], Path("out/pruned/best"))
 
 
 def test_report_and_markdown_judge_the_same_targets():
-    from top.demo import TARGETS, render_markdown
+    from top.commands.demo_recipe import TARGETS
+    from top.commands.demo_report import render_markdown
 
     drop = TARGETS["max_score_drop"] / 100
     minutes = TARGETS["max_minutes"]
@@ -161,24 +162,25 @@ def test_fetch_lets_pip_check_the_hash_and_caches_only_verified_files(tmp_path, 
 
 def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
     """The estimate is printed after a command's first steps, from their pace; ToP's pace refines it."""
-    from top import demo
+    from top.commands import demo_estimate, demo_recipe
 
     clock = [0.0]
-    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
-    recipe = dict(demo.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10,
+    monkeypatch.setattr(demo_estimate.time, "perf_counter", lambda: clock[0])
+    recipe = dict(demo_recipe.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10,
                   prune_batch_size=32)
     said = []
-    estimate = demo.TimeEstimate(recipe, started=0.0, write=said.append)
+    estimate = demo_estimate.TimeEstimate(recipe, started=0.0, write=said.append)
     assert estimate.total == {"finetune": 20, "train": 30}
     for step in range(1, 21):  # fine-tune steps of 1 s, the first one after 10 s of set-up
         clock[0] = 10.0 + step
         estimate("finetune", step, 20)
     assert len(said) == 1 and said[0].startswith("demo: about") and "after 12 finetune steps" in said[0]
     unit = 1.0
-    expected = (22 + 8 * unit + 2 * 100 * demo.ETA_UNITS["dev_example"] * unit
-                + 30 * demo.ETA_UNITS["train_step"] * recipe["prune_batch_size"] / 32 * unit
-                + 3 * 100 * demo.ETA_UNITS["dev_example"] * unit + 10 * demo.ETA_UNITS["cache_batch"] * unit
-                + demo.ETA_UNITS["after_training"] * unit) / 60
+    expected = (22 + 8 * unit + 2 * 100 * demo_recipe.ETA_UNITS["dev_example"] * unit
+                + 30 * demo_recipe.ETA_UNITS["train_step"] * recipe["prune_batch_size"] / 32 * unit
+                + 3 * 100 * demo_recipe.ETA_UNITS["dev_example"] * unit
+                + 10 * demo_recipe.ETA_UNITS["cache_batch"] * unit
+                + demo_recipe.ETA_UNITS["after_training"] * unit) / 60
     assert estimate.estimates[0]["minutes"] == round(expected, 1)
     estimate.finetune_done()
     for step in range(1, 13):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows

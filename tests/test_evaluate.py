@@ -8,10 +8,10 @@ import pytest
 import torch
 from builders import tiny_checkpoint, tiny_config, write_cola_dev, write_custom_csv
 
-from top.checkpoint import load_checkpoint, save_checkpoint
 from top.cli import main
 from top.errors import UserError
-from top.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
+from top.method.checkpoint import load_checkpoint, save_checkpoint
+from top.method.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
 
 EVAL_KEYS = {
     "task", "mode", "n_examples", "metrics", "expected_sparsity", "expected_sequence_sparsity",
@@ -43,6 +43,7 @@ def test_eval_writes_json_and_predictions(cola_setup, mode):
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     # Half the bins are off at two locations: a real reduction, larger against the padded length.
     assert record["flops_reduction_unpadded"] > 1.0
+    assert record["flops_reduction_same_inputs"] == record["flops_reduction_unpadded"]  # one number, two names
     assert record["flops_reduction"] > record["flops_reduction_unpadded"]
     assert record["flops_reduction"] == pytest.approx(1 / (1 - record["expected_sequence_sparsity"]))
     assert len(record["remaining_token_ratio"]) == 4
@@ -110,20 +111,23 @@ def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_
     import torch
     from reference_compact import reference_compact
 
-    from top import compact, data
-    from top.evaluate import evaluate, load_model
+    from top.commands import evaluate as evaluate_module
+    from top.commands.evaluate import evaluate, load_model
+    from top.data import batching, loading
+    from top.method import compact
 
     root, checkpoint = cola_setup
     built, calls = [], []
     from_gates, compact_forward = compact.CompactPlan.from_gates, compact.compact_forward
     monkeypatch.setattr(compact.CompactPlan, "from_gates",
                         lambda *a, **k: built.append(a) or from_gates(*a, **k))
-    monkeypatch.setattr(compact, "compact_forward", lambda *a, **k: calls.append(a) or compact_forward(*a, **k))
+    # Counted where `top eval` calls it.
+    monkeypatch.setattr(evaluate_module, "compact_forward", lambda *a, **k: calls.append(a) or compact_forward(*a, **k))
     loaded = load_model(checkpoint, torch.device("cpu"))
-    eval_data = data.load_task_data("cola", str(root / "glue"), max_seq_length=32, splits=("dev",))
+    eval_data = loading.load_task_data("cola", str(root / "glue"), max_seq_length=32, splits=("dev",))
     record = evaluate(loaded, eval_data, "compact", max_seq_length=32, batch_size=8, progress=False)
     assert len(built) == 1 and len(calls) == 5  # one plan for the gates, five batches of 37 examples
-    encoded = data.encode(eval_data.dev, loaded.tokenizer, 32, padding="max_length")
+    encoded = batching.encode(eval_data.dev, loaded.tokenizer, 32, padding="max_length")
     reference = reference_compact(loaded.model, encoded["input_ids"], encoded["attention_mask"],
                                   encoded.get("token_type_ids"), loaded.token_z, loaded.pruner_z)
     logits = torch.tensor([p["logits"] for p in record["predictions"]])
@@ -137,7 +141,7 @@ def test_compact_mode_refuses_what_it_cannot_run_in_one_sentence(tmp_path, capsy
     from builders import gate_state, tiny_config, tiny_tokenizer
     from transformers import BertForSequenceClassification
 
-    from top.checkpoint import save_checkpoint
+    from top.method.checkpoint import save_checkpoint
 
     config = tiny_config()
     for key, value in change.items():

@@ -18,12 +18,12 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not inst
 
 from builders import tiny_checkpoint, write_custom_csv  # noqa: E402
 
-from top import export  # noqa: E402
-from top.checkpoint import load_checkpoint  # noqa: E402
 from top.cli import main  # noqa: E402
-from top.compact import CompactPlan, compact_forward, prediction_agreement  # noqa: E402
+from top.commands import export  # noqa: E402
 from top.errors import UserError  # noqa: E402
-from top.modeling import ToPForSequenceClassification  # noqa: E402
+from top.method.checkpoint import load_checkpoint  # noqa: E402
+from top.method.compact import CompactPlan, compact_forward, prediction_agreement  # noqa: E402
+from top.method.modeling import ToPForSequenceClassification  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

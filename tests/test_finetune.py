@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from test_train import build_tiny, read_log, single_thread, write_data
+from builders import finetune_argv, read_log, single_thread, write_data
 
 from top import cli
-from top.safeload import read_state_dict
+from top.storage.safeload import read_state_dict
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
-tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
 
 
-def finetune_argv(tiny, out, *extra):
-    return [
-        "finetune",
-        "--model",
-        str(tiny["model"]),
-        "--train-file",
-        str(tiny["train"]),
-        "--validation-file",
-        str(tiny["dev"]),
-        "--batch-size",
-        "16",
-        "--learning-rate",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--output-dir",
-        str(out),
-        *extra,
-    ]
 
 
 def test_finetune_keeps_the_best_and_the_last_in_hf_layout(tiny, tmp_path):
@@ -112,18 +92,24 @@ def test_finetune_runs_are_deterministic(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _parse():
-    from top import finetune
+def test_defaults_follow_the_preft_script():
+    from top.commands.finetune import FinetuneOptions
+    from top.commands.options import RunOptions, Schedule
+
+    run = RunOptions(output_dir=Path("o"))
+    assert (FinetuneOptions.learning_rate, run.batch_size, run.max_seq_length, run.seed) == (2e-5, 32, 256, 57)
+    assert Schedule().epochs is None and FinetuneOptions.eval_steps is None  # per task; once per epoch
+
+
+def test_the_command_line_becomes_the_settings_once():
+    from top.commands import finetune
+    from top.commands.options import DataSource, RunOptions, Schedule
 
     parser = argparse.ArgumentParser()
     finetune.add_arguments(parser)
-    return parser.parse_args(["--model", "m", "--output-dir", "o"])
-
-
-def test_defaults_follow_the_preft_script():
-    args = _parse()
-    assert (args.learning_rate, args.batch_size, args.max_seq_length, args.seed) == (2e-5, 32, 256, 57)
-    assert args.epochs is None and args.eval_steps is None  # per task; once per epoch
+    opts = finetune.finetune_options(parser.parse_args(["--model", "m", "--output-dir", "o", "--device", "cpu"]))
+    assert opts == finetune.FinetuneOptions(model="m", data=DataSource(), schedule=Schedule(),
+                                            run=RunOptions(output_dir=Path("o"), device="cpu"))
 
 
 @pytest.mark.parametrize(
@@ -131,9 +117,9 @@ def test_defaults_follow_the_preft_script():
     [("mrpc", 10), ("rte", 10), ("stsb", 10), ("cola", 10), ("sst2", 3), ("qnli", 3), ("qqp", 3), ("mnli", 3)],
 )
 def test_epochs_default_by_task_size(task, epochs):
-    from top.data import TaskData
-    from top.finetune import default_epochs
-    from top.tasks import get_task
+    from top.commands.finetune import default_epochs
+    from top.data.loading import TaskData
+    from top.data.tasks import get_task
 
     data = TaskData(get_task(task), [], [], "unused")
     assert default_epochs(data) == epochs

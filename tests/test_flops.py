@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from top.errors import UserError
-from top.flops import (
+from top.method.flops import (
     exact_model_macs,
     expected_sparsities,
     flops_reduction,
@@ -14,7 +14,7 @@ from top.flops import (
     model_macs,
     relative_macs,
 )
-from top.gates import TokenGates
+from top.method.gates import TokenGates
 
 TINY = SimpleNamespace(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3)
 

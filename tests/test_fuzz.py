@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fuzzing
 import pytest
-from test_train import single_thread
+from builders import single_thread
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from top.errors import UserError
-from top.gates import (
+from top.method.gates import (
     GATES_FORMAT,
     LOGA_MAX,
     LOGA_MIN,

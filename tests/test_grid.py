@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from top import grid as grid_module
 from top.cli import main
+from top.commands import grid as grid_module
 from top.errors import UserError
 
 FAKE_TRAINER = textwrap.dedent(

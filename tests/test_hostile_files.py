@@ -19,12 +19,11 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
-from builders import tiny_checkpoint, tiny_model_dir, write_cola_dev, write_custom_csv
-from test_train import single_thread, write_data
+from builders import single_thread, tiny_checkpoint, tiny_model_dir, write_cola_dev, write_custom_csv, write_data
 
 from top import cli
 from top.errors import UserError
-from top.safeload import (
+from top.storage.safeload import (
     flatten_tree,
     read_state_dict,
     read_torch_file,
@@ -32,6 +31,7 @@ from top.safeload import (
     unflatten_tree,
     write_tree,
 )
+from top.training import run_files
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 HAS_WEIGHTS_ONLY = "weights_only" in __import__("inspect").signature(torch.load).parameters
@@ -379,7 +379,7 @@ def test_a_real_model_state_dict_loads_identically(tmp_path):
 
 
 def test_state_dict_prefers_safetensors_and_refuses_sharded(tmp_path):
-    from top.safeload import write_safetensors
+    from top.storage.safeload import write_safetensors
 
     (tmp_path / "pytorch_model.bin").write_bytes(b"never read")
     write_safetensors(tmp_path / "model.safetensors", {"w": torch.ones(2)})
@@ -427,25 +427,24 @@ def test_tree_round_trip_keeps_types_and_bits(tmp_path):
 
 def test_old_training_state_is_still_read(world, tmp_path):
     """A last/ written before the move to safetensors (trainer_state.pt) resumes."""
-    from top import loop
 
     out = tmp_path / "run"
     shutil.copytree(str(world["run"]), str(out))
-    state = loop.load_state_file(out / "last")
+    state = run_files.load_state_file(out / "last")
     (out / "last" / "trainer_state.safetensors").unlink()
     (out / "last" / "manifest.json").unlink()  # written since; an old last/ has none
     torch.save(state, str(out / "last" / "trainer_state.pt"))
-    again = loop.load_state_file(out / "last")
+    again = run_files.load_state_file(out / "last")
     assert again["step"] == state["step"] == 3
     assert torch.equal(again["rng"][0]["torch"], state["rng"][0]["torch"])
     argv = train_argv(world["model"], world["model"], world["train"], world["dev"], out, "--max-steps", "6",
                       "--save-steps", "3", "--resume")
     assert cli.main(argv) == 0
-    assert loop.load_state_file(out / "last")["step"] == 6
+    assert run_files.load_state_file(out / "last")["step"] == 6
 
 
 def test_unknown_hub_model_offline_is_one_sentence(tmp_path, monkeypatch):
-    from top.hub import resolve_model
+    from top.storage.hub import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
@@ -458,7 +457,7 @@ def test_unknown_hub_model_offline_is_one_sentence(tmp_path, monkeypatch):
 
 def test_train_refuses_a_model_without_its_classifier_head(world, tmp_path, capsys):
     """top train loads --model strictly: a head left out is an error, never a random one."""
-    from top.safeload import write_safetensors
+    from top.storage.safeload import write_safetensors
 
     headless = tmp_path / "headless"
     shutil.copytree(str(world["model"]), str(headless))

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from top.io import atomic_directory, atomic_write_json, atomic_write_text, recover_directory
+from top.storage.io import atomic_directory, atomic_write_json, atomic_write_text, recover_directory
 
 
 def test_atomic_write_text_replaces_whole_and_uses_umask(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from top.errors import UserError
-from top.losses import lagrangian_loss, lambda_arp2_loss, logit_distillation_loss, rank_distillation_loss
+from top.method.losses import lagrangian_loss, lambda_arp2_loss, logit_distillation_loss, rank_distillation_loss
 
 
 def _arp2_brute_force(scores, relevance, n, sigma=1.0):

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from top.data import custom_task
-from top.metrics import compute_metrics
-from top.tasks import TASKS, get_task
+from top.data.custom import custom_task
+from top.data.tasks import TASKS, get_task
+from top.evaluation.metrics import compute_metrics
 
 
 def test_matthews_binary_from_a_hand_confusion_matrix():

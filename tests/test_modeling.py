@@ -5,10 +5,10 @@ import torch
 from builders import tiny_config as builders_tiny_config
 from reference_compact import reference_compact
 
-from top.compact import CompactPlan, compact_forward
 from top.errors import UserError
-from top.modeling import ToPForSequenceClassification, default_prune_locations, sdpa_available, set_attention
-from top.pruning import prune_step, rank_to_bin
+from top.method.compact import CompactPlan, compact_forward
+from top.method.modeling import ToPForSequenceClassification, default_prune_locations, sdpa_available, set_attention
+from top.method.pruning import prune_step, rank_to_bin
 
 
 def tiny_config(kind="bert", layers=4, labels=3):

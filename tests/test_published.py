@@ -2,10 +2,10 @@
 
 import pytest
 
+from top.data.published import SCORE_RANGES, PublishedResult, load_results_table
+from top.data.tasks import METRIC_NAMES, TASKS
 from top.errors import UserError
-from top.metrics import compute_metrics
-from top.published import SCORE_RANGES, PublishedResult, load_results_table
-from top.tasks import METRIC_NAMES, TASKS
+from top.evaluation.metrics import compute_metrics
 
 README_ORDER = ["cola", "rte", "qqp", "mrpc", "sst2", "mnli", "qnli", "stsb"]
 

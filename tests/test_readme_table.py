@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from top.published import PUBLISHED_FILE, load_results_table
-from top.tasks import TASKS
-from top.training_cost import COST_FILE, cpu_seconds, load_training_cost, training_steps
+from top.data.published import PUBLISHED_FILE, load_results_table
+from top.data.tasks import TASKS
+from top.training.training_cost import COST_FILE, cpu_seconds, load_training_cost, training_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "readme_table.py"

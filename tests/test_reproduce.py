@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from builders import tiny_checkpoint, write_cola_dev, write_sst2_dev
 
-from top import hub
 from top.cli import main
 from top.errors import UserError
+from top.storage import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPORT_TASK_KEYS = {
@@ -49,8 +49,8 @@ def reference(checkpoint: Path, task: str, glue: Path, metric: str):
     """What the checkpoint really scores in faithful mode (percent) and its FLOPs reduction."""
     import torch
 
-    from top.data import load_task_data
-    from top.evaluate import evaluate, load_model
+    from top.commands.evaluate import evaluate, load_model
+    from top.data.loading import load_task_data
 
     loaded = load_model(checkpoint, torch.device("cpu"))
     dev = load_task_data(task, str(glue), max_seq_length=256, splits=("dev",))
@@ -303,7 +303,7 @@ def test_offline_with_nothing_cached_says_what_to_download(tmp_path, capsys, no_
 
 
 def test_a_report_in_which_nothing_was_evaluated_fails(tmp_path, capsys):
-    from top.reproduce import exit_code
+    from top.commands.reproduce import exit_code
 
     report = {"settings": {"assert": False}, "tasks": [
         {"task": "cola", "status": "missing", "reason": "x."}, {"task": "rte", "status": "not published"}]}

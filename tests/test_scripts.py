@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from top.cli import build_parser
-from top.tasks import canonical_task_name
+from top.data.tasks import canonical_task_name
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SCRIPT = ROOT / "scripts" / "run_Evaluation.sh"
@@ -308,7 +308,8 @@ def test_token_prune_end_to_end_with_the_real_top_train(tmp_path):
     """The seed's command with the real `top train` on a tiny model and SST-2-layout files."""
     from builders import sentences, tiny_checkpoint
 
-    from top.data import Example, write_glue_tsv
+    from top.data.files import Example
+    from top.data.glue import write_glue_tsv
 
     model = tiny_checkpoint(tmp_path / "dense", layers=3, pruned=False)
     glue = tmp_path / "glue"
@@ -340,7 +341,7 @@ def _load_script(name):
 def test_download_checkpoints_fetches_into_repo_name_dirs_and_verifies(tmp_path, monkeypatch, capsys):
     from builders import tiny_checkpoint
 
-    from top import hub
+    from top.storage import hub
 
     download = _load_script("download_checkpoints")
     fetched = []
@@ -363,7 +364,7 @@ def test_download_checkpoints_fetches_into_repo_name_dirs_and_verifies(tmp_path,
 def test_download_checkpoints_reports_a_damaged_copy(tmp_path, monkeypatch, capsys):
     from builders import tiny_checkpoint
 
-    from top import hub
+    from top.storage import hub
 
     download = _load_script("download_checkpoints")
 
@@ -417,8 +418,10 @@ def test_prepare_glue_round_trips_through_top_eval_loader(tmp_path, monkeypatch,
 
         def as_dataset(rows):
             return [dict(zip(rows, values)) for values in zip(*rows.values())]
-    from top.data import load_glue_split, load_hub_split, load_task_data
-    from top.tasks import get_task
+    from top.data.glue import load_glue_split
+    from top.data.hub_copy import load_hub_split
+    from top.data.loading import load_task_data
+    from top.data.tasks import get_task
 
     task = get_task(task_name)
     requests = []

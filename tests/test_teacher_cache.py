@@ -16,26 +16,29 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from builders import sentences, tiny_checkpoint, tiny_model_dir
-from test_train import (
+from builders import (
     KILLER,
     SHORT,
     assert_bit_identical,
-    build_tiny,
     read_log,
+    sentences,
     single_thread,
     subprocess_env,
     tensors,
+    tiny_checkpoint,
+    tiny_model_dir,
     train_argv,
 )
 
-from top import cli, loop, teacher_cache
-from top.data import Example, encode
-from top.losses import rank_distillation_loss
-from top.modeling import ToPForSequenceClassification
+from top import cli
+from top.data import batching
+from top.data.batching import encode
+from top.data.files import Example
+from top.method.losses import rank_distillation_loss
+from top.method.modeling import ToPForSequenceClassification
+from top.training import batch_order, teacher_cache
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
-tiny = pytest.fixture(scope="module", name="tiny")(build_tiny)
 
 
 # ------------------------------------------------------------------------------------- builders
@@ -100,7 +103,7 @@ def test_schedule_pairs_are_every_steps_examples_and_cut_lengths(num_examples, b
     lengths = np.random.default_rng(0).integers(2, 20, num_examples)
 
     def order_of(rank=0):
-        order = loop.BatchOrder(num_examples, batch_size, 5, world_size, rank)
+        order = batch_order.BatchOrder(num_examples, batch_size, 5, world_size, rank)
         return order.group_by_length(torch.from_numpy(lengths)) if grouped else order
 
     seen = set()
@@ -124,21 +127,22 @@ def test_cached_outputs_equal_the_teacher_on_every_cut_batch(models, tmp_path, k
     lengths = train_set["attention_mask"].sum(dim=1)
     world_size, total_steps = 2, 14  # 2 x 3 examples a step: 3 full steps an epoch, the rest dropped
     teacher = teacher_from(models[kind])
-    cache = prepare(tmp_path / "cache", models[kind], train_set, loop.BatchOrder(23, 3, 7, world_size), total_steps,
+    order = batch_order.BatchOrder(23, 3, 7, world_size)
+    cache = prepare(tmp_path / "cache", models[kind], train_set, order, total_steps,
                     teacher=teacher)
     torch.manual_seed(0)
     student_layers = 3
     cut_lengths, short_in_long = set(), 0
     for rank in range(world_size):
-        order = loop.BatchOrder(23, 3, 7, world_size, rank)
+        order = batch_order.BatchOrder(23, 3, 7, world_size, rank)
         for step in range(total_steps):
             local, chunk = order.indices(step)
-            batch = loop.step_batch(train_set, local, chunk, torch.device("cpu"))
+            batch = batching.step_batch(train_set, local, chunk, torch.device("cpu"))
             length = batch["input_ids"].shape[1]
             cut_lengths.add(length)
             short_in_long += int((lengths[local] < length).sum())
             with torch.no_grad():
-                fresh = teacher(**loop.model_inputs(batch), mode="faithful", probability_layers=[2])
+                fresh = teacher(**batching.model_inputs(batch), mode="faithful", probability_layers=[2])
             cached = cache.teacher_outputs(local, length, torch.device("cpu"))
             torch.testing.assert_close(cached.logits, fresh.logits, rtol=1e-5, atol=1e-7)
             torch.testing.assert_close(cached.importance[-1], fresh.importance[-1], rtol=1e-5, atol=1e-7)
@@ -186,11 +190,11 @@ def data_sets(models) -> Dict[str, Dict[str, torch.Tensor]]:
 
 def test_an_unchanged_cache_is_reused_without_a_teacher_pass(models, data_sets, tmp_path, monkeypatch, caplog):
     directory = tmp_path / "cache"
-    first = prepare(directory, models["bert"], data_sets["a"], loop.BatchOrder(20, 4, 1), 9)
+    first = prepare(directory, models["bert"], data_sets["a"], batch_order.BatchOrder(20, 4, 1), 9)
     written = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
     counter = CountingForward(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="top.teacher_cache"):
-        again = prepare(directory, models["bert"], data_sets["a"], loop.BatchOrder(20, 4, 1), 9)
+    with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
+        again = prepare(directory, models["bert"], data_sets["a"], batch_order.BatchOrder(20, 4, 1), 9)
     assert counter.calls == 0 and again.key == first.key
     assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == written
     assert any("reusing" in r.getMessage() for r in caplog.records)
@@ -203,23 +207,23 @@ def test_an_unchanged_cache_is_reused_without_a_teacher_pass(models, data_sets, 
 )
 def test_a_changed_teacher_data_or_schedule_rebuilds(models, data_sets, tmp_path, monkeypatch, caplog, change, part):
     directory = tmp_path / "cache"
-    first = prepare(directory, models["bert"], data_sets["a"], loop.BatchOrder(20, 4, 1), 9)
-    model, data, order, steps = models["bert"], data_sets["a"], loop.BatchOrder(20, 4, 1), 9
+    first = prepare(directory, models["bert"], data_sets["a"], batch_order.BatchOrder(20, 4, 1), 9)
+    model, data, order, steps = models["bert"], data_sets["a"], batch_order.BatchOrder(20, 4, 1), 9
     if change == "teacher":
         model = models["bert-other"]
     elif change == "data":
         data = data_sets["b"]
     elif change == "seed":
-        order = loop.BatchOrder(20, 4, 2)
+        order = batch_order.BatchOrder(20, 4, 2)
     elif change == "batch size":
-        order = loop.BatchOrder(20, 5, 1)
+        order = batch_order.BatchOrder(20, 5, 1)
     elif change == "grouping":
-        order = loop.BatchOrder(20, 4, 1).group_by_length(data["attention_mask"].sum(dim=1))
+        order = batch_order.BatchOrder(20, 4, 1).group_by_length(data["attention_mask"].sum(dim=1))
     else:
         steps = 12
     teacher = teacher_from(model)
     counter = CountingForward(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="top.teacher_cache"):
+    with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
         second = prepare(directory, model, data, order, steps, teacher=teacher)
     assert second.key != first.key and counter.calls > 0
     meta = json.loads((directory / teacher_cache.META_FILE).read_text())
@@ -228,9 +232,9 @@ def test_a_changed_teacher_data_or_schedule_rebuilds(models, data_sets, tmp_path
     assert len(reasons) == 1 and f"{part} changed" in reasons[0], reasons
     # The rebuilt cache holds the new teacher's outputs for the new schedule.
     local, chunk = order.indices(0)
-    batch = loop.step_batch(data, local, chunk, torch.device("cpu"))
+    batch = batching.step_batch(data, local, chunk, torch.device("cpu"))
     with torch.no_grad():
-        fresh = teacher(**loop.model_inputs(batch), mode="faithful", probability_layers=[2])
+        fresh = teacher(**batching.model_inputs(batch), mode="faithful", probability_layers=[2])
     cached = second.teacher_outputs(local, batch["input_ids"].shape[1], torch.device("cpu"))
     torch.testing.assert_close(cached.logits, fresh.logits, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(cached.importance[-1], fresh.importance[-1], rtol=1e-5, atol=1e-7)
@@ -289,14 +293,14 @@ def _reshaped_logits(directory: Path, marker: Path) -> None:
 )
 def test_a_damaged_cache_is_rebuilt_and_nothing_in_it_runs(models, data_sets, tmp_path, caplog, damage, needle):
     directory, marker = tmp_path / "cache", tmp_path / "marker"
-    order = loop.BatchOrder(20, 4, 1)
+    order = batch_order.BatchOrder(20, 4, 1)
     first = prepare(directory, models["bert"], data_sets["a"], order, 9)
     local, chunk = order.indices(4)
     length = int(data_sets["a"]["attention_mask"][chunk].sum(dim=1).max())
     expected = first.teacher_outputs(local, length, torch.device("cpu"))
     del first  # release the memory maps before the files change
     damage(directory, marker)
-    with caplog.at_level(logging.INFO, logger="top.teacher_cache"):
+    with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
         again = prepare(directory, models["bert"], data_sets["a"], order, 9)
     assert not marker.exists()
     reasons = [r.getMessage() for r in caplog.records if "building" in r.getMessage()]
@@ -343,7 +347,7 @@ def test_a_fresh_run_on_the_same_output_reuses_the_cache_and_a_new_seed_rebuilds
     quick = ("--target-sparsity", "0.3", "--max-steps", "3", "--eval-steps", "3", "--save-steps", "3")
     assert cli.main(train_argv(tiny, out, *quick)) == 0
     key = json.loads((out / "run.json").read_text())["teacher_cache"]["key"]
-    with caplog.at_level(logging.INFO, logger="top.teacher_cache"):
+    with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
         assert cli.main(train_argv(tiny, out, *quick)) == 0
         assert cli.main(train_argv(tiny, out, *quick, "--seed", "58")) == 0
     messages = [r.getMessage() for r in caplog.records]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,11 +14,20 @@ from typing import Dict, List
 
 import pytest
 import torch
-from builders import WORDS, tiny_model_dir
+from builders import (
+    KILLER,
+    SHORT,
+    assert_bit_identical,
+    read_log,
+    single_thread,
+    subprocess_env,
+    tiny_model_dir,
+    train_argv,
+    write_data,
+)
 
 from top import cli
 from top.errors import UserError
-from top.safeload import read_state_dict, read_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,111 +35,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------- builders
 
 
-def single_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin for ages."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
-def subprocess_env() -> Dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
 
 
-def write_data(path: Path, n: int, seed: int, labels: bool = True) -> Path:
-    """Sentences of 8-30 words; the label says whether 'good' or 'great' occurs."""
-    rng = random.Random(seed)
-    lines = ["sentence,label" if labels else "sentence"]
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 30))]
-        text = " ".join(words)
-        lines.append(f"{text},{int('good' in words or 'great' in words)}" if labels else text)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
-def build_tiny(tmp_path_factory) -> Dict[str, Path]:
-    """Two tiny models (with and without dropout) and a train and a dev csv."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "model": tiny_model_dir(root / "model"),
-        "model_no_dropout": tiny_model_dir(root / "model_no_dropout", dropout=0.0),
-        "train": write_data(root / "train.csv", 64, seed=1),
-        "dev": write_data(root / "dev.csv", 24, seed=2),
-        "root": root,
-    }
 
 
-tiny = pytest.fixture(scope="session", name="tiny")(build_tiny)
 
 
-def train_argv(tiny: Dict[str, Path], out: Path, *extra: str, model_key: str = "model") -> List[str]:
-    return [
-        "train",
-        "--model",
-        str(tiny[model_key]),
-        "--teacher",
-        str(tiny[model_key]),
-        "--train-file",
-        str(tiny["train"]),
-        "--validation-file",
-        str(tiny["dev"]),
-        "--bin-num",
-        "10",
-        "--topk",
-        "5",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--output-dir",
-        str(out),
-        *extra,
-    ]
 
 
-SHORT = (
-    "--target-sparsity",
-    "0.3",
-    "--max-steps",
-    "12",
-    "--warmup-epochs",
-    "1",
-    "--reg-learning-rate",
-    "0.1",
-    "--eval-steps",
-    "4",
-    "--save-steps",
-    "3",
-    "--logging-steps",
-    "2",
-)
 
 
-def tensors(directory: Path) -> Dict[str, torch.Tensor]:
-    """Every tensor a checkpoint holds: weights, masks, gate logits and lambdas."""
-    found = {}
-    found.update({f"w.{k}": v for k, v in read_state_dict(directory).items()})
-    found.update({f"z.{k}": v for k, v in read_torch_file(directory / "zs.pt").items()})
-    gates = read_torch_file(directory / "l0_module.pt")
-    found.update({f"g.{k}": v for k, v in gates.items() if torch.is_tensor(v)})
-    return found
 
 
-def assert_bit_identical(a: Path, b: Path) -> None:
-    left, right = tensors(a), tensors(b)
-    assert left.keys() == right.keys()
-    different = [k for k in left if not torch.equal(left[k], right[k])]
-    assert not different, f"differ: {different[:5]}"
 
 
-def read_log(out: Path) -> List[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 # Warm-up (8 steps) plus 50: the paper's controller overshoots a target of 0.3 on this schedule.
@@ -142,7 +66,7 @@ OVERSHOOT = (
 
 
 class Warnings(logging.Handler):
-    """The warnings ``top.train`` logs while it is attached."""
+    """The warnings ``top.commands.train`` logs while it is attached."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -154,7 +78,7 @@ class Warnings(logging.Handler):
 
 def run_logging_warnings(argv: List[str]) -> List[str]:
     handler = Warnings()
-    logger = logging.getLogger("top.train")
+    logger = logging.getLogger("top.commands.train")
     logger.addHandler(handler)
     try:
         assert cli.main(argv) == 0
@@ -204,7 +128,7 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, overshoot_run, tmp_p
     assert best_evals and best_evals[-1]["step"] == best["step"]
     assert all(r["expected_sparsity"] >= 0.29 for r in best_evals)
 
-    from top.checkpoint import load_checkpoint
+    from top.method.checkpoint import load_checkpoint
 
     for name in ("best", "last"):
         checkpoint = load_checkpoint(out / name)
@@ -288,7 +212,7 @@ def test_adaptive_control_lands_on_the_target_where_the_papers_overshoots(tiny, 
 
 
 def test_adaptive_multipliers_follow_the_gap_and_its_change():
-    from top.sparsity_control import AdaptiveMultipliers
+    from top.method.sparsity_control import AdaptiveMultipliers
 
     lambda_1, lambda_2 = torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0))
     control = AdaptiveMultipliers(lambda_1, lambda_2, gain=2.0, damping_steps=3.0)
@@ -320,7 +244,7 @@ def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_pa
 
 
 def test_evaluation_counts_and_the_auto_cadence():
-    from top.train import EVAL_STEPS, evaluations_from, resolve_eval_steps
+    from top.commands.train import EVAL_STEPS, evaluations_from, resolve_eval_steps
 
     assert evaluations_from(11, 20, 60) == 3  # 20, 40, 60
     assert evaluations_from(11, 7, 60) == 8  # 14, 21, ..., 56 and the last step, 60
@@ -332,8 +256,8 @@ def test_evaluation_counts_and_the_auto_cadence():
     # Every paper preset, batch 32 on one process, keeps the default cadence under auto.
     import math
 
-    from top.tasks import TASKS, get_task
-    from top.train import PREPRUNING_STEPS
+    from top.commands.train import PREPRUNING_STEPS
+    from top.data.tasks import TASKS, get_task
 
     for name in TASKS:
         task = get_task(name)
@@ -374,35 +298,6 @@ def test_fused_attention_changes_only_rounding(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------- resume
 
-KILLER = r"""
-import os, signal, sys, torch
-from top import cli
-mode, at = sys.argv[1], int(sys.argv[2])
-calls = [0]
-
-def kill_on_call():
-    calls[0] += 1
-    if calls[0] == at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-if mode == "step":
-    adamw_step = torch.optim.AdamW.step
-    def step(self, *args, **kwargs):
-        kill_on_call()
-        return adamw_step(self, *args, **kwargs)
-    torch.optim.AdamW.step = step
-else:
-    import safetensors.torch
-    def killing(write):
-        def save(obj, f, *args, **kwargs):
-            if ".last.tmp" in str(f):
-                kill_on_call()
-            return write(obj, f, *args, **kwargs)
-        return save
-    torch.save = killing(torch.save)
-    safetensors.torch.save_file = killing(safetensors.torch.save_file)
-sys.exit(cli.main(sys.argv[3:]))
-"""
 
 
 @pytest.mark.parametrize(
@@ -518,46 +413,73 @@ def test_data_without_labels_exits_2(tiny, tmp_path, capsys):
 # ------------------------------------------------------------------------------------- settings
 
 
-def _namespace(**flags) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    from top import train
+def _options(epochs=None, run=None, **flags):
+    """`top train`'s settings at their defaults but for ``flags``, built as its run() builds them."""
+    from top.commands.options import DataSource, RunOptions, Schedule
+    from top.commands.train import TrainOptions
 
-    train.add_arguments(parser)
-    argv = ["--model", "m", "--teacher", "t", "--output-dir", "o"]
-    for key, value in flags.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    return parser.parse_args(argv)
+    return TrainOptions(model="m", teacher="t", data=DataSource(), run=run or RunOptions(output_dir=Path("o")),
+                        schedule=Schedule(epochs=epochs), **flags)
 
 
 def test_presets_come_from_the_task_file_and_flags_override():
-    from top.tasks import get_task
-    from top.train import resolve_settings
+    from top.commands.train import ToPSettings, resolve_settings
+    from top.data.tasks import get_task
 
     mrpc = get_task("mrpc")
-    settings = resolve_settings(_namespace(), mrpc)
-    assert settings == {
-        "target_sparsity": mrpc.preset.sparsity,
-        "bin_num": mrpc.preset.bin_num,
-        "topk": mrpc.preset.topk,
-        "warmup_epochs": mrpc.preset.warmup_epochs,
-        "epochs": mrpc.preset.epochs,
-    }
-    overridden = resolve_settings(_namespace(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4), mrpc)
-    assert overridden == {"target_sparsity": 0.5, "bin_num": 7, "topk": 3, "warmup_epochs": 2, "epochs": 4}
+    settings = resolve_settings(_options(), mrpc)
+    assert settings == ToPSettings(
+        target_sparsity=mrpc.preset.sparsity,
+        bin_num=mrpc.preset.bin_num,
+        topk=mrpc.preset.topk,
+        warmup_epochs=mrpc.preset.warmup_epochs,
+        epochs=mrpc.preset.epochs,
+    )
+    overridden = resolve_settings(_options(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4), mrpc)
+    assert overridden == ToPSettings(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4)
     with pytest.raises(UserError, match="--target-sparsity"):
-        resolve_settings(_namespace(), None)  # custom data has no preset target
+        resolve_settings(_options(), None)  # custom data has no preset target
 
 
 def test_defaults_follow_the_paper():
-    args = _namespace()
-    assert (args.learning_rate, args.reg_learning_rate, args.rank_loss_alpha) == (1e-5, 0.02, 0.01)
-    assert (args.sparsity_epsilon, args.droprate_init, args.distill_temperature) == (0.01, 0.01, 2.0)
-    assert (args.batch_size, args.max_seq_length, args.seed) == (32, 256, 57)
-    assert (args.sparsity_control, args.best_rule, args.eval_steps) == ("paper", "score", 100)
+    opts = _options()
+    assert (opts.learning_rate, opts.reg_learning_rate, opts.rank_loss_alpha) == (1e-5, 0.02, 0.01)
+    assert (opts.sparsity_epsilon, opts.distill_temperature) == (0.01, 2.0)
+    assert (opts.run.batch_size, opts.run.max_seq_length, opts.run.seed) == (32, 256, 57)
+    assert (opts.sparsity_control, opts.best_rule, opts.eval_steps) == ("paper", "score", 100)
+
+
+def test_droprate_init_is_accepted_recorded_and_ignored_with_a_warning(tmp_path, caplog):
+    """The original passes --droprate_init 0.01 and never reads it for the token gates; nor do we."""
+    from top.commands import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", "--droprate-init", "0.3"])
+    opts = train.train_options(args)
+    assert opts.arguments["droprate_init"] == 0.3 and not hasattr(opts, "droprate_init")
+    assert parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o"]).droprate_init == 0.01
+    with caplog.at_level(logging.WARNING, logger="top.commands.train"):
+        code = cli.main(["train", "--model", str(tmp_path / "none"), "--teacher", str(tmp_path / "none"),
+                         "--task", "mrpc", "--output-dir", str(tmp_path / "o"), "--droprate-init", "0.3"])
+    assert code == 2 and "--droprate-init 0.3 has no effect" in caplog.text
+
+
+def test_the_command_line_becomes_the_settings_once():
+    """run()'s edge: the parsed flags build the same object, the defaults being the object's own."""
+    from top.commands import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", "--topk", "3",
+                              "--epochs", "2", "--device", "cpu"])
+    opts = train.train_options(args)
+    assert opts == _options(topk=3, epochs=2.0, run=dataclasses.replace(_options().run, device="cpu"))
+    assert opts.arguments["topk"] == 3 and opts.arguments["output_dir"] == "o"
 
 
 def test_prune_locations_default_to_two_through_depth_minus_one():
-    from top.train import prune_locations
+    from top.commands.train import prune_locations
 
     assert prune_locations(None, 12) == list(range(2, 12))
     assert prune_locations(None, 6) == [2, 3, 4, 5]
@@ -571,7 +493,7 @@ def test_prune_locations_default_to_two_through_depth_minus_one():
 
 
 def test_warmup_ramp_raises_the_target_and_lowers_the_rank_weight():
-    from top.train import warmup_ramp
+    from top.commands.train import warmup_ramp
 
     assert warmup_ramp(0, 8, 0.3, 0.01) == (0.0, 0.01)
     assert warmup_ramp(4, 8, 0.3, 0.01) == (0.15, 0.005)
@@ -581,7 +503,7 @@ def test_warmup_ramp_raises_the_target_and_lowers_the_rank_weight():
 
 
 def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_target():
-    from top.train import NO_BEST, apply_best_rule
+    from top.commands.train import NO_BEST, apply_best_rule
 
     def evaluation(step, score, sparsity=None):
         record = {"step": step, "eval": {"accuracy": score}, "score": score}
@@ -611,7 +533,7 @@ def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_targe
 
 
 def test_nearest_target_rule_keeps_the_evaluation_nearest_the_target_within_the_band():
-    from top.train import NO_BEST, apply_best_rule
+    from top.commands.train import NO_BEST, apply_best_rule
 
     def evaluation(step, score, sparsity):
         return {"step": step, "eval": {}, "score": score, "expected_sparsity": sparsity,

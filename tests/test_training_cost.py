@@ -1,21 +1,21 @@
-"""top/training_cost.py: the measured step read with its types checked, and the preset estimates."""
+"""top/training/training_cost.py: the measured step read with its types checked, and the preset estimates."""
 
 import argparse
 import dataclasses
 
 import pytest
 
-from top import loop, training_cost
+from top.data.tasks import TASKS
 from top.errors import UserError
-from top.tasks import TASKS
-from top.training_cost import COST_FILE, ModelShape, load_training_cost
+from top.training import batch_order, training_cost
+from top.training.training_cost import COST_FILE, ModelShape, load_training_cost
 
 BERT_BASE = ModelShape("BERT-base", layers=12, hidden=768, heads=12, intermediate=3072)
 MINILM = ModelShape("MiniLM-L6", layers=6, hidden=384, heads=12, intermediate=1536)
 
 
 def hand_forward_flops(layers, hidden, heads, intermediate, length):
-    """2 x MACs of a dense BERT layer stack, written out from the paper's count, not from top.flops."""
+    """2 x MACs of a dense BERT layer stack, written out from the paper's count, not from top.method.flops."""
     head_dim = hidden // heads
     attention = heads * (3 * length * hidden * head_dim + 2 * length * length * head_dim + length * length)
     per_layer = attention + length * hidden * hidden + 2 * length * hidden * intermediate
@@ -28,7 +28,7 @@ def measurement(**changes):
 
 
 def test_the_defaults_are_top_trains():
-    from top import train
+    from top.commands import train
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
@@ -39,13 +39,13 @@ def test_the_defaults_are_top_trains():
 
 def test_steps_match_top_trains_batch_order():
     for task in TASKS.values():
-        per_epoch = loop.BatchOrder(task.train_size, training_cost.BATCH_SIZE, seed=0).steps_per_epoch
+        per_epoch = batch_order.BatchOrder(task.train_size, training_cost.BATCH_SIZE, seed=0).steps_per_epoch
         assert training_cost.training_steps(task) == per_epoch * task.preset.epochs
 
 
 @pytest.mark.parametrize("steps", [1, 99, 100, 101, 250, 26800])
 def test_evaluations_follow_the_loops_rule(steps):
-    # top/train.py evaluates when step % eval_steps == 0 or at the last step.
+    # top/commands/train.py evaluates when step % eval_steps == 0 or at the last step.
     expected = sum(1 for step in range(1, steps + 1) if step % 100 == 0 or step == steps)
     assert training_cost.evaluations(steps) == expected
 

@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 from top import __version__
-from top.argtypes import OneLineParser
+from top.commands.argtypes import OneLineParser
 from top.errors import UserError
 
 # What to do about the environment failures a user can fix.
@@ -31,14 +31,14 @@ _OS_ADVICE = {
 
 # name -> (module, one-line help). Modules are imported lazily so ``top --help`` is quick.
 COMMANDS = {
-    "eval": ("top.evaluate", "evaluate a pruned checkpoint on a GLUE dev set or a custom file"),
-    "reproduce": ("top.reproduce", "re-evaluate the published checkpoints against the paper's table"),
-    "finetune": ("top.finetune", "fine-tune the dense teacher (the original's PreFT step)"),
-    "train": ("top.train", "learn the token-pruning gates under the FLOPs constraint"),
-    "bench": ("top.bench", "time compact inference against dense baselines"),
-    "export": ("top.export", "write a pruned checkpoint as an ONNX model that drops the pruned tokens itself"),
-    "demo": ("top.demo", "run the whole method end to end on a real model and real data"),
-    "grid": ("top.grid", "run the paper's hyper-parameter grid search"),
+    "eval": ("top.commands.evaluate", "evaluate a pruned checkpoint on a GLUE dev set or a custom file"),
+    "reproduce": ("top.commands.reproduce", "re-evaluate the published checkpoints against the paper's table"),
+    "finetune": ("top.commands.finetune", "fine-tune the dense teacher (the original's PreFT step)"),
+    "train": ("top.commands.train", "learn the token-pruning gates under the FLOPs constraint"),
+    "bench": ("top.commands.bench", "time compact inference against dense baselines"),
+    "export": ("top.commands.export", "write a pruned checkpoint as an ONNX model that drops the pruned tokens itself"),
+    "demo": ("top.commands.demo", "run the whole method end to end on a real model and real data"),
+    "grid": ("top.commands.grid", "run the paper's hyper-parameter grid search"),
 }
 
 

@@ -1,0 +1,364 @@
+"""``top bench``: time compact inference against two dense baselines and write ``bench.json``.
+
+Three methods run in one process, on the same dev examples, the same weights and the same
+thread count:
+
+``dense_padded``   the stock HF model (its default attention kernel), inputs padded to the task
+                   length of the paper's table;
+``dense_dynamic``  the stock HF model, batches sorted by length, each padded to its longest;
+``compact``        ToP with the pruned tokens removed (:func:`top.method.compact.compact_forward`), on
+                   the same sorted batches.
+
+Every method is warmed up, then timed over ``--passes`` passes of the dev set (the methods take
+turns within a pass, so drift in the machine's load hits all three alike). A pass's figure is
+its mean time per full batch; ``ms_per_batch`` is the median over passes. FLOPs ratios count
+MACs exactly on the same full batches: dense at the task length, dense at each batch's padded
+length, and compact at the real survivors of every layer. Peak memory of one forward pass over
+the longest batch is measured per method (the rise of the peak resident set in a fresh
+subprocess on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+Before timing, every batch is checked: ``agreement_with_faithful`` compares compact's
+predictions with faithful mode's, and ``max_abs_logit_diff_vs_reference_compact`` compares
+compact's logits with :func:`unpadded_reference_logits`, a second statement of compact
+inference that shares none of ``compact_forward``'s machinery (see there).
+
+``--runtime onnxruntime`` times the same three methods in onnxruntime instead (CPU only):
+``compact`` is the pruned graph of ``top export``, ``dense_padded`` and ``dense_dynamic`` the
+same weights exported dense (``top export --dense``), fed padded and trimmed batches; all three
+sessions get the same thread count. Both graphs pass the export's self-check first. Beside the
+speedups it reports the weight-read floor of one forward pass (see :func:`weight_read_floor`).
+Peak memory is not measured in this mode.
+"""
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from top.commands import options
+from top.commands.argtypes import batch_size_count, int_in_range, positive_int
+from top.commands.bench_onnx import FLOOR_METHOD, onnx_record, onnxruntime_functions, weight_read_floor
+from top.commands.evaluate import load_tokenizer
+from top.commands.export import onnxruntime_available
+from top.data.batching import check_max_seq_length, check_token_ids, encode
+from top.data.loading import load_task_data
+from top.data.tasks import get_task
+from top.errors import UserError
+from top.evaluation.bench_records import Correctness, baseline_records, mac_counts, total_macs
+from top.evaluation.memory_probe import measure_peak_memory
+from top.evaluation.scoring import require_finite_logits
+from top.evaluation.torch_timing import (
+    load_models,
+    method_functions,
+    sorted_batches,
+    time_methods,
+    unpadded_reference_logits,
+)
+from top.method.checkpoint import load_checkpoint
+from top.method.compact import CompactPlan, compact_forward, prediction_agreement
+from top.storage.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime")
+# Threads torch can start (100,000 exhaust memory) and passes that end within a day.
+MAX_THREADS = 1024
+MAX_PASSES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """`top bench`'s flags, built once in ``run``."""
+
+    task: str
+    checkpoint: str
+    data_dir: Optional[str] = None
+    validation_file: Optional[str] = None
+    batch_size: int = 32
+    device: str = "cpu"  # bench's policy: the CPU unless asked
+    threads: Optional[int] = None  # None: torch's choice
+    passes: int = 5
+    warmup_passes: int = 1
+    max_examples: Optional[int] = None
+    no_memory: bool = False
+    output: str = "bench.json"
+    runtime: str = RUNTIMES[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="GLUE task name (sets the task length and the dev file)")
+    parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
+    parser.add_argument("--data-dir", help="GLUE data directory (e.g. glue_data)")
+    parser.add_argument("--validation-file", help="a csv/tsv/json file to use instead of the GLUE dev set")
+    parser.add_argument("--batch-size", type=batch_size_count, default=BenchOptions.batch_size)
+    options.add_device_argument(parser, default=BenchOptions.device)
+    parser.add_argument("--threads", type=int_in_range(1, MAX_THREADS), default=None,
+                        help=f"torch threads, 1..{MAX_THREADS} (default: torch's choice)")
+    parser.add_argument("--passes", type=int_in_range(5, MAX_PASSES), default=BenchOptions.passes,
+                        help=f"timed passes over the dev set, 5..{MAX_PASSES}")
+    parser.add_argument("--warmup-passes", type=int_in_range(0, MAX_PASSES), default=BenchOptions.warmup_passes,
+                        help="untimed passes first")
+    parser.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N dev examples")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--output", default=BenchOptions.output, help="where to write the results")
+    parser.add_argument("--runtime", default=BenchOptions.runtime, choices=RUNTIMES,
+                        help="torch (default) or onnxruntime: time the exported pruned graph against "
+                        "the same weights exported dense")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_options(opts: BenchOptions) -> None:
+    """What argparse cannot see: the machine, the installed runtimes and which dev set was named."""
+    options.resolve_device(opts.device)  # no GPU behind --device cuda is an error
+    runtime = opts.runtime
+    if runtime == "onnxruntime" and opts.device != "cpu":
+        raise UserError("--runtime onnxruntime times the CPU execution provider only; pass --device cpu.")
+    if runtime == "onnxruntime":
+        if not onnxruntime_available():
+            raise UserError("--runtime onnxruntime needs onnx and onnxruntime; pip install 'top[onnx]'.")
+    if not opts.validation_file and not opts.data_dir:
+        raise UserError("Neither --data-dir nor --validation-file was given; pass one to say which dev set to time.")
+
+
+
+
+def _load_examples(opts: BenchOptions, task):
+    """The dev examples to time: ``--validation-file`` if given, else ``task``'s GLUE dev set."""
+    if opts.validation_file:  # only the examples: the task length stays ``task``'s
+        data = load_task_data(validation_file=opts.validation_file, max_seq_length=task.task_length, splits=("dev",))
+    else:
+        data = load_task_data(task, opts.data_dir, max_seq_length=task.task_length, splits=("dev",))
+    examples = data.dev
+    if opts.max_examples is not None:
+        examples = examples[: opts.max_examples]
+    return examples
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The three methods
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak memory
+
+
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A pruned checkpoint's models, gates and compact plan on the device, and its dev set in sorted batches."""
+
+    checkpoint: Any
+    dense: torch.nn.Module
+    top_model: torch.nn.Module
+    token_z: torch.Tensor
+    pruner_z: torch.Tensor
+    plan: Any
+    batches: List[Dict[str, Any]]  # longest first; the last may be short
+    full_batches: List[Dict[str, Any]]  # the timed ones
+
+
+def _dev_batches(opts: BenchOptions, task, checkpoint) -> List[Dict[str, Any]]:
+    tokenizer = load_tokenizer(checkpoint.path)
+    examples = _load_examples(opts, task)
+    encoded = encode(examples, tokenizer, task.task_length, padding="max_length")
+    check_token_ids(encoded, checkpoint.config, checkpoint.path)
+    encoded.pop("labels", None)
+    batches = sorted_batches(encoded, opts.batch_size)
+    if not any(b["size"] == opts.batch_size for b in batches):
+        raise UserError(
+            f"The dev set has {len(examples)} examples, fewer than one batch of {opts.batch_size}; "
+            "pass a smaller --batch-size."
+        )
+    return batches
+
+
+def load_bench(opts: BenchOptions, task) -> Loaded:
+    """Load the checkpoint and the dev set, and put both on ``--device``."""
+    checkpoint = load_checkpoint(opts.checkpoint)
+    if not checkpoint.is_pruned:
+        raise UserError(
+            f"{checkpoint.path} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint to bench."
+        )
+    check_max_seq_length(task.task_length, checkpoint.config, f"the checkpoint {checkpoint.path}", None)
+    batches = _dev_batches(opts, task, checkpoint)
+    dense, top_model = load_models(checkpoint)
+    device = torch.device(opts.device)
+    dense.to(device)
+    top_model.to(device)
+    token_z, pruner_z = checkpoint.token_z.to(device), checkpoint.pruner_z.to(device)
+    plan = CompactPlan.from_gates(token_z, pruner_z, top_model.prune_locations, task.task_length)
+    for batch in batches:
+        for part in ("full", "trimmed"):
+            batch[part] = {k: v.to(device) for k, v in batch[part].items()}
+    full_batches = [b for b in batches if b["size"] == opts.batch_size]
+    return Loaded(checkpoint, dense, top_model, token_z, pruner_z, plan, batches, full_batches)
+
+
+
+
+def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str, Any]], Any]]) -> Correctness:
+    """Compact against faithful (predictions) and the unpadded reference (logits), on every batch;
+    with ``onnx_compact``, the exported graph against both as well."""
+    model, plan = loaded.top_model, loaded.plan
+    result = Correctness([], 0.0, [], [], 0.0)
+    with torch.no_grad():
+        for batch in loaded.batches:
+            t = batch["trimmed"]
+            inputs = (t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
+            fast = compact_forward(model, plan, *inputs)
+            require_finite_logits(fast.logits, loaded.checkpoint.path)
+            faithful = model(*inputs, mode="faithful", token_z=loaded.token_z, pruner_z=loaded.pruner_z).logits
+            reference = unpadded_reference_logits(model, plan, *inputs)
+            result.agree.extend(prediction_agreement(fast.logits, faithful))
+            result.max_diff = max(result.max_diff, float((fast.logits - reference).abs().max()))
+            result.kept.append(fast.kept_lengths.cpu())
+            if onnx_compact is not None:
+                onnx_logits = torch.from_numpy(onnx_compact(batch))
+                result.onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
+                result.onnx_diff = max(result.onnx_diff, float((onnx_logits - fast.logits).abs().max()))
+    return result
+
+
+
+
+
+
+def time_per_batch(opts: BenchOptions, functions,
+                   full_batches) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
+    """Seconds per batch of every pass, and the median over passes in milliseconds, per method."""
+    logger.info("timing %d full batches of %d, %d passes", len(full_batches), opts.batch_size, opts.passes)
+    per_pass = time_methods(functions, full_batches, opts.passes, opts.warmup_passes, opts.device)
+    return per_pass, {name: 1000.0 * statistics.median(values) for name, values in per_pass.items()}
+
+
+
+
+def result_record(opts: BenchOptions, task, threads: int, loaded: Loaded, correctness: Correctness,
+                  macs, per_pass, ms, memory) -> Dict[str, Any]:
+    """``bench.json`` for the torch runtime (the onnxruntime run adds to it)."""
+    import transformers
+
+    batches, batch_size = loaded.batches, opts.batch_size
+    every_compact = total_macs(macs["compact"], batches, batch_size, False)
+    return {
+        "task": task.name,
+        "batch_size": batch_size,
+        "device": opts.device,
+        "threads": threads,
+        "compact": {"ms_per_batch": ms["compact"]},
+        "baselines": baseline_records(ms, macs, batches, batch_size),
+        "flops_reduction": total_macs(macs["dense_padded"], batches, batch_size, False) / every_compact,
+        "flops_reduction_unpadded": total_macs(macs["unpadded"], batches, batch_size, False) / every_compact,
+        "agreement_with_faithful": sum(correctness.agree) / len(correctness.agree),
+        "max_abs_logit_diff_vs_reference_compact": correctness.max_diff,
+        "n_examples": len(correctness.agree),
+        "n_timed_batches": len(loaded.full_batches),
+        "passes": opts.passes,
+        "warmup_passes": opts.warmup_passes,
+        "per_pass_ms": {name: [1000.0 * v for v in values] for name, values in per_pass.items()},
+        # The fastest pass: a check on the median when other processes share the CPU.
+        "min_ms_per_batch": {name: 1000.0 * min(values) for name, values in per_pass.items()},
+        "mean_tokens_per_example": float(
+            torch.cat([b["trimmed"]["attention_mask"].sum(dim=1).cpu() for b in batches]).double().mean()
+        ),
+        "task_length": task.task_length,
+        "peak_memory_mb": memory[0],
+        "peak_memory_measure": memory[1],
+        "dense_attention": getattr(loaded.dense.config, "_attn_implementation", None) or "eager",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "runtime": opts.runtime,
+    }
+
+
+
+
+def benchmark(opts: BenchOptions) -> Dict[str, Any]:
+    _check_options(opts)
+    task = get_task(opts.task)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    threads = torch.get_num_threads()
+    loaded = load_bench(opts, task)
+    functions = method_functions(loaded.dense, loaded.top_model, loaded.plan)
+    runtime = opts.runtime
+    onnx_dir = onnx_session = exports = None
+    if runtime == "onnxruntime":
+        onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
+        functions, onnx_session, exports = onnxruntime_functions(
+            loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name)
+        )
+    correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None)
+    macs = mac_counts(loaded.top_model.config, loaded.batches, correctness.kept, task.task_length)
+    per_pass, ms = time_per_batch(opts, functions, loaded.full_batches)
+
+    floor = None
+    if onnx_session is not None:
+        floor = weight_read_floor(loaded.top_model, ms.pop(FLOOR_METHOD))
+        del functions, onnx_session
+        onnx_dir.cleanup()
+    memory = (None, None)
+    if not opts.no_memory and runtime == "torch":
+        longest = loaded.full_batches[0]  # sorted longest first
+        memory = measure_peak_memory(opts.device, loaded.checkpoint, functions, longest, threads)
+
+    result = result_record(opts, task, threads, loaded, correctness, macs, per_pass, ms, memory)
+    if runtime == "onnxruntime":
+        result.update(onnx_record(correctness, exports, floor))
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    return measure(options.settings_from(BenchOptions, args))
+
+
+def measure(opts: BenchOptions) -> int:
+    """Time, write ``opts.output`` and print the one-line summary (``run`` without the command line)."""
+    result = benchmark(opts)
+    atomic_write_json(opts.output, result)
+    base = result["baselines"]
+    print(
+        "{task} batch {bs} on {dev} ({thr} threads, {rt}): compact {c:.1f} ms; "
+        "vs dense_padded {sp:.2f}x (FLOPs limit {fp:.2f}x); vs dense_dynamic {sd:.2f}x (FLOPs limit {fd:.2f}x); "
+        "agreement with faithful {ag:.4f}".format(
+            task=result["task"], bs=result["batch_size"], dev=result["device"], thr=result["threads"],
+            rt=result["runtime"],
+            c=result["compact"]["ms_per_batch"], sp=base["dense_padded"]["speedup"],
+            fp=base["dense_padded"]["flops_ratio"], sd=base["dense_dynamic"]["speedup"],
+            fd=base["dense_dynamic"]["flops_ratio"], ag=result["agreement_with_faithful"],
+        )
+    )
+    return 0

@@ -1,0 +1,101 @@
+"""``top bench --runtime onnxruntime``: the three methods as exported graphs in onnxruntime, and the
+weight-read floor of one forward pass."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+from top.commands.export import export_model, onnxruntime_session, sample_inputs
+from top.evaluation.bench_records import Correctness
+
+FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
+
+
+def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, directory: Path):
+    """The three methods in onnxruntime: ``(functions, pruned session, export reports)``.
+
+    The pruned graph and the same weights exported dense are written to ``directory`` by
+    :func:`top.commands.export.export_model`, which checks each against the PyTorch compact path first.
+    Every batch gets numpy copies of its inputs, so the timed calls convert nothing.
+    """
+    reports = {
+        "compact": export_model(top_model, token_z, pruner_z, directory / "pruned.onnx"),
+        "dense": export_model(top_model, None, None, directory / "dense.onnx", dense=True),
+    }
+    pruned = onnxruntime_session(directory / "pruned.onnx", threads)
+    dense = onnxruntime_session(directory / "dense.onnx", threads)
+    names = [i.name for i in pruned.get_inputs()]
+    for batch in batches:
+        for part in ("full", "trimmed"):
+            batch[part + "_numpy"] = {k: batch[part][k].cpu().numpy() for k in names}
+
+    def dense_padded(batch):
+        return dense.run(["logits"], batch["full_numpy"])[0]
+
+    def dense_dynamic(batch):
+        return dense.run(["logits"], batch["trimmed_numpy"])[0]
+
+    def compact(batch):
+        return pruned.run(["logits"], batch["trimmed_numpy"])[0]
+
+    two = sample_inputs(top_model.config, [2])
+    two_tokens = {k: two[k].numpy() for k in names}
+
+    def dense_two_tokens(batch):
+        # The weight-read floor of batch 1, timed in turn with the others (see weight_read_floor).
+        return dense.run(["logits"], two_tokens)[0]
+
+    functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic, "compact": compact,
+                 FLOOR_METHOD: dense_two_tokens}
+    return functions, pruned, reports
+
+
+def weight_read_floor(top_model, two_token_ms: float) -> Dict[str, Any]:
+    """What bounds one batch-1 forward pass from below: every weight matrix is read once.
+
+    Two measures. ``bandwidth_floor_ms``: the bytes of every weight the layers and the head read
+    whole (the embedding tables are only indexed, so they are left out) over the read bandwidth
+    of this machine, measured by summing a float32 buffer of the same size (numpy, one thread).
+    ``two_token_ms``: the dense graph on a two-token input ([CLS] [SEP]), timed in turn with the
+    other methods: the same weights streamed through the same kernels with next to no arithmetic,
+    onnxruntime's cost per operator included.
+    """
+    weight_bytes = sum(
+        p.numel() * p.element_size() for name, p in top_model.named_parameters() if ".embeddings." not in name
+    )
+    buffer = np.ones(weight_bytes // 4, dtype=np.float32)
+    reads = []
+    for _ in range(5):
+        start = time.perf_counter()
+        buffer.sum()
+        reads.append(time.perf_counter() - start)
+    del buffer
+    read_s = statistics.median(reads)
+    return {
+        "weight_bytes": int(weight_bytes),
+        "read_bandwidth_gb_s": weight_bytes / read_s / 1e9,
+        "bandwidth_floor_ms": 1000.0 * read_s,
+        "two_token_ms": two_token_ms,
+        "method": "weight bytes / one-thread numpy read bandwidth; dense ONNX graph on 2 tokens at batch 1, "
+                  "timed in turn with the other methods, same threads",
+    }
+
+
+def onnx_record(correctness: Correctness, exports, floor) -> Dict[str, Any]:
+    """What ``--runtime onnxruntime`` adds to (or changes in) ``bench.json``."""
+    import onnxruntime
+
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "onnx_agreement_with_faithful": sum(correctness.onnx_agree) / len(correctness.onnx_agree),
+        "max_abs_logit_diff_onnx_vs_compact": correctness.onnx_diff,
+        "onnx_export_check": exports,
+        "weight_read_floor": floor,
+        "dense_graph": "the same weights exported by top export --dense (no pruning, padding computed)",
+        "dense_attention": "onnx (MatMul/Softmax, as in the pruned graph)",
+    }

@@ -1,0 +1,392 @@
+"""``top export``: the pruned model as an ONNX graph that removes the pruned tokens itself.
+
+The graph is traced from :class:`ExportForward`, a forward pass written in plain tensor ops
+around the stock Hugging Face sub-modules (embeddings, each layer's query/key/value, attention
+output, intermediate and output, the pooler and classifier). At a layer whose attention ranks
+tokens it computes the importance (attention probabilities averaged over heads and real query
+rows, [CLS] column excluded), asks :func:`top.method.pruning.prune_step` which tokens survive, and
+gathers the survivors in their original order, so the feed-forward of that layer and every
+later layer run on fewer tokens. Nothing is decided on the host: the widths are computed in
+the graph, so one graph serves any sequence length and any batch size.
+
+Inputs: ``input_ids``, ``attention_mask`` and, for BERT, ``token_type_ids``, int64
+``[batch, sequence]``, right-padded as a tokenizer pads them. Output: ``logits``
+``[batch, num_labels]``. A batch of several examples is run as the reference compact mode runs
+it: after each prune step it is re-padded to its longest survivor row, and padding is masked.
+
+The export checks itself before it writes: onnxruntime runs the graph on sample inputs (two
+tokens, the longest the model takes, lengths between, and a padded batch) and its logits must
+equal :func:`top.method.compact.compact_forward`'s within ``TOLERANCE``; otherwise nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from top.commands.argtypes import int_in_range
+from top.errors import UserError
+from top.evaluation.scoring import require_finite_logits
+from top.method.checkpoint import load_checkpoint
+from top.method.compact import CompactPlan, compact_forward, survivor_table
+from top.method.modeling import MASK_VALUE, ToPForSequenceClassification
+from top.method.pruning import prune_step
+from top.storage.io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+# torch 1.12's exporter stops at opset 16; 1.13 and newer write 17.
+DEFAULT_OPSET = 17 if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (1, 13) else 16
+
+
+def _max_opset() -> int:
+    """The newest opset this torch's TorchScript exporter writes."""
+    from torch.onnx import _constants
+
+    for name in ("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", "ONNX_MAX_OPSET", "onnx_main_opset"):
+        if isinstance(getattr(_constants, name, None), int):
+            return getattr(_constants, name)
+    return DEFAULT_OPSET
+
+
+MAX_OPSET = max(DEFAULT_OPSET, _max_opset())
+TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and the PyTorch compact path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="pruned checkpoint directory (published layout)")
+    parser.add_argument("--output", required=True, help="where to write the ONNX model (e.g. model.onnx)")
+    parser.add_argument("--opset", type=int_in_range(14, MAX_OPSET, f" (the newest that torch {torch.__version__} "
+                                                  "exports)"), default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 14..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    parser.add_argument("--dense", action="store_true",
+                        help="export without pruning and without trimming padding (a baseline)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward pass that is traced
+
+
+def _positions(mask_row: torch.Tensor) -> torch.Tensor:
+    """``[n]`` int64 0..n-1, built from a tensor so the traced graph keeps ``n`` dynamic."""
+    return torch.ones_like(mask_row).cumsum(0) - 1
+
+
+def _first_columns(tensor: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """``tensor[:, :width]`` for a 0-d tensor ``width``, without turning it into a constant."""
+    columns = torch.nonzero(_positions(tensor[0]) < width).squeeze(1)
+    return tensor.index_select(1, columns)
+
+
+class ExportForward(nn.Module):
+    """Logits of a ``ToPForSequenceClassification`` with the pruned tokens removed, traceable.
+
+    ``token_z``/``pruner_z`` None gives the dense model; ``trim`` cuts the batch to its longest
+    real example first (the dense baseline keeps its padding, as a stock export does).
+    """
+
+    def __init__(self, model, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor],
+                 trim: bool = True):
+        super().__init__()
+        self.model = model
+        self.family = model._family
+        self.trim = trim
+        self.prune_after: Dict[int, int] = {}
+        if token_z is not None:
+            token_z = token_z.detach().float().cpu()
+            pruner_z = torch.ones(token_z.shape[0]) if pruner_z is None else pruner_z.detach().float().cpu()
+            self.register_buffer("token_z", token_z)
+            self.register_buffer("pruner_z", pruner_z)
+            for location, index in enumerate(model.prune_locations):
+                if location_prunes(token_z[location], pruner_z[location], max_tokens(model.config)):
+                    self.prune_after[index - 1] = location
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        if self.trim:
+            width = attention_mask.sum(dim=1).max()
+            input_ids = _first_columns(input_ids, width)
+            attention_mask = _first_columns(attention_mask, width)
+            if token_type_ids is not None:
+                token_type_ids = _first_columns(token_type_ids, width)
+        hidden = self.family.embed(input_ids, token_type_ids)
+        alive = attention_mask.to(hidden.dtype)  # [B, n], [CLS] included
+        for index, layer in enumerate(self.family.layers):
+            location = self.prune_after.get(index)
+            attended, importance = _attention(layer, hidden, alive, rank=location is not None)
+            if location is not None:
+                attended, alive = _keep_survivors(
+                    attended, alive, importance, self.token_z[location], self.pruner_z[location]
+                )
+            hidden = layer.output(layer.intermediate(attended), attended)
+        return self.family.head(hidden[:, :1])
+
+
+def _attention(layer, hidden: torch.Tensor, alive: torch.Tensor, rank: bool):
+    """The stock projections around a written-out scaled dot-product; importance when ``rank``."""
+    self_attention = layer.attention.self
+    heads = self_attention.num_attention_heads
+    head_dim = self_attention.attention_head_size
+    batch = hidden.shape[0]
+
+    def split(projection):
+        return projection(hidden).reshape(batch, -1, heads, head_dim).transpose(1, 2)
+
+    q, k, v = split(self_attention.query), split(self_attention.key), split(self_attention.value)
+    key_bias = ((1.0 - alive) * MASK_VALUE)[:, None, None, :]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + key_bias
+    probs = torch.softmax(scores, dim=-1)
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, -1, heads * head_dim)
+    importance = None
+    if rank:
+        # Mean over heads and real query rows, as the reference compact mode takes it.
+        summed = (probs.sum(dim=1) * alive[:, :, None]).sum(dim=1)
+        importance = summed / (alive.sum(dim=1, keepdim=True) * heads)
+    return layer.attention.output(context, hidden), importance
+
+
+def _keep_survivors(hidden, alive, importance, bin_gates, layer_gate):
+    """Survivors of every row moved to the front in their original order, cut to the longest row."""
+    keep = prune_step(importance[:, 1:], alive[:, 1:], bin_gates, layer_gate) > 0
+    keep = torch.cat([alive[:, :1] > 0, keep], dim=1)
+    batch, width = keep.shape[0], keep.shape[1]
+    positions = _positions(keep[0].long()).to(hidden.dtype)
+    # Distinct keys: survivors above the dropped, earlier above later, so a sort is stable.
+    key = keep.to(hidden.dtype) * (2.0 * width) - positions
+    order = torch.sort(key, dim=1, descending=True).indices
+    order = _first_columns(order, keep.sum(dim=1).max())
+    offsets = _positions(keep[:, 0].long())[:, None] * width
+    rows = (order + offsets).reshape(-1)
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows).reshape(batch, -1, hidden.shape[-1])
+    alive = torch.gather(keep.to(alive.dtype), 1, order)
+    return hidden, alive
+
+
+def max_tokens(config) -> int:
+    """The longest input the model's position embeddings allow."""
+    longest = int(config.max_position_embeddings)
+    if getattr(config, "model_type", None) == "roberta":
+        longest -= int(config.pad_token_id) + 1  # RoBERTa's positions start after the padding index
+    return longest
+
+
+def location_prunes(bin_gates: torch.Tensor, layer_gate: torch.Tensor, longest: int) -> bool:
+    """Whether a prune location can drop a token at any input length (else the graph skips it)."""
+    table = survivor_table(bin_gates[None], layer_gate.reshape(1), max(longest - 1, 1))[0]
+    return any(kept < alive for alive, kept in enumerate(table))
+
+
+# ----------------------------------------------------------------------------------------------
+# Export and self-check
+
+
+def input_names(config) -> List[str]:
+    names = ["input_ids", "attention_mask"]
+    if getattr(config, "model_type", None) == "bert":
+        names.append("token_type_ids")
+    return names
+
+
+def sample_inputs(config, lengths: Sequence[int], seed: int = 0, pad_to: Optional[int] = None
+                  ) -> Dict[str, torch.Tensor]:
+    """Random right-padded inputs of the given lengths (token ids clear of the special ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = pad_to or max(lengths)
+    pad = int(getattr(config, "pad_token_id", 0) or 0)
+    low = min(pad + 3, int(config.vocab_size) - 1)
+    ids = torch.randint(low, int(config.vocab_size), (len(lengths), width), generator=gen)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names(config):
+        types = torch.zeros_like(ids)
+        for row, n in enumerate(lengths):
+            types[row, n // 2 : n] = 1  # a sentence pair: segment B in the second half
+        inputs["token_type_ids"] = types * mask
+    return inputs
+
+
+def check_batches(config) -> List[Dict[str, torch.Tensor]]:
+    """What the self-check runs: single examples from 2 tokens to the longest, and padded batches."""
+    longest = max_tokens(config)
+    singles = sorted({2, 3, min(8, longest), min(17, longest), min(64, longest), longest})
+    batches = [sample_inputs(config, [n], seed=n) for n in singles]
+    gen = torch.Generator().manual_seed(1)
+    mixed = [2, longest] + [int(n) for n in torch.randint(2, min(longest, 128) + 1, (6,), generator=gen)]
+    batches.append(sample_inputs(config, mixed, seed=7))
+    # Padded past the longest example, as a tokenizer with padding="max_length" gives.
+    batches.append(sample_inputs(config, [5, 9, 3], seed=8, pad_to=min(longest, 32)))
+    return batches
+
+
+def _onnx_export(module: nn.Module, config, opset: int) -> bytes:
+    names = input_names(config)
+    example = sample_inputs(config, [min(12, max_tokens(config)), 3], seed=0)
+    args = tuple(example[name] for name in names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    kwargs = {}
+    if "dynamo" in _export_parameters():
+        kwargs["dynamo"] = False  # the TorchScript exporter: dynamic axes through data-dependent widths
+    _register_argsort(opset)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The exporter's notice that it is the legacy one, and tracer notes on Python-side checks
+        # in the HF modules; the self-check runs the graph at other shapes and catches what matters.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            torch.onnx.export(
+                module, args, buffer, input_names=names, output_names=["logits"], dynamic_axes=axes,
+                opset_version=opset, do_constant_folding=True, **kwargs,
+            )
+        except ValueError as exc:
+            if "opset" not in str(exc).lower():
+                raise
+            raise UserError(
+                f"torch {torch.__version__} cannot export opset {opset} ({exc}); pass --opset {DEFAULT_OPSET}."
+            ) from None
+    return buffer.getvalue()
+
+
+def _register_argsort(opset: int) -> None:
+    """torch 1.12's exporter has ``sort`` but not ``argsort`` (which prune_step uses): map one to the other."""
+    if DEFAULT_OPSET >= 17:
+        return  # torch 1.13+ exports argsort itself
+    from torch.onnx import symbolic_opset11
+
+    def argsort(g, self, dim, descending, *args):
+        return symbolic_opset11.sort(g, self, dim, descending)[1]
+
+    torch.onnx.register_custom_op_symbolic("::argsort", argsort, opset)
+
+
+def _export_parameters() -> Sequence[str]:
+    import inspect
+
+    return list(inspect.signature(torch.onnx.export).parameters)
+
+
+def onnxruntime_session(model_bytes_or_path, threads: Optional[int] = None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    wanted = [i.name for i in session.get_inputs()]
+    feed = {name: inputs[name].cpu().numpy() for name in wanted}
+    return torch.from_numpy(session.run(["logits"], feed)[0])
+
+
+def compare_with_compact(session, model, token_z, pruner_z, batches,
+                         source: str = "being exported") -> Tuple[float, int]:
+    """``(max |logit difference|, length of the worst batch)`` of onnxruntime against PyTorch compact."""
+    longest = max(int(inputs["input_ids"].shape[1]) for inputs in batches)
+    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, longest)
+    worst, worst_length = 0.0, 0
+    for inputs in batches:
+        reference = compact_forward(
+            model, plan, inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
+        ).logits
+        require_finite_logits(reference, source)
+        got = run_session(session, inputs)
+        diff = float((got - reference).abs().max()) if got.shape == reference.shape else math.inf
+        if not diff <= worst:  # also catches NaN
+            worst, worst_length = diff, int(inputs["attention_mask"].sum(dim=1).max())
+    return worst, worst_length
+
+
+def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor], output,
+                 opset: int = DEFAULT_OPSET, dense: bool = False, source: str = "being exported") -> Dict[str, object]:
+    """Export, check against the compact path in onnxruntime, then write ``output`` atomically.
+
+    ``dense`` exports the same weights without pruning and without trimming padding. Returns what
+    the check found. Raises :class:`UserError` (and writes nothing) when the graph disagrees.
+    """
+    _require_onnxruntime()
+    model = model.cpu().eval()
+    if dense:
+        token_z = pruner_z = None
+    module = ExportForward(model, token_z, pruner_z, trim=not dense).eval()
+    model_bytes = _onnx_export(module, model.config, opset)
+    session = onnxruntime_session(model_bytes)
+    batches = check_batches(model.config)
+    with torch.no_grad():
+        worst, length = compare_with_compact(session, model, token_z, pruner_z, batches, source)
+    if not worst <= TOLERANCE:
+        raise UserError(
+            f"The exported graph's logits differ from the PyTorch compact path's by {worst:.3g} "
+            f"(> {TOLERANCE:g}) at length {length}, so {output} was not written; "
+            "report this with the checkpoint and the versions of torch and onnxruntime."
+        )
+    atomic_write_bytes(output, model_bytes)
+    return {
+        "output": str(output),
+        "opset": opset,
+        "pruned": not dense and bool(module.prune_after),
+        "pruning_layers": sorted(index for index in module.prune_after),
+        "max_abs_logit_diff_vs_compact": worst,
+        "checked_lengths": sorted({int(n) for b in batches for n in b["attention_mask"].sum(dim=1).tolist()}),
+        "bytes": len(model_bytes),
+    }
+
+
+def _require_onnxruntime() -> None:
+    missing = [name for name in ("onnx", "onnxruntime") if not _importable(name)]
+    if missing:
+        raise UserError(
+            f"Exporting to ONNX needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            "not installed; pip install 'top[onnx]'."
+        )
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def onnxruntime_available() -> bool:
+    return _importable("onnx") and _importable("onnxruntime")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def run(args: argparse.Namespace) -> int:
+    _require_onnxruntime()
+    checkpoint = load_checkpoint(args.checkpoint)  # no tokenizer needed: the graph starts at token ids
+    if checkpoint.token_z is None and not args.dense:
+        raise UserError(
+            f"{args.checkpoint} has no token gates (zs.pt or l0_module.pt); give a pruned checkpoint "
+            "or pass --dense."
+        )
+    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
+    output = Path(args.output)
+    report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense,
+                          source=str(checkpoint.path))
+    print(
+        "wrote {out} ({mb:.1f} MB, opset {opset}); onnxruntime agrees with the PyTorch compact path within "
+        "{diff:.2g} on lengths {lengths}".format(
+            out=output, mb=report["bytes"] / 2**20, opset=report["opset"],
+            diff=report["max_abs_logit_diff_vs_compact"], lengths=report["checked_lengths"],
+        )
+    )
+    return 0

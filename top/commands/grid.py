@@ -1,0 +1,480 @@
+"""``top grid``: the paper's hyper-parameter grid, one ``top train`` run per point.
+
+Each run lives in ``OUT/runs/<run-id>/`` (the id spells its hyperparameters). A run that
+finished is skipped; one that was interrupted resumes with ``--resume`` from its ``last/``.
+With ``--devices 0,1`` runs go out in parallel, one per GPU (``CUDA_VISIBLE_DEVICES`` per
+run); ``--gpus-per-run N`` launches each run with ``torchrun`` on N of them. Results go to
+``OUT/grid.json`` and ``OUT/grid.md``; ``--promote`` copies the winner's ``best/`` to ``OUT/best/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set
+
+from top.commands import train
+from top.commands.options import add_device_argument
+from top.data.tasks import canonical_task_name, read_toml
+from top.errors import UserError
+from top.storage.io import atomic_directory, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRID = Path(__file__).with_name("grid_default.toml")
+# Tests (and people with their own launcher) replace `python -m top train` with this command.
+TRAIN_COMMAND_ENV = "TOP_GRID_TRAIN_CMD"
+STATUS_FILE = "grid_run.json"  # written by the grid in each run directory
+LOG_FILE = "train.log"
+
+# `top train` options that the grid sets for each run itself, so a grid file may not.
+SET_BY_GRID = ("task", "output_dir", "resume")
+# `top train` options that only make sense once for the whole grid.
+FIXED_ONLY = ("model", "teacher", "data_dir", "train_file", "validation_file", "device")
+# Short names for run ids; other options use their own name.
+ID_NAMES = {"learning_rate": "lr", "reg_learning_rate": "reglr", "rank_loss_alpha": "alpha",
+            "target_sparsity": "s", "prune_location": "loc"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    axes: Dict[str, List[Any]]  # option -> values, in file order
+    fixed: Dict[str, Any]
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str
+    hyperparameters: Dict[str, Any]
+
+
+# --------------------------------------------------------------------------- the grid file
+
+
+class _Rejected(Exception):
+    pass
+
+
+class _TrainParser(argparse.ArgumentParser):
+    """`top train`'s own parser, raising instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Rejected(message)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """`top train`'s own parser, as it is."""
+    parser = _TrainParser(prog="top train", add_help=False)
+    train.add_arguments(parser)
+    return parser
+
+
+# What the grid's own flags give every run, standing in while a grid file's values are checked.
+ROW_STAND_INS = ("--model", "model", "--teacher", "model", "--output-dir", "run")
+
+
+def build_row(parser: argparse.ArgumentParser, argv: List[str]) -> train.TrainOptions:
+    """A grid row as `top train` would take it: parsed by its parser, built into its settings."""
+    return train.train_options(parser.parse_args([*ROW_STAND_INS, *argv]))
+
+
+def _settable_options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in SET_BY_GRID}
+
+
+def _check_value(parser: argparse.ArgumentParser, action: argparse.Action, where: str, value: Any,
+                 source: str) -> None:
+    """One option's value, as `top train` would parse it; a rejection names the file and the key."""
+    if action.nargs == 0:  # a switch such as --no-progress
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {where} is {value!r}; {action.option_strings[-1]} is a switch, "
+                            "so write true or false.")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{source}: {where} is {value!r}; {action.option_strings[-1]} takes one number or string.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {where} is {value!r}; give a finite number.")
+    try:
+        build_row(parser, [action.option_strings[-1], _format_value(value)])
+    except _Rejected as exc:
+        raise UserError(f"{source}: {where} = {value!r} is refused by `top train` ({exc}); fix the value.") from None
+
+
+def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
+    """Check a grid table (as read from TOML) with `top train`'s own parser; every problem is a
+    one-sentence UserError naming the file and the key."""
+    unknown_tables = [k for k in raw if k not in ("grid", "fixed")]
+    if unknown_tables:
+        raise UserError(f"{source}: unknown table or key {unknown_tables[0]!r}; use only [grid] and [fixed].")
+    axes_raw, fixed_raw = raw.get("grid"), raw.get("fixed", {})
+    if not isinstance(axes_raw, Mapping) or not axes_raw:
+        raise UserError(f"{source} has no [grid] table with at least one option; add one, e.g. learning_rate = [2e-5].")
+    if not isinstance(fixed_raw, Mapping):
+        raise UserError(f"{source}: fixed must be a table; write it as [fixed].")
+    parser = train_parser()
+    options = _settable_options(parser)
+
+    def action_for(table: str, key: str) -> argparse.Action:
+        if key not in options:
+            raise UserError(f"{source}: {table}.{key} is not an option of `top train` that a grid file can set; "
+                            f"use one of {', '.join(sorted(options))}.")
+        return options[key]
+
+    axes: Dict[str, List[Any]] = {}
+    for key, values in axes_raw.items():
+        action = action_for("grid", key)
+        if key in FIXED_ONLY:
+            raise UserError(f"{source}: grid.{key} is not an option a grid can vary; put it under [fixed].")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{source}: grid.{key} must be a non-empty list of values, e.g. {key} = [1, 2].")
+        for value in values:
+            _check_value(parser, action, f"grid.{key}", value, source)
+        if len(set(values)) != len(values):
+            raise UserError(f"{source}: grid.{key} lists a value twice; list each value once.")
+        axes[key] = list(values)
+    fixed: Dict[str, Any] = {}
+    for key, value in fixed_raw.items():
+        action = action_for("fixed", key)
+        if key in axes:
+            raise UserError(f"{source}: {key} is both in [grid] and [fixed]; keep it in one of them.")
+        _check_value(parser, action, f"fixed.{key}", value, source)
+        fixed[key] = value
+    grid = Grid(axes, fixed, source)
+    for run in expand(grid):  # options that are fine alone may clash (--epochs with --max-steps)
+        try:
+            build_row(parser, train_arguments(None, dict(fixed, **run.hyperparameters), Path("run"), False))
+        except _Rejected as exc:
+            raise UserError(
+                f"{source}: run {run.run_id} is refused by `top train` ({exc}); fix the grid file."
+            ) from None
+    return grid
+
+
+def load_grid(path: Optional[os.PathLike] = None) -> Grid:
+    path = Path(path) if path is not None else DEFAULT_GRID
+    return parse_grid(read_toml(path), str(path))
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+def _id_part(value: Any) -> str:
+    return _format_value(value).replace(",", "-").replace("/", "-").replace(" ", "")
+
+
+def expand(grid: Grid) -> List[Run]:
+    """Every combination of the axes, the first axis varying slowest (file order)."""
+    points: List[Dict[str, Any]] = [{}]
+    for key, values in grid.axes.items():
+        points = [dict(point, **{key: value}) for point in points for value in values]
+    return [Run("_".join(f"{ID_NAMES.get(k, k)}{_id_part(v)}" for k, v in point.items()), point)
+            for point in points]
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def device_slots(devices: Optional[str], gpus_per_run: int) -> List[Optional[str]]:
+    """`"0,1,2,3"` with 2 GPUs a run -> `["0,1", "2,3"]`; no devices -> one slot, environment untouched."""
+    if gpus_per_run < 1:
+        raise UserError("--gpus-per-run must be at least 1.")
+    if not devices:
+        if gpus_per_run > 1:
+            raise UserError("--gpus-per-run above 1 needs --devices naming the GPUs, e.g. --devices 0,1.")
+        return [None]
+    ids = [d.strip() for d in devices.split(",")]
+    if any(not d.isdigit() for d in ids) or len(set(ids)) != len(ids):
+        raise UserError(f"--devices {devices!r} must be distinct GPU numbers separated by commas, e.g. 0,1.")
+    if len(ids) % gpus_per_run:
+        raise UserError(f"--devices names {len(ids)} GPU(s), which is not a multiple of --gpus-per-run "
+                        f"{gpus_per_run}; name a multiple of it.")
+    return [",".join(ids[i:i + gpus_per_run]) for i in range(0, len(ids), gpus_per_run)]
+
+
+def train_command_prefix(gpus_per_run: int = 1, override: Optional[Sequence[str]] = None) -> List[str]:
+    """The command that starts one run, before its options: `python -m top train` or torchrun."""
+    if override is not None:
+        return list(override)
+    from_env = os.environ.get(TRAIN_COMMAND_ENV)
+    if from_env:
+        return shlex.split(from_env)
+    if gpus_per_run > 1:
+        return ["torchrun", "--standalone", "--nproc_per_node", str(gpus_per_run), "-m", "top", "train"]
+    return [sys.executable, "-m", "top", "train"]
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _switches_on_by_default() -> Set[str]:
+    """`top train` switches that are on unless turned off (``--teacher-cache`` / ``--no-teacher-cache``)."""
+    return {a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.default is True}
+
+
+def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Path, resume: bool) -> List[str]:
+    """`top train` options for one run; `task` is None when the run reads custom files."""
+    args = ["--task", task] if task else []
+    on_by_default = _switches_on_by_default()
+    for key, value in options.items():
+        if isinstance(value, bool):  # a switch: present when true; one on by default has a --no- form for false
+            args += [_flag(key)] if value else [_flag("no_" + key)] if key in on_by_default else []
+        else:
+            args += [_flag(key), _format_value(value)]
+    args += ["--output-dir", str(run_dir)]
+    if resume:
+        args.append("--resume")
+    return args
+
+
+def read_status(run_dir: Path) -> Dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def is_finished(run_dir: Path) -> bool:
+    return read_status(run_dir).get("status") == "done"
+
+
+SUMMARY_FIELDS = ("best_score", "metric", "sparsity", "flops_reduction")
+
+
+def read_train_summary(run_dir: Path) -> Dict[str, Any]:
+    """Best score, its metric, the sparsity reached and the FLOPs reduction from `top train`'s summary.json."""
+    row = dict.fromkeys(SUMMARY_FIELDS)
+    try:
+        raw = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return row
+    best = raw.get("best") if isinstance(raw.get("best"), dict) else {}
+    row.update(best_score=best.get("score"), metric=raw.get("metric"),
+               sparsity=best.get("expected_sparsity"), flops_reduction=best.get("flops_reduction"))
+    return row
+
+
+def launch(run: Run, command: List[str], run_dir: Path, cuda_devices: Optional[str]) -> Dict[str, Any]:
+    """Run one `top train` to its end; record its status, output and wall time in the run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_status(run_dir)
+    wall_before = float(previous.get("wall_s") or 0.0)
+    status = {"run_id": run.run_id, "hyperparameters": run.hyperparameters, "command": command,
+              "cuda_visible_devices": cuda_devices, "status": "running", "wall_s": wall_before,
+              "attempts": int(previous.get("attempts") or 0) + 1}
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    env = dict(os.environ)
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    logger.info("run %s%s: %s", run.run_id, f" on GPU {cuda_devices}" if cuda_devices else "",
+                " ".join(shlex.quote(c) for c in command))
+    started = time.perf_counter()
+    with open(run_dir / LOG_FILE, "ab") as log:
+        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    status["wall_s"] = round(wall_before + time.perf_counter() - started, 3)
+    status["returncode"] = returncode
+    status["status"] = "done" if returncode == 0 else "failed"
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    if returncode:
+        logger.warning("run %s failed (exit %d); see %s", run.run_id, returncode, run_dir / LOG_FILE)
+    else:
+        logger.info("run %s done in %.0f s", run.run_id, status["wall_s"] - wall_before)
+    return status
+
+
+def run_grid(
+    task: str,
+    grid: Grid,
+    output_dir: os.PathLike,
+    devices: Optional[str] = None,
+    gpus_per_run: int = 1,
+    options: Optional[Mapping[str, Any]] = None,
+    train_command: Optional[Sequence[str]] = None,
+    dry_run: bool = False,
+) -> List[Dict[str, Any]]:
+    """Run every point of `grid` not yet finished; return one result row per point (grid order).
+
+    `options` (e.g. model, teacher, data_dir from the command line) override the grid's [fixed].
+    """
+    task = canonical_task_name(task)
+    output_dir = Path(output_dir)
+    fixed = dict(grid.fixed)
+    fixed.update({k: v for k, v in (options or {}).items() if v is not None})
+    if "model" not in fixed:
+        raise UserError("No model to prune; pass --model DIR (the fine-tuned dense model) or set model in [fixed].")
+    fixed.setdefault("teacher", fixed["model"])
+    if fixed.get("train_file") and fixed.get("data_dir"):
+        raise UserError("Pass either --data-dir (GLUE) or --train-file/--validation-file, not both.")
+    slots = device_slots(devices, gpus_per_run)
+    prefix = train_command_prefix(gpus_per_run, train_command)
+    runs = expand(grid)
+    pending = [r for r in runs if not is_finished(output_dir / "runs" / r.run_id)]
+    logger.info("grid %s: %d run(s), %d finished, %d to go on %s", grid.source, len(runs),
+                len(runs) - len(pending), len(pending),
+                "the default device" if slots == [None] else "GPU(s) " + " | ".join(s or "" for s in slots))
+
+    def command_for(run: Run) -> List[str]:
+        run_dir = output_dir / "runs" / run.run_id
+        merged = dict(fixed, **run.hyperparameters)
+        train_task = None if fixed.get("train_file") else task
+        return prefix + train_arguments(train_task, merged, run_dir, resume=(run_dir / "last").is_dir())
+
+    if dry_run:
+        for run in pending:
+            print(" ".join(shlex.quote(c) for c in command_for(run)))
+        return []
+
+    free: queue.Queue[Optional[str]] = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    lock = threading.Lock()
+
+    def work(run: Run) -> None:
+        slot = free.get()
+        try:
+            launch(run, command_for(run), output_dir / "runs" / run.run_id, slot)
+        finally:
+            free.put(slot)
+        with lock:  # keep the tables current while the grid is running
+            write_results(output_dir, collect_results(output_dir, runs))
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for future in [pool.submit(work, run) for run in pending]:
+            future.result()
+    rows = collect_results(output_dir, runs)
+    write_results(output_dir, rows)
+    return rows
+
+
+# --------------------------------------------------------------------------- results
+
+
+def collect_results(output_dir: Path, runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    rows = []
+    for run in runs:
+        run_dir = output_dir / "runs" / run.run_id
+        status = read_status(run_dir)
+        row: Dict[str, Any] = {"run_id": run.run_id, "hyperparameters": run.hyperparameters,
+                               "status": status.get("status", "pending")}
+        row.update(read_train_summary(run_dir) if row["status"] == "done" else dict.fromkeys(SUMMARY_FIELDS))
+        row["wall_s"] = status.get("wall_s")
+        row["best"] = False
+        rows.append(row)
+    scored = [r for r in rows if r["status"] == "done" and isinstance(r["best_score"], (int, float))]
+    if scored:  # GLUE metrics are all higher-is-better; ties go to the earlier run
+        max(scored, key=lambda r: r["best_score"])["best"] = True
+    return rows
+
+
+def best_row(rows: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    return next((r for r in rows if r["best"]), None)
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def results_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    keys = list(rows[0]["hyperparameters"]) if rows else []
+    header = ["", "run"] + keys + ["status", "best score", "metric", "sparsity", "FLOPs reduction", "wall (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        flops = f"{r['flops_reduction']:.2f}x" if isinstance(r["flops_reduction"], (int, float)) else "-"
+        wall = f"{r['wall_s']:.0f}" if isinstance(r["wall_s"], (int, float)) else "-"
+        cells = ["**best**" if r["best"] else "", r["run_id"]]
+        cells += [_format_value(r["hyperparameters"][k]) for k in keys]
+        cells += [r["status"], _cell(r["best_score"]), _cell(r["metric"]), _cell(r["sparsity"]), flops, wall]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(output_dir: Path, rows: Sequence[Dict[str, Any]]) -> None:
+    best = best_row(rows)
+    atomic_write_json(output_dir / "grid.json", {"best": best["run_id"] if best else None, "runs": list(rows)})
+    atomic_write_text(output_dir / "grid.md", results_markdown(rows))
+
+
+def promote(output_dir: os.PathLike, rows: Sequence[Dict[str, Any]]) -> Path:
+    """Copy the winning run's best/ to OUT/best/ (atomically: a reader sees the old copy or the new)."""
+    output_dir = Path(output_dir)
+    best = best_row(rows)
+    if best is None:
+        raise UserError(f"No finished run in {output_dir} has a best score, so nothing can be promoted; "
+                        "let at least one run finish.")
+    source = output_dir / "runs" / best["run_id"] / "best"
+    if not source.is_dir():
+        raise UserError(f"The winning run has no {source}; rerun it or promote by hand.")
+    target = output_dir / "best"
+    with atomic_directory(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return target
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="GLUE task (the seed's spellings work too)")
+    parser.add_argument("--grid", help=f"grid TOML file (default: the paper's grid, {DEFAULT_GRID.name})")
+    parser.add_argument("--output-dir", required=True, help="runs go to OUT/runs/<run-id>/")
+    parser.add_argument("--devices", help="GPU numbers, e.g. 0,1: runs go out in parallel, one per GPU")
+    parser.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; above 1 runs use torchrun")
+    parser.add_argument("--model", help="the fine-tuned dense model to prune (or model in [fixed])")
+    parser.add_argument("--teacher", help="the distillation teacher (default: --model)")
+    parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's layout")
+    parser.add_argument("--train-file", help="a custom training file (with --validation-file)")
+    parser.add_argument("--validation-file", help="a custom dev file (with --train-file)")
+    add_device_argument(parser, default=None, help="passed to every run")
+    parser.add_argument("--promote", action="store_true", help="copy the winning run's best/ to OUT/best/")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to go")
+    parser.add_argument("--train-command", help=argparse.SUPPRESS)  # tests: a fake trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)
+    options = {"model": args.model, "teacher": args.teacher, "data_dir": args.data_dir,
+               "train_file": args.train_file, "validation_file": args.validation_file, "device": args.device}
+    train_command = shlex.split(args.train_command) if args.train_command else None
+    rows = run_grid(args.task, grid, args.output_dir, args.devices, args.gpus_per_run, options,
+                    train_command, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    output_dir = Path(args.output_dir)
+    done = sum(r["status"] == "done" for r in rows)
+    failed = [r["run_id"] for r in rows if r["status"] == "failed"]
+    best = best_row(rows)
+    print(f"{done}/{len(rows)} run(s) done; results in {output_dir / 'grid.md'}")
+    if best is not None:
+        flops = best["flops_reduction"]
+        print(f"best: {best['run_id']} ({best['metric'] or 'score'} {_cell(best['best_score'])}, "
+              f"sparsity {_cell(best['sparsity'])}, FLOPs reduction "
+              f"{f'{flops:.2f}x' if isinstance(flops, (int, float)) else '-'})")
+    if args.promote:
+        print(f"promoted to {promote(output_dir, rows)}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log; rerun to retry)",
+              file=sys.stderr)
+        return 1
+    return 0

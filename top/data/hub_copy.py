@@ -1,0 +1,40 @@
+"""The ``datasets`` hub copy of a GLUE task, for runs without ``--data-dir``."""
+
+from __future__ import annotations
+
+from typing import List
+
+from top.data.files import Example, TaskLike, as_task
+from top.data.glue import PREPARE_HINT
+from top.errors import UserError
+
+
+def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
+    """The same split from the `datasets` hub copy of GLUE (downloaded once, then cached)."""
+    task = as_task(task)
+    hub_split = {"dev": task.hub_dev_split, "train": "train"}.get(split)
+    if hub_split is None:
+        raise UserError(f"Unknown split {split!r}; use 'dev' or 'train'.")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"The `datasets` package is not installed, so {task.name} cannot come from the hub; "
+            f"pip install 'top[data]' or {PREPARE_HINT}."
+        ) from None
+    try:
+        rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+    except Exception as exc:  # offline, not cached, hub down: all mean "provide the files yourself"
+        raise UserError(
+            f"Could not load {task.hub_path}/{task.hub_config} ({type(exc).__name__}: {exc}); "
+            f"connect once to cache it, or {PREPARE_HINT}."
+        ) from None
+    examples = []
+    for row in rows:
+        label = row["label"]
+        if task.is_regression:
+            label = float(label)
+        elif label < 0:  # unlabelled test rows
+            continue
+        examples.append(Example(row[task.hub_text_a], row[task.hub_text_b] if task.hub_text_b else None, label))
+    return examples

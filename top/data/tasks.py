@@ -1,0 +1,245 @@
+"""The GLUE tasks as data: `tasks.toml` read into frozen dataclasses."""
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from top.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the pinned 3.8 stack
+    import tomli as tomllib
+
+TASKS_FILE = Path(__file__).with_name("tasks.toml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """The seed README's recommended training configuration for one task."""
+
+    bin_num: int
+    topk: int
+    warmup_epochs: int
+    epochs: int
+    sparsity: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    glue_dir: str
+    train_file: str
+    dev_file: str
+    has_header: bool
+    columns: Tuple[str, ...]
+    train_columns: Tuple[str, ...]
+    text_a: str
+    text_b: Optional[str]
+    label_column: str
+    label_encoding: str
+    labels: Tuple[str, ...]
+    num_labels: int
+    metric: str
+    metrics: Tuple[str, ...]
+    task_length: int
+    hub_path: str
+    hub_config: str
+    hub_text_a: str
+    hub_text_b: Optional[str]
+    hub_dev_split: str
+    train_size: int
+    dev_size: int
+    preset: Optional[Preset]  # None for a user's own data (top.data.custom.custom_task)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def is_pair(self) -> bool:
+        return self.text_b is not None
+
+    def file_name(self, split: str) -> str:
+        return self.split_info(split)[0]
+
+    def split_columns(self, split: str) -> Tuple[str, ...]:
+        return self.split_info(split)[1]
+
+    def split_info(self, split: str) -> Tuple[str, Tuple[str, ...]]:
+        if split == "dev":
+            return self.dev_file, self.columns
+        if split == "train":
+            return self.train_file, self.train_columns
+        raise UserError(f"Unknown split {split!r}; use 'dev' or 'train'.")
+
+
+LABEL_ENCODINGS = ("index", "name", "float")
+# The metric names of the `datasets` glue metric; top/evaluation/metrics.py implements each.
+METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+
+
+def read_toml(path: Path) -> Dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is the user's to fix."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; pass the path of an existing TOML file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path} is not valid TOML ({exc}); fix its syntax.") from None
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_fields(
+    raw: Mapping[str, Any],
+    schema: Mapping[str, type],
+    where: str,
+    path: Path,
+    optional: Tuple[str, ...] = (),
+) -> None:
+    """Raise UserError naming `path` and the field for unknown, missing or mistyped fields."""
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{path}: {where} must be a table; write it as [{where}].")
+    for key in raw:
+        if key not in schema:
+            raise UserError(
+                f"{path}: unknown field {where}.{key}; use only {', '.join(sorted(schema))}."
+            )
+    for key, kind in schema.items():
+        if key not in raw:
+            if key in optional:
+                continue
+            raise UserError(f"{path}: {where} is missing the field {key!r}; add it.")
+        if not _type_ok(raw[key], kind):
+            raise UserError(
+                f"{path}: {where}.{key} must be of type {kind.__name__}, "
+                f"not {type(raw[key]).__name__}; fix its value."
+            )
+
+
+def _str_list(raw: Mapping[str, Any], key: str, where: str, path: Path) -> Tuple[str, ...]:
+    values = raw[key]
+    if not all(isinstance(v, str) for v in values):
+        raise UserError(f"{path}: {where}.{key} must be a list of strings; fix its value.")
+    return tuple(values)
+
+
+_PRESET_SCHEMA = {"bin_num": int, "topk": int, "warmup_epochs": int, "epochs": int, "sparsity": float}
+_TASK_SCHEMA = {
+    "glue_dir": str,
+    "train_file": str,
+    "dev_file": str,
+    "has_header": bool,
+    "columns": list,
+    "train_columns": list,
+    "text_a": str,
+    "text_b": str,
+    "label_column": str,
+    "label_encoding": str,
+    "labels": list,
+    "num_labels": int,
+    "metric": str,
+    "metrics": list,
+    "task_length": int,
+    "hub_path": str,
+    "hub_config": str,
+    "hub_text_a": str,
+    "hub_text_b": str,
+    "hub_dev_split": str,
+    "train_size": int,
+    "dev_size": int,
+    "preset": dict,
+}
+
+
+def _check_preset(preset: Mapping[str, Any], name: str, path: Path) -> None:
+    """The ranges `top train`'s flags enforce, for the values a preset gives when a flag is left out."""
+    ranges = {
+        "sparsity": (0.0 < preset["sparsity"] < 1.0, "strictly between 0 and 1"),
+        "bin_num": (preset["bin_num"] >= 1, "at least 1"),
+        "topk": (preset["topk"] >= 1, "at least 1"),
+        "warmup_epochs": (preset["warmup_epochs"] >= 0, "0 or more"),
+        "epochs": (preset["epochs"] >= 1, "at least 1"),
+    }
+    for key, (ok, rule) in ranges.items():
+        if not ok:
+            raise UserError(f"{path}: {name}.preset.{key} is {preset[key]}; make it {rule}.")
+
+
+def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
+    check_fields(raw, _TASK_SCHEMA, name, path, optional=("train_columns", "hub_path"))
+    check_fields(raw["preset"], _PRESET_SCHEMA, f"{name}.preset", path)
+    _check_preset(raw["preset"], name, path)
+    columns = _str_list(raw, "columns", name, path)
+    train_columns = _str_list(raw, "train_columns", name, path) if "train_columns" in raw else columns
+    labels = _str_list(raw, "labels", name, path)
+    metrics = _str_list(raw, "metrics", name, path)
+    if raw["label_encoding"] not in LABEL_ENCODINGS:
+        raise UserError(f"{path}: {name}.label_encoding must be one of {', '.join(LABEL_ENCODINGS)}.")
+    text_b = raw["text_b"] or None
+    for split_columns in (columns, train_columns):
+        for key in (raw["text_a"], text_b, raw["label_column"]):
+            if key is not None and key not in split_columns:
+                raise UserError(f"{path}: {name} names column {key!r}, which is not in its columns list.")
+    if raw["label_encoding"] != "float" and len(labels) != raw["num_labels"]:
+        raise UserError(f"{path}: {name}.labels has {len(labels)} names but num_labels is {raw['num_labels']}.")
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise UserError(f"{path}: {name}.metrics has {unknown[0]!r}; use names from {', '.join(METRIC_NAMES)}.")
+    if raw["metric"] not in metrics:
+        raise UserError(f"{path}: {name}.metric {raw['metric']!r} must also be listed in {name}.metrics.")
+    fields = dict(raw)
+    fields.update(
+        name=name,
+        columns=columns,
+        train_columns=train_columns,
+        labels=labels,
+        metrics=metrics,
+        text_b=text_b,
+        hub_text_b=raw["hub_text_b"] or None,
+        hub_path=raw.get("hub_path", "glue"),
+        preset=Preset(**raw["preset"]),
+    )
+    return Task(**fields)
+
+
+METRIC_LABELS_TABLE = "metric_labels"
+
+
+def load_task_file(path: Optional[Path] = None) -> Tuple[Dict[str, Task], Dict[str, str]]:
+    """The tasks and the metrics' display names (``[metric_labels]``, one per metric name)."""
+    path = Path(path) if path is not None else TASKS_FILE
+    raw = dict(read_toml(path))
+    if METRIC_LABELS_TABLE not in raw:
+        raise UserError(f"{path} has no [{METRIC_LABELS_TABLE}] table; add one naming each metric.")
+    labels = raw.pop(METRIC_LABELS_TABLE)
+    check_fields(labels, {name: str for name in METRIC_NAMES}, METRIC_LABELS_TABLE, path)
+    return {name: _parse_task(name, table, path) for name, table in raw.items()}, dict(labels)
+
+
+def load_tasks(path: Optional[Path] = None) -> Dict[str, Task]:
+    return load_task_file(path)[0]
+
+
+TASKS, METRIC_LABELS = load_task_file()
+
+
+def canonical_task_name(name: str) -> str:
+    """'SST-2', 'SST2', 'sst2', 'STS-B' ... -> the key in TASKS; unknown -> UserError."""
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise UserError(f"Unknown task {name!r}; use one of {', '.join(TASKS)}.")
+    return key
+
+
+def get_task(name: str) -> Task:
+    return TASKS[canonical_task_name(name)]

@@ -1,0 +1,310 @@
+"""Compact inference: only the surviving tokens of the whole batch are computed.
+
+This is the one compact path every command runs (``top eval --mode compact``, ``top reproduce``,
+the demo and ``top bench``). It removes the tokens that faithful mode only masks, with the same
+keep rule (:func:`top.method.pruning.prune_step`); ``tests/reference_compact.py`` holds a plain
+gather-and-re-pad statement of the same thing that the tests check it against. Built for speed:
+
+- every dense projection (q, k, v, attention output, both feed-forward layers) runs on one
+  packed ``[tokens, hidden]`` matrix holding the survivors of the whole batch, so no padding is
+  multiplied; only the attention scores are computed per example, padded to the batch's longest
+  survivor (a small cost next to the projections at these lengths);
+- a token is dropped right after the attention that ranks it, so the feed-forward of that layer
+  already skips it (what ``top.method.flops.model_macs`` counts);
+- the survivor counts are known on the host before anything runs: how many tokens a prune step
+  keeps depends only on how many are alive (ranks are a permutation), so a
+  :class:`CompactPlan`, built once per set of gates, holds them as a table, and a forward pass
+  reads the input lengths (its one host sync) and never waits for the device again;
+- layers whose attention ranks nothing use the fused ``scaled_dot_product_attention`` kernel
+  where torch has it.
+
+The stock Hugging Face sub-modules of each layer are called as they are; only the scaled
+dot-product between them is written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from top.method.modeling import MASK_VALUE
+from top.method.pruning import prune_step
+
+_HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+
+@dataclasses.dataclass
+class CompactOutput:
+    logits: torch.Tensor
+    # ``[B, L]`` tokens entering each layer, [CLS] included, padding excluded (host-computed).
+    kept_lengths: torch.Tensor
+
+
+def unsupported_reason(model) -> Optional[str]:
+    """Why the compact path cannot run this model (None when it can)."""
+    config = model.config
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return "relative position embeddings are not supported by the compact path"
+    if getattr(config, "is_decoder", False):
+        return "decoder models are not supported by the compact path"
+    if model.training:
+        return "the compact path is for inference; call model.eval() first"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: survivor counts, known before the forward pass
+
+
+def survivor_table(token_z: torch.Tensor, pruner_z: torch.Tensor, max_alive: int,
+                   dtype: torch.dtype = torch.float32) -> List[List[int]]:
+    """``table[location][m]``: non-[CLS] tokens kept at that location when ``m`` are alive.
+
+    :func:`prune_step` keeps a token by the bin of its rank among the alive tokens, so the count
+    depends on ``m`` only. We ask ``prune_step`` itself, on a strictly decreasing score, for
+    every ``m`` at once (the same float ops in ``dtype``, so the same bin boundaries).
+    """
+    token_z = token_z.detach().cpu().to(dtype)
+    pruner_z = pruner_z.detach().cpu().to(dtype)
+    size = max(int(max_alive), 1)
+    score = torch.arange(size, 0, -1, dtype=dtype).expand(size + 1, size)
+    alive = (torch.arange(size)[None, :] < torch.arange(size + 1)[:, None]).to(dtype)
+    table = []
+    for bins, gate in zip(token_z, pruner_z):
+        kept = prune_step(score, alive, bins, gate) > 0
+        table.append(kept.sum(dim=1).tolist())
+    return table
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # tensors have no truth value to compare by
+class CompactPlan:
+    """One set of deterministic gates made ready for :func:`compact_forward`.
+
+    Build it once where the gates are loaded (:meth:`from_gates`); every batch then reuses it.
+    ``table`` (host lists, see :func:`survivor_table`) is None for a dense model.
+    """
+
+    token_z: Optional[torch.Tensor]  # [locations, bins], on the model's device
+    pruner_z: Optional[torch.Tensor]  # [locations]
+    prune_locations: Tuple[int, ...]
+    max_length: int  # the longest input (tokens, [CLS] included) the table covers
+    dtype: torch.dtype
+    table: Optional[List[List[int]]]
+
+    @classmethod
+    def from_gates(cls, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor],
+                   prune_locations: Sequence[int], max_length: int,
+                   dtype: torch.dtype = torch.float32) -> CompactPlan:
+        """``token_z`` None means a dense model; ``pruner_z`` None means every layer gate on."""
+        locations = tuple(int(p) for p in prune_locations)
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if token_z is None:
+            return cls(None, None, locations, int(max_length), dtype, None)
+        if pruner_z is None:
+            pruner_z = token_z.new_ones(token_z.shape[0])
+        if token_z.shape[0] != len(locations) or pruner_z.shape[0] != len(locations):
+            raise ValueError(f"gates cover {token_z.shape[0]} locations but the model prunes at {list(locations)}")
+        token_z, pruner_z = token_z.detach(), pruner_z.detach()
+        table = survivor_table(token_z, pruner_z, max_length - 1, dtype)
+        return cls(token_z, pruner_z, locations, int(max_length), dtype, table)
+
+    @property
+    def pruning(self) -> bool:
+        return self.table is not None
+
+    def layer_lengths(self, lengths: List[int], num_layers: int) -> Tuple[List[List[int]], Dict[int, int]]:
+        """Each layer's input lengths, and ``{layer: location}`` for the layers that end by pruning."""
+        plan = [list(lengths)]
+        prune_after = {}
+        for index in range(1, num_layers):
+            current = plan[-1]
+            if self.pruning and index in self.prune_locations:
+                location = self.prune_locations.index(index)
+                counts = self.table[location]
+                new = [1 + counts[n - 1] if n > 0 else 0 for n in current]
+                if new != current:
+                    prune_after[index - 1] = location
+                current = new
+            plan.append(current)
+        return plan, prune_after
+
+
+@dataclasses.dataclass
+class _Layout:
+    """Where each example's tokens sit: packed rows and the padded ``[B, n]`` attention grid."""
+
+    lengths: List[int]
+    width: int  # n: the longest example
+    pad_rows: torch.Tensor  # [T] flat index b * n + j of every packed row
+    starts: torch.Tensor  # [B] packed row of each example's [CLS]
+    key_bias: Optional[torch.Tensor]  # [B, 1, 1, n] additive mask, None when nothing is padded
+    query_valid: torch.Tensor  # [B, n] float, 1 on real rows
+
+    @property
+    def ragged(self) -> bool:
+        return self.key_bias is not None
+
+
+def _layout(lengths: List[int], device, dtype) -> _Layout:
+    width = max(lengths)
+    starts, pad_rows, total = [], [], 0
+    for b, n in enumerate(lengths):
+        starts.append(total)
+        pad_rows.extend(range(b * width, b * width + n))
+        total += n
+    length_t = torch.tensor(lengths)
+    valid = torch.arange(width)[None, :] < length_t[:, None]
+    ragged = min(lengths) != width
+    key_bias = None
+    if ragged:
+        key_bias = ((~valid).to(dtype) * MASK_VALUE)[:, None, None, :].to(device)
+    return _Layout(
+        lengths=list(lengths),
+        width=width,
+        pad_rows=torch.tensor(pad_rows, dtype=torch.long).to(device),
+        starts=torch.tensor(starts, dtype=torch.long).to(device),
+        key_bias=key_bias,
+        query_valid=valid.to(dtype).to(device),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer
+
+
+def _to_grid(packed: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """``[T, D]`` -> ``[B, n, D]`` with zero padding."""
+    batch = len(layout.lengths)
+    if not layout.ragged:
+        return packed.view(batch, layout.width, packed.shape[-1])
+    grid = packed.new_zeros(batch * layout.width, packed.shape[-1])
+    grid.index_copy_(0, layout.pad_rows, packed)
+    return grid.view(batch, layout.width, packed.shape[-1])
+
+
+def _from_grid(grid: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """``[B, n, D]`` -> ``[T, D]``, padding rows dropped."""
+    flat = grid.reshape(-1, grid.shape[-1])
+    return flat.index_select(0, layout.pad_rows) if layout.ragged else flat
+
+
+def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
+    """Self-attention of one layer on packed tokens: ``(attention_output [T, H], importance)``.
+
+    ``importance`` (only when ``rank``) is ``[B, n]``: attention probabilities averaged over
+    heads and the real query rows (padding rows are an artefact of batching, so they do not count).
+    """
+    self_attention = layer.attention.self
+    heads = self_attention.num_attention_heads
+    head_dim = self_attention.attention_head_size
+    hidden = heads * head_dim
+    batch, width = len(layout.lengths), layout.width
+    qkv = torch.cat([self_attention.query(packed), self_attention.key(packed), self_attention.value(packed)], dim=1)
+    # [B, n, 3, heads, d] -> three [B, heads, n, d]
+    q, k, v = _to_grid(qkv, layout).view(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    importance = None
+    if rank or not _HAS_SDPA:
+        # In place: one [B, heads, n, n] buffer at a time keeps the peak memory at dense's.
+        probs = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(head_dim))
+        if layout.key_bias is not None:
+            probs.add_(layout.key_bias)
+        probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
+        probs.div_(probs.sum(dim=-1, keepdim=True))
+        context = torch.matmul(probs, v)
+        if rank:
+            # Sum over heads and real query rows, then the mean the reference takes.
+            summed = torch.einsum("bhqk,bq->bk", probs, layout.query_valid)
+            rows = layout.query_valid.sum(dim=1, keepdim=True) * heads
+            importance = summed / rows
+    else:
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_bias)
+    context = _from_grid(context.permute(0, 2, 1, 3).reshape(batch, width, hidden), layout)
+    return layer.attention.output(context, packed), importance
+
+
+def _feed_forward(layer, packed: torch.Tensor) -> torch.Tensor:
+    return layer.output(layer.intermediate(packed), packed)
+
+
+def _survivor_rows(importance: torch.Tensor, layout: _Layout, new_layout: _Layout,
+                   bin_gates: torch.Tensor, layer_gate: torch.Tensor) -> torch.Tensor:
+    """Packed rows (old layout) of the tokens that survive, in the new layout's packed order."""
+    alive = layout.query_valid[:, 1:]
+    keep = prune_step(importance[:, 1:], alive, bin_gates.to(alive.dtype), layer_gate.to(alive.dtype)) > 0
+    keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+    # Survivors first, in their original order; the plan says how many there are.
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : new_layout.width]
+    rows = layout.starts[:, None] + order
+    return rows.reshape(-1).index_select(0, new_layout.pad_rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward pass
+
+
+def compact_forward(
+    model,
+    plan: CompactPlan,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    token_type_ids: Optional[torch.Tensor] = None,
+) -> CompactOutput:
+    """Logits of ``model`` (a ``ToPForSequenceClassification``) with the tokens ``plan`` prunes removed.
+
+    Inputs are right-padded as a tokenizer makes them. One host sync per call (the input
+    lengths), none per layer.
+    """
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(reason)
+    if plan.pruning and tuple(model.prune_locations) != plan.prune_locations:
+        raise ValueError(
+            f"the plan prunes at {list(plan.prune_locations)} but the model at {list(model.prune_locations)}"
+        )
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    family = model._family
+    layers = family.layers
+
+    with torch.no_grad():
+        lengths = attention_mask.sum(dim=1).tolist()  # the one host sync
+        width = max(lengths)
+        if width > plan.max_length:
+            raise ValueError(f"an input has {width} tokens but the plan was built for at most {plan.max_length}")
+        embedded = family.embed(
+            input_ids[:, :width], None if token_type_ids is None else token_type_ids[:, :width]
+        )
+        dtype, device = embedded.dtype, embedded.device
+        if plan.pruning and dtype != plan.dtype:
+            raise ValueError(f"the plan was built for {plan.dtype} but the model computes in {dtype}")
+
+        layer_lengths, prune_after = plan.layer_lengths(lengths, len(layers))
+        layouts = [_layout(lens, device, dtype) for lens in layer_lengths]
+
+        first = layouts[0]
+        packed = _from_grid(embedded, first) if first.ragged else embedded.reshape(-1, embedded.shape[-1])
+        for index, layer in enumerate(layers):
+            layout = layouts[index]
+            location = prune_after.get(index)
+            attended, importance = _attention(layer, packed, layout, rank=location is not None)
+            if location is not None:
+                rows = _survivor_rows(importance, layout, layouts[index + 1],
+                                      plan.token_z[location], plan.pruner_z[location])
+                attended = attended.index_select(0, rows)
+            packed = _feed_forward(layer, attended)
+        cls = packed.index_select(0, layouts[-1].starts)
+        logits = family.head(cls[:, None, :])
+    kept_lengths = torch.tensor(layer_lengths, dtype=torch.long).t().contiguous()
+    return CompactOutput(logits=logits, kept_lengths=kept_lengths.to(input_ids.device))
+
+
+def prediction_agreement(a: torch.Tensor, b: torch.Tensor, regression_tolerance: float = 1e-2) -> Sequence[bool]:
+    """Per example: same argmax class (classification) or within a tolerance (regression)."""
+    if a.shape[-1] == 1:
+        return ((a[:, 0] - b[:, 0]).abs() <= regression_tolerance).tolist()
+    return (a.argmax(dim=-1) == b.argmax(dim=-1)).tolist()
