@@ -109,6 +109,18 @@ def tests(session: nox.Session) -> None:
     run_pytest(session)
 
 
+# `top grid --backend ray` is tested on this Ray; every node of a cluster must run the same version.
+RAY = "ray[tune]==2.60.0"
+
+
+@nox.session(name="tests-ray", python=CURRENT_PYTHON)
+def tests_ray(session: nox.Session) -> None:
+    """`top grid --backend ray` on a real two-node Ray cluster on loopback (tests/test_grid_ray.py)."""
+    install_current(session, extras="test")
+    session.install(RAY)
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests/test_grid_ray.py", "-v"]))
+
+
 # The stdlib venv: current virtualenv releases no longer seed pip into Python 3.8 environments.
 @nox.session(name="tests-pinned", python=PINNED_PYTHON, venv_backend="venv")
 def tests_pinned(session: nox.Session) -> None:

@@ -6,6 +6,7 @@ that leaves what a real run leaves: best/, last/ and summary.json. One test runs
 """
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from top.cli import main
 from top.commands import grid as grid_module
+from top.commands import grid_launch
 from top.errors import UserError
 
 FAKE_TRAINER = textwrap.dedent(
@@ -361,3 +363,52 @@ def test_the_real_top_train_runs_under_the_grid(tmp_path, monkeypatch):
     assert main(["grid", "--task", "sst2", "--grid", str(grid_file), "--model", str(model),
                  "--output-dir", str(out)]) == 0
     assert [(out / "runs" / r["run_id"] / "train.log").stat().st_size for r in rows] == before
+
+
+def test_the_ray_backend_without_ray_says_what_to_install(fake, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as where Ray is not installed
+    assert fake.run("--backend", "ray") == 2
+    err = capsys.readouterr().err
+    assert "pip install 'top[ray]'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert fake.calls() == []
+
+
+@pytest.mark.parametrize("extra, named", [(("--address", "auto"), "--address"),
+                                          (("--backend", "ray", "--devices", "0,1"), "--devices"),
+                                          (("--backend", "ray", "--max-failures", "-1"), "--max-failures")])
+def test_options_of_the_other_backend_are_refused(fake, capsys, extra, named):
+    assert fake.run(*extra) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert fake.calls() == []
+
+
+def test_the_ray_reporter_sends_each_evaluation_once(tmp_path):
+    from top.commands.grid_ray import EvalReporter
+
+    log = tmp_path / "log.jsonl"
+    sent = []
+    reporter = EvalReporter(log, sent.append, "r1")
+    reporter()  # no log yet
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "score": 0.7, "expected_sparsity": 0.3}\n{"step": 3, "sc')
+    reporter()
+    assert sent == [{"run_id": "r1", "step": 2, "score": 0.7, "expected_sparsity": 0.3,
+                     "expected_sequence_sparsity": None}]
+    # a resume rewrites the log (a new file, as top train's atomic write leaves it) cut back to step 2,
+    # and writes on: step 2 is not sent again
+    fresh = tmp_path / "log.tmp"
+    fresh.write_text('{"step": 2, "score": 0.7, "expected_sparsity": 0.3}\n{"step": 4, "score": 0.8}\n')
+    os.replace(fresh, log)
+    reporter()
+    assert [r["step"] for r in sent] == [2, 4]
+
+
+def test_a_resumed_attempt_records_its_step(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_INTERRUPT", "lr3e-05_alpha0.01")
+    assert fake.run() == 1
+    assert fake.run() == 0
+    status = json.loads((fake.out / "runs" / "lr3e-05_alpha0.01" / grid_module.STATUS_FILE).read_text())
+    assert [a["resume"] for a in status["attempt_log"]] == [False, True]
+    assert [a["returncode"] for a in status["attempt_log"]] == [137, 0]
+    assert grid_launch.resumed_step(b"x\n12:00 INFO top: resumed from /o/last at step 8\n") == 8

@@ -18,15 +18,22 @@ import os
 import queue
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set
 
-from top.commands import train
+from top.commands import grid_ray, train
+from top.commands.grid_launch import (  # noqa: F401  (STATUS_FILE, LOG_FILE: the run files' names, for callers)
+    LOG_FILE,
+    STATUS_FILE,
+    TRAIN_COMMAND_ENV,
+    is_finished,
+    launch,
+    read_status,
+    train_command_prefix,
+)
 from top.commands.options import add_device_argument
 from top.data.tasks import canonical_task_name, read_toml
 from top.errors import UserError
@@ -35,10 +42,6 @@ from top.storage.io import atomic_directory, atomic_write_json, atomic_write_tex
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRID = Path(__file__).with_name("grid_default.toml")
-# Tests (and people with their own launcher) replace `python -m top train` with this command.
-TRAIN_COMMAND_ENV = "TOP_GRID_TRAIN_CMD"
-STATUS_FILE = "grid_run.json"  # written by the grid in each run directory
-LOG_FILE = "train.log"
 
 # `top train` options that the grid sets for each run itself, so a grid file may not.
 SET_BY_GRID = ("task", "output_dir", "resume")
@@ -209,18 +212,6 @@ def device_slots(devices: Optional[str], gpus_per_run: int) -> List[Optional[str
     return [",".join(ids[i:i + gpus_per_run]) for i in range(0, len(ids), gpus_per_run)]
 
 
-def train_command_prefix(gpus_per_run: int = 1, override: Optional[Sequence[str]] = None) -> List[str]:
-    """The command that starts one run, before its options: `python -m top train` or torchrun."""
-    if override is not None:
-        return list(override)
-    from_env = os.environ.get(TRAIN_COMMAND_ENV)
-    if from_env:
-        return shlex.split(from_env)
-    if gpus_per_run > 1:
-        return ["torchrun", "--standalone", "--nproc_per_node", str(gpus_per_run), "-m", "top", "train"]
-    return [sys.executable, "-m", "top", "train"]
-
-
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -245,16 +236,7 @@ def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Pa
     return args
 
 
-def read_status(run_dir: Path) -> Dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def is_finished(run_dir: Path) -> bool:
-    return read_status(run_dir).get("status") == "done"
-
+BACKENDS = ("local", "ray")  # the first is the default
 
 SUMMARY_FIELDS = ("best_score", "metric", "sparsity", "flops_reduction")
 
@@ -272,32 +254,16 @@ def read_train_summary(run_dir: Path) -> Dict[str, Any]:
     return row
 
 
-def launch(run: Run, command: List[str], run_dir: Path, cuda_devices: Optional[str]) -> Dict[str, Any]:
-    """Run one `top train` to its end; record its status, output and wall time in the run directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_status(run_dir)
-    wall_before = float(previous.get("wall_s") or 0.0)
-    status = {"run_id": run.run_id, "hyperparameters": run.hyperparameters, "command": command,
-              "cuda_visible_devices": cuda_devices, "status": "running", "wall_s": wall_before,
-              "attempts": int(previous.get("attempts") or 0) + 1}
-    atomic_write_json(run_dir / STATUS_FILE, status)
-    env = dict(os.environ)
-    if cuda_devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
-    logger.info("run %s%s: %s", run.run_id, f" on GPU {cuda_devices}" if cuda_devices else "",
-                " ".join(shlex.quote(c) for c in command))
-    started = time.perf_counter()
-    with open(run_dir / LOG_FILE, "ab") as log:
-        returncode = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    status["wall_s"] = round(wall_before + time.perf_counter() - started, 3)
-    status["returncode"] = returncode
-    status["status"] = "done" if returncode == 0 else "failed"
-    atomic_write_json(run_dir / STATUS_FILE, status)
-    if returncode:
-        logger.warning("run %s failed (exit %d); see %s", run.run_id, returncode, run_dir / LOG_FILE)
-    else:
-        logger.info("run %s done in %.0f s", run.run_id, status["wall_s"] - wall_before)
-    return status
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """Where the runs go: ``local`` (a pool, one run per device slot) or ``ray`` (one Tune trial per run)."""
+
+    name: str = "local"
+    devices: Optional[str] = None
+    gpus_per_run: int = 1
+    address: Optional[str] = None  # ray: None starts Ray on this machine (or follows RAY_ADDRESS)
+    cpus_per_run: float = 1.0
+    max_failures: int = 3
 
 
 def run_grid(
@@ -309,13 +275,15 @@ def run_grid(
     options: Optional[Mapping[str, Any]] = None,
     train_command: Optional[Sequence[str]] = None,
     dry_run: bool = False,
+    backend: Optional[Backend] = None,
 ) -> List[Dict[str, Any]]:
     """Run every point of `grid` not yet finished; return one result row per point (grid order).
 
     `options` (e.g. model, teacher, data_dir from the command line) override the grid's [fixed].
     """
+    backend = backend or Backend(devices=devices, gpus_per_run=gpus_per_run)
     task = canonical_task_name(task)
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).absolute()  # every node of a cluster reads the same path
     fixed = dict(grid.fixed)
     fixed.update({k: v for k, v in (options or {}).items() if v is not None})
     if "model" not in fixed:
@@ -323,34 +291,52 @@ def run_grid(
     fixed.setdefault("teacher", fixed["model"])
     if fixed.get("train_file") and fixed.get("data_dir"):
         raise UserError("Pass either --data-dir (GLUE) or --train-file/--validation-file, not both.")
-    slots = device_slots(devices, gpus_per_run)
-    prefix = train_command_prefix(gpus_per_run, train_command)
+    slots = device_slots(backend.devices, backend.gpus_per_run) if backend.name == "local" else [None]
     runs = expand(grid)
     pending = [r for r in runs if not is_finished(output_dir / "runs" / r.run_id)]
+    where = ("Ray" if backend.name == "ray" else "the default device" if slots == [None]
+             else "GPU(s) " + " | ".join(s or "" for s in slots))
     logger.info("grid %s: %d run(s), %d finished, %d to go on %s", grid.source, len(runs),
-                len(runs) - len(pending), len(pending),
-                "the default device" if slots == [None] else "GPU(s) " + " | ".join(s or "" for s in slots))
+                len(runs) - len(pending), len(pending), where)
 
-    def command_for(run: Run) -> List[str]:
-        run_dir = output_dir / "runs" / run.run_id
-        merged = dict(fixed, **run.hyperparameters)
+    def arguments_for(run: Run, resume: bool) -> List[str]:
         train_task = None if fixed.get("train_file") else task
-        return prefix + train_arguments(train_task, merged, run_dir, resume=(run_dir / "last").is_dir())
+        return train_arguments(train_task, dict(fixed, **run.hyperparameters), output_dir / "runs" / run.run_id, resume)
 
     if dry_run:
+        prefix = train_command_prefix(backend.gpus_per_run, train_command)
         for run in pending:
-            print(" ".join(shlex.quote(c) for c in command_for(run)))
+            resume = (output_dir / "runs" / run.run_id / "last").is_dir()
+            print(" ".join(shlex.quote(c) for c in prefix + arguments_for(run, resume)))
         return []
+    if backend.name == "ray":
+        trials = [grid_ray.TrialSpec(run.run_id, run.hyperparameters, str(output_dir / "runs" / run.run_id),
+                                     arguments_for(run, False), arguments_for(run, True)) for run in pending]
+        grid_ray.run_trials(trials, output_dir, grid_ray.RaySettings(
+            backend.address, backend.gpus_per_run, backend.cpus_per_run, backend.max_failures,
+            list(train_command) if train_command is not None else None))
+    else:
+        _run_local(pending, runs, output_dir, slots, train_command_prefix(backend.gpus_per_run, train_command),
+                   arguments_for)
+    rows = collect_results(output_dir, runs)
+    write_results(output_dir, rows)
+    return rows
 
+
+def _run_local(pending: Sequence[Run], runs: Sequence[Run], output_dir: Path, slots: List[Optional[str]],
+               prefix: List[str], arguments_for) -> None:
+    """The local pool: one thread per device slot, each run on the slot it takes."""
     free: queue.Queue[Optional[str]] = queue.Queue()
     for slot in slots:
         free.put(slot)
     lock = threading.Lock()
 
     def work(run: Run) -> None:
+        run_dir = output_dir / "runs" / run.run_id
         slot = free.get()
-        try:
-            launch(run, command_for(run), output_dir / "runs" / run.run_id, slot)
+        try:  # resume is decided as the run starts: an earlier attempt may have left last/
+            launch(run.run_id, run.hyperparameters, prefix + arguments_for(run, (run_dir / "last").is_dir()),
+                   run_dir, slot)
         finally:
             free.put(slot)
         with lock:  # keep the tables current while the grid is running
@@ -359,9 +345,6 @@ def run_grid(
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         for future in [pool.submit(work, run) for run in pending]:
             future.result()
-    rows = collect_results(output_dir, runs)
-    write_results(output_dir, rows)
-    return rows
 
 
 # --------------------------------------------------------------------------- results
@@ -439,8 +422,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="GLUE task (the seed's spellings work too)")
     parser.add_argument("--grid", help=f"grid TOML file (default: the paper's grid, {DEFAULT_GRID.name})")
     parser.add_argument("--output-dir", required=True, help="runs go to OUT/runs/<run-id>/")
-    parser.add_argument("--devices", help="GPU numbers, e.g. 0,1: runs go out in parallel, one per GPU")
-    parser.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; above 1 runs use torchrun")
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                        help="local: a pool on this machine, one run per --devices slot; ray: one Ray Tune trial "
+                             "per run, on this machine or the cluster at --address (needs `pip install 'top[ray]'`)")
+    parser.add_argument("--address", help="ray: the cluster to join (auto, or HOST:PORT of `ray start --head`); "
+                                          "default: RAY_ADDRESS if set, else a Ray instance started on this machine")
+    parser.add_argument("--devices", help="local: GPU numbers, e.g. 0,1: runs go out in parallel, one per GPU")
+    parser.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; above 1 runs use torchrun "
+                                                                     "(ray: asked of the cluster when it has GPUs)")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each trial asks for (default 1)")
+    parser.add_argument("--max-failures", type=int, default=3,
+                        help="ray: further attempts a trial may take when its node or run dies (default 3)")
     parser.add_argument("--model", help="the fine-tuned dense model to prune (or model in [fixed])")
     parser.add_argument("--teacher", help="the distillation teacher (default: --model)")
     parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's layout")
@@ -457,8 +449,17 @@ def run(args: argparse.Namespace) -> int:
     options = {"model": args.model, "teacher": args.teacher, "data_dir": args.data_dir,
                "train_file": args.train_file, "validation_file": args.validation_file, "device": args.device}
     train_command = shlex.split(args.train_command) if args.train_command else None
-    rows = run_grid(args.task, grid, args.output_dir, args.devices, args.gpus_per_run, options,
-                    train_command, dry_run=args.dry_run)
+    if args.backend == "local" and args.address:
+        raise UserError("--address is for --backend ray; add --backend ray, or drop --address.")
+    if args.backend == "ray" and args.devices:
+        raise UserError("--devices is for --backend local; on Ray each trial gets its GPUs from the cluster "
+                        "(--gpus-per-run), so drop --devices.")
+    if args.max_failures < 0 or args.cpus_per_run <= 0:
+        raise UserError("--max-failures must be 0 or more and --cpus-per-run above 0.")
+    backend = Backend(args.backend, args.devices, args.gpus_per_run, args.address, args.cpus_per_run,
+                      args.max_failures)
+    rows = run_grid(args.task, grid, args.output_dir, options=options, train_command=train_command,
+                    dry_run=args.dry_run, backend=backend)
     if args.dry_run:
         return 0
     output_dir = Path(args.output_dir)

@@ -172,3 +172,25 @@ def _in_use_message(lock: Path, holder: Optional[dict]) -> str:
         f"{lock.parent} is in use by {who}; wait for it to finish or give another --output-dir "
         f"(delete {lock} only if no run is using it)."
     )
+
+
+def holder(out: Path) -> Optional[dict]:
+    """Who holds ``out``'s lock (pid, host, boot id), or None when no live run holds it."""
+    lock = Path(out) / LOCK_FILE
+    if not lock.exists():
+        return None
+    found = _read(lock)
+    return (found or {}) if _holder_alive(lock, found) else None
+
+
+def release_for_lost_host(out: Path, host: str, reason: str) -> bool:
+    """Remove a lock that ``host`` left, when something that can tell (a cluster that saw the node die)
+    says that host's run is gone; False if the lock is not that host's."""
+    lock = Path(out) / LOCK_FILE
+    found = _read(lock)
+    if found is None or found.get("host") != host or host == socket.gethostname():
+        return False
+    logger.warning("%s was left by pid %s on %s, whose node %s; taking it over", lock, found.get("pid"), host, reason)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(str(lock))
+    return True
