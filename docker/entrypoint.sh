@@ -66,8 +66,8 @@ eval_task() {
         checkpoint="$(python - "$task" <<'PY'
 import os, sys
 from top.errors import UserError
-from top.hub import resolve_checkpoint
-from top.published import load_results_table
+from top.storage.hub import resolve_checkpoint
+from top.data.published import load_results_table
 row = load_results_table().get(sys.argv[1])
 repo = getattr(row, "checkpoint", "") if row is not None else ""
 if repo:

@@ -418,3 +418,17 @@ def test_entrypoint_refuses_a_read_only_outputs_directory(stub):
     finally:
         outputs.chmod(0o755)
     assert result.returncode == 2 and calls == [] and "./outputs on the host" in result.stderr
+
+
+def test_the_python_in_the_docker_scripts_imports_what_exists():
+    """The entrypoint's embedded Python names modules of top/: each must exist with that name."""
+    import importlib
+    import re
+
+    found = []
+    for script in sorted((ROOT / "docker").glob("*.sh")):
+        for module, names in re.findall(r"^from (top[\w.]*) import ([\w, ]+)$", script.read_text(), re.M):
+            for name in names.split(","):
+                found.append((module, name.strip()))
+                assert hasattr(importlib.import_module(module), name.strip()), f"{script.name}: {module}.{name}"
+    assert ("top.storage.hub", "resolve_checkpoint") in found
