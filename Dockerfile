@@ -3,6 +3,8 @@
 #                      environment, for sm_37..sm_75 GPUs (K80, P100, V100, T4, RTX 20xx)
 #   ampere             the same stack with torch 1.12.1+cu113 (adds sm_80/sm_86: A100, A10, RTX 30xx)
 #   current            Python 3.11, torch 2.13.0 (PyPI, CUDA 13 wheels), transformers 4.57: H100/H200, L4, ...
+# Every target carries Ray Tune for `top grid --backend ray` and the ray-head / ray-worker services:
+# 2.10.0 on Python 3.8 (exact, ampere), 2.60.0 on 3.11 (current). A cluster's nodes must share one.
 #     docker build -t top:exact .
 #     docker build --target ampere -t top:ampere .
 #     docker build --target current -t top:current .
@@ -75,10 +77,13 @@ ARG TRANSFORMERS_VERSION
 ARG TOKENIZERS_VERSION
 ARG SCIPY_VERSION
 ARG NUMPY_VERSION
-COPY requirements/pinned.txt requirements/pinned-numpy.txt requirements/
+COPY requirements/pinned.txt requirements/pinned-numpy.txt requirements/pinned-ray.txt requirements/
 # scipy 1.7.3's metadata caps numpy below 1.23, but the paper's environment ran numpy 1.24.4
 # with it: pinned.txt resolves a 1.22.x, and pinned-numpy.txt replaces it with --no-deps.
+# Between them, Ray 2.10.0 (the newest for Python 3.8, for `top grid --backend ray`), locked
+# against pinned.txt so that it moves none of the paper's pins.
 RUN pip install --require-hashes -r requirements/pinned.txt \
+    && pip install --require-hashes -r requirements/pinned-ray.txt \
     && pip install --no-deps --require-hashes -r requirements/pinned-numpy.txt \
     && python -c "import torch, transformers, tokenizers, scipy, numpy; \
 got = (torch.__version__.split('+')[0], transformers.__version__, tokenizers.__version__, scipy.__version__, numpy.__version__); \
@@ -87,12 +92,14 @@ assert got == want, (got, want)"
 
 # The same with torch 1.12.1+cu113 from PyTorch's index in place of the PyPI (cu102) wheel.
 FROM python-build AS deps-ampere
-COPY requirements/pinned.txt requirements/pinned-numpy.txt requirements/ampere.txt requirements/
+COPY requirements/pinned.txt requirements/pinned-numpy.txt requirements/pinned-ray.txt requirements/ampere.txt \
+     requirements/
 # pinned.txt without its torch entry (the requirement line and its --hash continuation lines).
 RUN pip install --no-deps --require-hashes -r requirements/ampere.txt \
     && awk '/^torch==/ {skip = 1; next} skip && /^[[:space:]]/ {next} {skip = 0; print}' \
         requirements/pinned.txt > /tmp/pinned-without-torch.txt \
     && pip install --require-hashes -r /tmp/pinned-without-torch.txt \
+    && pip install --require-hashes -r requirements/pinned-ray.txt \
     && pip install --no-deps --require-hashes -r requirements/pinned-numpy.txt \
     && python -c "import torch; assert torch.__version__ == '1.12.1+cu113', torch.__version__"
 

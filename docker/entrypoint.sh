@@ -9,7 +9,11 @@
 #                           (from $CHECKPOINT_DIR/<repo name>, the HF cache or a download), else
 #                           outputs/TASK/best (RTE has no published checkpoint)
 #   grid-task TASK [ARGS]   top grid over the paper's grid, pruning the teacher that train-TASK
-#                           fine-tuned ($TEACHER, else outputs/TASK/teacher/best), winner promoted
+#                           fine-tuned ($TEACHER, else outputs/TASK/teacher/best), winner promoted;
+#                           on the Ray cluster at $RAY_ADDRESS when it is set (--backend ray), in
+#                           Ray started here with TOP_GRID_BACKEND=ray, else the local thread pool
+#   ray-head [ARGS]         `ray start --head --block` on port $RAY_PORT: this machine heads a cluster
+#   ray-worker [ARGS]       `ray start --block --address $RAY_ADDRESS`: this machine joins it
 #   test [PYTEST ARGS]      the test suite, on the image's pinned stack
 #   anything else           run as a command (bash, python, nvidia-smi, ...)
 #
@@ -38,12 +42,15 @@ data_args() {
 # cannot write; a directory that exists (the repository keeps outputs/ and .hf-cache/) stays its
 # owner's, and compose runs the container as that owner when TOP_UID/TOP_GID say who it is.
 check_writable() {
-    local dir host
-    for dir in "${HF_HOME:-${HOME:-/tmp}/.cache/huggingface}" "$PWD/outputs"; do
+    local dir host dirs=("${HF_HOME:-${HOME:-/tmp}/.cache/huggingface}" "$PWD/outputs")
+    # Ray's session folder, where compose mounts it (TOP_RAY_SESSION).
+    if [ -d /tmp/ray ]; then dirs+=(/tmp/ray); fi
+    for dir in "${dirs[@]}"; do
         mkdir -p "$dir" 2>/dev/null || true
         if [ ! -d "$dir" ] || [ ! -w "$dir" ] || [ ! -x "$dir" ]; then
             case "$dir" in
                 "$PWD/outputs") host="./outputs" ;;
+                /tmp/ray) host="\${TOP_RAY_SESSION:-./.ray-session}" ;;
                 *) host="\${HF_CACHE:-./.hf-cache}" ;;
             esac
             echo "$dir ($host on the host) is not writable by uid $(id -u) in the container; on the host run" \
@@ -90,6 +97,24 @@ PY
         --output-dir "outputs/eval-$task" "$@"
 }
 
+# The grid's backend: TOP_GRID_BACKEND (local or ray), else ray when RAY_ADDRESS names a cluster.
+grid_backend_args() {
+    local task="$1" backend="${TOP_GRID_BACKEND:-}"
+    if [ -z "$backend" ]; then
+        backend=local
+        if [ -n "${RAY_ADDRESS:-}" ]; then backend=ray; fi
+    fi
+    case "$backend" in
+        local) ;;
+        ray)
+            printf '%s\n' --backend ray
+            if [ -n "${RAY_ADDRESS:-}" ]; then printf '%s\n' --address "$RAY_ADDRESS"; fi ;;
+        *)
+            echo "grid-$task: TOP_GRID_BACKEND=$backend is neither local nor ray; unset it or pick one." >&2
+            return 2 ;;
+    esac
+}
+
 grid_task() {
     local task="$1"; shift
     local teacher="${TEACHER:-outputs/$task/teacher/best}"
@@ -97,9 +122,41 @@ grid_task() {
         echo "grid-$task: no fine-tuned teacher at $teacher; set TEACHER=DIR or run train-$task first." >&2
         exit 2
     fi
+    local backend
+    backend="$(grid_backend_args "$task")" || exit 2
+    mapfile -t backend_args <<< "$backend"
     mapfile -t data < <(data_args)
-    exec python -m top grid --task "$task" --model "$teacher" "${data[@]}" \
+    exec python -m top grid --task "$task" --model "$teacher" "${data[@]}" ${backend:+"${backend_args[@]}"} \
         --output-dir "outputs/grid-$task" --promote "$@"
+}
+
+# ray-head | ray-worker: one node of a Ray cluster in the foreground (`docker compose up -d` keeps it).
+ray_node() {
+    local role="$1"; shift
+    if ! command -v ray >/dev/null 2>&1; then
+        echo "$role: this image has no Ray; build the current or exact target of this repository's Dockerfile," \
+            "which install it." >&2
+        exit 2
+    fi
+    if [ "${RAY_AUTH_MODE:-disabled}" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+        echo "$role: RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN, the same on every machine of the cluster; run" \
+            "\`export RAY_AUTH_TOKEN=\$(openssl rand -hex 32)\` once and export that value on each machine" \
+            "(or RAY_AUTH_MODE=disabled on a network you trust)." >&2
+        exit 2
+    fi
+    local where=()
+    if [ "$role" = ray-head ]; then
+        where=(--head "--port=${RAY_PORT:-6379}" --include-dashboard=false)
+    else
+        if [ -z "${RAY_ADDRESS:-}" ]; then
+            echo "ray-worker: set RAY_ADDRESS to the head's HOST:PORT (ray-head listens on port ${RAY_PORT:-6379})," \
+                "e.g. RAY_ADDRESS=10.0.0.1:6379." >&2
+            exit 2
+        fi
+        where=("--address=$RAY_ADDRESS")
+    fi
+    if [ -n "${RAY_NODE_IP:-}" ]; then where+=("--node-ip-address=$RAY_NODE_IP"); fi
+    exec ray start --block --disable-usage-stats "${where[@]}" "$@"
 }
 
 if [ "$#" -eq 0 ]; then
@@ -108,8 +165,13 @@ fi
 
 command="$1"
 case "$command" in
-    eval|finetune|train|bench|demo|grid|train-task|grid-task|eval-task|reproduce) check_writable ;;
+    eval|finetune|train|bench|demo|grid|train-task|grid-task|eval-task|reproduce|ray-head|ray-worker)
+        check_writable ;;
 esac
+# Compose passes unset variables as empty ones; Ray reads an empty RAY_ADDRESS as an address.
+for name in RAY_ADDRESS RAY_AUTH_TOKEN RAY_NODE_IP; do
+    if [ -z "${!name:-}" ]; then unset "$name"; fi
+done
 case "$command" in
     reproduce)
         shift
@@ -126,6 +188,8 @@ case "$command" in
     grid-task)
         shift; [ "$#" -ge 1 ] || { echo "grid-task: give the task name, e.g. grid-task cola." >&2; exit 2; }
         grid_task "$@" ;;
+    ray-head|ray-worker)
+        shift; ray_node "$command" "$@" ;;
     eval-task)
         shift; [ "$#" -ge 1 ] || { echo "eval-task: give the task name, e.g. eval-task cola." >&2; exit 2; }
         eval_task "$@" ;;

@@ -1,6 +1,6 @@
 """Regenerate the hash-locked requirement files from PyPI alone.
 
-    nox -s lock                 # requirements/pinned.txt and pinned-numpy.txt (CPython 3.8)
+    nox -s lock                 # requirements/pinned.txt, pinned-numpy.txt and pinned-ray.txt (CPython 3.8)
     nox -s lock -- --current    # requirements/current.txt (CPython 3.11, the Hopper image)
     nox -s lock -- --ampere     # requirements/ampere.txt (torch 1.12.1+cu113, PyTorch's index)
     nox -s lock -- --upgrade    # let pip-compile move unpinned packages to newer releases
@@ -121,6 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             exe = tool_venv(args.python38, Path(tmp), env)
             compile_lock(exe, REQUIREMENTS / "pinned.in", REQUIREMENTS / "pinned.txt", env, args.upgrade)
             compile_lock(exe, REQUIREMENTS / "pinned-numpy.in", REQUIREMENTS / "pinned-numpy.txt", env, args.upgrade)
+            # Ray for the images only (not the tests-pinned venv), held to pinned.txt's versions.
+            compile_lock(exe, REQUIREMENTS / "pinned-ray.in", REQUIREMENTS / "pinned-ray.txt", env, args.upgrade)
         if args.current:
             env = clean_env("nox -s lock -- --current")
             exe = tool_venv(args.python311, Path(tmp), env)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -269,6 +270,59 @@ def test_grid_cola_runs_a_two_point_grid_and_promotes_the_winner(world):
     report = read_json(world.outputs / "grid-cola" / "grid.json")
     assert len(report["runs"]) == 2 and report["best"] is not None
     assert PUBLISHED_LAYOUT <= {p.name for p in (world.outputs / "grid-cola" / "best").iterdir()}
+
+
+def test_grid_cola_on_ray_runs_its_trials_on_the_ray_head_container(world):
+    """RAY_ADDRESS turns grid-cola into a Ray Tune driver of the cluster that ray-head started in another
+    container. grid-cola joins ray-head's network namespace and Ray session folder, as on a real cluster
+    it shares the head machine's (network_mode host, TOP_RAY_SESSION). Same grid as the local test above:
+    same winner, bit-identical weights."""
+    session = world.root / "ray-session"
+    session.mkdir()
+    os.chown(session, UID, GID)
+    head = f"{PROJECT}-ray-head"
+    joined = world.root / "ray-joined.yml"
+    joined.write_text(f'services:\n  grid-cola: {{network_mode: "container:{head}"}}\n')
+    env = world.env(TOP_RAY_SESSION=str(session), RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_NODE_IP="127.0.0.1",
+                    RAY_ADDRESS="127.0.0.1:6379")
+    files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "docker-compose.cpu.yml"),
+             "-f", str(world.override)]
+    compose = [CLI, "compose", "-p", PROJECT, "--project-directory", str(ROOT)]
+    start = time.monotonic()
+    started = subprocess.run([*compose, *files, "run", "-d", "--name", head, "ray-head"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        deadline, logs = time.monotonic() + 180, ""
+        while time.monotonic() < deadline and "Ray runtime started" not in logs:
+            time.sleep(2)
+            logs = world.docker("logs", head, check=False).stdout
+        assert "Ray runtime started" in logs, logs[-3000:]
+        head_host = world.docker("inspect", "-f", "{{.Config.Hostname}}", head).stdout.strip()
+        world.record("ray-head", (), 0, time.monotonic() - start, world.outputs, {}, {}, "up, detached")
+        before = written_at(world.outputs)
+        start = time.monotonic()
+        result = subprocess.run([*compose, *files, "-f", str(joined), "run", "--rm", "grid-cola",
+                                 "--grid", "outputs/grid-two.toml", "--output-dir", "outputs/grid-cola-ray"],
+                                env=env, capture_output=True, text=True, timeout=1200)
+        world.record("grid-cola --grid outputs/grid-two.toml --output-dir outputs/grid-cola-ray", (),
+                     result.returncode, time.monotonic() - start, world.outputs, before, {},
+                     "RAY_ADDRESS: ray-head's cluster")
+        said = result.stdout + result.stderr
+        assert result.returncode == 0, said[-3000:]
+    finally:
+        world.docker("rm", "-f", head, check=False)
+    local, on_ray = world.outputs / "grid-cola", world.outputs / "grid-cola-ray"
+    report, local_report = read_json(on_ray / "grid.json"), read_json(local / "grid.json")
+    assert report["best"] is not None and report["best"] == local_report["best"]
+    assert sorted(r["run_id"] for r in report["runs"]) == sorted(r["run_id"] for r in local_report["runs"])
+    assert (on_ray / "ray").is_dir(), "Tune's own results folder is missing"
+    for run in report["runs"]:
+        status = read_json(on_ray / "runs" / run["run_id"] / "grid_run.json")
+        attempts = status["attempt_log"]
+        assert attempts and all(a.get("node_id") and a.get("host") == head_host for a in attempts), status
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(on_ray / "best" / "model.safetensors") == digest(local / "best" / "model.safetensors")
 
 
 def test_the_test_service_passes_a_stated_subset_inside_the_image(world):

@@ -82,9 +82,28 @@ def test_lock_has_the_papers_pins_and_a_hash_for_every_package():
 
 
 def test_locks_name_no_index_so_the_hashes_are_pypis():
-    for name in ["pinned.txt", "pinned-numpy.txt", "current.txt"]:
+    for name in ["pinned.txt", "pinned-numpy.txt", "pinned-ray.txt", "current.txt"]:
         text = (REQUIREMENTS / name).read_text(encoding="utf-8")
         assert not re.search(r"^\s*(-i|--index-url|--extra-index-url|--find-links|-f)\b", text, re.M), name
+
+
+def test_every_image_carries_ray_without_moving_a_pin():
+    """Ray 2.10.0 (the newest for Python 3.8) beside the paper's pins; 2.60.0, the tested one, in current."""
+    pins, ray = locked(REQUIREMENTS / "pinned.txt"), locked(REQUIREMENTS / "pinned-ray.txt")
+    assert ray["ray"][0] == "2.10.0"
+    shared = set(pins) & set(ray)
+    assert {"numpy", "requests"} <= shared  # the constraint did hold something
+    assert all(ray[name][0] == pins[name][0] for name in shared), sorted(
+        name for name in shared if ray[name][0] != pins[name][0])
+    assert not {"torch", "transformers", "tokenizers", "scipy"} & (set(ray) - shared)
+    assert locked(REQUIREMENTS / "current.txt")["ray"][0] == "2.60.0"
+    noxfile = (ROOT / "noxfile.py").read_text(encoding="utf-8")
+    assert 'RAY = "ray[tune]==2.60.0"' in noxfile
+    parts = stages()
+    for stage in ("deps-exact", "deps-ampere"):
+        text = parts[stage]
+        ray_at = text.index("pip install --require-hashes -r requirements/pinned-ray.txt")
+        assert text.index("pinned.txt") < ray_at < text.index("-r requirements/pinned-numpy.txt"), stage
 
 
 def test_dockerfile_pins_equal_the_lock_files():
@@ -292,6 +311,77 @@ def test_grid_task_prunes_the_teacher_of_train_task(stub):
     ]
 
 
+def test_grid_task_runs_on_the_ray_cluster_that_ray_address_names(stub):
+    (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
+    base = "-m top grid --task cola --model outputs/cola/teacher/best"
+    tail = " --output-dir outputs/grid-cola --promote"
+    # Compose passes an unset RAY_ADDRESS as an empty one: still the local pool.
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="")
+    assert result.returncode == 0 and calls == [base + tail], result.stderr
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.1:6379")
+    assert calls == [base + " --backend ray --address 10.0.0.1:6379" + tail], result.stderr
+    result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="ray", RAY_ADDRESS="")
+    assert calls == [base + " --backend ray" + tail], result.stderr
+    result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="local", RAY_ADDRESS="10.0.0.1:6379")
+    assert calls == [base + tail], result.stderr
+    result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="slurm")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and calls == [] and len(lines) == 1 and "TOP_GRID_BACKEND=slurm" in lines[0]
+
+
+@pytest.fixture()
+def ray_stub(stub):
+    """The stub PATH with a `ray` that records its argv in ray.txt."""
+    calls = stub.tmp / "ray.txt"
+    ray = stub.tmp / "bin" / "ray"
+    ray.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{calls}"\n')
+    ray.chmod(ray.stat().st_mode | stat.S_IEXEC)
+    return calls
+
+
+def test_ray_head_and_worker_start_a_node_in_the_foreground(stub, ray_stub):
+    result, _ = stub("ray-head", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="s3cret", RAY_PORT="6400")
+    assert result.returncode == 0, result.stderr
+    assert ray_stub.read_text().splitlines() == [
+        "start --block --disable-usage-stats --head --port=6400 --include-dashboard=false"]
+    ray_stub.unlink()
+    result, _ = stub("ray-worker", "--num-gpus=2", RAY_ADDRESS="10.0.0.1:6400", RAY_NODE_IP="10.0.0.2",
+                     RAY_AUTH_MODE="disabled")
+    assert result.returncode == 0, result.stderr
+    assert ray_stub.read_text().splitlines() == [
+        "start --block --disable-usage-stats --address=10.0.0.1:6400 --node-ip-address=10.0.0.2 --num-gpus=2"]
+
+
+@pytest.mark.parametrize("role, env, says", [
+    ("ray-head", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ""}, "needs RAY_AUTH_TOKEN"),
+    ("ray-worker", {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}, "set RAY_ADDRESS"),
+])
+def test_a_ray_node_without_what_it_needs_gets_one_sentence(stub, ray_stub, role, env, says):
+    result, _ = stub(role, **env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
+    assert not ray_stub.exists()
+
+
+def test_a_ray_node_in_an_image_without_ray_says_so(stub):
+    if shutil.which("ray"):
+        pytest.skip("ray is on this PATH")
+    result, _ = stub("ray-head", RAY_AUTH_MODE="disabled")
+    assert result.returncode == 2 and "this image has no Ray" in result.stderr
+
+
+def test_compose_puts_ray_nodes_and_grids_on_the_host_network_with_one_session_folder():
+    services = compose()["services"]
+    entry = "/opt/top/docker/entrypoint.sh"
+    assert services["ray-head"]["entrypoint"] == [entry, "ray-head"]
+    assert services["ray-worker"]["entrypoint"] == [entry, "ray-worker"]
+    for name in ["ray-head", "ray-worker", *(f"grid-{task}" for task in TASKS)]:
+        assert services[name]["network_mode"] == "host", name
+        assert "${TOP_RAY_SESSION:-./.ray-session}:/tmp/ray" in services[name]["volumes"], name
+        assert services[name]["environment"]["RAY_ADDRESS"] == "${RAY_ADDRESS:-}", name
+        assert services[name]["environment"]["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}", name
+
+
 def test_train_task_finetunes_then_trains_with_glue_data(stub):
     glue = stub.tmp / "glue"
     (glue / "CoLA").mkdir(parents=True)
@@ -341,7 +431,7 @@ def test_test_service_runs_pytest_in_the_project(stub):
 
 # -- the first `docker compose run` on a fresh clone ------------------------------------------
 
-MOUNT_SOURCES = ["./.hf-cache", "./outputs", "./checkpoints", "./data/glue"]
+MOUNT_SOURCES = ["./.hf-cache", "./outputs", "./checkpoints", "./data/glue", "./.ray-session"]
 
 
 def test_compose_runs_as_the_invoking_user_when_told():
