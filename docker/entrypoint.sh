@@ -42,15 +42,12 @@ data_args() {
 # cannot write; a directory that exists (the repository keeps outputs/ and .hf-cache/) stays its
 # owner's, and compose runs the container as that owner when TOP_UID/TOP_GID say who it is.
 check_writable() {
-    local dir host dirs=("${HF_HOME:-${HOME:-/tmp}/.cache/huggingface}" "$PWD/outputs")
-    # Ray's session folder, where compose mounts it (TOP_RAY_SESSION).
-    if [ -d /tmp/ray ]; then dirs+=(/tmp/ray); fi
-    for dir in "${dirs[@]}"; do
+    local dir host
+    for dir in "${HF_HOME:-${HOME:-/tmp}/.cache/huggingface}" "$PWD/outputs"; do
         mkdir -p "$dir" 2>/dev/null || true
         if [ ! -d "$dir" ] || [ ! -w "$dir" ] || [ ! -x "$dir" ]; then
             case "$dir" in
                 "$PWD/outputs") host="./outputs" ;;
-                /tmp/ray) host="\${TOP_RAY_SESSION:-./.ray-session}" ;;
                 *) host="\${HF_CACHE:-./.hf-cache}" ;;
             esac
             echo "$dir ($host on the host) is not writable by uid $(id -u) in the container; on the host run" \
@@ -126,8 +123,25 @@ grid_task() {
     backend="$(grid_backend_args "$task")" || exit 2
     mapfile -t backend_args <<< "$backend"
     mapfile -t data < <(data_args)
-    exec python -m top grid --task "$task" --model "$teacher" "${data[@]}" ${backend:+"${backend_args[@]}"} \
-        --output-dir "outputs/grid-$task" --promote "$@"
+    local grid=(python -m top grid --task "$task" --model "$teacher" "${data[@]}" ${backend:+"${backend_args[@]}"}
+                --output-dir "outputs/grid-$task" --promote "$@")
+    if [ -z "$backend" ] || [ -z "${RAY_ADDRESS:-}" ]; then
+        exec "${grid[@]}"
+    fi
+    # A Ray driver attaches to a node on its own machine, which it finds among its own processes:
+    # this container joins the cluster as a node without CPUs or GPUs (the trials run on the
+    # others), runs the grid, and leaves.
+    local said
+    if ! said="$(ray start --address="$RAY_ADDRESS" --num-cpus=0 --num-gpus=0 --disable-usage-stats \
+            ${RAY_NODE_IP:+"--node-ip-address=$RAY_NODE_IP"} 2>&1)"; then
+        echo "grid-$task: could not join the Ray cluster at $RAY_ADDRESS ($(printf '%s' "$said" | grep -v '^\s*$' | tail -n 1));" \
+            "check RAY_ADDRESS (ray-head's HOST:PORT) and that RAY_AUTH_TOKEN is the head's." >&2
+        exit 2
+    fi
+    local status=0
+    "${grid[@]}" || status=$?
+    ray stop >/dev/null 2>&1 || true
+    exit "$status"
 }
 
 # ray-head | ray-worker: one node of a Ray cluster in the foreground (`docker compose up -d` keeps it).

@@ -318,8 +318,6 @@ def test_grid_task_runs_on_the_ray_cluster_that_ray_address_names(stub):
     # Compose passes an unset RAY_ADDRESS as an empty one: still the local pool.
     result, calls = stub("grid-task", "cola", RAY_ADDRESS="")
     assert result.returncode == 0 and calls == [base + tail], result.stderr
-    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.1:6379")
-    assert calls == [base + " --backend ray --address 10.0.0.1:6379" + tail], result.stderr
     result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="ray", RAY_ADDRESS="")
     assert calls == [base + " --backend ray" + tail], result.stderr
     result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="local", RAY_ADDRESS="10.0.0.1:6379")
@@ -327,6 +325,28 @@ def test_grid_task_runs_on_the_ray_cluster_that_ray_address_names(stub):
     result, calls = stub("grid-task", "cola", TOP_GRID_BACKEND="slurm")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and calls == [] and len(lines) == 1 and "TOP_GRID_BACKEND=slurm" in lines[0]
+
+
+def test_grid_task_on_a_cluster_joins_it_as_a_node_for_its_driver_and_leaves(stub, ray_stub):
+    """Ray finds a driver's node among the processes of its machine (container): grid-task starts one
+    without CPUs or GPUs, runs the grid, and stops it, whatever the grid's exit status."""
+    (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.1:6379", RAY_NODE_IP="10.0.0.2")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["-m top grid --task cola --model outputs/cola/teacher/best --backend ray --address 10.0.0.1:6379"
+                     " --output-dir outputs/grid-cola --promote"]
+    assert ray_stub.read_text().splitlines() == [
+        "start --address=10.0.0.1:6379 --num-cpus=0 --num-gpus=0 --disable-usage-stats --node-ip-address=10.0.0.2",
+        "stop"]
+    # Without the cluster: one sentence naming the address and the two things to check, no grid.
+    ray_stub.write_text("")
+    failing = stub.tmp / "bin" / "ray"
+    failing.write_text('#!/usr/bin/env bash\necho "ConnectionError: could not reach 10.0.0.9:6379" >&2\nexit 1\n')
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.9:6379")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and calls == [] and len(lines) == 1, result.stderr
+    assert "could not join the Ray cluster at 10.0.0.9:6379 (ConnectionError: could not reach" in lines[0]
+    assert "RAY_AUTH_TOKEN" in lines[0]
 
 
 @pytest.fixture()
@@ -370,14 +390,13 @@ def test_a_ray_node_in_an_image_without_ray_says_so(stub):
     assert result.returncode == 2 and "this image has no Ray" in result.stderr
 
 
-def test_compose_puts_ray_nodes_and_grids_on_the_host_network_with_one_session_folder():
+def test_compose_puts_ray_nodes_and_grids_on_the_host_network():
     services = compose()["services"]
     entry = "/opt/top/docker/entrypoint.sh"
     assert services["ray-head"]["entrypoint"] == [entry, "ray-head"]
     assert services["ray-worker"]["entrypoint"] == [entry, "ray-worker"]
     for name in ["ray-head", "ray-worker", *(f"grid-{task}" for task in TASKS)]:
         assert services[name]["network_mode"] == "host", name
-        assert "${TOP_RAY_SESSION:-./.ray-session}:/tmp/ray" in services[name]["volumes"], name
         assert services[name]["environment"]["RAY_ADDRESS"] == "${RAY_ADDRESS:-}", name
         assert services[name]["environment"]["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}", name
 
@@ -431,7 +450,7 @@ def test_test_service_runs_pytest_in_the_project(stub):
 
 # -- the first `docker compose run` on a fresh clone ------------------------------------------
 
-MOUNT_SOURCES = ["./.hf-cache", "./outputs", "./checkpoints", "./data/glue", "./.ray-session"]
+MOUNT_SOURCES = ["./.hf-cache", "./outputs", "./checkpoints", "./data/glue"]
 
 
 def test_compose_runs_as_the_invoking_user_when_told():
