@@ -38,6 +38,16 @@ def test_quick_demo_writes_report_plots_and_example(tmp_path, capsys):
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
     for name in ("report.md", "kept_tokens_per_layer.png", "teacher_vs_pruned.png", "data/manifest.json"):
         assert (out / name).stat().st_size > 0, name
+    # best/ is chosen on the selection split; the report scores the dev split, which neither command saw.
+    split = json.loads((out / "data" / "manifest.json").read_text())
+    assert len(split["select_ids"]) == 48 and len(split["dev_ids"]) == 48
+    assert not set(split["dev_ids"]) & (set(split["select_ids"]) | set(split["train_ids"]))
+    for command in ("teacher", "pruned"):
+        args = json.loads((out / command / "run.json").read_text())["args"]
+        assert args["validation_file"] == str(out / "data" / "select.jsonl"), command
+    se = report["pruned"]["score_standard_error"]
+    accuracy = report["pruned"]["score"] / 100
+    assert se == pytest.approx(100 * (accuracy * (1 - accuracy) / 48) ** 0.5)
     assert (out / "kept_tokens_per_layer.png").read_bytes()[:4] == b"\x89PNG"
     # One dev sentence is shown layer by layer; layer 0 holds every word piece of it.
     example = report["example"]
@@ -166,8 +176,8 @@ def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
 
     clock = [0.0]
     monkeypatch.setattr(demo_estimate.time, "perf_counter", lambda: clock[0])
-    recipe = dict(demo_recipe.RECIPE, n_train=320, n_dev=100, finetune_epochs=2, epochs=3.0, eval_steps=10,
-                  prune_batch_size=32)
+    recipe = dict(demo_recipe.RECIPE, n_train=320, n_select=100, n_dev=700, finetune_epochs=2, epochs=3.0,
+                  eval_steps=10, prune_batch_size=32)
     said = []
     estimate = demo_estimate.TimeEstimate(recipe, started=0.0, write=said.append)
     assert estimate.total == {"finetune": 20, "train": 30}
@@ -180,7 +190,8 @@ def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
                 + 30 * demo_recipe.ETA_UNITS["train_step"] * recipe["prune_batch_size"] / 32 * unit
                 + 3 * 100 * demo_recipe.ETA_UNITS["dev_example"] * unit
                 + 10 * demo_recipe.ETA_UNITS["cache_batch"] * unit
-                + demo_recipe.ETA_UNITS["after_training"] * unit) / 60
+                + demo_recipe.ETA_UNITS["after_training"] * unit
+                + 3 * 700 * demo_recipe.ETA_UNITS["dev_example"] * unit) / 60  # the report's three passes over dev
     assert estimate.estimates[0]["minutes"] == round(expected, 1)
     estimate.finetune_done()
     for step in range(1, 13):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows

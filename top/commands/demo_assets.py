@@ -207,18 +207,17 @@ def make_split(
     return picked[:n_train], picked[n_train:]
 
 
-def write_split(directory: Path, train: List[Snippet], dev: List[Snippet], manifest: Dict) -> Dict[str, Path]:
-    """train.jsonl / dev.jsonl (sentence, label) and manifest.json, each written atomically."""
+def write_split(directory: Path, splits: Dict[str, List[Snippet]], manifest: Dict) -> Dict[str, Path]:
+    """``<name>.jsonl`` (sentence, label) for each split and manifest.json, each written atomically."""
     paths = {}
-    for name, rows in (("train", train), ("dev", dev)):
+    manifest = dict(manifest)
+    for name, rows in splits.items():
         lines = "".join(
             json.dumps({"sentence": s.text, "label": int(s.rating > 0), "id": s.id}) + "\n" for s in rows
         )
         paths[name] = directory / f"{name}.jsonl"
         atomic_write_text(paths[name], lines)
-    manifest = dict(manifest)
-    manifest["train_ids"] = [s.id for s in train]
-    manifest["dev_ids"] = [s.id for s in dev]
+        manifest[f"{name}_ids"] = [s.id for s in rows]
     paths["manifest"] = directory / "manifest.json"
     atomic_write_json(paths["manifest"], manifest)
     return paths

@@ -46,7 +46,8 @@ class TimeEstimate:
         train_units = ETA_UNITS["train_step"] * self.recipe["prune_batch_size"] / self.recipe["batch_size"]
         unit = self.step_seconds.get("finetune") or self.step_seconds["train"] / train_units
         train_step = self.step_seconds.get("train", unit * train_units)
-        evaluation = self.recipe["n_dev"] * ETA_UNITS["dev_example"] * unit
+        evaluation = self.recipe["n_select"] * ETA_UNITS["dev_example"] * unit  # one of the training commands'
+        final_evaluation = 3 * self.recipe["n_dev"] * ETA_UNITS["dev_example"] * unit
         done = {"finetune": step if command == "finetune" else self.total["finetune"], "train": 0}
         if command == "train":
             done["train"] = step
@@ -56,7 +57,7 @@ class TimeEstimate:
             "pruning": (self.total["train"] - done["train"]) * train_step + self.evals["train"] * evaluation
             + (0 if command == "train"
                else -(-self.recipe["n_train"] // self.recipe["batch_size"]) * ETA_UNITS["cache_batch"] * unit),
-            "evaluation and benchmarks": ETA_UNITS["after_training"] * unit,
+            "evaluation and benchmarks": ETA_UNITS["after_training"] * unit + final_evaluation,
         }
         minutes = (now - self.started + sum(left.values())) / 60
         self.estimates.append({"after": command, "step": step, "minutes": round(minutes, 1)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -71,14 +72,21 @@ def plot(out: Path, records: Dict[str, Any]) -> List[Path]:
     return paths
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """One binomial standard error of an accuracy measured on ``n`` examples, in points."""
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / n)
+
+
 def build_report(records, bench, recipe, duration, example, pruned_dir: Path,
                  onnx: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     teacher, faithful, compact = records["teacher"], records["faithful"], records["compact"]
     agree = sum(
         a["prediction"] == b["prediction"] for a, b in zip(faithful["predictions"], compact["predictions"])
     ) / max(1, len(faithful["predictions"]))
+    n_dev = max(1, len(faithful["predictions"]))
     pruned = {
         "score": 100 * faithful["metrics"]["accuracy"],
+        "score_standard_error": standard_error(faithful["metrics"]["accuracy"], n_dev),
         "flops_reduction": faithful["flops_reduction"],
         "flops_reduction_unpadded": faithful["flops_reduction_unpadded"],
         "compact_speedup": bench["baselines"]["dense_padded"]["speedup"] if bench else None,
@@ -100,7 +108,8 @@ def build_report(records, bench, recipe, duration, example, pruned_dir: Path,
     pruned["onnx_model"] = (onnx or {}).get("model")
     pruned["onnx_note"] = (onnx or {}).get("note") if onnx is not None else "not run (--no-bench)"
     return {
-        "teacher": {"metric": "accuracy", "score": 100 * teacher["metrics"]["accuracy"]},
+        "teacher": {"metric": "accuracy", "score": 100 * teacher["metrics"]["accuracy"],
+                    "score_standard_error": standard_error(teacher["metrics"]["accuracy"], n_dev)},
         "pruned": pruned,
         "duration_s": round(duration, 1),
         "targets": dict(TARGETS, min_score=100 * teacher["metrics"]["accuracy"] - TARGETS["max_score_drop"]),
@@ -116,14 +125,16 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# ToP demo: MiniLM-L6 on Rotten Tomatoes snippets",
         "",
-        f"Data: {r['n_train']} train / {r['n_dev']} dev sentences (seed {r['seed']}), labels from the sign of the",
+        f"Data: {r['n_train']} train / {r['n_select']} selection / {r['n_dev']} dev sentences (seed {r['seed']}): "
+        "best/ is chosen on the selection set, and every score below is on the dev set. Labels from the sign of the",
         "mean human rating. Model: MiniLM-L6-H384-uncased, fine-tuned, then pruned at layers "
         f"{r['prune_location']} to a MAC sparsity of {r['target_sparsity']}.",
         "",
-        "| | accuracy (%) | FLOPs reduction (vs 64 tokens) | FLOPs reduction (unpadded) | speed-up (CPU) |",
+        "| | accuracy (%, ± one standard error) | FLOPs reduction (vs 64 tokens) | FLOPs reduction (unpadded) | speed-up (CPU) |",
         "| --- | --- | --- | --- | --- |",
-        f"| teacher (dense) | {t['score']:.2f} | 1.00x | 1.00x | 1.00x |",
-        f"| ToP, faithful | {p['score']:.2f} | {p['flops_reduction']:.2f}x | {p['flops_reduction_unpadded']:.2f}x | |",
+        f"| teacher (dense) | {t['score']:.2f} ± {t['score_standard_error']:.2f} | 1.00x | 1.00x | 1.00x |",
+        f"| ToP, faithful | {p['score']:.2f} ± {p['score_standard_error']:.2f} | {p['flops_reduction']:.2f}x | "
+        f"{p['flops_reduction_unpadded']:.2f}x | |",
         f"| ToP, compact | {p['compact_score']:.2f} | | | "
         + (f"{p['compact_speedup']:.2f}x vs padded, {p['compact_speedup_vs_dense_dynamic']:.2f}x vs dynamic |"
            if p["compact_speedup"] else "not measured |"),
