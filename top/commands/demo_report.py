@@ -130,7 +130,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         "mean human rating. Model: MiniLM-L6-H384-uncased, fine-tuned, then pruned at layers "
         f"{r['prune_location']} to a MAC sparsity of {r['target_sparsity']}.",
         "",
-        "| | accuracy (%, ± one standard error) | FLOPs reduction (vs 64 tokens) | FLOPs reduction (unpadded) | speed-up (CPU) |",
+        "| | accuracy (%, ± one standard error) | FLOPs reduction (vs 64 tokens) | FLOPs reduction (unpadded) "
+        "| speed-up (CPU) |",
         "| --- | --- | --- | --- | --- |",
         f"| teacher (dense) | {t['score']:.2f} ± {t['score_standard_error']:.2f} | 1.00x | 1.00x | 1.00x |",
         f"| ToP, faithful | {p['score']:.2f} ± {p['score_standard_error']:.2f} | {p['flops_reduction']:.2f}x | "

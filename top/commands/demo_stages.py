@@ -132,6 +132,7 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
         "--epochs", str(recipe["epochs"]), "--warmup-epochs", str(recipe["warmup_epochs"]),
         "--learning-rate", str(recipe["learning_rate"]), "--reg-learning-rate", str(recipe["reg_learning_rate"]),
         "--sparsity-control", recipe["sparsity_control"], "--sparsity-epsilon", str(recipe["sparsity_epsilon"]),
+        "--best-rule", recipe["best_rule"],
         "--rank-loss-alpha", str(recipe["rank_loss_alpha"]), "--eval-steps", str(recipe["eval_steps"]),
         "--layer-gate-init", str(recipe["layer_gate_init"]),
         "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", str(recipe["prune_batch_size"]),
