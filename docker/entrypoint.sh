@@ -130,7 +130,8 @@ grid_task() {
     fi
     # A Ray driver attaches to a node on its own machine, which it finds among its own processes:
     # this container joins the cluster as a node without CPUs or GPUs (the trials run on the
-    # others), runs the grid, and leaves.
+    # others) and runs the grid as its driver; the node ends with the container. The grid is
+    # exec'd, as every other job here, so that Ctrl-C reaches it.
     local said
     if ! said="$(ray start --address="$RAY_ADDRESS" --num-cpus=0 --num-gpus=0 --disable-usage-stats \
             ${RAY_NODE_IP:+"--node-ip-address=$RAY_NODE_IP"} 2>&1)"; then
@@ -138,10 +139,7 @@ grid_task() {
             "check RAY_ADDRESS (ray-head's HOST:PORT) and that RAY_AUTH_TOKEN is the head's." >&2
         exit 2
     fi
-    local status=0
-    "${grid[@]}" || status=$?
-    ray stop >/dev/null 2>&1 || true
-    exit "$status"
+    exec "${grid[@]}"
 }
 
 # ray-head | ray-worker: one node of a Ray cluster in the foreground (`docker compose up -d` keeps it).
