@@ -9,6 +9,7 @@ optional extra `top[ray]`); without Ray it is skipped.
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,10 +35,16 @@ RAY_BIN = Path(sys.executable).with_name("ray")
 STEPS = 24  # long enough to kill a run between two of its saves
 
 
+# The cluster's own token: with RAY_AUTH_MODE=token, `ray start --head` makes none (it found the
+# ~/.ray/auth_token that an earlier ray.init() on the machine had written, and failed on a new one).
+TOKEN = secrets.token_hex(32)
+
+
 def _env():
     env = dict(os.environ)
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=TOKEN,
                TOKENIZERS_PARALLELISM="false")
     env.pop(grid_launch.TRAIN_COMMAND_ENV, None)
     env.pop("RAY_ADDRESS", None)
