@@ -28,8 +28,8 @@ RECIPE = {
     "prune_location": "1,2,3,4,5",
     "bin_num": 16,
     "topk": 10,
-    # Batch 16: the 625 Lagrangian updates (250 of warm-up) of the earlier 5-epoch recipe at batch
-    # 32, in half the examples: shorter schedules overshot the target sparsity.
+    # Batch 16: 250 steps an epoch, so the one-epoch warm-up makes 250 Lagrangian updates; shorter
+    # warm-ups overshot the target sparsity.
     "prune_batch_size": 16,
     # 3.5 epochs at twice the fine-tune's rate: 250 warm-up steps, then 625 to recover at the target.
     # On the 3,000 dev sentences that left the pruned model 0.4 points under the teacher, where 2.5

@@ -80,10 +80,10 @@ def standard_error(accuracy: float, n: int) -> float:
 def build_report(records, bench, recipe, duration, example, pruned_dir: Path,
                  onnx: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     teacher, faithful, compact = records["teacher"], records["faithful"], records["compact"]
+    n_dev = max(1, len(faithful["predictions"]))
     agree = sum(
         a["prediction"] == b["prediction"] for a, b in zip(faithful["predictions"], compact["predictions"])
-    ) / max(1, len(faithful["predictions"]))
-    n_dev = max(1, len(faithful["predictions"]))
+    ) / n_dev
     pruned = {
         "score": 100 * faithful["metrics"]["accuracy"],
         "score_standard_error": standard_error(faithful["metrics"]["accuracy"], n_dev),
