@@ -8,6 +8,7 @@ import torch
 from builders import WORDS, tiny_config, tiny_tokenizer
 
 from top.cli import main
+from top.method import prepacked
 from top.evaluation.torch_timing import sorted_batches
 from top.method.checkpoint import save_checkpoint
 from top.method.modeling import ToPForSequenceClassification
@@ -68,7 +69,16 @@ def test_bench_json_has_the_contract_keys_and_sane_values(bench_result):
     assert r["n_examples"] == 13 and r["n_timed_batches"] == 3 and r["passes"] == 5
     assert all(len(v) == 5 for v in r["per_pass_ms"].values())
     peaks = r["peak_memory_mb"]
-    assert set(peaks) == {"dense_padded", "dense_dynamic", "compact"}
+    methods = {"dense_padded", "dense_dynamic", "compact"}
+    if prepacked.enabled():  # the stock model on compact's kernels, beside the others
+        methods.add("dense_dynamic_prepacked")
+        entry = r["baselines"]["dense_dynamic_prepacked"]
+        assert entry["flops_ratio"] == r["baselines"]["dense_dynamic"]["flops_ratio"]
+        assert entry["speedup"] == pytest.approx(entry["ms_per_batch"] / r["compact"]["ms_per_batch"])
+        assert r["prepacked_weight_mb"] > 0 and "prepacked" in r["compact_linear_kernels"]
+    else:
+        assert r["prepacked_weight_mb"] == 0 and r["compact_linear_kernels"] == "F.linear"
+    assert set(peaks) == methods and set(r["per_pass_ms"]) == methods
     # On the CPU each method's probe runs in a fresh process; a probe that failed would be None.
     assert all(isinstance(v, float) and v >= 0 for v in peaks.values()), peaks
     assert "fresh process" in r["peak_memory_measure"]

@@ -134,6 +134,25 @@ def test_the_graph_really_computes_fewer_tokens_in_later_layers(exported):
     assert widths == compact_logits(exported, batch).kept_lengths.max(dim=0).values.tolist()
 
 
+def operator_types(path):
+    return {(node.domain or "ai.onnx", node.op_type) for node in onnx.load(str(path)).graph.node}
+
+
+def test_the_written_graph_is_fused_unless_asked_not_to(exported, tmp_path):
+    # The default graph (the fixture's) carries onnxruntime's fused feed-forward operators ...
+    fused = operator_types(exported["root"] / "model.onnx")
+    assert {("com.microsoft", "SkipLayerNormalization"), ("com.microsoft", "BiasGelu")} <= fused
+    # ... and --no-optimize writes plain ONNX only, which equals compact just the same.
+    output = tmp_path / "plain.onnx"
+    assert main(["export", "--checkpoint", str(exported["checkpoint"]), "--output", str(output),
+                 "--no-optimize"]) == 0
+    assert {domain for domain, _ in operator_types(output)} == {"ai.onnx"}
+    session = export.onnxruntime_session(output)
+    inputs = export.sample_inputs(exported["model"].config, [30, 7, 19], seed=5)
+    expected = compact_logits(exported, inputs).logits
+    assert torch.allclose(export.run_session(session, inputs), expected, atol=1e-4, rtol=0)
+
+
 def test_dense_export_keeps_every_token_and_its_padding(exported, tmp_path):
     model, config = exported["model"], exported["model"].config
     report = export.export_model(model, exported["token_z"], exported["pruner_z"], tmp_path / "d.onnx", dense=True)
@@ -190,13 +209,20 @@ def test_bench_onnxruntime_times_the_pruned_graph_against_dense_graphs(tmp_path)
     r = json.loads(output.read_text())
     assert r["runtime"] == "onnxruntime" and r["batch_size"] == 4 and r["n_timed_batches"] == 3
     assert r["compact"]["ms_per_batch"] > 0
-    for name in ("dense_padded", "dense_dynamic"):
+    assert set(r["baselines"]) == {"dense_padded", "dense_dynamic", "optimized_dense_padded", "optimized_dense_dynamic"}
+    for name in r["baselines"]:
         entry = r["baselines"][name]
         assert entry["speedup"] == pytest.approx(entry["ms_per_batch"] / r["compact"]["ms_per_batch"])
         assert entry["flops_ratio"] > 1.0
     assert r["max_abs_logit_diff_onnx_vs_compact"] <= 1e-4
     assert r["onnx_agreement_with_faithful"] == r["agreement_with_faithful"]
-    assert r["onnx_export_check"]["compact"]["pruned"] and not r["onnx_export_check"]["dense"]["pruned"]
+    checks = r["onnx_export_check"]
+    assert checks["compact"]["pruned"] and not checks["dense"]["pruned"] and not checks["optimized_dense"]["pruned"]
+    # The deployed dense baseline: the stock export with attention fused; the --dense one unfused.
+    assert checks["optimized_dense"]["graph"] == "stock" and checks["optimized_dense"]["fused_operators"]["Attention"] == 4
+    assert checks["dense"]["optimized"] is False and checks["dense"]["fused_operators"] == {}
+    assert checks["compact"]["fused_operators"]["SkipLayerNormalization"] == 2 * 4
+    assert r["baselines"]["optimized_dense_padded"]["flops_ratio"] == r["baselines"]["dense_padded"]["flops_ratio"]
     floor = r["weight_read_floor"]
     model, _, _ = loaded(ckpt)
     expected_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".embeddings." not in n)

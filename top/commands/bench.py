@@ -9,8 +9,13 @@ thread count:
 ``compact``        ToP with the pruned tokens removed (:func:`top.method.compact.compact_forward`), on
                    the same sorted batches.
 
+On the CPU a fourth, ``dense_dynamic_prepacked``, runs the stock model on dynamic padding with
+its linear layers on compact's kernels (:mod:`top.method.prepacked`): compact's speedup over it
+is what pruning alone buys, over ``dense_dynamic`` what pruning and the kernels buy together.
+
 Every method is warmed up, then timed over ``--passes`` passes of the dev set (the methods take
-turns within a pass, so drift in the machine's load hits all three alike). A pass's figure is
+turns within a pass, so drift in the machine's load hits all alike; each runs its first batch
+once, untimed, before its turn, so it is timed warm on its own weights, as a server would run it). A pass's figure is
 its mean time per full batch; ``ms_per_batch`` is the median over passes. FLOPs ratios count
 MACs exactly on the same full batches: dense at the task length, dense at each batch's padded
 length, and compact at the real survivors of every layer. Peak memory of one forward pass over
@@ -22,10 +27,12 @@ predictions with faithful mode's, and ``max_abs_logit_diff_vs_reference_compact`
 compact's logits with :func:`unpadded_reference_logits`, a second statement of compact
 inference that shares none of ``compact_forward``'s machinery (see there).
 
-``--runtime onnxruntime`` times the same three methods in onnxruntime instead (CPU only):
-``compact`` is the pruned graph of ``top export``, ``dense_padded`` and ``dense_dynamic`` the
-same weights exported dense (``top export --dense``), fed padded and trimmed batches; all three
-sessions get the same thread count. Both graphs pass the export's self-check first. Beside the
+``--runtime onnxruntime`` times exported graphs in onnxruntime instead (CPU only): ``compact`` is
+the pruned graph of ``top export`` (optimized), ``dense_padded`` and ``dense_dynamic`` the same
+weights exported dense (``top export --dense``, no fusions), ``optimized_dense_padded`` and
+``optimized_dense_dynamic`` the stock Hugging Face export after onnxruntime's transformer
+optimizer (the dense graph a user would deploy), each fed padded and trimmed batches; every
+session gets the same thread count. All graphs pass the export's self-check first. Beside the
 speedups it reports the weight-read floor of one forward pass (see :func:`weight_read_floor`).
 Peak memory is not measured in this mode.
 """
@@ -60,6 +67,7 @@ from top.evaluation.torch_timing import (
     unpadded_reference_logits,
 )
 from top.method.checkpoint import load_checkpoint
+from top.method import prepacked
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement
 from top.storage.io import atomic_write_json
 
@@ -188,6 +196,8 @@ class Loaded:
     plan: Any
     batches: List[Dict[str, Any]]  # longest first; the last may be short
     full_batches: List[Dict[str, Any]]  # the timed ones
+    dense_prepacked: Optional[torch.nn.Module] = None  # the stock model on compact's kernels (CPU)
+    prepacked_bytes: int = 0  # what compact's packed weight copies take
 
 
 def _dev_batches(opts: BenchOptions, task, checkpoint) -> List[Dict[str, Any]]:
@@ -224,7 +234,12 @@ def load_bench(opts: BenchOptions, task) -> Loaded:
         for part in ("full", "trimmed"):
             batch[part] = {k: v.to(device) for k, v in batch[part].items()}
     full_batches = [b for b in batches if b["size"] == opts.batch_size]
-    return Loaded(checkpoint, dense, top_model, token_z, pruner_z, plan, batches, full_batches)
+    dense_prepacked, packed_bytes = None, 0
+    if device.type == "cpu" and opts.runtime == "torch" and prepacked.enabled():
+        packed_bytes = prepacked.prepack(top_model)
+        dense_prepacked = prepacked.with_prepacked_linears(load_models(checkpoint, need_top=False)[0])
+    return Loaded(checkpoint, dense, top_model, token_z, pruner_z, plan, batches, full_batches,
+                  dense_prepacked, packed_bytes)
 
 
 
@@ -297,6 +312,11 @@ def result_record(opts: BenchOptions, task, threads: int, loaded: Loaded, correc
         "task_length": task.task_length,
         "peak_memory_mb": memory[0],
         "peak_memory_measure": memory[1],
+        "compact_linear_kernels": (
+            f"oneDNN on prepacked weights up to {prepacked.MAX_ROWS} rows, F.linear above"
+            if loaded.prepacked_bytes else "F.linear"
+        ),
+        "prepacked_weight_mb": loaded.prepacked_bytes / 2**20,
         "dense_attention": getattr(loaded.dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -313,13 +333,14 @@ def benchmark(opts: BenchOptions) -> Dict[str, Any]:
         torch.set_num_threads(opts.threads)
     threads = torch.get_num_threads()
     loaded = load_bench(opts, task)
-    functions = method_functions(loaded.dense, loaded.top_model, loaded.plan)
+    functions = method_functions(loaded.dense, loaded.top_model, loaded.plan, loaded.dense_prepacked)
     runtime = opts.runtime
     onnx_dir = onnx_session = exports = None
     if runtime == "onnxruntime":
         onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
         functions, onnx_session, exports = onnxruntime_functions(
-            loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name)
+            loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name),
+            loaded.dense,
         )
     correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None)
     macs = mac_counts(loaded.top_model.config, loaded.batches, correctness.kept, task.task_length)
@@ -349,16 +370,16 @@ def measure(opts: BenchOptions) -> int:
     """Time, write ``opts.output`` and print the one-line summary (``run`` without the command line)."""
     result = benchmark(opts)
     atomic_write_json(opts.output, result)
-    base = result["baselines"]
+    baselines = "; ".join(
+        "vs {name} {sp:.2f}x (FLOPs limit {fr:.2f}x)".format(name=name, sp=b["speedup"], fr=b["flops_ratio"])
+        for name, b in result["baselines"].items()
+    )
     print(
-        "{task} batch {bs} on {dev} ({thr} threads, {rt}): compact {c:.1f} ms; "
-        "vs dense_padded {sp:.2f}x (FLOPs limit {fp:.2f}x); vs dense_dynamic {sd:.2f}x (FLOPs limit {fd:.2f}x); "
+        "{task} batch {bs} on {dev} ({thr} threads, {rt}): compact {c:.1f} ms; {baselines}; "
         "agreement with faithful {ag:.4f}".format(
             task=result["task"], bs=result["batch_size"], dev=result["device"], thr=result["threads"],
-            rt=result["runtime"],
-            c=result["compact"]["ms_per_batch"], sp=base["dense_padded"]["speedup"],
-            fp=base["dense_padded"]["flops_ratio"], sd=base["dense_dynamic"]["speedup"],
-            fd=base["dense_dynamic"]["flops_ratio"], ag=result["agreement_with_faithful"],
+            rt=result["runtime"], c=result["compact"]["ms_per_batch"], baselines=baselines,
+            ag=result["agreement_with_faithful"],
         )
     )
     return 0

@@ -14,6 +14,10 @@ Inputs: ``input_ids``, ``attention_mask`` and, for BERT, ``token_type_ids``, int
 ``[batch, num_labels]``. A batch of several examples is run as the reference compact mode runs
 it: after each prune step it is re-padded to its longest survivor row, and padding is masked.
 
+Then onnxruntime's transformer optimizer fuses what it recognises (:func:`optimize_graph`: each
+feed-forward's bias and GELU, each residual addition with its LayerNorm; ``--no-optimize`` keeps
+the plain ONNX operators, for runtimes other than onnxruntime).
+
 The export checks itself before it writes: onnxruntime runs the graph on sample inputs (two
 tokens, the longest the model takes, lengths between, and a padded batch) and its logits must
 equal :func:`top.method.compact.compact_forward`'s within ``TOLERANCE``; otherwise nothing is written.
@@ -69,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX opset, 14..{MAX_OPSET} (default {DEFAULT_OPSET})")
     parser.add_argument("--dense", action="store_true",
                         help="export without pruning and without trimming padding (a baseline)")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="skip onnxruntime's transformer optimizer (its fused operators, such as "
+                        "SkipLayerNormalization and BiasGelu, run only in onnxruntime)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,19 +319,61 @@ def compare_with_compact(session, model, token_z, pruner_z, batches,
     return worst, worst_length
 
 
-def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor], output,
-                 opset: int = DEFAULT_OPSET, dense: bool = False, source: str = "being exported") -> Dict[str, object]:
-    """Export, check against the compact path in onnxruntime, then write ``output`` atomically.
+def optimize_graph(model_bytes: bytes, config) -> Tuple[bytes, Dict[str, int]]:
+    """The graph after onnxruntime's transformer optimizer, and the fused operators it made.
 
-    ``dense`` exports the same weights without pruning and without trimming padding. Returns what
-    the check found. Raises :class:`UserError` (and writes nothing) when the graph disagrees.
+    ``optimize_model(..., model_type="bert")`` with the model's heads and hidden size and its
+    default level: onnxruntime's basic optimizations, then the Python fusions of BERT patterns
+    (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu, ...). On the pruned
+    graph it fuses what it recognises: every feed-forward's bias and GELU and the residual
+    additions with their LayerNorms; attention that ranks tokens must keep its probabilities,
+    so it stays as written. What it makes is checked like any export before it is written.
     """
-    _require_onnxruntime()
-    model = model.cpu().eval()
-    if dense:
-        token_z = pruner_z = None
-    module = ExportForward(model, token_z, pruner_z, trim=not dense).eval()
-    model_bytes = _onnx_export(module, model.config, opset)
+    import tempfile
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with tempfile.TemporaryDirectory(prefix="top-onnx-") as tmp:
+        source = Path(tmp) / "graph.onnx"
+        source.write_bytes(model_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimized = optimize_model(str(source), model_type="bert",
+                                       num_heads=int(config.num_attention_heads),
+                                       hidden_size=int(config.hidden_size))
+        fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
+        return optimized.model.SerializeToString(), fused
+
+
+def stock_export(model, opset: int = DEFAULT_OPSET) -> bytes:
+    """The stock Hugging Face classifier exported as a user would export it: ``torch.onnx.export``
+    with batch and sequence dynamic, padding computed (the dense model a user would otherwise deploy)."""
+    config = model.config
+    names = input_names(config)
+    example = sample_inputs(config, [min(12, max_tokens(config)), 3], seed=0)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    kwargs = {"dynamo": False} if "dynamo" in _export_parameters() else {}
+
+    class Logits(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs):
+            return self.inner(**dict(zip(names, inputs))).logits
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(model.cpu().eval()), tuple(example[n] for n in names), buffer, input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True, **kwargs)
+    return buffer.getvalue()
+
+
+def checked_graph(model_bytes: bytes, model, token_z, pruner_z, output, source: str) -> Tuple[float, List[int]]:
+    """Run ``model_bytes`` in onnxruntime on :func:`check_batches` against compact; raise unless within TOLERANCE."""
     session = onnxruntime_session(model_bytes)
     batches = check_batches(model.config)
     with torch.no_grad():
@@ -335,14 +384,48 @@ def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torc
             f"(> {TOLERANCE:g}) at length {length}, so {output} was not written; "
             "report this with the checkpoint and the versions of torch and onnxruntime."
         )
+    return worst, sorted({int(n) for b in batches for n in b["attention_mask"].sum(dim=1).tolist()})
+
+
+def export_model(model, token_z: Optional[torch.Tensor], pruner_z: Optional[torch.Tensor], output,
+                 opset: int = DEFAULT_OPSET, dense: bool = False, source: str = "being exported",
+                 optimize: bool = True, stock_model: Optional[nn.Module] = None) -> Dict[str, object]:
+    """Export, check against the compact path in onnxruntime, then write ``output`` atomically.
+
+    ``dense`` exports the same weights without pruning and without trimming padding, and is never
+    optimized: a baseline with the pruned graph's own operators. ``stock_model`` (the stock Hugging
+    Face classifier with ``model``'s weights) is exported by :func:`stock_export` instead, dense,
+    and checked against ``model``'s dense compact path. ``optimize`` runs :func:`optimize_graph`
+    (not with ``dense``). Returns what the check found. Raises :class:`UserError` (and writes
+    nothing) when the graph disagrees.
+    """
+    _require_onnxruntime()
+    model = model.cpu().eval()
+    if dense or stock_model is not None:
+        token_z = pruner_z = None
+    prune_after: Dict[int, int] = {}
+    if stock_model is not None:
+        model_bytes = stock_export(stock_model, opset)
+    else:
+        module = ExportForward(model, token_z, pruner_z, trim=not dense).eval()
+        prune_after = module.prune_after
+        model_bytes = _onnx_export(module, model.config, opset)
+    optimized = optimize and not dense
+    fused: Dict[str, int] = {}
+    if optimized:
+        model_bytes, fused = optimize_graph(model_bytes, model.config)
+    worst, lengths = checked_graph(model_bytes, model, token_z, pruner_z, output, source)
     atomic_write_bytes(output, model_bytes)
     return {
         "output": str(output),
         "opset": opset,
-        "pruned": not dense and bool(module.prune_after),
-        "pruning_layers": sorted(index for index in module.prune_after),
+        "pruned": bool(prune_after),
+        "pruning_layers": sorted(index for index in prune_after),
+        "graph": "stock" if stock_model is not None else ("dense" if dense else "pruned"),
+        "optimized": optimized,
+        "fused_operators": fused,
         "max_abs_logit_diff_vs_compact": worst,
-        "checked_lengths": sorted({int(n) for b in batches for n in b["attention_mask"].sum(dim=1).tolist()}),
+        "checked_lengths": lengths,
         "bytes": len(model_bytes),
     }
 
@@ -381,11 +464,13 @@ def run(args: argparse.Namespace) -> int:
     model = ToPForSequenceClassification.from_checkpoint(checkpoint)
     output = Path(args.output)
     report = export_model(model, checkpoint.token_z, checkpoint.pruner_z, output, args.opset, dense=args.dense,
-                          source=str(checkpoint.path))
+                          source=str(checkpoint.path), optimize=not args.no_optimize)
+    fused = ", ".join(f"{name} x{count}" for name, count in sorted(report["fused_operators"].items()))
     print(
-        "wrote {out} ({mb:.1f} MB, opset {opset}); onnxruntime agrees with the PyTorch compact path within "
-        "{diff:.2g} on lengths {lengths}".format(
+        "wrote {out} ({mb:.1f} MB, opset {opset}{fused}); onnxruntime agrees with the PyTorch compact path "
+        "within {diff:.2g} on lengths {lengths}".format(
             out=output, mb=report["bytes"] / 2**20, opset=report["opset"],
+            fused=f"; fused {fused}" if fused else ("" if report["optimized"] else "; not optimized"),
             diff=report["max_abs_logit_diff_vs_compact"], lengths=report["checked_lengths"],
         )
     )

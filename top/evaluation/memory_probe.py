@@ -15,9 +15,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from top.evaluation.torch_timing import load_models, method_functions
+from top.evaluation.torch_timing import PREPACKED, load_models, method_functions
 from top.method.checkpoint import load_checkpoint
 from top.method.compact import CompactPlan
+from top.method.prepacked import prepack, with_prepacked_linears
 from top.storage.safeload import read_tree, write_tree
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def memory_probe_main(argv: Optional[List[str]] = None) -> None:
     batch = read_tree(batch_path, what="benchmark batch")
     plan = CompactPlan.from_gates(checkpoint.token_z, checkpoint.pruner_z, checkpoint.prune_locations,
                                   batch["full"]["input_ids"].shape[1])
-    functions = method_functions(dense, top_model, plan)
+    # Packed weights are made before the measurement, as the model's are loaded before it:
+    # bench.json reports their size apart (prepacked_weight_mb).
+    if top_model is not None:
+        prepack(top_model)
+    dense_prepacked = with_prepacked_linears(dense) if method == PREPACKED else None
+    functions = method_functions(dense, top_model, plan, dense_prepacked)
     before = _read_status_kb("VmRSS")
     how = "vmhwm" if before is not None and _reset_peak_rss() else "ru_maxrss"
     if how == "ru_maxrss":  # the lifetime peak, which loading may already have set

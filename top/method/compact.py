@@ -18,8 +18,11 @@ gather-and-re-pad statement of the same thing that the tests check it against. B
 - layers whose attention ranks nothing use the fused ``scaled_dot_product_attention`` kernel
   where torch has it.
 
-The stock Hugging Face sub-modules of each layer are called as they are; only the scaled
-dot-product between them is written here.
+The stock Hugging Face sub-modules of each layer supply the weights: their linear layers run
+through :func:`top.method.prepacked.linear` (oneDNN on prepacked weights at few rows, where a
+linear layer is bound by reading its weight; ``F.linear`` otherwise), their LayerNorms and
+activations are called as they are (dropout is the identity in eval mode, which compact
+requires); only the scaled dot-product between them is written here.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from top.method.modeling import MASK_VALUE
+from top.method.prepacked import linear
 from top.method.pruning import prune_step
 
 _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
@@ -204,7 +208,8 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     head_dim = self_attention.attention_head_size
     hidden = heads * head_dim
     batch, width = len(layout.lengths), layout.width
-    qkv = torch.cat([self_attention.query(packed), self_attention.key(packed), self_attention.value(packed)], dim=1)
+    qkv = torch.cat([linear(self_attention.query, packed), linear(self_attention.key, packed),
+                     linear(self_attention.value, packed)], dim=1)
     # [B, n, 3, heads, d] -> three [B, heads, n, d]
     q, k, v = _to_grid(qkv, layout).view(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     importance = None
@@ -224,11 +229,17 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     else:
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_bias)
     context = _from_grid(context.permute(0, 2, 1, 3).reshape(batch, width, hidden), layout)
-    return layer.attention.output(context, packed), importance
+    return _add_norm(layer.attention.output, context, packed), importance
+
+
+def _add_norm(block, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """A stock ``*SelfOutput``/``*Output`` block in eval mode: dense, (dropout, the identity), add, LayerNorm."""
+    return block.LayerNorm(linear(block.dense, hidden) + residual)
 
 
 def _feed_forward(layer, packed: torch.Tensor) -> torch.Tensor:
-    return layer.output(layer.intermediate(packed), packed)
+    intermediate = layer.intermediate
+    return _add_norm(layer.output, intermediate.intermediate_act_fn(linear(intermediate.dense, packed)), packed)
 
 
 def _survivor_rows(importance: torch.Tensor, layout: _Layout, new_layout: _Layout,
