@@ -9,13 +9,18 @@ task length 128). For each batch size the dev file holds a few batches drawn fro
 length-sorted full-size dev set, so the sorted batches `top bench` times are those a full dev
 set would give, at a fraction of the time.
 
+A third checkpoint, ``minilm``, has the demo's MiniLM shape (6 layers, 384 wide, 12 heads; gates
+at locations 1..5 reaching the demo's token sparsity ~0.49, SST-2-like single sentences of mean
+~27 tokens) and is timed at batch 32.
+
 Writes bench/<task>-b<batch>.json, bench/summary.json, bench/summary.md and bench/speedup.png;
-then the training benches: scripts/bench_train_step.py (one step of each command) and
-scripts/bench_run_cost.py (whole `top train` runs against `top finetune` runs).
+then (unless ``--no-training``) the training benches: scripts/bench_train_step.py (one step of
+each command) and scripts/bench_run_cost.py (whole `top train` runs against `top finetune` runs).
 
 With ``--runtime onnxruntime`` it times the exported graphs instead (`top bench --runtime
 onnxruntime`) and writes bench/<task>-b<batch>-onnx.json and bench/summary-onnx.{md,json}, with
-the weight-read floor and the batch-1 goal (>= 1.5x vs dense padded, >= 1.0x vs dense unpadded).
+the weight-read floor. The goals, read from scripts/bench_goals.toml, are judged per row in the
+summaries.
 """
 
 import argparse
@@ -35,21 +40,29 @@ from top.commands import bench  # noqa: E402
 from top.data.files import Example  # noqa: E402
 from top.data.glue import write_glue_tsv  # noqa: E402
 from top.data.tasks import Task, get_task  # noqa: E402
-from top.evaluation import torch_timing  # noqa: E402
 from top.method.checkpoint import save_checkpoint  # noqa: E402
 from top.method.compact import survivor_table  # noqa: E402
 from top.method.flops import model_macs  # noqa: E402
 from top.method.gates import default_prune_locations  # noqa: E402
 from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-GOAL = 0.85  # speedup at batch 32 on the CPU >= GOAL x flops_ratio, for each baseline
-# name -> mean tokens incl. special ones, target token sparsity (dev-set size, pairs: tasks.toml)
+GOALS_FILE = Path(__file__).with_name("bench_goals.toml")
+# name -> GLUE task (length, dev-set size, pairs: tasks.toml), mean tokens incl. special ones,
+# target token sparsity, and for a shape other than bert-base, its config and prune locations
+MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 TASKS = {
-    "cola": {"mean_tokens": 11.0, "sparsity": 0.43},
-    "mnli": {"mean_tokens": 39.0, "sparsity": 0.50},
+    "cola": {"task": "cola", "mean_tokens": 11.0, "sparsity": 0.43},
+    "mnli": {"task": "mnli", "mean_tokens": 39.0, "sparsity": 0.50},
+    "minilm": {"task": "sst2", "mean_tokens": 27.0, "sparsity": 0.49, "shape": MINILM,
+               "locations": [1, 2, 3, 4, 5], "bin_num": 16, "batch_sizes": [32]},
 }
-ONNX_GOAL = {"dense_padded": 1.5, "dense_dynamic": 1.0}  # onnxruntime speedup at batch 1 on CoLA
 BATCHES_TIMED = {1: 16, 8: 4, 32: 3}  # batches per batch size in the timed dev file
+
+
+def read_goals(path: Path = GOALS_FILE) -> Dict:
+    from top.data.tasks import read_toml
+
+    return read_toml(path)
 
 
 def parse_args(argv=None):
@@ -66,6 +79,8 @@ def parse_args(argv=None):
                         help="onnxruntime: time the exported pruned graph against the same weights exported dense")
     parser.add_argument("--timed-batches", type=int, default=None,
                         help=f"batches per batch size in the timed dev file (default: {BATCHES_TIMED})")
+    parser.add_argument("--no-training", action="store_true",
+                        help="skip the training benches (bench_train_step.py, bench_run_cost.py)")
     return parser.parse_args(argv)
 
 
@@ -145,18 +160,23 @@ def gates_for_sparsity(lengths: List[int], config, bin_num: int, locations: List
 def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool, seed: int):
     from transformers import BertConfig, BertTokenizer
 
-    task = get_task(task_name)
     spec = TASKS[task_name]
+    task = get_task(spec["task"])
     vocab_size = 30522
     words = [f"w{i}" for i in range(vocab_size - 5)]
     path.parent.mkdir(parents=True, exist_ok=True)
     vocab_file = path.parent / (path.name + "-vocab.txt")
     vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
     tokenizer = BertTokenizer(str(vocab_file))
-    shape = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024) if small else {}
+    shape = spec.get("shape", {})
+    if small:
+        shape = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
     config = BertConfig(vocab_size=vocab_size, num_labels=task.num_labels, **shape)
     locations = default_prune_locations(config.num_hidden_layers)
-    token_z, reached = gates_for_sparsity(lengths, config, task.preset.bin_num, locations, spec["sparsity"])
+    if "locations" in spec and not small:
+        locations = list(spec["locations"])
+    bin_num = spec.get("bin_num", task.preset.bin_num)
+    token_z, reached = gates_for_sparsity(lengths, config, bin_num, locations, spec["sparsity"])
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
@@ -175,30 +195,34 @@ def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool
 
 def run_one(task_name, batch_size, checkpoint, data_dir, args, output: Path) -> Dict:
     bench.measure(bench.BenchOptions(
-        task=task_name, checkpoint=str(checkpoint), data_dir=str(data_dir), batch_size=batch_size,
+        task=TASKS[task_name]["task"], checkpoint=str(checkpoint), data_dir=str(data_dir), batch_size=batch_size,
         device=args.device, threads=args.threads, passes=args.passes, output=str(output), runtime=args.runtime,
     ))
     return json.loads(output.read_text())
 
 
 def summary_table(results: List[Dict]) -> str:
+    """One row per run: compact's time, then speedup / FLOPs limit (ratio) against every baseline it ran."""
+    names = []
+    for r in results:
+        names += [name for name in r["baselines"] if name not in names]
     lines = [
-        "| task | batch | compact ms | vs dense padded: speedup / FLOPs limit (ratio) "
-        "| vs dense dynamic: speedup / FLOPs limit (ratio) | agreement | peak MB compact / padded / dynamic |",
-        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+        "| checkpoint | batch | compact ms | "
+        + " | ".join(f"vs {name}: speedup / FLOPs limit (ratio)" for name in names)
+        + " | agreement | peak MB " + " / ".join(["compact"] + names) + " |",
+        "| --- | ---: | ---: | " + " | ".join("---" for _ in names) + " | ---: | --- |",
     ]
     for r in results:
         cells = []
-        for name in ("dense_padded", "dense_dynamic"):
-            b = r["baselines"][name]
-            ratio = b["speedup"] / b["flops_ratio"]
-            cells.append("{:.2f}x / {:.2f}x ({:.2f})".format(b["speedup"], b["flops_ratio"], ratio))
+        for name in names:
+            b = r["baselines"].get(name)
+            cells.append("-" if b is None else "{:.2f}x / {:.2f}x ({:.2f})".format(
+                b["speedup"], b["flops_ratio"], b["speedup_over_flops_ratio"]))
         peak = r.get("peak_memory_mb") or {}
-        mb = {name: "-" if peak.get(name) is None else f"{peak[name]:.0f}" for name in torch_timing.METHODS}
-
-        lines.append("| {} | {} | {:.1f} | {} | {} | {:.3f} | {} / {} / {} |".format(
-            r["task"], r["batch_size"], r["compact"]["ms_per_batch"], cells[0], cells[1],
-            r["agreement_with_faithful"], mb["compact"], mb["dense_padded"], mb["dense_dynamic"],
+        mb = ["-" if peak.get(name) is None else f"{peak[name]:.0f}" for name in ["compact"] + names]
+        lines.append("| {} | {} | {:.1f} | {} | {:.3f} | {} |".format(
+            r.get("bench_name", r["task"]), r["batch_size"], r["compact"]["ms_per_batch"], " | ".join(cells),
+            r["agreement_with_faithful"], " / ".join(mb),
         ))
     onnx_rows = [r for r in results if r.get("runtime") == "onnxruntime"]
     if onnx_rows:
@@ -206,13 +230,13 @@ def summary_table(results: List[Dict]) -> str:
             "",
             "onnxruntime: weight-read floor of one forward pass (weights read once)",
             "",
-            "| task | batch | weight MB | read GB/s | bandwidth floor ms | dense 2-token ms |",
+            "| checkpoint | batch | weight MB | read GB/s | bandwidth floor ms | optimized dense 2-token ms |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in onnx_rows:
             f = r["weight_read_floor"]
             lines.append("| {} | {} | {:.0f} | {:.1f} | {:.1f} | {:.1f} |".format(
-                r["task"], r["batch_size"], f["weight_bytes"] / 1e6, f["read_bandwidth_gb_s"],
+                r.get("bench_name", r["task"]), r["batch_size"], f["weight_bytes"] / 1e6, f["read_bandwidth_gb_s"],
                 f["bandwidth_floor_ms"], f["two_token_ms"]))
     return "\n".join(lines) + "\n"
 
@@ -226,19 +250,20 @@ def plot(results: List[Dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib is missing; no plot written (pip install matplotlib)", file=sys.stderr)
         return False
-    tasks = sorted({r["task"] for r in results})
+    tasks = sorted({r.get("bench_name", r["task"]) for r in results})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    colors = {"dense_padded": "tab:blue", "dense_dynamic": "tab:orange"}
+    colors = {"dense_padded": "tab:blue", "dense_dynamic": "tab:orange", "dense_dynamic_prepacked": "tab:green"}
     for ax, task in zip(axes[0], tasks):
-        rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["batch_size"])
+        rows = sorted((r for r in results if r.get("bench_name", r["task"]) == task), key=lambda r: r["batch_size"])
         sizes = [r["batch_size"] for r in rows]
         for name, color in colors.items():
+            if not all(name in r["baselines"] for r in rows):
+                continue
             ax.plot(sizes, [r["baselines"][name]["speedup"] for r in rows], "o-", color=color,
                     label="measured vs " + name)
-            ax.plot(sizes, [r["baselines"][name]["flops_ratio"] for r in rows], "--", color=color,
-                    label="FLOPs limit vs " + name)
-            ax.plot(sizes, [GOAL * r["baselines"][name]["flops_ratio"] for r in rows], ":", color=color,
-                    alpha=0.6, label=f"goal ({GOAL} x limit)")
+            if name != "dense_dynamic_prepacked":  # its FLOPs limit is dense_dynamic's
+                ax.plot(sizes, [r["baselines"][name]["flops_ratio"] for r in rows], "--", color=color,
+                        label="FLOPs limit vs " + name)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(s) for s in sizes])
@@ -264,65 +289,91 @@ def training_cost_numbers(output_dir: Path, args) -> None:
             print(f"{name} failed with exit status {result.returncode}", file=sys.stderr)
 
 
+def judge(results: List[Dict], goals: Dict, runtime: str) -> List[Dict]:
+    """Every goal of scripts/bench_goals.toml that these results measure: what it asks, the figure, met or not."""
+    verdicts = []
+
+    def add(r, what, figure, minimum):
+        verdicts.append({"checkpoint": r["bench_name"], "batch_size": r["batch_size"], "goal": what,
+                         "figure": figure, "minimum": minimum, "met": figure >= minimum})
+
+    for r in results:
+        if r["device"] != "cpu":
+            continue
+        name, batch = r["bench_name"], r["batch_size"]
+        base = r["baselines"]
+        if runtime == "torch":
+            if name == "minilm":
+                rule = goals["torch"]["minilm"]
+                wanted = {b: rule["min_ratio"] for b in ("dense_padded", "dense_dynamic")} \
+                    if batch == rule["batch_size"] else {}
+            else:
+                wanted = goals["torch"].get(str(batch), {})
+            for baseline, minimum in wanted.items():
+                add(r, f"speedup / FLOPs ratio vs {baseline}", base[baseline]["speedup_over_flops_ratio"], minimum)
+        else:
+            rule = goals["onnxruntime"]
+            baseline = rule["baseline"]
+            if batch == 1 and name in rule["batch1_min_speedup"]:
+                add(r, f"speedup vs {baseline}", base[baseline]["speedup"], rule["batch1_min_speedup"][name])
+            if batch == 32 and name in rule["batch1_min_speedup"]:
+                add(r, f"speedup / FLOPs ratio vs {baseline}", base[baseline]["speedup_over_flops_ratio"],
+                    rule["batch32_min_ratio"])
+    return verdicts
+
+
+def goals_table(verdicts: List[Dict]) -> str:
+    if not verdicts:
+        return "No goal is measured by these runs.\n"
+    lines = ["| checkpoint | batch | goal | figure | minimum | met |", "| --- | ---: | --- | ---: | ---: | --- |"]
+    for v in verdicts:
+        lines.append("| {} | {} | {} | {:.2f} | {:.2f} | {} |".format(
+            v["checkpoint"], v["batch_size"], v["goal"], v["figure"], v["minimum"], "yes" if v["met"] else "**no**"))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     work = output_dir / "work"
+    goals = read_goals()
     results = []
-    for task_name in args.tasks:
-        task = get_task(task_name)
-        spec = TASKS[task_name]
+    for name in args.tasks:
+        spec = TASKS[name]
+        task = get_task(spec["task"])
         gen = torch.Generator().manual_seed(args.seed)
         lengths = synthetic_lengths(spec, task, gen)
-        checkpoint = work / f"{task_name}-checkpoint"
-        words, reached = build_checkpoint(checkpoint, task_name, lengths, args.small, args.seed)
-        print(f"{task_name}: mean length {sum(lengths) / len(lengths):.1f}, gates reach token sparsity {reached:.3f}")
-        for batch_size in args.batch_sizes:
+        checkpoint = work / f"{name}-checkpoint"
+        words, reached = build_checkpoint(checkpoint, name, lengths, args.small, args.seed)
+        print(f"{name}: mean length {sum(lengths) / len(lengths):.1f}, gates reach token sparsity {reached:.3f}")
+        for batch_size in spec.get("batch_sizes", args.batch_sizes):
+            if batch_size not in args.batch_sizes:
+                continue
             subset = timed_subset(lengths, batch_size, args.timed_batches or BATCHES_TIMED.get(batch_size, 4))
             examples = [make_example(n, task.is_pair, words, gen) for n in subset]
-            data_dir = work / f"data-{task_name}-b{batch_size}"
+            data_dir = work / f"data-{name}-b{batch_size}"
             write_glue_tsv(task, examples, data_dir / task.glue_dir / task.file_name("dev"), split="dev")
             suffix = "-onnx" if args.runtime == "onnxruntime" else ""
-            name = f"{task_name}-b{batch_size}{suffix}.json"
-            result = run_one(task_name, batch_size, checkpoint, data_dir, args, output_dir / name)
+            result_path = output_dir / f"{name}-b{batch_size}{suffix}.json"
+            result = run_one(name, batch_size, checkpoint, data_dir, args, result_path)
             result["token_sparsity"] = reached
-            atomic_write_json(output_dir / name, result)
+            result["bench_name"] = name
+            atomic_write_json(result_path, result)
             results.append(result)
     table = summary_table(results)
-    if args.runtime == "onnxruntime":
-        return onnx_summary(results, table, output_dir)
-    goal_rows = [r for r in results if r["batch_size"] == 32 and r["device"] == "cpu"]
-    met = None
-    if goal_rows:
-        met = all(
-            r["baselines"][name]["speedup"] >= GOAL * r["baselines"][name]["flops_ratio"]
-            for r in goal_rows for name in ("dense_padded", "dense_dynamic")
-        )
-    verdict = {None: "not measured", True: "met", False: "not met"}[met]
-    note = f"Goal (batch 32, CPU): speedup >= {GOAL} x FLOPs ratio for each baseline: {verdict}.\n"
-    atomic_write_text(output_dir / "summary.md", table + "\n" + note)
-    atomic_write_json(output_dir / "summary.json", {"goal": GOAL, "goal_met": met,
-                                                    "results": results})
-    plot(results, output_dir / "speedup.png")
-    training_cost_numbers(output_dir, args)
-    print(table + "\n" + note)
-    return 0
-
-
-def onnx_summary(results: List[Dict], table: str, output_dir: Path) -> int:
-    """The onnxruntime goal: at batch 1 on CoLA-like inputs, >= 1.5x vs dense padded, >= 1.0x unpadded."""
-    rows = [r for r in results if r["batch_size"] == 1 and r["task"] == "cola"]
-    met = None
-    if rows:
-        met = all(r["baselines"]["dense_padded"]["speedup"] >= ONNX_GOAL["dense_padded"]
-                  and r["baselines"]["dense_dynamic"]["speedup"] >= ONNX_GOAL["dense_dynamic"] for r in rows)
-    verdict = {None: "not measured", True: "met", False: "not met"}[met]
-    note = (f"Goal (onnxruntime, CoLA, batch 1): >= {ONNX_GOAL['dense_padded']}x vs dense padded and "
-            f">= {ONNX_GOAL['dense_dynamic']}x vs dense unpadded: {verdict}.\n")
-    atomic_write_text(output_dir / "summary-onnx.md", table + "\n" + note)
-    atomic_write_json(output_dir / "summary-onnx.json", {"goal": ONNX_GOAL, "goal_met": met, "results": results})
-    print(table + "\n" + note)
+    verdicts = judge(results, goals, args.runtime)
+    text = table + "\nGoals (scripts/bench_goals.toml):\n\n" + goals_table(verdicts)
+    summary = {"goals": goals, "verdicts": verdicts,
+               "goals_met": all(v["met"] for v in verdicts) if verdicts else None, "results": results}
+    stem = "summary-onnx" if args.runtime == "onnxruntime" else "summary"
+    atomic_write_text(output_dir / f"{stem}.md", text)
+    atomic_write_json(output_dir / f"{stem}.json", summary)
+    if args.runtime == "torch":
+        plot(results, output_dir / "speedup.png")
+        if not args.no_training:
+            training_cost_numbers(output_dir, args)
+    print(text)
     return 0
 
 

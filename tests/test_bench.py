@@ -8,8 +8,8 @@ import torch
 from builders import WORDS, tiny_config, tiny_tokenizer
 
 from top.cli import main
-from top.method import prepacked
 from top.evaluation.torch_timing import sorted_batches
+from top.method import prepacked
 from top.method.checkpoint import save_checkpoint
 from top.method.modeling import ToPForSequenceClassification
 

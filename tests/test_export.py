@@ -219,7 +219,8 @@ def test_bench_onnxruntime_times_the_pruned_graph_against_dense_graphs(tmp_path)
     checks = r["onnx_export_check"]
     assert checks["compact"]["pruned"] and not checks["dense"]["pruned"] and not checks["optimized_dense"]["pruned"]
     # The deployed dense baseline: the stock export with attention fused; the --dense one unfused.
-    assert checks["optimized_dense"]["graph"] == "stock" and checks["optimized_dense"]["fused_operators"]["Attention"] == 4
+    stock = checks["optimized_dense"]
+    assert stock["graph"] == "stock" and stock["fused_operators"]["Attention"] == 4
     assert checks["dense"]["optimized"] is False and checks["dense"]["fused_operators"] == {}
     assert checks["compact"]["fused_operators"]["SkipLayerNormalization"] == 2 * 4
     assert r["baselines"]["optimized_dense_padded"]["flops_ratio"] == r["baselines"]["dense_padded"]["flops_ratio"]

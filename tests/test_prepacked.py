@@ -90,3 +90,20 @@ def test_the_stock_model_on_prepacked_linears_gives_its_own_logits():
     ids = torch.randint(5, 30, (2, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(swapped(input_ids=ids).logits, stock(input_ids=ids).logits, atol=1e-5, rtol=0)
+
+
+@needs_kernels
+def test_query_key_and_value_run_as_one_product_with_the_same_numbers():
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(24, 24) for _ in range(3)]
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        got = prepacked.linear_concat(parts, x)
+        expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+        parts[1].weight.add_(1.0)  # one of the three changes: the joint copy is made again
+        expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
+        assert torch.allclose(prepacked.linear_concat(parts, x), expected, atol=1e-5, rtol=1e-5)
+        many = torch.randn(prepacked.MAX_ROWS + 3, 24)
+        assert torch.allclose(prepacked.linear_concat(parts, many),
+                              torch.cat([F.linear(many, m.weight, m.bias) for m in parts], dim=1), atol=1e-5)

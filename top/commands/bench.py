@@ -66,8 +66,8 @@ from top.evaluation.torch_timing import (
     time_methods,
     unpadded_reference_logits,
 )
-from top.method.checkpoint import load_checkpoint
 from top.method import prepacked
+from top.method.checkpoint import load_checkpoint
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement
 from top.storage.io import atomic_write_json
 

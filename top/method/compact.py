@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from top.method.modeling import MASK_VALUE
-from top.method.prepacked import linear
+from top.method.prepacked import linear, linear_concat
 from top.method.pruning import prune_step
 
 _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
@@ -208,8 +208,7 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     head_dim = self_attention.attention_head_size
     hidden = heads * head_dim
     batch, width = len(layout.lengths), layout.width
-    qkv = torch.cat([linear(self_attention.query, packed), linear(self_attention.key, packed),
-                     linear(self_attention.value, packed)], dim=1)
+    qkv = linear_concat((self_attention.query, self_attention.key, self_attention.value), packed)
     # [B, n, 3, heads, d] -> three [B, heads, n, d]
     q, k, v = _to_grid(qkv, layout).view(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     importance = None
