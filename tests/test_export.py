@@ -106,19 +106,30 @@ def test_padding_past_the_longest_example_changes_nothing(exported):
 def layer_widths(model_path, inputs, layers):
     """The number of tokens each layer attends over, read from the running graph.
 
-    Every layer has one Softmax (the attention probabilities, ``[batch, heads, n, n]``), and the
-    exporter writes nodes in execution order, so the k-th Softmax belongs to layer k.
+    Every layer has one attention: a written-out Softmax (the probabilities, ``[batch, heads, n, n]``)
+    or a fused ``com.microsoft`` Attention or its int8 QAttention (``[batch, n, hidden]``); nodes
+    are in execution order,
+    so the k-th of them belongs to layer k.
     """
     model = onnx.load(str(model_path))
-    softmaxes = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
-    assert len(softmaxes) == layers
+    fused = ("Attention", "QAttention")
+    attentions = [(n.output[0], n.op_type) for n in model.graph.node
+                  if n.op_type == "Softmax" or (n.domain == "com.microsoft" and n.op_type in fused)]
+    assert len(attentions) == layers
+    names = [name for name, _ in attentions]
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                              for name in softmaxes)
+                              for name in names)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-    values = session.run(softmaxes, feed)
-    assert all(v.shape[-1] == v.shape[-2] for v in values)
-    return [v.shape[-1] for v in values]
+    values = session.run(names, feed)
+    widths = []
+    for value, (_, op) in zip(values, attentions):
+        if op == "Softmax":
+            assert value.shape[-1] == value.shape[-2]
+            widths.append(value.shape[-1])
+        else:
+            widths.append(value.shape[1])
+    return widths
 
 
 def test_the_graph_really_computes_fewer_tokens_in_later_layers(exported):
@@ -142,6 +153,12 @@ def test_the_written_graph_is_fused_unless_asked_not_to(exported, tmp_path):
     # The default graph (the fixture's) carries onnxruntime's fused feed-forward operators ...
     fused = operator_types(exported["root"] / "model.onnx")
     assert {("com.microsoft", "SkipLayerNormalization"), ("com.microsoft", "BiasGelu")} <= fused
+    # ... and the layers that rank nothing (the first, before any prune location) fused attention.
+    graph = onnx.load(str(exported["root"] / "model.onnx")).graph
+    fused_attention = [n for n in graph.node if n.domain == "com.microsoft" and n.op_type == "Attention"]
+    ranking = [n for n in graph.node if n.op_type == "Softmax"]
+    layers = exported["model"].config.num_hidden_layers
+    assert len(fused_attention) >= 1 and len(fused_attention) + len(ranking) == layers
     # ... and --no-optimize writes plain ONNX only, which equals compact just the same.
     output = tmp_path / "plain.onnx"
     assert main(["export", "--checkpoint", str(exported["checkpoint"]), "--output", str(output),
@@ -205,7 +222,7 @@ def test_bench_onnxruntime_times_the_pruned_graph_against_dense_graphs(tmp_path)
     output = tmp_path / "bench.json"
     assert main(["bench", "--task", "cola", "--checkpoint", str(ckpt), "--validation-file", str(data),
                  "--batch-size", "4", "--threads", "1", "--passes", "5", "--warmup-passes", "0",
-                 "--runtime", "onnxruntime", "--output", str(output)]) == 0
+                 "--runtime", "onnxruntime", "--quantize", "int8", "--output", str(output)]) == 0
     r = json.loads(output.read_text())
     assert r["runtime"] == "onnxruntime" and r["batch_size"] == 4 and r["n_timed_batches"] == 3
     assert r["compact"]["ms_per_batch"] > 0
@@ -230,6 +247,52 @@ def test_bench_onnxruntime_times_the_pruned_graph_against_dense_graphs(tmp_path)
     assert floor["weight_bytes"] == expected_bytes
     assert floor["read_bandwidth_gb_s"] > 0 and floor["two_token_ms"] > 0
     assert r["peak_memory_mb"] is None
+    int8 = r["int8"]
+    assert int8["speedup"] == pytest.approx(int8["optimized_dense_dynamic_ms_per_batch"] / int8["compact_ms_per_batch"])
+    assert int8["flops_ratio"] == r["baselines"]["optimized_dense_dynamic"]["flops_ratio"]
+    assert 0.0 <= int8["agreement_with_float_compact"] <= 1.0
+    assert all(check["agreement_with_float_compact"] >= export.INT8_MIN_AGREEMENT
+               for check in int8["export_check"].values())
+
+
+def test_bench_quantize_needs_the_onnxruntime_runtime(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", layers=4, keep_bins=5)
+    data = write_custom_csv(tmp_path / "dev.csv", n=12)
+    assert main(["bench", "--task", "cola", "--checkpoint", str(ckpt), "--validation-file", str(data),
+                 "--quantize", "int8", "--output", str(tmp_path / "b.json")]) == 2
+    assert "--runtime onnxruntime" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_int8_export_keeps_pruning_and_agrees_with_float_compact(exported, tmp_path):
+    output = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(exported["checkpoint"]), "--output", str(output),
+                 "--quantize", "int8"]) == 0
+    ops = {op for _, op in operator_types(output)}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # int8 products
+    config = exported["model"].config
+    # Still prunes inside the graph: later layers are narrower, as in compact.
+    inputs = export.sample_inputs(config, [120], seed=11)
+    widths = layer_widths(output, inputs, config.num_hidden_layers)
+    assert widths[0] == 120 and widths[-1] < widths[1]
+    # Inputs the export's own check never saw: predictions agree with float compact.
+    session = export.onnxruntime_session(output)
+    gen = torch.Generator().manual_seed(42)
+    agree = []
+    for index in range(16):
+        lengths = [int(n) for n in torch.randint(2, 100, (8,), generator=gen)]
+        batch = export.sample_inputs(config, lengths, seed=1000 + index)
+        agree += prediction_agreement(export.run_session(session, batch), compact_logits(exported, batch).logits)
+    assert sum(agree) / len(agree) >= 0.97
+
+
+def test_an_int8_graph_that_disagrees_is_refused(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass
+    model, token_z, pruner_z = loaded(exported["checkpoint"])
+    output = tmp_path / "int8.onnx"
+    with pytest.raises(UserError, match="without --quantize"):
+        export.export_model(model, token_z, pruner_z, output, quantize="int8")
+    assert not output.exists()
 
 
 def deploy_script() -> str:

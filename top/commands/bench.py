@@ -49,9 +49,16 @@ import torch
 
 from top.commands import options
 from top.commands.argtypes import batch_size_count, int_in_range, positive_int
-from top.commands.bench_onnx import FLOOR_METHOD, onnx_record, onnxruntime_functions, weight_read_floor
+from top.commands.bench_onnx import (
+    FLOOR_METHOD,
+    INT8_METHOD,
+    int8_record,
+    onnx_record,
+    onnxruntime_functions,
+    weight_read_floor,
+)
 from top.commands.evaluate import load_tokenizer
-from top.commands.export import onnxruntime_available
+from top.commands.export import QUANTIZE, onnxruntime_available
 from top.data.batching import check_max_seq_length, check_token_ids, encode
 from top.data.loading import load_task_data
 from top.data.tasks import get_task
@@ -96,6 +103,7 @@ class BenchOptions:
     no_memory: bool = False
     output: str = "bench.json"
     runtime: str = RUNTIMES[0]
+    quantize: Optional[str] = None  # "int8": also time the int8 graphs (onnxruntime only)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", default=BenchOptions.runtime, choices=RUNTIMES,
                         help="torch (default) or onnxruntime: time the exported pruned graph against "
                         "the same weights exported dense")
+    parser.add_argument("--quantize", choices=QUANTIZE, default=None,
+                        help="with --runtime onnxruntime: also time the int8 pruned graph (top export "
+                        "--quantize int8) against the stock export, optimized and quantized the same way")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,6 +138,8 @@ def _check_options(opts: BenchOptions) -> None:
     """What argparse cannot see: the machine, the installed runtimes and which dev set was named."""
     options.resolve_device(opts.device)  # no GPU behind --device cuda is an error
     runtime = opts.runtime
+    if opts.quantize is not None and runtime != "onnxruntime":
+        raise UserError("--quantize times exported graphs; pass --runtime onnxruntime with it.")
     if runtime == "onnxruntime" and opts.device != "cpu":
         raise UserError("--runtime onnxruntime times the CPU execution provider only; pass --device cpu.")
     if runtime == "onnxruntime":
@@ -271,6 +284,18 @@ def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str,
 
 
 
+def agreement_with_compact(loaded: Loaded, graph: Callable[[Dict[str, Any]], Any]) -> float:
+    """Share of the dev examples on which ``graph`` (numpy logits) predicts what PyTorch compact does."""
+    agree = []
+    with torch.no_grad():
+        for batch in loaded.batches:
+            t = batch["trimmed"]
+            reference = compact_forward(loaded.top_model, loaded.plan, t["input_ids"], t["attention_mask"],
+                                        t.get("token_type_ids")).logits
+            agree.extend(prediction_agreement(torch.from_numpy(graph(batch)), reference))
+    return sum(agree) / len(agree)
+
+
 def time_per_batch(opts: BenchOptions, functions,
                    full_batches) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
     """Seconds per batch of every pass, and the median over passes in milliseconds, per method."""
@@ -340,9 +365,12 @@ def benchmark(opts: BenchOptions) -> Dict[str, Any]:
         onnx_dir = tempfile.TemporaryDirectory(prefix="top-bench-onnx-")
         functions, onnx_session, exports = onnxruntime_functions(
             loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name),
-            loaded.dense,
+            loaded.dense, opts.quantize,
         )
     correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None)
+    int8_agreement = None
+    if INT8_METHOD in functions:
+        int8_agreement = agreement_with_compact(loaded, functions[INT8_METHOD])
     macs = mac_counts(loaded.top_model.config, loaded.batches, correctness.kept, task.task_length)
     per_pass, ms = time_per_batch(opts, functions, loaded.full_batches)
 
@@ -359,6 +387,8 @@ def benchmark(opts: BenchOptions) -> Dict[str, Any]:
     result = result_record(opts, task, threads, loaded, correctness, macs, per_pass, ms, memory)
     if runtime == "onnxruntime":
         result.update(onnx_record(correctness, exports, floor))
+        if opts.quantize:
+            result["int8"] = int8_record(result, ms, int8_agreement)
     return result
 
 

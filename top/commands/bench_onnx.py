@@ -17,9 +17,12 @@ FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
 
 
 OPTIMIZED = ("optimized_dense_padded", "optimized_dense_dynamic")
+INT8_METHOD = "compact_int8"
+INT8_DENSE = "optimized_dense_int8_dynamic"
 
 
-def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, directory: Path, stock_model):
+def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, directory: Path, stock_model,
+                          quantize=None):
     """The methods in onnxruntime: ``(functions, pruned session, export reports)``.
 
     Three graphs are written to ``directory`` by :func:`top.commands.export.export_model`, which
@@ -29,7 +32,8 @@ def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, d
     onnxruntime's transformer optimizer (fused attention, LayerNorms and GELU: the dense graph
     a user would otherwise deploy). Each dense graph is fed padded (``*_padded``) and trimmed
     (``*_dynamic``) batches. Every batch gets numpy copies of its inputs, so the timed calls
-    convert nothing.
+    convert nothing. With ``quantize="int8"`` the pruned graph and the optimized stock graph are
+    also written int8 (``top export --quantize int8``) and timed on trimmed batches.
     """
     reports = {
         "compact": export_model(top_model, token_z, pruner_z, directory / "pruned.onnx"),
@@ -71,6 +75,18 @@ def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, d
                  "optimized_dense_padded": optimized_dense_padded,
                  "optimized_dense_dynamic": optimized_dense_dynamic, "compact": compact,
                  FLOOR_METHOD: dense_two_tokens}
+    if quantize == "int8":
+        reports[INT8_METHOD] = export_model(top_model, token_z, pruner_z, directory / "pruned-int8.onnx",
+                                            quantize="int8")
+        reports[INT8_DENSE] = export_model(top_model, None, None, directory / "stock-int8.onnx",
+                                           stock_model=stock_model, quantize="int8")
+        sessions = {INT8_METHOD: onnxruntime_session(directory / "pruned-int8.onnx", threads),
+                    INT8_DENSE: onnxruntime_session(directory / "stock-int8.onnx", threads)}
+
+        def trimmed_run(session):
+            return lambda batch: session.run(["logits"], batch["trimmed_numpy"])[0]
+
+        functions.update({name: trimmed_run(session) for name, session in sessions.items()})
     return functions, pruned, reports
 
 
@@ -119,4 +135,23 @@ def onnx_record(correctness: Correctness, exports, floor) -> Dict[str, Any]:
                        "no fusions); optimized_dense_*: the stock Hugging Face export after onnxruntime's "
                        "transformer optimizer",
         "dense_attention": "dense_*: onnx MatMul/Softmax, as in the pruned graph; optimized_dense_*: fused Attention",
+    }
+
+
+def int8_record(result: Dict[str, Any], ms: Dict[str, float], agreement: float) -> Dict[str, Any]:
+    """The int8 pruned graph against the int8 stock graph (same quantization), and against the float graphs."""
+    optimized = result["baselines"]["optimized_dense_dynamic"]
+    return {
+        "compact_ms_per_batch": ms[INT8_METHOD],
+        "optimized_dense_dynamic_ms_per_batch": ms[INT8_DENSE],
+        "speedup": ms[INT8_DENSE] / ms[INT8_METHOD],
+        "flops_ratio": optimized["flops_ratio"],  # the float graphs' tokens
+        "speedup_over_flops_ratio": ms[INT8_DENSE] / ms[INT8_METHOD] / optimized["flops_ratio"],
+        "speedup_vs_float_compact": ms["compact"] / ms[INT8_METHOD],
+        "speedup_vs_float_optimized_dense_dynamic": optimized["ms_per_batch"] / ms[INT8_METHOD],
+        "agreement_with_float_compact": agreement,
+        "export_check": {name: result["onnx_export_check"][name]["int8_check"] for name in (INT8_METHOD, INT8_DENSE)},
+        "quantization": "onnxruntime quantize_dynamic: int8 weights (QInt8, 7-bit reduce_range) of MatMul and "
+                        "Attention with a constant matrix, uint8 activations quantized per call; products of two "
+                        "activations stay float",
     }

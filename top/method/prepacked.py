@@ -2,12 +2,12 @@
 
 A linear layer on a few dozen rows is bound by reading its weight, not by arithmetic: bert-base
 reads 340 MB of weight matrices per forward pass, whatever the number of tokens. ``F.linear``
-(MKL's sgemm in the CPU wheels) reads them at 6-10 GB/s at such row counts on the 2-core
-machines we measure on; oneDNN's kernel on a weight reordered once into its blocked layout
-reads them 2-3x faster at up to ~64 rows and loses that edge from ~200 rows on (measured with
-``torch.ops.mkldnn._linear_pointwise``, torch 2.13, 2-core AMD EPYC Zen 3). Pruning shrinks the
-row counts, so compact inference is where this matters most; :func:`linear` picks the kernel by
-the row count.
+(MKL's sgemm in the CPU wheels) reads them at 6-10 GB/s at such row counts on the 2-core AMD
+EPYC (Zen 3, 32 MiB L3) we measure on; oneDNN's kernel on a weight reordered once into its
+blocked layout is 1.2-3x faster at 1-12 rows, 1.3-1.4x at 32, 1.05-1.2x at 96, even around 128-160,
+and slower from 256 on (weights cold, as in a model too big for the cache; torch 2.13,
+``torch.ops.mkldnn._linear_pointwise``). Pruning shrinks the row counts, so compact inference is
+where this matters most; :func:`linear` picks the kernel by the row count.
 
 The packed copy of each weight is made on first use and kept in a weak-keyed cache next to the
 module (``prepack`` makes them all at once), so the model itself is never changed: it can still
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_ROWS = 128  # at most this many rows take the prepacked kernel
+MAX_ROWS = 96  # at most this many rows take the prepacked kernel (faster by >= 5% up to here)
 ENV = "TOP_PREPACK"
 
 _CACHE: weakref.WeakKeyDictionary[nn.Linear, Tuple[Tuple[int, int], Optional[torch.Tensor]]] = (
