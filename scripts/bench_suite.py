@@ -327,7 +327,7 @@ def goals_table(verdicts: List[Dict]) -> str:
         return "No goal is measured by these runs.\n"
     lines = ["| checkpoint | batch | goal | figure | minimum | met |", "| --- | ---: | --- | ---: | ---: | --- |"]
     for v in verdicts:
-        lines.append("| {} | {} | {} | {:.2f} | {:.2f} | {} |".format(
+        lines.append("| {} | {} | {} | {:.3f} | {:.2f} | {} |".format(
             v["checkpoint"], v["batch_size"], v["goal"], v["figure"], v["minimum"], "yes" if v["met"] else "**no**"))
     return "\n".join(lines) + "\n"
 

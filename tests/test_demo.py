@@ -29,6 +29,8 @@ def test_quick_demo_writes_report_plots_and_example(tmp_path, capsys):
     # The pruned model exported to ONNX and timed at batch 1 in onnxruntime, where it is installed.
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         assert report["pruned"]["onnx_speedup"] > 0 and report["pruned"]["onnx_note"] is None
+        assert report["pruned"]["onnx_speedup_vs_optimized_dense_dynamic"] > 0
+        assert "optimized by onnxruntime" in (out / "report.md").read_text()
         assert (out / "model.onnx").stat().st_size > 0
     else:
         assert report["pruned"]["onnx_speedup"] is None and "onnxruntime" in report["pruned"]["onnx_note"]

@@ -359,18 +359,23 @@ def run_session(session, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(session.run(["logits"], feed)[0])
 
 
-def compare_with_compact(session, model, token_z, pruner_z, batches,
-                         source: str = "being exported") -> Tuple[float, int]:
-    """``(max |logit difference|, length of the worst batch)`` of onnxruntime against PyTorch compact."""
+def _side_by_side(session, model, token_z, pruner_z, batches, source: str):
+    """``(inputs, onnxruntime logits, PyTorch compact logits)`` for every batch."""
     longest = max(int(inputs["input_ids"].shape[1]) for inputs in batches)
     plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, longest)
-    worst, worst_length = 0.0, 0
     for inputs in batches:
         reference = compact_forward(
             model, plan, inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
         ).logits
         require_finite_logits(reference, source)
-        got = run_session(session, inputs)
+        yield inputs, run_session(session, inputs), reference
+
+
+def compare_with_compact(session, model, token_z, pruner_z, batches,
+                         source: str = "being exported") -> Tuple[float, int]:
+    """``(max |logit difference|, length of the worst batch)`` of onnxruntime against PyTorch compact."""
+    worst, worst_length = 0.0, 0
+    for inputs, got, reference in _side_by_side(session, model, token_z, pruner_z, batches, source):
         diff = float((got - reference).abs().max()) if got.shape == reference.shape else math.inf
         if not diff <= worst:  # also catches NaN
             worst, worst_length = diff, int(inputs["attention_mask"].sum(dim=1).max())
@@ -408,12 +413,13 @@ def optimize_graph(model_bytes: bytes, config) -> Tuple[bytes, Dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="top-onnx-") as tmp:
         source = Path(tmp) / "graph.onnx"
         source.write_bytes(model_bytes)
-        with _quiet_logging(), warnings.catch_warnings():  # it logs every fusion it tries
+        with _quiet_logging(), warnings.catch_warnings():  # it logs every fusion it tries, and the totals
             warnings.simplefilter("ignore")
             optimized = optimize_model(str(source), model_type="bert",
                                        num_heads=int(config.num_attention_heads),
                                        hidden_size=int(config.hidden_size))
-        fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
+            statistics = optimized.get_fused_operator_statistics()
+        fused = {name: int(count) for name, count in statistics.items() if count}
         return optimized.model.SerializeToString(), fused
 
 
@@ -501,16 +507,9 @@ def checked_int8(model_bytes: bytes, model, token_z, pruner_z, output, source: s
     """The int8 graph's predictions against float compact's; raise unless they agree often enough."""
     session = onnxruntime_session(model_bytes)
     batches = int8_check_batches(model.config) + check_batches(model.config)
-    longest = max(int(inputs["input_ids"].shape[1]) for inputs in batches)
-    plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, longest)
     agree, worst = [], 0.0
     with torch.no_grad():
-        for inputs in batches:
-            reference = compact_forward(
-                model, plan, inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
-            ).logits
-            require_finite_logits(reference, source)
-            got = run_session(session, inputs)
+        for _, got, reference in _side_by_side(session, model, token_z, pruner_z, batches, source):
             if got.shape != reference.shape or not bool(torch.isfinite(got).all()):
                 agree.extend([False] * reference.shape[0])
                 continue
