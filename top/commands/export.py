@@ -186,9 +186,9 @@ class FusedSelfAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, alive, heads: int):
-        batch, width, size = hidden.shape
-        head_dim = size // heads
+    def forward(ctx, hidden, weight, bias, alive, heads: int, head_dim: int):
+        batch, width = hidden.shape[0], hidden.shape[1]
+        size = heads * head_dim  # Python ints: torch 1.12's tracer turns shape arithmetic into tensors
         qkv = torch.matmul(hidden, weight) + bias
         q, k, v = qkv.reshape(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         key_bias = ((1.0 - alive) * MASK_VALUE)[:, None, None, :]
@@ -196,7 +196,7 @@ class FusedSelfAttention(torch.autograd.Function):
         return torch.matmul(probs, v).transpose(1, 2).reshape(batch, width, size)
 
     @staticmethod
-    def symbolic(g, hidden, weight, bias, alive, heads):
+    def symbolic(g, hidden, weight, bias, alive, heads, head_dim):
         mask = g.op("Cast", alive, to_i=6)  # int32 1/0: the operator's raw key mask
         out = g.op("com.microsoft::Attention", hidden, weight, bias, mask, num_heads_i=int(heads),
                    mask_filter_value_f=float(MASK_VALUE))
@@ -210,7 +210,8 @@ def _fused_attention(layer, hidden: torch.Tensor, alive: torch.Tensor) -> torch.
     parts = (self_attention.query, self_attention.key, self_attention.value)
     weight = torch.cat([part.weight.t() for part in parts], dim=1)
     bias = torch.cat([part.bias for part in parts])
-    context = FusedSelfAttention.apply(hidden, weight, bias, alive, self_attention.num_attention_heads)
+    context = FusedSelfAttention.apply(hidden, weight, bias, alive, self_attention.num_attention_heads,
+                                       self_attention.attention_head_size)
     return layer.attention.output(context, hidden)
 
 
