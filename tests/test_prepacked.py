@@ -104,6 +104,9 @@ def test_query_key_and_value_run_as_one_product_with_the_same_numbers():
         parts[1].weight.add_(1.0)  # one of the three changes: the joint copy is made again
         expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
         assert torch.allclose(prepacked.linear_concat(parts, x), expected, atol=1e-5, rtol=1e-5)
+        parts[2].bias.add_(1.0)  # a bias alone changes: its copy in the joint bias is made again too
+        expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
+        assert torch.allclose(prepacked.linear_concat(parts, x), expected, atol=1e-5, rtol=1e-5)
         many = torch.randn(prepacked.MAX_ROWS + 3, 24)
         assert torch.allclose(prepacked.linear_concat(parts, many),
                               torch.cat([F.linear(many, m.weight, m.bias) for m in parts], dim=1), atol=1e-5)

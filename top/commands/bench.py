@@ -257,9 +257,11 @@ def load_bench(opts: BenchOptions, task) -> Loaded:
 
 
 
-def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str, Any]], Any]]) -> Correctness:
+def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str, Any]], Any]],
+                      onnx_int8: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Correctness:
     """Compact against faithful (predictions) and the unpadded reference (logits), on every batch;
-    with ``onnx_compact``, the exported graph against both as well."""
+    with ``onnx_compact``, the exported graph against both as well; with ``onnx_int8``, the int8
+    graph's predictions against compact's."""
     model, plan = loaded.top_model, loaded.plan
     result = Correctness([], 0.0, [], [], 0.0)
     with torch.no_grad():
@@ -277,23 +279,13 @@ def check_correctness(loaded: Loaded, onnx_compact: Optional[Callable[[Dict[str,
                 onnx_logits = torch.from_numpy(onnx_compact(batch))
                 result.onnx_agree.extend(prediction_agreement(onnx_logits, faithful))
                 result.onnx_diff = max(result.onnx_diff, float((onnx_logits - fast.logits).abs().max()))
+            if onnx_int8 is not None:
+                result.int8_agree.extend(prediction_agreement(torch.from_numpy(onnx_int8(batch)), fast.logits))
     return result
 
 
 
 
-
-
-def agreement_with_compact(loaded: Loaded, graph: Callable[[Dict[str, Any]], Any]) -> float:
-    """Share of the dev examples on which ``graph`` (numpy logits) predicts what PyTorch compact does."""
-    agree = []
-    with torch.no_grad():
-        for batch in loaded.batches:
-            t = batch["trimmed"]
-            reference = compact_forward(loaded.top_model, loaded.plan, t["input_ids"], t["attention_mask"],
-                                        t.get("token_type_ids")).logits
-            agree.extend(prediction_agreement(torch.from_numpy(graph(batch)), reference))
-    return sum(agree) / len(agree)
 
 
 def time_per_batch(opts: BenchOptions, functions,
@@ -367,10 +359,8 @@ def benchmark(opts: BenchOptions) -> Dict[str, Any]:
             loaded.top_model, loaded.token_z, loaded.pruner_z, loaded.batches, threads, Path(onnx_dir.name),
             loaded.dense, opts.quantize,
         )
-    correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None)
-    int8_agreement = None
-    if INT8_METHOD in functions:
-        int8_agreement = agreement_with_compact(loaded, functions[INT8_METHOD])
+    correctness = check_correctness(loaded, functions["compact"] if onnx_session is not None else None,
+                                    functions.get(INT8_METHOD))
     macs = mac_counts(loaded.top_model.config, loaded.batches, correctness.kept, task.task_length)
     per_pass, ms = time_per_batch(opts, functions, loaded.full_batches)
 
@@ -388,7 +378,7 @@ def benchmark(opts: BenchOptions) -> Dict[str, Any]:
     if runtime == "onnxruntime":
         result.update(onnx_record(correctness, exports, floor))
         if opts.quantize:
-            result["int8"] = int8_record(result, ms, int8_agreement)
+            result["int8"] = int8_record(result, ms, sum(correctness.int8_agree) / len(correctness.int8_agree))
     return result
 
 

@@ -16,7 +16,6 @@ from top.evaluation.bench_records import Correctness
 FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
 
 
-OPTIMIZED = ("optimized_dense_padded", "optimized_dense_dynamic")
 INT8_METHOD = "compact_int8"
 INT8_DENSE = "optimized_dense_int8_dynamic"
 
@@ -48,20 +47,9 @@ def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, d
         for part in ("full", "trimmed"):
             batch[part + "_numpy"] = {k: batch[part][k].cpu().numpy() for k in names}
 
-    def dense_padded(batch):
-        return dense.run(["logits"], batch["full_numpy"])[0]
-
-    def dense_dynamic(batch):
-        return dense.run(["logits"], batch["trimmed_numpy"])[0]
-
-    def optimized_dense_padded(batch):
-        return optimized.run(["logits"], batch["full_numpy"])[0]
-
-    def optimized_dense_dynamic(batch):
-        return optimized.run(["logits"], batch["trimmed_numpy"])[0]
-
-    def compact(batch):
-        return pruned.run(["logits"], batch["trimmed_numpy"])[0]
+    def fed(session, part: str):
+        """The session run on each batch's ``full`` (task-length padded) or ``trimmed`` inputs."""
+        return lambda batch: session.run(["logits"], batch[part + "_numpy"])[0]
 
     two = sample_inputs(top_model.config, [2])
     two_tokens = {k: two[k].numpy() for k in names}
@@ -71,22 +59,17 @@ def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, d
         # the fastest dense graph, so the floor is the tightest one.
         return optimized.run(["logits"], two_tokens)[0]
 
-    functions = {"dense_padded": dense_padded, "dense_dynamic": dense_dynamic,
-                 "optimized_dense_padded": optimized_dense_padded,
-                 "optimized_dense_dynamic": optimized_dense_dynamic, "compact": compact,
+    functions = {"dense_padded": fed(dense, "full"), "dense_dynamic": fed(dense, "trimmed"),
+                 "optimized_dense_padded": fed(optimized, "full"),
+                 "optimized_dense_dynamic": fed(optimized, "trimmed"), "compact": fed(pruned, "trimmed"),
                  FLOOR_METHOD: dense_two_tokens}
     if quantize == "int8":
         reports[INT8_METHOD] = export_model(top_model, token_z, pruner_z, directory / "pruned-int8.onnx",
                                             quantize="int8")
         reports[INT8_DENSE] = export_model(top_model, None, None, directory / "stock-int8.onnx",
                                            stock_model=stock_model, quantize="int8")
-        sessions = {INT8_METHOD: onnxruntime_session(directory / "pruned-int8.onnx", threads),
-                    INT8_DENSE: onnxruntime_session(directory / "stock-int8.onnx", threads)}
-
-        def trimmed_run(session):
-            return lambda batch: session.run(["logits"], batch["trimmed_numpy"])[0]
-
-        functions.update({name: trimmed_run(session) for name, session in sessions.items()})
+        functions[INT8_METHOD] = fed(onnxruntime_session(directory / "pruned-int8.onnx", threads), "trimmed")
+        functions[INT8_DENSE] = fed(onnxruntime_session(directory / "stock-int8.onnx", threads), "trimmed")
     return functions, pruned, reports
 
 

@@ -152,6 +152,14 @@ class ExportForward(nn.Module):
         return self.family.head(hidden[:, :1])
 
 
+def _masked_attention(q, k, v, alive: torch.Tensor, head_dim: int):
+    """``(probabilities, context)`` of scaled dot-product attention over ``[batch, heads, n, d]``
+    queries, keys and values, keys that are not ``alive`` masked with ``MASK_VALUE``."""
+    key_bias = ((1.0 - alive) * MASK_VALUE)[:, None, None, :]
+    probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + key_bias, dim=-1)
+    return probs, torch.matmul(probs, v)
+
+
 def _attention(layer, hidden: torch.Tensor, alive: torch.Tensor, rank: bool):
     """The stock projections around a written-out scaled dot-product; importance when ``rank``."""
     self_attention = layer.attention.self
@@ -163,10 +171,8 @@ def _attention(layer, hidden: torch.Tensor, alive: torch.Tensor, rank: bool):
         return projection(hidden).reshape(batch, -1, heads, head_dim).transpose(1, 2)
 
     q, k, v = split(self_attention.query), split(self_attention.key), split(self_attention.value)
-    key_bias = ((1.0 - alive) * MASK_VALUE)[:, None, None, :]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + key_bias
-    probs = torch.softmax(scores, dim=-1)
-    context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, -1, heads * head_dim)
+    probs, context = _masked_attention(q, k, v, alive, head_dim)
+    context = context.transpose(1, 2).reshape(batch, -1, heads * head_dim)
     importance = None
     if rank:
         # Mean over heads and real query rows, as the reference compact mode takes it.
@@ -191,9 +197,7 @@ class FusedSelfAttention(torch.autograd.Function):
         size = heads * head_dim  # Python ints: torch 1.12's tracer turns shape arithmetic into tensors
         qkv = torch.matmul(hidden, weight) + bias
         q, k, v = qkv.reshape(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        key_bias = ((1.0 - alive) * MASK_VALUE)[:, None, None, :]
-        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + key_bias, dim=-1)
-        return torch.matmul(probs, v).transpose(1, 2).reshape(batch, width, size)
+        return _masked_attention(q, k, v, alive, head_dim)[1].transpose(1, 2).reshape(batch, width, size)
 
     @staticmethod
     def symbolic(g, hidden, weight, bias, alive, heads, head_dim):

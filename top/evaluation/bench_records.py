@@ -17,6 +17,7 @@ class Correctness:
     kept: List[torch.Tensor]  # per batch, the survivors of every layer (for the MAC counts)
     onnx_agree: List[bool]
     onnx_diff: float  # largest |onnx compact - torch compact| logit
+    int8_agree: List[bool] = dataclasses.field(default_factory=list)  # int8 graph's prediction equals compact's
 
 
 def mac_counts(config, batches, kept: List[torch.Tensor], task_length: int) -> Dict[str, List[torch.Tensor]]:

@@ -12,7 +12,7 @@ where this matters most; :func:`linear` picks the kernel by the row count.
 The packed copy of each weight is made on first use and kept in a weak-keyed cache next to the
 module (``prepack`` makes them all at once), so the model itself is never changed: it can still
 be trained, saved and moved. A weight changed in place (an optimiser step) or replaced is seen
-by its version counter and repacked. The cost is memory: a packed copy is as large as the
+by its version counter (and its bias's) and repacked. The cost is memory: a packed copy is as large as the
 weight. ``TOP_PREPACK=0`` turns it off; torch builds without the oneDNN ops (torch 1.12 has no
 ``_linear_pointwise``) fall back to ``F.linear``.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,8 @@ from torch import nn
 MAX_ROWS = 96  # at most this many rows take the prepacked kernel (faster by >= 5% up to here)
 ENV = "TOP_PREPACK"
 
-_CACHE: weakref.WeakKeyDictionary[nn.Linear, Tuple[Tuple[int, int], Optional[torch.Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+# first module -> {the modules' ids: (their weights' and biases' versions, (packed weight, bias) or None)}
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _OPS_PRESENT: Optional[bool] = None
 
 
@@ -56,27 +55,38 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off") and _ops_present()
 
 
-def _key(module: nn.Linear) -> Tuple[int, int]:
-    weight = module.weight
-    return weight.data_ptr(), weight._version
+def _version(tensor: Optional[torch.Tensor]) -> Tuple[int, int]:
+    return (0, 0) if tensor is None else (tensor.data_ptr(), tensor._version)
+
+
+def _packed(modules: Sequence[nn.Linear]) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """One packed weight, and the bias, for linear layers on the same input (their outputs side by
+    side), made now if missing or stale; None if it cannot be made. Cached on the first module."""
+    key = tuple(_version(m.weight) + _version(m.bias) for m in modules)
+    slots = _CACHE.setdefault(modules[0], {})
+    ids = tuple(id(m) for m in modules)
+    cached = slots.get(ids)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    packed = None
+    weights, biases = [m.weight for m in modules], [m.bias for m in modules]
+    usable = all(w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 for w in weights)
+    if usable and (len(modules) == 1 or all(b is not None for b in biases)):
+        try:
+            with torch.no_grad():
+                weight = torch.cat([w.detach() for w in weights], dim=0) if len(modules) > 1 else weights[0].detach()
+                bias = torch.cat([b.detach() for b in biases], dim=0) if len(modules) > 1 else biases[0]
+                packed = (torch.ops.mkldnn._reorder_linear_weight(weight, None), bias)
+        except RuntimeError:
+            packed = None
+    slots[ids] = (key, packed)
+    return packed
 
 
 def packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
     """The prepacked copy of ``module.weight`` (made now if missing or stale), or None if it cannot be made."""
-    key = _key(module)
-    cached = _CACHE.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    packed = None
-    weight = module.weight
-    if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2:
-        try:
-            with torch.no_grad():
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-        except RuntimeError:
-            packed = None
-    _CACHE[module] = (key, packed)
-    return packed
+    packed = _packed((module,))
+    return None if packed is None else packed[0]
 
 
 def _prepacked_fits(rows: torch.Tensor, module: nn.Linear) -> bool:
@@ -92,51 +102,22 @@ def _prepacked_fits(rows: torch.Tensor, module: nn.Linear) -> bool:
 
 def linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
     """``module(rows)`` for 2-D ``rows``, on the prepacked kernel when it is the faster one."""
-    if _prepacked_fits(rows, module):
-        packed = packed_weight(module)
-        if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(rows, packed, module.bias, "none", [], "")
-    return F.linear(rows, module.weight, module.bias)
+    return linear_concat((module,), rows)
 
 
-_FUSED: weakref.WeakKeyDictionary[nn.Linear, Tuple[Tuple, Optional[Tuple[torch.Tensor, torch.Tensor]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _packed_concat(modules) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """One packed weight (and bias) for several linear layers on the same input, cached on the first."""
-    key = tuple(_key(m) for m in modules)
-    cached = _FUSED.get(modules[0])
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    packed = None
-    weights = [m.weight for m in modules]
-    if all(m.bias is not None for m in modules) and all(
-        w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 for w in weights
-    ):
-        try:
-            with torch.no_grad():
-                weight = torch.cat([w.detach() for w in weights], dim=0)
-                bias = torch.cat([m.bias.detach() for m in modules], dim=0)
-                packed = (torch.ops.mkldnn._reorder_linear_weight(weight, None), bias)
-        except RuntimeError:
-            packed = None
-    _FUSED[modules[0]] = (key, packed)
-    return packed
-
-
-def linear_concat(modules, rows: torch.Tensor) -> torch.Tensor:
+def linear_concat(modules: Sequence[nn.Linear], rows: torch.Tensor) -> torch.Tensor:
     """``torch.cat([m(rows) for m in modules], dim=1)``: one prepacked product when it is the faster one.
 
     For attention's query, key and value: one wider product reads the input once and leaves no
     concatenation to copy.
     """
     if _prepacked_fits(rows, modules[0]):
-        packed = _packed_concat(modules)
+        packed = _packed(modules)
         if packed is not None:
             return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], "none", [], "")
-    return torch.cat([linear(m, rows) for m in modules], dim=1)
+    if len(modules) == 1:
+        return F.linear(rows, modules[0].weight, modules[0].bias)
+    return torch.cat([F.linear(rows, m.weight, m.bias) for m in modules], dim=1)
 
 
 def prepack(model: nn.Module) -> int:
@@ -150,7 +131,7 @@ def prepack(model: nn.Module) -> int:
     total, together = 0, set()
     for module in model.modules():
         parts = [getattr(module, name, None) for name in ("query", "key", "value")]
-        if all(isinstance(part, nn.Linear) for part in parts) and _packed_concat(parts) is not None:
+        if all(isinstance(part, nn.Linear) for part in parts) and _packed(parts) is not None:
             together.update(id(part) for part in parts)
             total += sum(part.weight.numel() * part.weight.element_size() for part in parts)
     for module in model.modules():
