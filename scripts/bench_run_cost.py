@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from top.commands import demo_assets  # noqa: E402
-from top.evaluation import machine  # noqa: E402
+from top.runtime import machine  # noqa: E402
 from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
-from top.training.determinism import SEED  # noqa: E402
+from top.runtime.determinism import SEED  # noqa: E402
 
 GOAL = 1.10
 SCHEDULE = {"train_sentences": 512, "dev_sentences": 256, "epochs": 3, "batch_size": 32, "max_seq_length": 64}

@@ -28,13 +28,14 @@ import torch  # noqa: E402
 from top.commands import finetune, train  # noqa: E402
 from top.commands.options import DataSource, RunOptions, Schedule  # noqa: E402
 from top.data import batching  # noqa: E402
-from top.evaluation import machine  # noqa: E402
+from top.runtime import machine  # noqa: E402
 from top.method.gates import TokenGates, default_prune_locations  # noqa: E402
 from top.method.losses import default_rank_layers  # noqa: E402
-from top.method.modeling import ToPForSequenceClassification, set_attention  # noqa: E402
+from top.method.modeling import ToPClassifier, set_attention  # noqa: E402
 from top.storage.io import atomic_write_json  # noqa: E402
-from top.training import determinism, distributed  # noqa: E402
-from top.training.determinism import SEED  # noqa: E402
+from top.runtime import determinism
+from top.training import distributed# noqa: E402
+from top.runtime.determinism import SEED  # noqa: E402
 from top.training.teacher_cache import CachedTeacherOutput  # noqa: E402
 
 GOAL = 1.5
@@ -138,10 +139,10 @@ def top_step_function(args, batch, dist, cached: bool):
     flags = train_defaults()
     locations = default_prune_locations(args.layers)
     config = small_bert_config(args)
-    student = ToPForSequenceClassification.from_config(
+    student = ToPClassifier.from_config(
         config, prune_locations=locations, attention=flags.attention
     ).train()
-    teacher = ToPForSequenceClassification.from_config(
+    teacher = ToPClassifier.from_config(
         small_bert_config(args), prune_locations=[], attention=flags.attention
     ).eval()
     teacher_out = None

@@ -7,7 +7,7 @@ attention is the layer's own, so it shares none of the fast path's machinery exc
 rule, :func:`top.method.pruning.prune_step`. Importance averages the attention probabilities over heads
 and over the rows of real survivors only: re-padded rows are an artefact of batching.
 
-This was ``ToPForSequenceClassification(..., mode="compact")`` before every command moved to
+This was ``ToPClassifier(..., mode="compact")`` before every command moved to
 ``top.method.compact``; it lives here as the statement the fast path is checked against.
 """
 

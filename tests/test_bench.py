@@ -11,14 +11,14 @@ from top.cli import main
 from top.evaluation.torch_timing import sorted_batches
 from top.method import prepacked
 from top.method.checkpoint import save_checkpoint
-from top.method.modeling import ToPForSequenceClassification
+from top.method.modeling import ToPClassifier
 
 
 def make_checkpoint(root):
     tokenizer = tiny_tokenizer(root / "vocab")
     config = tiny_config(2, 4, max_position_embeddings=64)
     torch.manual_seed(0)
-    model = ToPForSequenceClassification.from_config(config, prune_locations=[2, 3])
+    model = ToPClassifier.from_config(config, prune_locations=[2, 3])
     token_z = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     path = root / "ckpt"
     save_checkpoint(path, model_state_dict=model.hf_model.state_dict(), config=config,
@@ -129,7 +129,7 @@ def test_the_logit_check_is_an_independent_statement_of_the_oracle(kind):
     config = RobertaConfig(pad_token_id=1, max_position_embeddings=40, **common) if kind == "roberta" else \
         BertConfig(max_position_embeddings=40, **common)
     torch.manual_seed(0)
-    model = ToPForSequenceClassification.from_config(config, prune_locations=[1, 3]).eval()
+    model = ToPClassifier.from_config(config, prune_locations=[1, 3]).eval()
     lengths = [30, 2, 17, 17, 9, 30, 5]
     ids = torch.randint(5, 40, (len(lengths), 32), generator=torch.Generator().manual_seed(2))
     mask = (torch.arange(32)[None, :] < torch.tensor(lengths)[:, None]).long()

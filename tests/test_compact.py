@@ -6,7 +6,7 @@ from builders import tiny_config
 from reference_compact import reference_compact
 
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement, survivor_table
-from top.method.modeling import ToPForSequenceClassification
+from top.method.modeling import ToPClassifier
 from top.method.pruning import prune_step
 
 
@@ -14,7 +14,7 @@ def tiny_model(kind="bert", layers=4, seed=0, prune_locations=None, labels=3):
     positions = 70 if kind == "roberta" else 64
     config = tiny_config(labels, layers, kind=kind, vocab_size=99, dropout=0.0, max_position_embeddings=positions)
     torch.manual_seed(seed)
-    return ToPForSequenceClassification.from_config(config, prune_locations).eval()
+    return ToPClassifier.from_config(config, prune_locations).eval()
 
 
 def inputs(lengths, width=None, seed=0, kind="bert", pairs=False):

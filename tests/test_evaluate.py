@@ -11,7 +11,7 @@ from builders import tiny_checkpoint, tiny_config, write_cola_dev, write_custom_
 from top.cli import main
 from top.errors import UserError
 from top.method.checkpoint import load_checkpoint, save_checkpoint
-from top.method.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
+from top.method.modeling import ToPClassifier, stock_model_from_checkpoint
 
 EVAL_KEYS = {
     "task", "mode", "n_examples", "metrics", "expected_sparsity", "expected_sequence_sparsity",
@@ -164,7 +164,7 @@ def test_compact_mode_refuses_what_it_cannot_run_in_one_sentence(tmp_path, capsy
 def test_from_checkpoint_loads_every_weight_and_the_prune_locations(cola_setup):
     _, path = cola_setup
     checkpoint = load_checkpoint(path)
-    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
+    model = ToPClassifier.from_checkpoint(checkpoint)
     assert not model.training and model.prune_locations == checkpoint.prune_locations == [2, 3]
     loaded = model.hf_model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in checkpoint.state_dict.items())
@@ -176,7 +176,7 @@ def test_from_checkpoint_loads_every_weight_and_the_prune_locations(cola_setup):
 
 def test_a_dense_checkpoint_prunes_nowhere(tmp_path):
     checkpoint = load_checkpoint(tiny_checkpoint(tmp_path / "dense", pruned=False))
-    assert ToPForSequenceClassification.from_checkpoint(checkpoint).prune_locations == []
+    assert ToPClassifier.from_checkpoint(checkpoint).prune_locations == []
 
 
 def _saved_without(directory, drop=(), num_labels=2):
@@ -187,7 +187,7 @@ def _saved_without(directory, drop=(), num_labels=2):
     return load_checkpoint(save_checkpoint(directory, model_state_dict=state, config=tiny_config(num_labels)))
 
 
-@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+@pytest.mark.parametrize("load", [ToPClassifier.from_checkpoint, stock_model_from_checkpoint])
 def test_a_missing_classifier_head_is_an_error_naming_the_file_and_keys(tmp_path, load):
     checkpoint = _saved_without(tmp_path / "headless", drop=("classifier.",))
     with pytest.raises(UserError) as info:
@@ -197,7 +197,7 @@ def test_a_missing_classifier_head_is_an_error_naming_the_file_and_keys(tmp_path
     assert str(checkpoint.path) in message and ("model.safetensors" in message or "pytorch_model.bin" in message)
 
 
-@pytest.mark.parametrize("load", [ToPForSequenceClassification.from_checkpoint, stock_model_from_checkpoint])
+@pytest.mark.parametrize("load", [ToPClassifier.from_checkpoint, stock_model_from_checkpoint])
 def test_a_weight_of_the_wrong_shape_is_an_error_naming_it(tmp_path, load):
     checkpoint = _saved_without(tmp_path / "three-labels", num_labels=3)
     with pytest.raises(UserError) as info:
@@ -207,7 +207,7 @@ def test_a_weight_of_the_wrong_shape_is_an_error_naming_it(tmp_path, load):
 
 def test_weights_that_do_not_fit_a_built_model_name_what_they_must_fit(cola_setup):
     _, path = cola_setup
-    student = ToPForSequenceClassification.from_config(tiny_config(layers=3), prune_locations=[2])
+    student = ToPClassifier.from_config(tiny_config(layers=3), prune_locations=[2])
     with pytest.raises(UserError) as info:
         student.load_checkpoint_weights(load_checkpoint(path), fix="resume as before", against="the --model model")
     message = str(info.value)

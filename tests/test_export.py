@@ -23,14 +23,14 @@ from top.commands import export  # noqa: E402
 from top.errors import UserError  # noqa: E402
 from top.method.checkpoint import load_checkpoint  # noqa: E402
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement  # noqa: E402
-from top.method.modeling import ToPForSequenceClassification  # noqa: E402
+from top.method.modeling import ToPClassifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def loaded(path):
     checkpoint = load_checkpoint(path)
-    model = ToPForSequenceClassification.from_checkpoint(checkpoint)
+    model = ToPClassifier.from_checkpoint(checkpoint)
     return model, checkpoint.token_z, checkpoint.pruner_z
 
 

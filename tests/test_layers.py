@@ -17,12 +17,15 @@ TOP = Path(__file__).resolve().parents[1] / "top"
 # Each layer and the layers it may import, besides itself and ``top.errors`` (which every module
 # may import). Bottom to top; a layer never imports one above it or beside it.
 LAYERS: Dict[str, Set[str]] = {
-    "storage": set(),
-    "method": {"storage"},
-    "data": {"storage"},
-    "evaluation": {"storage", "method", "data"},
-    "training": {"storage", "method", "data", "evaluation"},
-    "commands": {"storage", "method", "data", "evaluation", "training"},
+    "settings": set(),
+    "storage": {"settings"},
+    "method": {"settings", "storage"},
+    "data": {"settings", "storage"},
+    "runtime": {"settings"},
+    "deploy": {"settings", "storage", "method"},
+    "evaluation": {"settings", "storage", "method", "data", "runtime", "deploy"},
+    "training": {"settings", "storage", "method", "data", "runtime", "deploy", "evaluation"},
+    "commands": {"settings", "storage", "method", "data", "runtime", "deploy", "evaluation", "training"},
 }
 # The modules at top/ itself: the package, the one-sentence error, and the entry points above the
 # commands (``cli`` imports the command modules by name, when one is asked for).
@@ -152,6 +155,62 @@ def test_the_rule_sees_an_import_against_it(tmp_path):
     assert resolve("top.storage.io.atomic_write_json", names) == "top.storage.io"
     assert layer_of("top.commands.train") == "commands" and layer_of("top.storage") == "storage"
     assert "commands" not in LAYERS["training"] and "training" not in LAYERS["evaluation"]
+
+
+def command_modules() -> Dict[str, str]:
+    """``top.commands.<module>`` of each sub-command, by command name (read from top/cli.py's COMMANDS)."""
+    tree = ast.parse((TOP / "cli.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets):
+            table = ast.literal_eval(node.value)
+            return {name: module for name, (module, _) in table.items()}
+    raise AssertionError("top/cli.py has no COMMANDS table")
+
+
+# The modules of commands/ that every command may use; a command's own helpers are named after it
+# (``demo_stages`` is the demo's).
+SHARED_COMMAND_MODULES = {"top.commands.flags"}
+MAX_COMMAND_LINES = 300
+
+
+def test_no_command_imports_another_command():
+    names = modules()
+    commands = command_modules()
+    wrong = []
+    for command, module in commands.items():
+        own = module.rsplit(".", 1)[1]
+        for target, line, _ in top_imports(names[module]):
+            target = resolve(target, names)
+            if layer_of(target) != "commands" or target in SHARED_COMMAND_MODULES or target == module:
+                continue
+            if not target.rsplit(".", 1)[1].startswith(own + "_"):
+                wrong.append(f"{module}:{line} imports {target}")
+    assert not wrong, "commands that import other commands:\n" + "\n".join(wrong)
+
+
+def test_commands_are_the_thin_edge():
+    """The command line is flags -> config -> one library call: no module in commands/ is long."""
+    long = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules().items()
+            if layer_of(name) == "commands"}
+    assert {k: v for k, v in long.items() if v > MAX_COMMAND_LINES} == {}
+
+
+SCRIPTS = TOP.parent / "scripts"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*.py")), ids=lambda p: p.name)
+def test_scripts_are_thin_entry_points(script):
+    """A script changes no import path and imports no private name of top (the library's, or a test's)."""
+    source = script.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    assert "sys.path" not in source, f"{script.name} changes sys.path; import the installed package instead"
+    private = [f"{script.name}:{node.lineno} imports {alias.name}" for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "top"
+               for alias in node.names if alias.name.startswith("_")]
+    assert not private, "\n".join(private)
+    upward = [f"{script.name}:{node.lineno} imports {node.module}" for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("top.commands")]
+    assert not upward, "scripts call the library, not the commands:\n" + "\n".join(upward)
 
 
 # The command layer's edge: the functions that may read an argparse Namespace (``args``).

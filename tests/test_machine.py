@@ -1,6 +1,6 @@
 """top/evaluation/machine.py names the CPU beside every figure, and says when torch's kernels were limited."""
 
-from top.evaluation import machine
+from top.runtime import machine
 
 
 def test_the_description_names_the_cpu_and_a_kernel_limit(monkeypatch):

@@ -7,7 +7,7 @@ from reference_compact import reference_compact
 
 from top.errors import UserError
 from top.method.compact import CompactPlan, compact_forward
-from top.method.modeling import ToPForSequenceClassification, default_prune_locations, sdpa_available, set_attention
+from top.method.modeling import ToPClassifier, default_prune_locations, sdpa_available, set_attention
 from top.method.pruning import prune_step, rank_to_bin
 
 
@@ -29,7 +29,7 @@ def batch(seed=0, size=5, length=14):
 
 def model_for(kind="bert", seed=0, **kw):
     torch.manual_seed(seed)
-    model = ToPForSequenceClassification.from_config(tiny_config(kind, **kw))
+    model = ToPClassifier.from_config(tiny_config(kind, **kw))
     return model.eval()
 
 
@@ -180,8 +180,8 @@ def test_train_mode_zeroes_tokens_and_passes_gradients_to_gates():
 
 def test_prune_locations_are_validated_and_default_to_2_to_last():
     assert default_prune_locations(12) == list(range(2, 12))
-    with pytest.raises(UserError, match=r"Prune locations \[2, 4\] from ToPForSequenceClassification.* 1\.\.3 of"):
-        ToPForSequenceClassification.from_config(tiny_config(), prune_locations=[2, 4])
+    with pytest.raises(UserError, match=r"Prune locations \[2, 4\] from ToPClassifier.* 1\.\.3 of"):
+        ToPClassifier.from_config(tiny_config(), prune_locations=[2, 4])
     with pytest.raises(ValueError, match="gates cover"):
         model_for()(torch.ones(1, 3, dtype=torch.long), mode="faithful", token_z=torch.ones(5, 4))
 
@@ -193,7 +193,7 @@ def test_prune_locations_are_validated_and_default_to_2_to_last():
 def test_sdpa_runs_only_where_no_probabilities_are_read(kind):
     """Layers asked for nothing take the fused kernel; the ranking layers stay eager, so pruning is unchanged."""
     eager = model_for(kind)
-    fused = ToPForSequenceClassification.from_config(tiny_config(kind), attention="sdpa").eval()
+    fused = ToPClassifier.from_config(tiny_config(kind), attention="sdpa").eval()
     fused.load_state_dict(eager.state_dict())
     ids, mask = batch()
     if kind == "roberta":

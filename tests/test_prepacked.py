@@ -8,7 +8,7 @@ from builders import tiny_config
 
 from top.method import prepacked
 from top.method.compact import CompactPlan, compact_forward
-from top.method.modeling import ToPForSequenceClassification
+from top.method.modeling import ToPClassifier
 
 needs_kernels = pytest.mark.skipif(not prepacked.enabled(), reason="this torch has no oneDNN linear ops")
 
@@ -60,7 +60,7 @@ def test_many_rows_gradients_and_the_switch_take_plain_linear(monkeypatch):
 def test_compact_leaves_the_model_as_it_was_and_agrees_either_way(switch, monkeypatch):
     monkeypatch.setenv(prepacked.ENV, switch)
     torch.manual_seed(0)
-    model = ToPForSequenceClassification.from_config(tiny_config(2, 4), prune_locations=[2, 3]).eval()
+    model = ToPClassifier.from_config(tiny_config(2, 4), prune_locations=[2, 3]).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = CompactPlan.from_gates(torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]), torch.ones(2),
                                   [2, 3], 20)
@@ -80,8 +80,8 @@ def test_compact_leaves_the_model_as_it_was_and_agrees_either_way(switch, monkey
 def test_the_stock_model_on_prepacked_linears_gives_its_own_logits():
     torch.manual_seed(0)
     config = tiny_config(2, 4)
-    stock = ToPForSequenceClassification.from_config(config).hf_model.eval()
-    swapped = ToPForSequenceClassification.from_config(config).hf_model.eval()
+    stock = ToPClassifier.from_config(config).hf_model.eval()
+    swapped = ToPClassifier.from_config(config).hf_model.eval()
     swapped.load_state_dict(stock.state_dict())
     prepacked.with_prepacked_linears(swapped)
     outer = [child for parent in swapped.modules() if not isinstance(parent, prepacked.PrepackedLinear)

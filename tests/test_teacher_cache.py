@@ -35,7 +35,7 @@ from top.data import batching
 from top.data.batching import encode
 from top.data.files import Example
 from top.method.losses import rank_distillation_loss
-from top.method.modeling import ToPForSequenceClassification
+from top.method.modeling import ToPClassifier
 from top.training import batch_order, teacher_cache
 
 one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
@@ -58,8 +58,8 @@ def encoded_sentences(model_dir: Path, n: int, seed: int, roberta: bool = False)
     return encoded
 
 
-def teacher_from(model_dir: Path) -> ToPForSequenceClassification:
-    return ToPForSequenceClassification.from_pretrained(model_dir, prune_locations=[], attention="eager").eval()
+def teacher_from(model_dir: Path) -> ToPClassifier:
+    return ToPClassifier.from_pretrained(model_dir, prune_locations=[], attention="eager").eval()
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,13 @@ class CountingForward:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = ToPForSequenceClassification.forward
+        real = ToPClassifier.forward
 
         def counted(model, *args, **kwargs):
             self.calls += 1
             return real(model, *args, **kwargs)
 
-        monkeypatch.setattr(ToPForSequenceClassification, "forward", counted)
+        monkeypatch.setattr(ToPClassifier, "forward", counted)
 
 
 # ------------------------------------------------------------------------------------- the schedule

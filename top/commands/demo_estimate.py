@@ -1,4 +1,4 @@
-"""``top demo``'s time estimate: it listens to the training commands' steps and prints the total."""
+"""``top demo``'s time estimate: the training calls' progress callback, which prints the total time."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from typing import Any, Dict, List
 
 from top.commands.demo_recipe import ETA_AFTER_STEPS, ETA_FROM_STEP, ETA_UNITS
+from top.training.progress import Progress
 
 
 class TimeEstimate:
@@ -29,7 +30,10 @@ class TimeEstimate:
         self.skipped: set = set()
         self.estimates: List[Dict[str, Any]] = []
 
-    def __call__(self, command: str, step: int, total_steps: int) -> None:
+    def __call__(self, event: Progress) -> None:
+        if event.kind != "step":
+            return
+        command, step = event.command, event.step
         now = time.perf_counter()
         if step == ETA_FROM_STEP:
             self.marks[command] = now

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from top.training.determinism import SEED
+from top.runtime.determinism import SEED
 
 # The demo's recipe, in one place. Sentences average ~25 word pieces, so 64 is the task length
 # (as for SST-2 in the paper's table), and 16 bins give each bin ~2 tokens of a typical sentence.

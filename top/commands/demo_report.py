@@ -10,7 +10,7 @@ import torch
 
 from top.commands.demo_recipe import TARGETS
 from top.data import batching
-from top.evaluation import machine
+from top.runtime import machine
 
 
 def token_example(loaded, eval_data, max_seq_length: int, index: int = 0) -> List[Dict[str, Any]]:

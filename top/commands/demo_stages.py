@@ -1,5 +1,5 @@
 """``top demo``'s stages: the data split, the teacher, pruning, evaluation and the benchmarks, each a
-real ``top`` command run in this process; and the stage bar."""
+call of the library that the matching ``top`` command makes; and the stage bar."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from top.commands import bench, demo_assets, evaluate, export, finetune, train
-from top.commands.argtypes import OneLineParser
-from top.commands.export import onnxruntime_available
+from top.commands import demo_assets
 from top.data.loading import load_task_data
-from top.errors import UserError
+from top.deploy.export import ONNX_INSTALL, ExportConfig, export, onnxruntime_available
+from top.evaluation.bench import BenchConfig, bench
+from top.evaluation.evaluate import load_model, score
 from top.storage.io import atomic_write_json, sha256_of
+from top.training.config import FinetuneConfig, TrainConfig
+from top.training.finetune import finetune
+from top.training.loop import train
+from top.training.progress import Callback
 
 logger = logging.getLogger(__name__)
-
-# The commands the demo's stages run.
-STAGE_COMMANDS = {"finetune": finetune, "train": train, "bench": bench, "export": export}
-
 
 class Stages:
     """The demo's stage bar, and the seconds each stage took."""
@@ -49,16 +49,6 @@ class Stages:
         self._close_current()
         self.current = None
         self.bar.close()
-
-
-def _top(*argv: str) -> None:
-    """Run ``top ARGV`` in this process: the command's own parser and ``run``, as ``top.cli`` would."""
-    module = STAGE_COMMANDS[argv[0]]
-    parser = OneLineParser(prog=f"top {argv[0]}")
-    module.add_arguments(parser)
-    code = module.run(parser.parse_args(list(argv[1:])))
-    if code:
-        raise UserError(f"`top {argv[0]}` failed with exit status {code}; see its message above.")
 
 
 # The demo's data files: the training commands choose best/ on `select`; the report scores `dev`.
@@ -97,7 +87,8 @@ def prepare_data(out: Path, recipe: Dict[str, Any]) -> Dict[str, Path]:
     return demo_assets.write_split(directory, splits, manifest)
 
 
-def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str, fresh: bool) -> Path:
+def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str, fresh: bool,
+                  callback: Optional[Callback] = None) -> Path:
     teacher = out / "teacher"
     fingerprint = {
         "model": str(demo_assets.model_dir()),
@@ -110,38 +101,33 @@ def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], devi
         if json.loads(stamp.read_text()) == fingerprint:
             logger.info("reusing the fine-tuned teacher in %s", teacher / "best")
             return teacher / "best"
-    _top(
-        "finetune", "--model", str(demo_assets.model_dir()),
-        "--train-file", str(data["train"]), "--validation-file", str(data["select"]),
-        "--epochs", str(recipe["finetune_epochs"]), "--learning-rate", str(recipe["finetune_learning_rate"]),
-        "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", str(recipe["batch_size"]),
-        "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(teacher),
-        *(["--group-by-length"] if recipe["group_by_length"] else []),
-    )
+    finetune(FinetuneConfig(
+        model=str(demo_assets.model_dir()), train_file=str(data["train"]), validation_file=str(data["select"]),
+        epochs=recipe["finetune_epochs"], learning_rate=recipe["finetune_learning_rate"],
+        max_seq_length=recipe["max_seq_length"], batch_size=recipe["batch_size"], seed=recipe["seed"],
+        device=device, output_dir=str(teacher), group_by_length=recipe["group_by_length"],
+    ), callback=callback)
     atomic_write_json(stamp, fingerprint)
     return teacher / "best"
 
 
-def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str) -> Path:
+def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str,
+                callback: Optional[Callback] = None) -> Path:
     pruned = out / "pruned"
-    _top(
-        "train", "--model", str(teacher), "--teacher", str(teacher),
-        "--train-file", str(data["train"]), "--validation-file", str(data["select"]),
-        "--target-sparsity", str(recipe["target_sparsity"]), "--prune-location", recipe["prune_location"],
-        "--bin-num", str(recipe["bin_num"]), "--topk", str(recipe["topk"]),
-        "--epochs", str(recipe["epochs"]), "--warmup-epochs", str(recipe["warmup_epochs"]),
-        "--learning-rate", str(recipe["learning_rate"]), "--reg-learning-rate", str(recipe["reg_learning_rate"]),
-        "--sparsity-control", recipe["sparsity_control"], "--sparsity-epsilon", str(recipe["sparsity_epsilon"]),
-        "--best-rule", recipe["best_rule"],
-        "--rank-loss-alpha", str(recipe["rank_loss_alpha"]), "--eval-steps", str(recipe["eval_steps"]),
-        "--layer-gate-init", str(recipe["layer_gate_init"]),
-        "--max-seq-length", str(recipe["max_seq_length"]), "--batch-size", str(recipe["prune_batch_size"]),
-        "--seed", str(recipe["seed"]), "--device", device, "--output-dir", str(pruned),
-        *(["--group-by-length"] if recipe["group_by_length"] else []),
-    )
-    best = pruned / "best"
-    if (best / "config.json").exists():
-        return best
+    result = train(TrainConfig(
+        model=str(teacher), teacher=str(teacher), train_file=str(data["train"]), validation_file=str(data["select"]),
+        target_sparsity=recipe["target_sparsity"], prune_location=recipe["prune_location"],
+        bin_num=recipe["bin_num"], topk=recipe["topk"], epochs=recipe["epochs"],
+        warmup_epochs=recipe["warmup_epochs"], learning_rate=recipe["learning_rate"],
+        reg_learning_rate=recipe["reg_learning_rate"], sparsity_control=recipe["sparsity_control"],
+        sparsity_epsilon=recipe["sparsity_epsilon"], best_rule=recipe["best_rule"],
+        rank_loss_alpha=recipe["rank_loss_alpha"], eval_steps=recipe["eval_steps"],
+        layer_gate_init=recipe["layer_gate_init"], max_seq_length=recipe["max_seq_length"],
+        batch_size=recipe["prune_batch_size"], seed=recipe["seed"], device=device, output_dir=str(pruned),
+        group_by_length=recipe["group_by_length"],
+    ), callback=callback)
+    if result.best_dir is not None:
+        return result.best_dir
     # No evaluation reached the target: report the last state honestly rather than nothing.
     logger.warning(
         "no evaluation reached the target sparsity %s; reporting %s instead of best/ "
@@ -154,25 +140,23 @@ def evaluate_stage(teacher: Path, pruned: Path, data: Dict[str, Path], recipe: D
     eval_data = load_task_data(validation_file=data["dev"], max_seq_length=recipe["max_seq_length"], splits=("dev",))
     dev = torch.device(device)
     records = {}
-    loaded_teacher = evaluate.load_model(teacher, dev)
-    records["teacher"] = evaluate.evaluate(loaded_teacher, eval_data, "faithful", recipe["max_seq_length"],
-                                           recipe["batch_size"])
-    loaded = evaluate.load_model(pruned, dev)
+    loaded_teacher = load_model(teacher, dev)
+    records["teacher"] = score(loaded_teacher, eval_data, "faithful", recipe["max_seq_length"], recipe["batch_size"])
+    loaded = load_model(pruned, dev)
     for mode in ("faithful", "compact"):
-        records[mode] = evaluate.evaluate(loaded, eval_data, mode, recipe["max_seq_length"], recipe["batch_size"])
+        records[mode] = score(loaded, eval_data, mode, recipe["max_seq_length"], recipe["batch_size"])
     return records, loaded, eval_data
 
 
 def bench_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str, Any], device: str,
                 quick: bool) -> Optional[Dict[str, Any]]:
-    path = out / "bench.json"
-    argv = ["bench", "--task", recipe["bench_task"], "--checkpoint", str(pruned),
-            "--validation-file", str(data["dev"]), "--batch-size", str(recipe["batch_size"]), "--device", device,
-            "--output", str(path), "--max-examples", str(64 if quick else recipe["bench_examples"])]
-    if quick:
-        argv += ["--warmup-passes", "0", "--no-memory"]
-    _top(*argv)
-    return json.loads(path.read_text())
+    config = BenchConfig(
+        task=recipe["bench_task"], checkpoint=str(pruned), validation_file=str(data["dev"]),
+        batch_size=recipe["batch_size"], device=device, output=str(out / "bench.json"),
+        max_examples=64 if quick else recipe["bench_examples"],
+        **({"warmup_passes": 0, "no_memory": True} if quick else {}),
+    )
+    return bench(config).record
 
 
 def onnx_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str, Any], quick: bool
@@ -180,14 +164,12 @@ def onnx_stage(out: Path, pruned: Path, data: Dict[str, Path], recipe: Dict[str,
     """Export the pruned model to ONNX and time it at batch 1 in onnxruntime (skipped without it)."""
     if not onnxruntime_available():
         return {"bench": None, "model": None,
-                "note": "onnx/onnxruntime are not installed (pip install 'top[onnx]'); the ONNX export was skipped"}
+                "note": f"onnx/onnxruntime are not installed ({ONNX_INSTALL}); the ONNX export was skipped"}
     model = out / "model.onnx"
-    _top("export", "--checkpoint", str(pruned), "--output", str(model))
-    path = out / "bench-onnx.json"
-    argv = ["bench", "--task", recipe["bench_task"], "--checkpoint", str(pruned), "--runtime", "onnxruntime",
-            "--validation-file", str(data["dev"]), "--batch-size", "1", "--device", "cpu",
-            "--output", str(path), "--max-examples", str(16 if quick else recipe["onnx_bench_examples"])]
-    if quick:
-        argv += ["--warmup-passes", "0"]
-    _top(*argv)
-    return {"bench": json.loads(path.read_text()), "model": str(model), "note": None}
+    export(ExportConfig(checkpoint=str(pruned), output=str(model)))
+    config = BenchConfig(
+        task=recipe["bench_task"], checkpoint=str(pruned), runtime="onnxruntime", validation_file=str(data["dev"]),
+        batch_size=1, device="cpu", output=str(out / "bench-onnx.json"),
+        max_examples=16 if quick else recipe["onnx_bench_examples"], **({"warmup_passes": 0} if quick else {}),
+    )
+    return {"bench": bench(config).record, "model": str(model), "note": None}

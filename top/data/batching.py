@@ -9,6 +9,7 @@ import torch
 
 from top.data.files import Example
 from top.errors import UserError
+from top.storage.model_files import max_input_tokens
 
 # The tensors a classifier's forward takes, in the one order every caller uses; "labels" is not one.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -51,9 +52,7 @@ def check_max_seq_length(
 
     ``flag`` names the setting the user can lower; None when the length is fixed (bench's task length).
     """
-    limit = int(config.max_position_embeddings)
-    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
-        limit -= int(config.pad_token_id or 0) + 1  # their positions start after the padding index
+    limit = max_input_tokens(config)
     if max_seq_length > limit:
         what = f"{flag} {max_seq_length}" if flag else f"The sequence length {max_seq_length}"
         fix = f"give {flag} {limit} or less" if flag else f"use a model with at least {max_seq_length} positions"

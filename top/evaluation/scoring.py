@@ -13,7 +13,7 @@ import torch
 
 from top.data import batching
 from top.data.batching import batches
-from top.errors import UserError
+from top.method.modeling import require_finite_logits  # noqa: F401 - scoring's check, stated there
 
 Batch = Dict[str, torch.Tensor]
 
@@ -59,17 +59,3 @@ def predict(
         if measure is not None:
             per_batch.append(measure(batch, output))
     return Predictions(torch.cat(logits), torch.cat(labels), per_batch)
-
-
-def require_finite_logits(logits: torch.Tensor, model: Any) -> None:
-    """A ``UserError`` when any logit is NaN or infinite: the weights of ``model`` (a path) are damaged.
-
-    No command reports a result from such a model, so a broken checkpoint never exits with 0.
-    """
-    bad = ~torch.isfinite(logits)
-    if bool(bad.any()):
-        rows = int(bad.reshape(logits.shape[0], -1).any(dim=1).sum()) if logits.dim() else 1
-        raise UserError(
-            f"The model {model} gives logits that are not finite numbers for {rows} of {max(1, len(logits))} "
-            "examples, so its weights are damaged; download or save it again."
-        )

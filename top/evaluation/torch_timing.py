@@ -13,7 +13,7 @@ import torch
 
 from top.data.batching import MODEL_INPUT_KEYS
 from top.method.compact import compact_forward
-from top.method.modeling import ToPForSequenceClassification, stock_model_from_checkpoint
+from top.method.modeling import ToPClassifier, stock_model_from_checkpoint
 from top.method.pruning import prune_step
 
 METHODS = ("dense_padded", "dense_dynamic", "compact")
@@ -30,7 +30,7 @@ def load_models(checkpoint, need_dense: bool = True, need_top: bool = True):
     ToP wrapper (eager attention, as ranking needs the probabilities). Either may be None.
     """
     dense = stock_model_from_checkpoint(checkpoint) if need_dense else None
-    top_model = ToPForSequenceClassification.from_checkpoint(checkpoint) if need_top else None
+    top_model = ToPClassifier.from_checkpoint(checkpoint) if need_top else None
     return dense, top_model
 
 

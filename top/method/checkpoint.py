@@ -12,11 +12,8 @@ What the gates mean (their masks, defaults and valid locations) is ``top.method.
 """
 
 import json
-import math
 import os
 import re
-import stat
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -36,17 +33,16 @@ from top.method.gates import (
 )
 from top.storage.io import atomic_directory
 from top.storage.manifest import verify_manifest, write_manifest
+from top.storage.model_files import CONFIG_FILE, read_model_config
 from top.storage.safeload import (
     SAFETENSORS_FILE,
     WEIGHTS_FILE,
     PickledGateModule,
-    error_detail,
     read_state_dict,
     read_torch_file,
     write_safetensors,
 )
 
-CONFIG_FILE = "config.json"
 MASKS_FILE = "zs.pt"
 GATES_FILE = "l0_module.pt"
 # What a bad checkpoint file's error message tells the user to do.
@@ -86,159 +82,6 @@ class PrunedCheckpoint:
 
 # ----------------------------------------------------------------------------------------------
 # Reading
-
-
-def _load_config(path: Path) -> Any:
-    from transformers import AutoConfig
-
-    if not (path / CONFIG_FILE).is_file():
-        raise UserError(
-            f"{path} has no {CONFIG_FILE}; point to a checkpoint directory that holds the model's config.json."
-        )
-    check_config_file(path, path / CONFIG_FILE)
-    try:
-        config = AutoConfig.from_pretrained(str(path))
-    except Exception as error:
-        raise UserError(
-            f"{path / CONFIG_FILE} is not a valid Hugging Face config ({error_detail(error)}); "
-            "fix it or download the checkpoint again."
-        ) from None
-    return check_config(config, path / CONFIG_FILE)
-
-
-# Fields of a BERT/RoBERTa config and the kind of value each must hold.
-_CONFIG_COUNTS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "max_position_embeddings",
-)
-_CONFIG_NUMBERS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
-# The published architectures are BERT and RoBERTa, base and large: 12 or 24 layers, 768 or 1024
-# wide, 12 or 16 heads, 3072 or 4096 inner, 512 or 514 positions, vocabularies of 30,522 and
-# 50,265. A config far outside that is damaged or hostile, and building it would allocate memory
-# without bound (1e9 layers), so each field has a ceiling with room to spare (twice BERT-large,
-# XLM-R's 250k vocabulary), and the model they describe at most MAX_PARAMETERS weights.
-CONFIG_CEILINGS = {
-    "num_hidden_layers": 48,
-    "hidden_size": 4096,
-    "num_attention_heads": 64,
-    "intermediate_size": 16384,
-    "max_position_embeddings": 8192,
-    "vocab_size": 500_000,
-    "type_vocab_size": 1024,
-}
-MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; BERT-large has 335 million
-MAX_LABELS = 10_000
-MAX_CONFIG_BYTES = 4 << 20
-
-
-def _activations() -> Any:
-    from transformers.activations import ACT2FN
-
-    return ACT2FN
-
-
-def check_config(config: Any, source: Any) -> Any:
-    """``config`` back if its architecture fields have the right types and lie within the published
-    architectures' ranges (``CONFIG_CEILINGS``); else one sentence naming ``source``. ``config`` is a
-    transformers config or anything with the same attributes (the raw JSON, before transformers reads it)."""
-    for name in _CONFIG_COUNTS:
-        value = getattr(config, name, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{source} gives {name} as {brief(value)}, not a positive whole number; fix that field.")
-    for name in _CONFIG_NUMBERS:
-        value = getattr(config, name, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{source} gives {name} as {brief(value)}, not a number; fix that field.")
-    for name, ceiling in CONFIG_CEILINGS.items():
-        value = getattr(config, name, None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
-            raise UserError(
-                f"{source} gives {name} as {brief(value)}, outside 1..{ceiling} (the published BERT and RoBERTa "
-                "models use far less); fix that field or download the model again."
-            )
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        value = getattr(config, name, None)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise UserError(f"{source} gives {name} as {brief(value)}, not a probability in 0..1; fix that field.")
-    eps = getattr(config, "layer_norm_eps", None)
-    if eps is not None and not (math.isfinite(eps) and 0.0 < eps < 1.0):
-        raise UserError(f"{source} gives layer_norm_eps as {brief(eps)}, not a small positive number; fix that field.")
-    heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
-    if heads and width and width % heads:
-        raise UserError(
-            f"{source} gives hidden_size {width}, which {heads} attention heads do not divide; fix those fields."
-        )
-    act = getattr(config, "hidden_act", None)
-    if act is not None and not (isinstance(act, str) and act in _activations()):
-        raise UserError(
-            f"{source} gives hidden_act as {brief(act)}, which transformers does not know; use one such as \"gelu\"."
-        )
-    parameters = _parameter_count(config)
-    if parameters > MAX_PARAMETERS:
-        raise UserError(
-            f"{source} describes a model of about {parameters:.2g} weights, more than top builds "
-            f"({MAX_PARAMETERS:.0e}); fix its sizes or download the model again."
-        )
-    return config
-
-
-def _parameter_count(config: Any) -> int:
-    """About how many weights a BERT/RoBERTa classifier of ``config`` holds (fields absent count as base's)."""
-    def field(name: str, default: int) -> int:
-        value = getattr(config, name, None)
-        return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-    width, inner = field("hidden_size", 768), field("intermediate_size", 3072)
-    rows = field("vocab_size", 30522) + field("max_position_embeddings", 512) + field("type_vocab_size", 2)
-    layer = 4 * width * width + 2 * width * inner + 9 * width + inner
-    return rows * width + field("num_hidden_layers", 12) * layer + width * width
-
-
-def check_config_file(directory: PathLike, source: Any) -> None:
-    """Check a model directory's raw ``config.json`` before transformers reads it (``check_config`` on its
-    fields, and the label count, which transformers expands into a dict of that many names), and that the
-    directory holds nothing but regular files and folders (a FIFO among the tokenizer files would block)."""
-    directory = Path(directory)
-    check_plain_entries(directory)
-    file = directory / CONFIG_FILE
-    if not file.is_file():
-        return  # the caller says what is missing
-    if file.stat().st_size > MAX_CONFIG_BYTES:
-        raise UserError(f"{source} is larger than {MAX_CONFIG_BYTES >> 20} MiB, not a model config; fix it.")
-    try:
-        fields = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, UnicodeDecodeError) as error:
-        raise UserError(
-            f"{source} is not valid JSON ({error_detail(error)}); fix it or download the model again."
-        ) from None
-    if not isinstance(fields, dict):
-        raise UserError(f"{source} does not hold a JSON object; fix it or download the model again.")
-    labels = fields.get("num_labels")
-    if labels is not None and (
-        isinstance(labels, bool) or not isinstance(labels, int) or not 1 <= labels <= MAX_LABELS
-    ):
-        raise UserError(f"{source} gives num_labels as {brief(labels)}, outside 1..{MAX_LABELS}; fix that field.")
-    for key in ("id2label", "label2id"):
-        if isinstance(fields.get(key), (dict, list)) and len(fields[key]) > MAX_LABELS:
-            raise UserError(f"{source} names more than {MAX_LABELS} labels in {key}; fix that field.")
-    check_config(types.SimpleNamespace(**{k: v for k, v in fields.items() if isinstance(k, str)}), source)
-
-
-def check_plain_entries(directory: Path) -> None:
-    """A ``UserError`` when ``directory`` holds a FIFO, socket or device (or a link to one)."""
-    if not directory.is_dir():
-        return
-    for entry in directory.iterdir():
-        try:
-            mode = entry.stat().st_mode
-        except OSError:
-            continue  # a dangling link: the reader of that file says so, if it is one we read
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise UserError(
-                f"{entry} is not a regular file (a FIFO, socket or device); remove it from {directory}."
-            )
 
 
 def check_config_fits_weights(config: Any, state_dict: Mapping[str, torch.Tensor], where: Any) -> None:
@@ -385,7 +228,7 @@ def load_checkpoint(path: PathLike) -> PrunedCheckpoint:
             "model weights (e.g. a clone of senfu/bert-base-uncased-top-pruned-sst2)."
         )
     verify_manifest(path)
-    config = _load_config(path)
+    config = read_model_config(path, path / CONFIG_FILE)
     state_dict = _load_state_dict(path)
     check_config_fits_weights(config, state_dict, weights_file_of(path))
     num_layers = int(config.num_hidden_layers)

@@ -264,7 +264,7 @@ def compact_forward(
     attention_mask: Optional[torch.Tensor] = None,
     token_type_ids: Optional[torch.Tensor] = None,
 ) -> CompactOutput:
-    """Logits of ``model`` (a ``ToPForSequenceClassification``) with the tokens ``plan`` prunes removed.
+    """Logits of ``model`` (a ``ToPClassifier``) with the tokens ``plan`` prunes removed.
 
     Inputs are right-padded as a tokenizer makes them. One host sync per call (the input
     lengths), none per layer.

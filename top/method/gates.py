@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from top.errors import UserError, brief
+from top.method.defaults import LAYER_GATE_INIT, TOKEN_GATE_INIT
 
 # Stretch limits of the concrete distribution and the clamp on its CDF.
 LIMIT_A = -0.1
@@ -23,12 +24,10 @@ EPSILON = 1e-6
 # Gate logits stay in [log 1e-2, log 1e2] after every optimiser step.
 LOGA_MIN = math.log(1e-2)
 LOGA_MAX = math.log(1e2)
-# The original's defaults: its temperature, the "magical number" of its inference mask, and the
-# initial logits that start every token bin open and every layer gate off.
+# The original's defaults: its temperature and the "magical number" of its inference mask (its
+# initial logits are in top.method.defaults).
 DEFAULT_TEMPERATURE = 2.0 / 3.0
 DEFAULT_MAGICAL_NUMBER = 0.8
-TOKEN_GATE_INIT = 10.0
-LAYER_GATE_INIT = -10.0
 # The marker of our gate-state dict, the one format of ``state_for_checkpoint`` and ``l0_module.pt``.
 GATES_FORMAT = "top-gates-v1"
 # Files written before the one format held the locations under the original's attribute name.

@@ -22,17 +22,19 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import nn
 
-from top.errors import UserError
-from top.method.checkpoint import SAFETENSORS_FILE, WEIGHTS_FILE, check_config_file
+from top.errors import UserError, error_detail
+from top.method.checkpoint import SAFETENSORS_FILE, WEIGHTS_FILE
+from top.method.defaults import ATTENTIONS
 from top.method.gates import check_prune_locations, default_prune_locations
 from top.method.pruning import prune_step
 from top.storage.hub import resolve_model
-from top.storage.safeload import error_detail, read_state_dict
+from top.storage.model_files import read_model_config
+from top.storage.safeload import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +94,6 @@ def _with_cls(keep: torch.Tensor) -> torch.Tensor:
     return torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
 
 
-ATTENTIONS = ("sdpa", "eager")
-
-
 def sdpa_available(model_class=None) -> bool:
     """Whether this torch has the fused kernel and this transformers a BERT/RoBERTa layer that calls it.
 
@@ -136,7 +135,7 @@ for _name in ("transformers.models.bert.modeling_bert", "transformers.models.rob
     logging.getLogger(_name).addFilter(_QuietSdpaFallback())
 
 
-class ToPForSequenceClassification(nn.Module):
+class ToPClassifier(nn.Module):
     """A HF ``*ForSequenceClassification`` with token pruning between its layers."""
 
     def __init__(self, hf_model: nn.Module, prune_locations: Optional[Sequence[int]] = None):
@@ -152,7 +151,7 @@ class ToPForSequenceClassification(nn.Module):
         self.prune_locations = check_prune_locations(
             prune_locations,
             num_layers,
-            source="ToPForSequenceClassification(prune_locations=...)",
+            source="ToPClassifier(prune_locations=...)",
             fix="pick layers of this model in increasing order",
         )
 
@@ -162,24 +161,19 @@ class ToPForSequenceClassification(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, prune_locations=None, flag: str = "model",
-                        attention: str = "eager") -> ToPForSequenceClassification:
+                        attention: str = "eager", config=None) -> ToPClassifier:
         """A fine-tuned classifier from a directory or hub id, every weight key and shape checked.
 
-        The weights are read by ``top.storage.safeload`` (transformers never unpickles them); a missing
-        classifier head is an error, never a fresh random one. ``attention="sdpa"`` builds the
-        layers with the fused kernel for the layers whose probabilities nothing reads (see
-        :func:`set_attention`).
+        ``config`` is the model's config as :func:`top.storage.model_files.read_model_config` read
+        it (read here when not given). The weights are read by ``top.storage.safeload`` (transformers
+        never unpickles them); a missing classifier head is an error, never a fresh random one.
+        ``attention="sdpa"`` builds the layers with the fused kernel for the layers whose
+        probabilities nothing reads (see :func:`set_attention`).
         """
-        from transformers import AutoConfig
-
         directory = resolve_model(str(name_or_path), flag)
-        check_config_file(directory, f"The config.json of {flag} {name_or_path}")
-        try:
-            config = AutoConfig.from_pretrained(str(directory))
-        except Exception as error:  # noqa: BLE001 - a missing or malformed config.json
-            raise UserError(
-                f"{flag} {name_or_path} has no valid config.json ({error_detail(error)}); give a model directory."
-            ) from None
+        if config is None:
+            config = read_model_config(directory, f"The config.json of {flag} {name_or_path}")
+        config = copy.deepcopy(config)  # set_attention changes it
         state_dict = read_state_dict(directory)
         fix = "give a model fine-tuned for sequence classification (`top finetune`)"
         if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
@@ -205,7 +199,7 @@ class ToPForSequenceClassification(nn.Module):
             raise UserError(f"{flag} {name_or_path}: {error}; give a BERT or RoBERTa classifier.") from None
 
     @classmethod
-    def from_config(cls, config, prune_locations=None, attention: str = "eager") -> ToPForSequenceClassification:
+    def from_config(cls, config, prune_locations=None, attention: str = "eager") -> ToPClassifier:
         from transformers import AutoModelForSequenceClassification
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
@@ -214,7 +208,7 @@ class ToPForSequenceClassification(nn.Module):
         return cls(AutoModelForSequenceClassification.from_config(config), prune_locations)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint) -> ToPForSequenceClassification:
+    def from_checkpoint(cls, checkpoint) -> ToPClassifier:
         """The model of a ``PrunedCheckpoint`` (``top.method.checkpoint.load_checkpoint``), in eval mode.
 
         It prunes at the checkpoint's locations (none for a dense checkpoint). Every weight's key
@@ -318,7 +312,7 @@ class ToPForSequenceClassification(nn.Module):
 def stock_model_from_checkpoint(checkpoint) -> nn.Module:
     """The stock HF classifier of a ``PrunedCheckpoint`` (the library's default attention), in eval mode.
 
-    Its weights are checked as :meth:`ToPForSequenceClassification.from_checkpoint` checks them.
+    Its weights are checked as :meth:`ToPClassifier.from_checkpoint` checks them.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -387,3 +381,17 @@ def weights_file(path) -> Path:
         if (path / name).is_file():
             return path / name
     return path
+
+
+def require_finite_logits(logits: torch.Tensor, model: Any) -> None:
+    """A ``UserError`` when any logit is NaN or infinite: the weights of ``model`` (a path) are damaged.
+
+    No command reports a result from such a model, so a broken checkpoint never exits with 0.
+    """
+    bad = ~torch.isfinite(logits)
+    if bool(bad.any()):
+        rows = int(bad.reshape(logits.shape[0], -1).any(dim=1).sum()) if logits.dim() else 1
+        raise UserError(
+            f"The model {model} gives logits that are not finite numbers for {rows} of {max(1, len(logits))} "
+            "examples, so its weights are damaged; download or save it again."
+        )

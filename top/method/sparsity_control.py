@@ -29,7 +29,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-CONTROLS = ("paper", "adaptive")  # the first is the default
+from top.method.defaults import CONTROLS  # noqa: F401 - the choices this module implements
+
 # The adaptive controller's pull per unit of gap (lambda_2 = GAIN / 2): high enough that the task
 # losses hold the sparsity within 0.02 of its target (see above).
 GAIN = 8.0

@@ -232,3 +232,17 @@ def resolve_model(name_or_path: str, flag: str) -> Path:
             "give a local directory or a valid hub id."
         ) from None
     return path
+
+
+def resolve_checkpoint_path(name_or_path: str, flag: str = "--checkpoint", progress: bool = True) -> Path:
+    """A checkpoint given as a directory, or as a Hugging Face id (looked up as :func:`resolve_checkpoint` does)."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return local
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if looks_local or not name_or_path.strip():
+        raise UserError(
+            f"Checkpoint directory {local} does not exist; give a directory with config.json and the model weights, "
+            "or a Hugging Face id such as senfu/bert-base-uncased-top-pruned-sst2."
+        )
+    return resolve_checkpoint(name_or_path, progress=progress)

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from top.errors import UserError, brief
+from top.errors import UserError, brief, error_detail
 from top.storage.manifest import verify_manifest
 
 PathLike = Union[str, Path]
@@ -442,12 +442,6 @@ def read_torch_file(
             f"{file} is corrupt or not a torch file ({error_detail(error)}); "
             f"{fix or f'download or save the {what} again'}."
         ) from None
-
-
-def error_detail(error: BaseException) -> str:
-    """The line of an exception's message that says what went wrong, without torch's boilerplate."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from top.errors import UserError, brief
+from top.runtime import determinism
 from top.storage.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
 from top.storage.manifest import add_to_manifest, verify_manifest
 from top.storage.safeload import read_torch_file, read_tree, write_tree
-from top.training import determinism
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +130,15 @@ def load_state_file(directory: Path) -> Dict[str, Any]:
     return state
 
 
-def start_run(out: Path, command: str, arguments: Mapping[str, Any], record: Dict[str, Any]) -> None:
-    """A fresh run directory: the old log removed, ``run.json`` recording the command, its
-    ``arguments`` as parsed, ``record`` and the environment (rank 0 only; the caller checks)."""
+def start_run(out: Path, command: str, arguments: Mapping[str, Any], config: Mapping[str, Any],
+              record: Dict[str, Any]) -> None:
+    """A fresh run directory: the old log removed, ``run.json`` recording the command, its ``arguments``
+    (the config as given: the command line's flags, or the caller's config), the ``config`` as the
+    run resolved it, ``record`` (what the run derived) and the environment (rank 0 only; the caller checks)."""
     out.mkdir(parents=True, exist_ok=True)
     if (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()
-    run = {"command": command, "args": dict(arguments)}
+    run = {"command": command, "args": dict(arguments), "config": dict(config)}
     run.update(record)
     run["environment"] = determinism.environment_record()
     atomic_write_json(out / "run.json", run)

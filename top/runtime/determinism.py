@@ -1,17 +1,18 @@
 """Seeding, deterministic kernels, RNG snapshots and a record of the software a run used."""
 
+import contextlib
 import inspect
 import os
 import platform
 import random
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 
-# The seed of every run that names none: the original's (its run_glue scripts pass --seed 57).
-SEED = 57
+from top.settings.common import SEED  # noqa: F401 - the seed of every run that names none
+
 # cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2); the original sets this value.
 CUBLAS_WORKSPACE_CONFIG = ":16:8"
 
@@ -103,3 +104,33 @@ def environment_record() -> Dict[str, Any]:
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
     }
     return record
+
+
+@contextlib.contextmanager
+def global_state_restored() -> Iterator[None]:
+    """Put back on exit what a run changes of the process's global state: every random generator,
+    torch's deterministic-algorithm and cuDNN switches, ``CUBLAS_WORKSPACE_CONFIG`` and torch's
+    thread count. A run called from Python leaves its caller's process as it found it."""
+    rng = rng_state()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    enabled = getattr(torch, "are_deterministic_algorithms_enabled", lambda: False)()
+    warn_only = getattr(torch, "is_deterministic_algorithms_warn_only_enabled", lambda: False)()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        set_rng_state(rng)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        use_algorithms = getattr(torch, "use_deterministic_algorithms", None)
+        if use_algorithms is not None:
+            if "warn_only" in inspect.signature(use_algorithms).parameters:
+                use_algorithms(enabled, warn_only=warn_only)
+            else:
+                use_algorithms(enabled)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -1,19 +1,27 @@
-"""Argument types for argparse: a bad value becomes one line and exit 2 before any work starts.
+"""The checks of setting values: a bad value becomes one sentence before any work starts.
 
-Each type is a callable that turns the flag's text into a value or raises
-``argparse.ArgumentTypeError`` with the fix; argparse names the flag.
+Each check is a callable that turns a flag's text, or a value given from Python, into the value or
+raises ``argparse.ArgumentTypeError`` with the fix. argparse names the flag; a config built from
+Python names the field (``top.settings.fields.check_fields``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, Optional
+import os
+from typing import Any, Callable, Optional, Sequence
 
 from top.errors import brief
 
 
-def _integer(text: str) -> int:
+def _integer(text) -> int:
+    if isinstance(text, bool) or isinstance(text, float) and not text.is_integer():
+        raise argparse.ArgumentTypeError(f"{brief(text)} is not a whole number; give one such as 8")
+    if isinstance(text, (int, float)):
+        return int(text)
+    if not isinstance(text, str):
+        raise argparse.ArgumentTypeError(f"{brief(text)} is not a whole number; give one such as 8")
     # Python 3.11 reads at most 4,300 digits; no flag needs more than 20.
     if len(text.strip()) > 40:
         raise argparse.ArgumentTypeError(f"{brief(text)} is not a whole number of a sensible size; give one such as 8")
@@ -66,12 +74,14 @@ def finite_float(
 ) -> Callable[[str], float]:
     """Finite numbers (no nan, no inf) within the bounds given."""
 
-    def parse(text: str) -> float:
+    def parse(text) -> float:
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+            raise argparse.ArgumentTypeError(f"{brief(text)} is not a number; give one such as 0.5")
         try:
             value = float(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{brief(text)} is not a number; give one such as 0.5") from None
-        text = brief(text)[1:-1]
+        text = brief(text)[1:-1] if isinstance(text, str) else brief(text)
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number; give a finite one such as 0.5")
         if min is not None and (value < min or (value == min and not min_inclusive)):
@@ -94,8 +104,26 @@ non_negative_float = finite_float(min=0.0)
 fraction = finite_float(min=0.0, max=1.0)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line, ``error: PROG: MESSAGE``, and exit 2."""
+def path_text(value) -> str:
+    """A path given as text or as a ``pathlib.Path``: its text (empty is refused)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise argparse.ArgumentTypeError(f"{brief(value)} is not a path; give a file or directory name")
+    return value
 
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+def name_text(value) -> str:
+    """A name (a model directory or hub id, a task): non-empty text; a ``pathlib.Path`` is taken as its text."""
+    return path_text(value)
+
+
+def one_of(choices: Sequence[str]) -> Callable[[Any], str]:
+    """One of ``choices``, as a check (argparse's ``choices`` does the same for the command line)."""
+
+    def parse(value) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"{brief(value)} is not one of {', '.join(choices)}; pick one of those")
+        return value
+
+    return parse

@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from top.commands.export import export_model, onnxruntime_session, sample_inputs
+from top.deploy.export import export_model, onnxruntime_session, sample_inputs
 from top.evaluation.bench_records import Correctness
 
 FLOOR_METHOD = "dense_two_tokens"  # timed only with --runtime onnxruntime
@@ -24,7 +24,7 @@ def onnxruntime_functions(top_model, token_z, pruner_z, batches, threads: int, d
                           quantize=None):
     """The methods in onnxruntime: ``(functions, pruned session, export reports)``.
 
-    Three graphs are written to ``directory`` by :func:`top.commands.export.export_model`, which
+    Three graphs are written to ``directory`` by :func:`top.deploy.export.export_model`, which
     checks each against the PyTorch compact path first: the pruned graph as ``top export``
     writes it (optimized), the same weights exported dense by ``top export --dense`` (the pruned
     graph's operators, no fusions), and the stock Hugging Face export of ``stock_model`` after

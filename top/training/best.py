@@ -1,0 +1,81 @@
+"""Which evaluation ``best/`` keeps, and the warnings when a run's sparsity is off its target."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional
+
+from top.training.config import BEST_RULES
+
+logger = logging.getLogger(__name__)
+
+# What best/ and summary.json record of the best evaluation.
+BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity", "flops_reduction")
+NO_BEST = dict.fromkeys(BEST_KEYS)
+
+
+def within_band(sparsity: float, target: float, epsilon: float) -> bool:
+    """``|sparsity - target| <= epsilon``, allowing float rounding (0.31 is within 0.01 of 0.3)."""
+    return abs(sparsity - target) <= epsilon + 1e-9
+
+
+def apply_best_rule(
+    record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float, rule: str = BEST_RULES[0]
+) -> Dict[str, Any]:
+    """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
+
+    ``reached_target``: the expected sparsity reached target - epsilon (a dense evaluation, before
+    pruning, has none). Rule ``score`` (the default): best/ keeps the best score among evaluations
+    that reached the target. The original's rule was looser: once one evaluation reached the target,
+    every later one could become best/ even below it. Rule ``nearest-target``: among evaluations
+    within target +- epsilon, the one nearest the target, the better score breaking a tie. An
+    undefined score (None: see top.evaluation.metrics) is never the best.
+    """
+    if rule not in BEST_RULES:
+        raise ValueError(f"unknown best rule {rule!r}")
+    sparsity = record.get("expected_sparsity")
+    reached = sparsity is not None and sparsity >= target - epsilon
+    record["reached_target"] = bool(reached)
+    first = best["score"] is None
+    if rule == "score":
+        eligible = reached
+        better = first or (record["score"] is not None and record["score"] > best["score"])
+    else:
+        eligible = sparsity is not None and within_band(sparsity, target, epsilon)
+        distance = abs(sparsity - target) if sparsity is not None else None
+        best_distance = None if first else abs(best["expected_sparsity"] - target)
+        better = first or (
+            record["score"] is not None
+            and (distance < best_distance or (distance == best_distance and record["score"] > best["score"]))
+        )
+    record["is_best"] = bool(eligible and record["score"] is not None and better)
+    return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
+
+
+def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, control: str) -> bool:
+    """A warning when ``sparsity`` (``what``: when and which) is outside target +- epsilon, naming the
+    levers; True when it warned."""
+    if within_band(sparsity, target, epsilon):
+        return False
+    if sparsity > target:
+        how, levers = "above", "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
+        if control == "paper":
+            levers = "--sparsity-control adaptive, " + levers
+    else:
+        how, levers = "below", "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
+    logger.warning(
+        "%s is %.4f, %s the target %s by more than --sparsity-epsilon %s; to land nearer, try %s.",
+        what, sparsity, how, target, epsilon, levers,
+    )
+    return True
+
+
+def final_sparsity(final: Optional[Dict[str, Any]], steps: int, target: float, epsilon: float, control: str,
+                   prepruning_steps: int) -> Optional[float]:
+    """The last evaluation's expected sparsity (None before pruning), with a warning when it is off target."""
+    sparsity = None if final is None else final.get("expected_sparsity")
+    if sparsity is None:
+        logger.warning("Pruning never started (%d steps); give more than %d steps.", steps, prepruning_steps)
+    else:
+        warn_off_target(f"At the end (step {steps}), the expected sparsity", sparsity, target, epsilon, control)
+    return sparsity

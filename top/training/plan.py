@@ -1,0 +1,209 @@
+"""A ``top train`` run planned before any weights load: its inputs checked, its config resolved.
+
+:func:`plan_train` reads the data and both models' configs (once each), checks that they fit
+together, and returns the config with every field that was left to the run decided (the task
+preset's target, bins, top-k, warm-up and epochs; the schedule's length; the prune locations; the
+evaluation cadence; the device), beside the :class:`Plan`: what the run derived from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from top.data import sources
+from top.data.batching import check_max_seq_length
+from top.data.loading import TaskData
+from top.errors import UserError
+from top.method.gates import check_prune_locations, default_prune_locations
+from top.method.losses import default_rank_layers
+from top.runtime.devices import resolve_device
+from top.settings.values import MAX_STEPS
+from top.storage.hub import resolve_model
+from top.storage.model_files import read_model_config
+from top.training import batch_order, distributed
+from top.training.config import AUTO_EVALUATIONS, EVAL_STEPS, TrainConfig
+from top.training.step import StepPlan
+
+logger = logging.getLogger(__name__)
+
+# Presets for a user's own data (the large GLUE tasks' numbers).
+CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
+# Fewer evaluations than this after the warm-up is a warning (best/ has little to choose from).
+FEW_EVALUATIONS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run derived from its config and inputs, before any weights load."""
+
+    data: TaskData
+    student_dir: Path  # --model and --teacher, resolved to local directories
+    teacher_dir: Path
+    student_config: Any  # their config.json, each read once
+    teacher_config: Any
+    locations: Tuple[int, ...]
+    device: torch.device
+    order: batch_order.BatchOrder
+    total_steps: int
+    step: StepPlan
+
+
+def total_steps(max_steps: Optional[int], epochs: float, steps_per_epoch: int) -> int:
+    """A run's length: ``max_steps`` when given, else ``epochs`` of ``steps_per_epoch``."""
+    if max_steps is not None:
+        return int(max_steps)
+    total = max(1, int(math.ceil(epochs * steps_per_epoch)))
+    if total > MAX_STEPS:
+        # Checked before anything plans the steps: the teacher cache lists every one of them.
+        raise UserError(
+            f"--epochs {epochs:g} at {steps_per_epoch} steps per epoch plans {total:.3g} steps, more than the "
+            f"{MAX_STEPS:.0e} a run may take; give fewer epochs, a larger --batch-size or --max-steps."
+        )
+    return total
+
+
+def preset_of(config: TrainConfig, data: TaskData) -> Dict[str, Any]:
+    """The task's preset (a user's own data: ``CUSTOM_PRESET``, and no target)."""
+    if data.is_custom:
+        return dict(CUSTOM_PRESET, target_sparsity=None)
+    preset = data.task.preset
+    return {"bin_num": preset.bin_num, "topk": preset.topk, "warmup_epochs": preset.warmup_epochs,
+            "epochs": preset.epochs, "target_sparsity": preset.sparsity}
+
+
+def prune_locations(spec: str, num_layers: int) -> List[int]:
+    """``--prune-location`` checked against the model's depth."""
+    locations = [int(part) for part in spec.split(",") if part.strip()]
+    return check_prune_locations(
+        locations, num_layers, source=f"--prune-location {spec}",
+        fix=f"list distinct layers of 1..{num_layers - 1} in increasing order, e.g. 2,3,4", allow_empty=False,
+    )
+
+
+def default_locations(num_layers: int) -> List[int]:
+    locations = default_prune_locations(num_layers)
+    if not locations:
+        raise UserError(f"A {num_layers}-layer model has no layer 2..L-1 to prune at; pass --prune-location 1.")
+    return locations
+
+
+def check_teacher(student_config, teacher_config, num_labels: int, config: TrainConfig) -> None:
+    if teacher_config.num_labels != student_config.num_labels:
+        raise UserError(
+            f"The teacher {config.teacher} has {teacher_config.num_labels} labels but the student {config.model} has "
+            f"{student_config.num_labels}; give a teacher fine-tuned on the same task."
+        )
+    if teacher_config.vocab_size != student_config.vocab_size:
+        raise UserError(
+            f"The teacher {config.teacher} has a vocabulary of {teacher_config.vocab_size} but the student has "
+            f"{student_config.vocab_size}; give a teacher with the student's tokenizer."
+        )
+    if student_config.num_labels != num_labels:
+        raise UserError(
+            f"The student {config.model} has {student_config.num_labels} labels but the data has {num_labels}; "
+            "fine-tune it on this data first (`top finetune`)."
+        )
+
+
+def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[TrainConfig, Plan]:
+    """Everything that can be wrong with the input, checked before any weights load; the config resolved."""
+    if config.epochs is not None and config.max_steps is not None:
+        raise UserError("Give either --epochs or --max-steps, not both.")
+    data = sources.load(config, config.max_seq_length)
+    preset = preset_of(config, data)
+    target = config.target_sparsity if config.target_sparsity is not None else preset["target_sparsity"]
+    if target is None:
+        raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
+    student_dir = resolve_model(config.model, "--model")
+    teacher_dir = resolve_model(config.teacher, "--teacher")
+    student_config = read_model_config(student_dir, f"The config.json of --model {config.model}")
+    teacher_config = read_model_config(teacher_dir, f"The config.json of --teacher {config.teacher}")
+    check_teacher(student_config, teacher_config, data.num_labels, config)
+    for model_config, flag, name in ((student_config, "--model", config.model),
+                                     (teacher_config, "--teacher", config.teacher)):
+        check_max_seq_length(config.max_seq_length, model_config, f"{flag} {name}")
+    num_layers = student_config.num_hidden_layers
+    if config.prune_location is None:
+        locations = default_locations(num_layers)
+    else:
+        locations = prune_locations(config.prune_location, num_layers)
+    device = resolve_device(config.device, dist.local_rank)
+    order = batch_order.BatchOrder(len(data.train), config.batch_size, config.seed, dist.world_size, dist.rank)
+    epochs = config.epochs if config.epochs is not None else preset["epochs"]
+    steps = total_steps(config.max_steps, epochs, order.steps_per_epoch)
+    warmup_epochs = config.warmup_epochs if config.warmup_epochs is not None else preset["warmup_epochs"]
+    step_plan = StepPlan(
+        warmup_steps=int(round(warmup_epochs * order.steps_per_epoch)),
+        regression=data.is_regression,
+        task_length=data.task_length,
+        rank_layers=tuple(default_rank_layers(num_layers)),
+    )
+    eval_steps = resolve_eval_steps(config.eval_steps, steps, step_plan.first_full_target_step)
+    resolved = dataclasses.replace(
+        config,
+        target_sparsity=float(target),
+        bin_num=config.bin_num if config.bin_num is not None else preset["bin_num"],
+        topk=config.topk if config.topk is not None else preset["topk"],
+        warmup_epochs=warmup_epochs,
+        epochs=epochs if config.max_steps is None else steps / order.steps_per_epoch,
+        max_steps=steps,
+        prune_location=",".join(str(location) for location in locations),
+        eval_steps=eval_steps,
+        device=device.type,
+    )
+    if dist.is_main:
+        logger.info("prune locations %s for a %d-layer model%s", locations, num_layers,
+                    "" if config.prune_location else " (default 2..L-1)")
+        logger.info("target sparsity %s, %d bins, top-%d, %d steps (warm-up %d), evaluating every %d",
+                    resolved.target_sparsity, resolved.bin_num, resolved.topk, steps, step_plan.warmup_steps,
+                    eval_steps)
+        warn_few_evaluations(config.eval_steps, eval_steps, steps, step_plan.first_full_target_step)
+    plan = Plan(data, student_dir, teacher_dir, student_config, teacher_config, tuple(locations), device, order,
+                steps, step_plan)
+    return resolved, plan
+
+
+def evaluations_from(first: int, eval_steps: int, total: int) -> int:
+    """How many evaluations (every ``eval_steps`` steps, and after the last) fall at steps ``first..total``."""
+    if first > total:
+        return 0
+    count = total // eval_steps - (first - 1) // eval_steps
+    return count + (1 if total % eval_steps else 0)
+
+
+def resolve_eval_steps(flag, total: int, first: int) -> int:
+    """``--eval-steps``, with ``auto`` made a number: EVAL_STEPS, or the largest cadence that gives
+    AUTO_EVALUATIONS evaluations at steps ``first..total`` (every step, if that is too few)."""
+    if flag != "auto":
+        return int(flag)
+    span = total - first + 1
+    if span <= 0:  # no step after the warm-up: only the final evaluation counts
+        return EVAL_STEPS
+    return max(1, min(EVAL_STEPS, span // AUTO_EVALUATIONS))
+
+
+def warn_few_evaluations(flag, eval_steps: int, total: int, first: int) -> None:
+    """A warning before training when best/ will have fewer than FEW_EVALUATIONS after the warm-up to choose from."""
+    count = evaluations_from(first, eval_steps, total)
+    if count >= FEW_EVALUATIONS:
+        return
+    if first > total:
+        logger.warning(
+            "The warm-up lasts past the run's %d steps (the target is full from step %d), so no evaluation comes "
+            "after it for best/ to choose from; train for more steps or shorten --warmup-epochs.", total, first,
+        )
+        return
+    if total - first + 1 < FEW_EVALUATIONS:
+        advice = "train for more steps or shorten --warmup-epochs"
+    else:
+        advice = f"pass --eval-steps {resolve_eval_steps('auto', total, first)} or --eval-steps auto"
+    logger.warning(
+        "--eval-steps %s gives %d evaluation%s after the warm-up (steps %d-%d), fewer than %d for best/ to choose "
+        "from; %s.", flag, count, "" if count == 1 else "s", first, total, FEW_EVALUATIONS, advice,
+    )
