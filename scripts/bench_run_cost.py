@@ -17,7 +17,6 @@ Writes OUT/run_cost.json and OUT/run_cost.md and prints the table.
 """
 
 import argparse
-import os
 import pstats
 import statistics
 import subprocess
@@ -26,13 +25,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from top.commands import demo_assets  # noqa: E402
-from top.runtime import machine  # noqa: E402
-from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
-from top.runtime.determinism import SEED  # noqa: E402
+from top.data import assets as demo_assets
+from top.method.modeling import sdpa_available
+from top.runtime import machine
+from top.settings.common import SEED
+from top.storage.io import atomic_write_json, atomic_write_text
 
 GOAL = 1.10
 SCHEDULE = {"train_sentences": 512, "dev_sentences": 256, "epochs": 3, "batch_size": 32, "max_seq_length": 64}
@@ -43,18 +40,18 @@ TRAIN_FLAGS = [
 ]
 # The profile's rows: cumulative seconds of the functions (file suffix, name; None: any) in a cProfile run.
 PROFILE_ROWS = [
-    ("read data, tokenise", [("top/commands/options.py", "encode_data")]),
-    ("load student and teacher", [("top/commands/train.py", "load_models")]),
+    ("read data, tokenise", [("top/training/loop.py", "encode")]),
+    ("load student and teacher", [("top/training/loop.py", "load_models")]),
     ("build the teacher cache", [("top/training/teacher_cache.py", None)]),
-    ("training steps", [("top/commands/train.py", "train_step")]),
+    ("training steps", [("top/training/step.py", "__call__")]),
     ("  backward", [("torch/_tensor.py", "backward")]),
     ("  optimiser steps", [("torch/optim/adamw.py", "step"), ("torch/optim/adam.py", "step")]),
     ("  clip gradients", [("torch/nn/utils/clip_grad.py", "clip_grad_norm_")]),
-    ("  ToP loss (KD, Lagrangian, rank distillation)", [("top/commands/train.py", "top_loss")]),
-    ("  gate sample", [("top/commands/train.py", "sample_gates")]),
-    ("dev evaluations", [("top/commands/train.py", "evaluate_dev")]),
-    ("writing last/ and best/", [("top/commands/train.py", "save_last"),
-                                 ("top/commands/train.py", "write_checkpoint")]),
+    ("  ToP loss (KD, Lagrangian, rank distillation)", [("top/training/step.py", "loss")]),
+    ("  gate sample", [("top/training/step.py", "sample_gates")]),
+    ("dev evaluations", [("top/training/loop.py", "evaluate_student")]),
+    ("writing last/ and best/", [("top/training/checkpoints.py", "save_last"),
+                                 ("top/training/checkpoints.py", "write_pruned")]),
 ]
 STEP_PARTS = ("  backward", "  optimiser steps", "  clip gradients", "  ToP loss (KD, Lagrangian, rank distillation)",
               "  gate sample")
@@ -106,9 +103,8 @@ def train_argv(paths: Dict[str, Path], out: Path, *extra: str) -> List[str]:
 
 def run_command(argv: List[str], prefix: Tuple[str, ...] = ("-m", "top")) -> float:
     """Seconds one `python -m top ...` child takes, start-up and imports included."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *prefix, *argv], env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, *prefix, *argv], stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"`top {' '.join(argv)}` failed with exit status {done.returncode}")
@@ -196,8 +192,6 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     work = out / "run-cost-work"
     work.mkdir(parents=True, exist_ok=True)
-    from top.method.modeling import sdpa_available
-
     paths = prepare(work, args.seed)
     seconds = time_rounds(paths, work, args.rounds, args.eager_too and sdpa_available())
     commands = summarise(seconds)

@@ -24,27 +24,23 @@ summaries.
 """
 
 import argparse
-import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from top.commands import bench  # noqa: E402
-from top.data.files import Example  # noqa: E402
-from top.data.glue import write_glue_tsv  # noqa: E402
-from top.data.tasks import Task, get_task  # noqa: E402
-from top.method.checkpoint import save_checkpoint  # noqa: E402
-from top.method.compact import survivor_table  # noqa: E402
-from top.method.flops import model_macs  # noqa: E402
-from top.method.gates import default_prune_locations  # noqa: E402
-from top.storage.io import atomic_write_json, atomic_write_text  # noqa: E402
+from top.data.files import Example
+from top.data.glue import write_glue_tsv
+from top.data.tasks import Task, get_task, read_toml
+from top.evaluation.bench import RUNTIMES, BenchConfig, bench
+from top.method.checkpoint import save_checkpoint
+from top.method.compact import survivor_table
+from top.method.flops import model_macs
+from top.method.gates import default_prune_locations
+from top.storage.io import atomic_write_json, atomic_write_text
 
 GOALS_FILE = Path(__file__).with_name("bench_goals.toml")
 # name -> GLUE task (length, dev-set size, pairs: tasks.toml), mean tokens incl. special ones,
@@ -60,8 +56,6 @@ BATCHES_TIMED = {1: 16, 8: 4, 32: 3}  # batches per batch size in the timed dev 
 
 
 def read_goals(path: Path = GOALS_FILE) -> Dict:
-    from top.data.tasks import read_toml
-
     return read_toml(path)
 
 
@@ -75,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--small", action="store_true", help="a small model (hidden 256, 4 layers) for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runtime", default="torch", choices=bench.RUNTIMES,
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
                         help="onnxruntime: time the exported pruned graph against the same weights exported dense")
     parser.add_argument("--timed-batches", type=int, default=None,
                         help=f"batches per batch size in the timed dev file (default: {BATCHES_TIMED})")
@@ -194,11 +188,12 @@ def build_checkpoint(path: Path, task_name: str, lengths: List[int], small: bool
 
 
 def run_one(task_name, batch_size, checkpoint, data_dir, args, output: Path) -> Dict:
-    bench.measure(bench.BenchOptions(
+    result = bench(BenchConfig(
         task=TASKS[task_name]["task"], checkpoint=str(checkpoint), data_dir=str(data_dir), batch_size=batch_size,
         device=args.device, threads=args.threads, passes=args.passes, output=str(output), runtime=args.runtime,
     ))
-    return json.loads(output.read_text())
+    print(result.summary)
+    return result.record
 
 
 def summary_table(results: List[Dict]) -> str:
@@ -282,7 +277,7 @@ def plot(results: List[Dict], path: Path) -> bool:
 def training_cost_numbers(output_dir: Path, args) -> None:
     """The training benches: one step of each command, then whole `top train` and `top finetune` runs."""
     for name in ("bench_train_step.py", "bench_run_cost.py"):
-        command = [sys.executable, str(ROOT / "scripts" / name), "--output-dir", str(output_dir)]
+        command = [sys.executable, str(Path(__file__).with_name(name)), "--output-dir", str(output_dir)]
         print("running", " ".join(command))
         result = subprocess.run(command)
         if result.returncode != 0:

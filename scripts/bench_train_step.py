@@ -6,37 +6,35 @@ tiny optimisers. The goal: a ToP step costs at most 1.5x a fine-tune step. The T
 twice: with the teacher run every step (`--no-teacher-cache`: `top_step_ms`, `ratio`) and with its
 outputs handed in as the teacher cache hands them (the default: `top_step_cached_ms`, `ratio_cached`).
 
-Both steps are the commands' own: `top.commands.train.train_step` (after pruning has started, a new step
-index and so a new gate sample each call) and `top.commands.finetune.finetune_step`, with optimisers built
-by the commands' own functions from their default flags. They run on one fixed batch, alternating,
+Both steps are the library's own: `top.training.step.ToPStep` (after pruning has started, a new step
+index and so a new gate sample each call) and `top.training.finetune.finetune_step`, with optimisers built
+by the library's own functions from the configs' defaults. They run on one fixed batch, alternating,
 and are timed as medians over repeated steps. Writes OUT/train_step.json and prints one line.
 
     python scripts/bench_train_step.py --output-dir bench
 """
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from top.commands import finetune, train  # noqa: E402
-from top.commands.options import DataSource, RunOptions, Schedule  # noqa: E402
-from top.data import batching  # noqa: E402
-from top.runtime import machine  # noqa: E402
-from top.method.gates import TokenGates, default_prune_locations  # noqa: E402
-from top.method.losses import default_rank_layers  # noqa: E402
-from top.method.modeling import ToPClassifier, set_attention  # noqa: E402
-from top.storage.io import atomic_write_json  # noqa: E402
-from top.runtime import determinism
-from top.training import distributed# noqa: E402
-from top.runtime.determinism import SEED  # noqa: E402
-from top.training.teacher_cache import CachedTeacherOutput  # noqa: E402
+from top.data import batching
+from top.method.gates import TokenGates, default_prune_locations
+from top.method.losses import default_rank_layers
+from top.method.modeling import ToPClassifier, set_attention
+from top.runtime import determinism, machine
+from top.settings.common import SEED
+from top.storage.io import atomic_write_json
+from top.training import distributed
+from top.training.config import FinetuneConfig, TrainConfig
+from top.training.finetune import build_optimizer, finetune_step
+from top.training.step import PREPRUNING_STEPS, StepPlan, ToPStep, build_optimizers
+from top.training.teacher_cache import CachedTeacherOutput
 
 GOAL = 1.5
 # Long enough that neither learning-rate schedule reaches 0 while timing.
@@ -63,16 +61,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def finetune_defaults() -> finetune.FinetuneOptions:
-    """`top finetune`'s settings at their defaults, from the settings objects themselves."""
-    return finetune.FinetuneOptions(model="unused", data=DataSource(), schedule=Schedule(),
-                                    run=RunOptions(output_dir=Path("unused"), device="cpu"))
+def finetune_defaults() -> FinetuneConfig:
+    """`top finetune`'s settings at their defaults, from its config itself."""
+    return FinetuneConfig(model="unused", output_dir="unused", device="cpu")
 
 
-def train_defaults() -> train.TrainOptions:
-    """`top train`'s settings at their defaults, from the settings objects themselves."""
-    return train.TrainOptions(model="unused", teacher="unused", data=DataSource(), schedule=Schedule(),
-                              run=RunOptions(output_dir=Path("unused"), device="cpu"))
+def train_defaults() -> TrainConfig:
+    """`top train`'s settings at their defaults, from its config itself."""
+    return TrainConfig(model="unused", teacher="unused", output_dir="unused", device="cpu")
 
 
 def small_bert_config(args):
@@ -121,10 +117,10 @@ def finetune_step_function(args, batch, dist):
 
     flags = finetune_defaults()
     dense = AutoModelForSequenceClassification.from_config(small_bert_config(args)).train()
-    optimizer, scheduler = finetune.build_optimizer(dense, flags, SCHEDULE_STEPS)
+    optimizer, scheduler = build_optimizer(dense, flags, SCHEDULE_STEPS)
 
     def step():
-        finetune.finetune_step(dense, optimizer, scheduler, batch, 1.0, flags.run.max_grad_norm, dist)
+        finetune_step(dense, optimizer, scheduler, batch, 1.0, flags.max_grad_norm, dist)
 
     return step
 
@@ -151,25 +147,16 @@ def top_step_function(args, batch, dist, cached: bool):
             out = teacher(**batching.model_inputs(batch), mode="faithful", probability_layers=[args.layers - 1])
         teacher_out = CachedTeacherOutput(out.logits, [out.importance[-1]])
     gates = TokenGates(locations, args.bin_num, layer_init=flags.layer_gate_init)
-    optimizers = train.build_optimizers(student, gates, flags, SCHEDULE_STEPS, pruning=True)
-    settings = train.StepSettings(
-        seed=flags.run.seed,
-        target_sparsity=args.target_sparsity,
-        warmup_steps=args.warmup_steps,
-        rank_loss_alpha=flags.rank_loss_alpha,
-        topk=args.topk,
-        distill_temperature=flags.distill_temperature,
-        max_grad_norm=flags.run.max_grad_norm,
-        regression=False,
-        task_length=args.task_length,
-        rank_layers=tuple(default_rank_layers(args.layers)),
-    )
-    index = [train.PREPRUNING_STEPS]
+    config = dataclasses.replace(flags, target_sparsity=args.target_sparsity, topk=args.topk)
+    plan = StepPlan(warmup_steps=args.warmup_steps, regression=False, task_length=args.task_length,
+                    rank_layers=tuple(default_rank_layers(args.layers)))
+    top_step = ToPStep(student, teacher, gates, build_optimizers(student, gates, config, SCHEDULE_STEPS, pruning=True),
+                       config, plan, dist)
+    index = [PREPRUNING_STEPS]
 
     def step():
         global_batch = len(batch["labels"])  # one process holds the whole global batch
-        train.train_step(student, teacher, gates, optimizers, batch, index[0], 1.0, global_batch, settings, dist,
-                         teacher_out=teacher_out)
+        top_step(batch, index[0], 1.0, global_batch, teacher_out=teacher_out)
         index[0] += 1
 
     return step

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout that is not pip-installed
-
-from top.data.tasks import TASKS, canonical_task_name  # noqa: E402
-from top.errors import UserError  # noqa: E402
+try:
+    from top.data.tasks import TASKS, canonical_task_name
+    from top.errors import UserError
+except ImportError:  # run with a Python that has not installed this project
+    sys.exit("error: scripts/prepare_glue.py needs this project installed; run `pip install -e .` from the "
+             "repository root (in a virtual environment) and run it again.")
 
 SPLITS = ("dev", "train")
 

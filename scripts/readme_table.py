@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
 from top.data.published import PUBLISHED_FILE, PublishedResult, load_results_table  # noqa: E402
 from top.data.tasks import METRIC_LABELS, TASKS, Task  # noqa: E402

@@ -1,11 +1,6 @@
 import os
-import sys
-from pathlib import Path
 
 import torch
-
-# The test builders (tiny tokenizers, checkpoints in the published layout) live next to the tests.
-sys.path.insert(0, str(Path(__file__).parent))
 
 # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
 # that wait on each other make them several times slower. Subprocesses inherit the setting.

@@ -1,7 +1,7 @@
 """Seeded fuzzing of ``top eval`` over a tiny checkpoint's files and a data file (issue 24).
 
 Shared by ``tests/test_fuzz.py`` (a fixed seed and a bounded count in CI) and
-``scripts/fuzz_report.py`` (any seed and count; prints the table). Every trial copies the
+``tests/fuzz_report.py`` (any seed and count; prints the table). Every trial copies the
 checkpoint or the data file, mutates it with its own ``random.Random``, runs ``top eval`` on it
 (in-process through ``cli.main``, or as a real subprocess) and is judged:
 

@@ -1,7 +1,7 @@
 """The hostile-trial table for a closing note: every file x payload x command of the corpus in
 ``test_hostile_files.py``, run in-process on the stack of the interpreter that runs this script.
 
-    PYTHONPATH=$PWD python tests/hostile_trials.py > trials.tsv
+    python tests/hostile_trials.py > trials.tsv
 
 Prints one tab-separated row per trial: file, payload, command, stack, exit code, the first
 error line of stderr (T = the trial's directory; for ``reproduce`` also the task's reason) and
@@ -14,11 +14,8 @@ import contextlib
 import io
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_hostile_files as corpus  # noqa: E402
 import torch  # noqa: E402

@@ -1,15 +1,9 @@
 """`nox -s bench`'s driver (scripts/bench_suite.py): goals read from bench_goals.toml and judged per run."""
 
 import json
-import sys
-from pathlib import Path
 
+import bench_suite  # scripts/ is on pytest's pythonpath (pyproject.toml)
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bench_suite  # noqa: E402
 
 
 def result(name, batch, runtime="torch", **ratios):

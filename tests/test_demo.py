@@ -10,7 +10,7 @@ import json
 import pytest
 
 from top.cli import main
-from top.commands import demo_assets
+from top.data import assets as demo_assets
 
 REPORT_KEYS = {"teacher", "pruned", "duration_s"}
 PRUNED_KEYS = {"score", "flops_reduction", "flops_reduction_unpadded", "compact_speedup"}

@@ -93,8 +93,9 @@ def test_finetune_runs_are_deterministic(tiny, tmp_path):
 
 
 def test_defaults_follow_the_preft_script():
-    from top.commands.finetune import FinetuneOptions
     from top.commands.options import RunOptions, Schedule
+
+    from top.commands.finetune import FinetuneOptions
 
     run = RunOptions(output_dir=Path("o"))
     assert (FinetuneOptions.learning_rate, run.batch_size, run.max_seq_length, run.seed) == (2e-5, 32, 256, 57)
@@ -102,8 +103,9 @@ def test_defaults_follow_the_preft_script():
 
 
 def test_the_command_line_becomes_the_settings_once():
-    from top.commands import finetune
     from top.commands.options import DataSource, RunOptions, Schedule
+
+    from top.commands import finetune
 
     parser = argparse.ArgumentParser()
     finetune.add_arguments(parser)

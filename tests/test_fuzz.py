@@ -2,7 +2,7 @@
 
 A fixed seed and a bounded count here (``TOP_FUZZ_COUNT`` trials of the largest category, 80 by
 default, about 390 trials in all, run in-process through ``cli.main``), plus a few real
-subprocesses under an address-space limit; ``nox -s fuzz`` (or ``scripts/fuzz_report.py``) runs
+subprocesses under an address-space limit; ``nox -s fuzz`` (or ``tests/fuzz_report.py``) runs
 more. What is mutated and how each trial is judged: ``tests/fuzzing.py``.
 """
 

@@ -416,6 +416,7 @@ def test_data_without_labels_exits_2(tiny, tmp_path, capsys):
 def _options(epochs=None, run=None, **flags):
     """`top train`'s settings at their defaults but for ``flags``, built as its run() builds them."""
     from top.commands.options import DataSource, RunOptions, Schedule
+
     from top.commands.train import TrainOptions
 
     return TrainOptions(model="m", teacher="t", data=DataSource(), run=run or RunOptions(output_dir=Path("o")),

@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-from top.commands import demo_assets
 from top.commands.demo_estimate import TimeEstimate
 from top.commands.demo_recipe import RECIPE, RECIPE_FLAGS, resolve_recipe
 from top.commands.demo_report import build_report, plot, render_markdown, token_example
@@ -26,6 +25,7 @@ from top.commands.demo_stages import (
     prune_stage,
     teacher_stage,
 )
+from top.data import assets as demo_assets
 from top.errors import UserError
 from top.runtime import machine
 from top.runtime.devices import resolve_device

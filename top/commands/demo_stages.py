@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from top.commands import demo_assets
+from top.data import assets as demo_assets
 from top.data.loading import load_task_data
 from top.deploy.export import ONNX_INSTALL, ExportConfig, export, onnxruntime_available
 from top.evaluation.bench import BenchConfig, bench

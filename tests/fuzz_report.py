@@ -1,6 +1,6 @@
 """Fuzz ``top eval`` with seeded mutations of a tiny checkpoint and a data file; print the closing note's table.
 
-    PYTHONPATH=$PWD python scripts/fuzz_report.py --count 400 --seed 24
+    PYTHONPATH=$PWD python tests/fuzz_report.py --count 400 --seed 24
 
 The mutations, the verdicts and the table are ``tests/fuzzing.py``'s, which ``tests/test_fuzz.py`` runs
 in CI with a smaller count; ``--count`` is the trials of the largest category (the others take a
@@ -15,10 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import fuzzing  # noqa: E402
-import torch  # noqa: E402
+import fuzzing  # tests/ is this script's own directory, so Python finds it first
+import torch
 
 
 def main() -> int:
