@@ -212,6 +212,8 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------- the training commands' world
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+# What `top train` exits with when a run finished: 0 with best/ written, 3 without (no evaluation qualified).
+FINISHED = (0, 3)
 
 
 def single_thread():

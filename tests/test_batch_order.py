@@ -1,9 +1,9 @@
-"""The batch order: a seeded permutation per epoch, optionally grouped by length; and step listeners."""
+"""The batch order: a seeded permutation per epoch, optionally grouped by length; and the progress callback."""
 
 import torch
 
-from top import cli
-from top.training import batch_order, listeners
+import top
+from top.training import batch_order
 
 
 def lengths_of(n, seed=0):
@@ -49,19 +49,18 @@ def test_grouped_order_keeps_a_short_last_batch_last_and_ranks_share_global_batc
             assert int(spread.max() - spread.min()) <= 10
 
 
-def test_step_listeners_hear_every_finetune_step(tmp_path):
+def test_the_callback_hears_every_finetune_step_and_evaluation(tmp_path):
     from builders import tiny_model_dir, write_custom_csv
 
     model = tiny_model_dir(tmp_path / "model", layers=2)
     train = write_custom_csv(tmp_path / "train.csv", n=24, seed=1)
     heard = []
-    listeners.STEP_LISTENERS.append(lambda *event: heard.append(event))
-    try:
-        code = cli.main(["finetune", "--model", str(model), "--train-file", str(train), "--validation-file",
-                         str(train), "--batch-size", "8", "--epochs", "2", "--max-seq-length", "32",
-                         "--group-by-length", "--device", "cpu", "--no-progress", "--output-dir",
-                         str(tmp_path / "out")])
-    finally:
-        listeners.STEP_LISTENERS.clear()
-    assert code == 0
-    assert heard == [("finetune", step, 6) for step in range(1, 7)]
+    config = top.FinetuneConfig(model=str(model), train_file=str(train), validation_file=str(train), batch_size=8,
+                                epochs=2, max_seq_length=32, group_by_length=True, device="cpu", no_progress=True,
+                                output_dir=str(tmp_path / "out"))
+    result = top.finetune(config, callback=heard.append)
+    steps = [(e.command, e.step, e.total_steps) for e in heard if e.kind == "step"]
+    assert steps == [("finetune", step, 6) for step in range(1, 7)]
+    evaluations = [e for e in heard if e.kind == "evaluation"]
+    assert [e.step for e in evaluations] == [3, 6] and all("score" in e.values for e in evaluations)
+    assert result.last_dir == tmp_path / "out" / "last" and result.summary["steps"] == 6

@@ -24,8 +24,7 @@ def paths(tmp_path):
 
 def parsed(argv):
     """The command's own parser on the argv the bench runs (so every flag exists and parses)."""
-    parser = cli.build_parser()
-    return parser.parse_args(argv)
+    return cli.build_parser(argv).parse_args(argv)
 
 
 def test_both_commands_run_the_same_schedule(script, tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from top.commands import finetune, train
+from top.training import finetune
+from top.training import step as step_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,19 +24,19 @@ def load_script():
 
 def test_bench_times_the_real_train_and_finetune_steps(tmp_path, monkeypatch):
     calls = {"train": [], "finetune": 0}
-    real_train_step, real_finetune_step = train.train_step, finetune.finetune_step
+    real_train_step, real_finetune_step = step_module.ToPStep.__call__, finetune.finetune_step
 
-    def counted_train_step(student, teacher, gates, optimizers, batch, step, *rest, teacher_out=None):
-        values = real_train_step(student, teacher, gates, optimizers, batch, step, *rest, teacher_out=teacher_out)
+    def counted_train_step(self, batch, step, *rest, teacher_out=None):
+        values = real_train_step(self, batch, step, *rest, teacher_out=teacher_out)
         kind = "cached" if teacher_out is not None else "teacher"
-        calls["train"].append((step, "gates" in optimizers, gates.token_loga.detach().clone(), values, kind))
+        calls["train"].append((step, self.optimizers.pruning, self.gates.token_loga.detach().clone(), values, kind))
         return values
 
     def counted_finetune_step(*args):
         calls["finetune"] += 1
         return real_finetune_step(*args)
 
-    monkeypatch.setattr(train, "train_step", counted_train_step)
+    monkeypatch.setattr(step_module.ToPStep, "__call__", counted_train_step)
     monkeypatch.setattr(finetune, "finetune_step", counted_finetune_step)
     before = torch.get_num_threads()
     try:
@@ -53,7 +54,7 @@ def test_bench_times_the_real_train_and_finetune_steps(tmp_path, monkeypatch):
     assert calls["finetune"] == 5
     for kind in ("teacher", "cached"):
         kept = [call for call in calls["train"] if call[4] == kind]
-        assert [call[0] for call in kept] == list(range(train.PREPRUNING_STEPS, train.PREPRUNING_STEPS + 5))
+        assert [call[0] for call in kept] == list(range(step_module.PREPRUNING_STEPS, step_module.PREPRUNING_STEPS + 5))
         assert all(call[1] for call in kept)
         # The gate optimiser runs: once the Lagrangian's multipliers have moved off 0, so do the gate logits.
         assert not torch.equal(kept[1][2], kept[-1][2])

@@ -175,6 +175,7 @@ def test_fetch_lets_pip_check_the_hash_and_caches_only_verified_files(tmp_path, 
 def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
     """The estimate is printed after a command's first steps, from their pace; ToP's pace refines it."""
     from top.commands import demo_estimate, demo_recipe
+    from top.training.progress import Progress
 
     clock = [0.0]
     monkeypatch.setattr(demo_estimate.time, "perf_counter", lambda: clock[0])
@@ -185,7 +186,8 @@ def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
     assert estimate.total == {"finetune": 20, "train": 30}
     for step in range(1, 21):  # fine-tune steps of 1 s, the first one after 10 s of set-up
         clock[0] = 10.0 + step
-        estimate("finetune", step, 20)
+        estimate(Progress("finetune", "step", step, 20, {}))
+        estimate(Progress("finetune", "evaluation", step, 20, {}))  # evaluations do not move the clock
     assert len(said) == 1 and said[0].startswith("demo: about") and "after 12 finetune steps" in said[0]
     unit = 1.0
     expected = (22 + 8 * unit + 2 * 100 * demo_recipe.ETA_UNITS["dev_example"] * unit
@@ -198,6 +200,6 @@ def test_time_estimate_after_the_first_steps_of_each_command(monkeypatch):
     estimate.finetune_done()
     for step in range(1, 13):  # ToP steps of 3 s: slower than the model assumed, so the estimate grows
         clock[0] = 40.0 + 3 * step
-        estimate("train", step, 30)
+        estimate(Progress("train", "step", step, 30, {}))
     assert len(said) == 2 and "after 12 train steps" in said[1]
     assert estimate.estimates[1]["minutes"] > estimate.estimates[0]["minutes"]

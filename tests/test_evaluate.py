@@ -111,9 +111,9 @@ def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_
     import torch
     from reference_compact import reference_compact
 
-    from top.commands import evaluate as evaluate_module
-    from top.commands.evaluate import evaluate, load_model
     from top.data import batching, loading
+    from top.evaluation import evaluate as evaluate_module
+    from top.evaluation.evaluate import load_model, score
     from top.method import compact
 
     root, checkpoint = cola_setup
@@ -125,7 +125,7 @@ def test_compact_mode_runs_compact_py_with_one_plan_and_matches_the_oracle(cola_
     monkeypatch.setattr(evaluate_module, "compact_forward", lambda *a, **k: calls.append(a) or compact_forward(*a, **k))
     loaded = load_model(checkpoint, torch.device("cpu"))
     eval_data = loading.load_task_data("cola", str(root / "glue"), max_seq_length=32, splits=("dev",))
-    record = evaluate(loaded, eval_data, "compact", max_seq_length=32, batch_size=8, progress=False)
+    record = score(loaded, eval_data, "compact", max_seq_length=32, batch_size=8, progress=False)
     assert len(built) == 1 and len(calls) == 5  # one plan for the gates, five batches of 37 examples
     encoded = batching.encode(eval_data.dev, loaded.tokenizer, 32, padding="max_length")
     reference = reference_compact(loaded.model, encoded["input_ids"], encoded["attention_mask"],

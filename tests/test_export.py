@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'top[onnx]')")
-onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'top[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (the onnx extra)")
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra)")
 
 from builders import tiny_checkpoint, write_custom_csv  # noqa: E402
 
 from top.cli import main  # noqa: E402
-from top.commands import export  # noqa: E402
+from top.deploy import export  # noqa: E402
 from top.errors import UserError  # noqa: E402
 from top.method.checkpoint import load_checkpoint  # noqa: E402
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement  # noqa: E402
 from top.method.modeling import ToPClassifier  # noqa: E402
+from top.storage.model_files import max_input_tokens  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def test_graph_inputs_and_outputs_follow_the_contract(exported):
 
 def test_onnx_logits_equal_compact_over_many_lengths_and_batches(exported):
     config = exported["model"].config
-    longest = export.max_tokens(config)
+    longest = max_input_tokens(config)
     gen = torch.Generator().manual_seed(5)
     lengths = [2, 3, longest] + [int(n) for n in torch.randint(2, longest + 1, (157,), generator=gen)]
     agree, worst = [], 0.0
@@ -212,7 +213,7 @@ def test_export_command_errors_are_one_sentence(tmp_path, capsys, monkeypatch):
     assert "--opset" in err and "at least 14" in err
     monkeypatch.setattr(export, "_importable", lambda name: name != "onnxruntime")
     assert main(["export", "--checkpoint", str(dense_ckpt), "--output", str(tmp_path / "m.onnx")]) == 2
-    assert "pip install 'top[onnx]'" in capsys.readouterr().err
+    assert "pip install -e '.[onnx]' in a clone of this project" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
 

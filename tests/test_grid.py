@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from top.cli import main
-from top.commands import grid as grid_module
-from top.commands import grid_launch
+from top.commands import train as train_command
+from top.commands.flags import OneLineParser
 from top.errors import UserError
+from top.training import grid as grid_module
+from top.training import grid_launch
 
 FAKE_TRAINER = textwrap.dedent(
     """
@@ -252,7 +254,7 @@ BAD_GRIDS = {
     "sparsity out of range": ("[grid]\ntarget_sparsity = [0.3, 1.5]\n", "grid.target_sparsity = 1.5 is refused"),
     "zero bins": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nbin_num = 0\n", "fixed.bin_num = 0 is refused"),
     "unknown control": ("[grid]\nsparsity_control = ['pid']\n", "grid.sparsity_control = 'pid' is refused"),
-    "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "not allowed with argument"),
+    "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "gives both epochs and max_steps"),
 }
 
 
@@ -293,17 +295,25 @@ def test_every_top_train_option_is_accepted_as_top_train_parses_it(fake):
         assert argv[argv.index(flag) + 1] == value
     assert "--no-progress" in argv
     # and what the grid builds, `top train` itself accepts
-    parsed = grid_module.train_parser().parse_args(argv)
+    parsed = train_parser().parse_args(argv)
     assert parsed.layer_gate_init == 10.0 and parsed.eval_batch_size == 64 and parsed.no_progress is True
     assert parsed.sparsity_control == "adaptive" and parsed.best_rule == "nearest-target"
     assert parsed.eval_steps == "auto"
+
+
+
+def train_parser() -> OneLineParser:
+    """`top train`'s own command line, as `top train` builds it."""
+    parser = OneLineParser(prog="top train")
+    train_command.add_arguments(parser)
+    return parser
 
 
 def test_a_switch_on_by_default_is_turned_off_by_false(fake):
     fake.grid.write_text(SMALL_GRID + "teacher_cache = false\n")
     assert fake.run() == 0
     argv = fake.calls()[0]["argv"]
-    assert "--no-teacher-cache" in argv and grid_module.train_parser().parse_args(argv).teacher_cache is False
+    assert "--no-teacher-cache" in argv and train_parser().parse_args(argv).teacher_cache is False
 
 
 def test_a_missing_grid_file_is_a_user_error(tmp_path, capsys):
@@ -369,7 +379,7 @@ def test_the_ray_backend_without_ray_says_what_to_install(fake, monkeypatch, cap
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as where Ray is not installed
     assert fake.run("--backend", "ray") == 2
     err = capsys.readouterr().err
-    assert "pip install 'top[ray]'" in err and "Traceback" not in err
+    assert "pip install -e '.[ray]' in a clone of this project" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert fake.calls() == []
 
@@ -385,7 +395,7 @@ def test_options_of_the_other_backend_are_refused(fake, capsys, extra, named):
 
 
 def test_the_ray_reporter_sends_each_evaluation_once(tmp_path):
-    from top.commands.grid_ray import EvalReporter
+    from top.training.grid_ray import EvalReporter
 
     log = tmp_path / "log.jsonl"
     sent = []

@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray")
 from builders import tensors, tiny_checkpoint, write_custom_csv  # noqa: E402
 
 from top.cli import main  # noqa: E402
-from top.commands import grid_launch  # noqa: E402
+from top.training import grid_launch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_BIN = Path(sys.executable).with_name("ray")

@@ -49,12 +49,12 @@ def reference(checkpoint: Path, task: str, glue: Path, metric: str):
     """What the checkpoint really scores in faithful mode (percent) and its FLOPs reduction."""
     import torch
 
-    from top.commands.evaluate import evaluate, load_model
     from top.data.loading import load_task_data
+    from top.evaluation.evaluate import load_model, score
 
     loaded = load_model(checkpoint, torch.device("cpu"))
     dev = load_task_data(task, str(glue), max_seq_length=256, splits=("dev",))
-    record = evaluate(loaded, dev, "faithful", 256, 32, progress=False)
+    record = score(loaded, dev, "faithful", 256, 32, progress=False)
     return 100 * record["metrics"][metric], record["flops_reduction"]
 
 
@@ -303,12 +303,12 @@ def test_offline_with_nothing_cached_says_what_to_download(tmp_path, capsys, no_
 
 
 def test_a_report_in_which_nothing_was_evaluated_fails(tmp_path, capsys):
-    from top.commands.reproduce import exit_code
+    from top.evaluation.reproduce import exit_code, failure_text
 
     report = {"settings": {"assert": False}, "tasks": [
         {"task": "cola", "status": "missing", "reason": "x."}, {"task": "rte", "status": "not published"}]}
-    assert exit_code(report, announce=True) == 1
-    assert "none of 1 tasks was evaluated" in capsys.readouterr().err
+    assert exit_code(report) == 1
+    assert "none of 1 tasks was evaluated" in failure_text(report)
     report["tasks"][0]["status"] = "fail"
     assert exit_code(report) == 0  # evaluated; under --no-assert a mismatch does not fail
     report["settings"]["assert"] = True

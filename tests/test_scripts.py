@@ -306,7 +306,7 @@ def test_token_prune_dry_run_prints_the_command(stub):
 
 def test_token_prune_end_to_end_with_the_real_top_train(tmp_path):
     """The seed's command with the real `top train` on a tiny model and SST-2-layout files."""
-    from builders import sentences, tiny_checkpoint
+    from builders import FINISHED, sentences, tiny_checkpoint
 
     from top.data.files import Example
     from top.data.glue import write_glue_tsv
@@ -322,7 +322,7 @@ def test_token_prune_end_to_end_with_the_real_top_train(tmp_path):
     result = subprocess.run(["bash", str(TRAIN_SCRIPT), "--", "--max-steps", "2", "--device", "cpu",
                              "--batch-size", "8", "--max-seq-length", "16", "--no-progress"],
                             env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode in FINISHED, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metric"] == "accuracy" and summary["steps"] == 2
     assert (tmp_path / "run" / "last").is_dir()

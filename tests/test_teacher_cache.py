@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from builders import (
+    FINISHED,
     KILLER,
     SHORT,
     assert_bit_identical,
@@ -161,8 +162,8 @@ def test_a_whole_run_with_the_cache_matches_the_teacher_at_every_step(tiny, tmp_
     six = dict(tiny, model=tiny_model_dir(tmp_path / "six", layers=6))
     flags = (*SHORT, "--attention", "eager")
     cached, fresh = tmp_path / "cached", tmp_path / "fresh"
-    assert cli.main(train_argv(six, cached, *flags)) == 0
-    assert cli.main(train_argv(six, fresh, *flags, "--no-teacher-cache")) == 0
+    assert cli.main(train_argv(six, cached, *flags)) in FINISHED
+    assert cli.main(train_argv(six, fresh, *flags, "--no-teacher-cache")) in FINISHED
 
     meta = json.loads((cached / teacher_cache.DIRECTORY / teacher_cache.META_FILE).read_text())
     assert json.loads((cached / "run.json").read_text())["teacher_cache"] == {"used": True, "key": meta["key"]}
@@ -322,7 +323,7 @@ def test_the_pickled_payload_is_live(tmp_path):
 
 def test_resume_reuses_the_cache_and_stays_bit_identical(tiny, tmp_path, monkeypatch):
     reference = tmp_path / "reference"
-    assert cli.main(train_argv(tiny, reference, *SHORT)) == 0
+    assert cli.main(train_argv(tiny, reference, *SHORT)) in FINISHED
     out = tmp_path / "out"
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, "step", "19", *train_argv(tiny, out, *SHORT)],
@@ -336,7 +337,7 @@ def test_resume_reuses_the_cache_and_stays_bit_identical(tiny, tmp_path, monkeyp
         raise AssertionError("the teacher cache was rebuilt on --resume")
 
     monkeypatch.setattr(teacher_cache, "build", no_build)
-    assert cli.main(train_argv(tiny, out, *SHORT, "--resume")) == 0
+    assert cli.main(train_argv(tiny, out, *SHORT, "--resume")) in FINISHED
     assert (meta.stat().st_mtime_ns, json.loads(meta.read_text())["key"]) == before
     assert_bit_identical(reference / "last", out / "last")
     assert read_log(out) == read_log(reference)
@@ -345,11 +346,11 @@ def test_resume_reuses_the_cache_and_stays_bit_identical(tiny, tmp_path, monkeyp
 def test_a_fresh_run_on_the_same_output_reuses_the_cache_and_a_new_seed_rebuilds_it(tiny, tmp_path, caplog):
     out = tmp_path / "out"
     quick = ("--target-sparsity", "0.3", "--max-steps", "3", "--eval-steps", "3", "--save-steps", "3")
-    assert cli.main(train_argv(tiny, out, *quick)) == 0
+    assert cli.main(train_argv(tiny, out, *quick)) in FINISHED
     key = json.loads((out / "run.json").read_text())["teacher_cache"]["key"]
     with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
-        assert cli.main(train_argv(tiny, out, *quick)) == 0
-        assert cli.main(train_argv(tiny, out, *quick, "--seed", "58")) == 0
+        assert cli.main(train_argv(tiny, out, *quick)) in FINISHED
+        assert cli.main(train_argv(tiny, out, *quick, "--seed", "58")) in FINISHED
     messages = [r.getMessage() for r in caplog.records]
     assert sum("reusing" in m for m in messages) == 1 and sum("schedule changed" in m for m in messages) == 1
     assert json.loads((out / "run.json").read_text())["teacher_cache"]["key"] != key
@@ -358,7 +359,8 @@ def test_a_fresh_run_on_the_same_output_reuses_the_cache_and_a_new_seed_rebuilds
 
 # ------------------------------------------------------------------------------------- data parallel
 
-DDP_STEPS = ("--target-sparsity", "0.3", "--max-steps", "6", "--warmup-epochs", "1", "--reg-learning-rate", "0.1",
+DDP_STEPS = ("--target-sparsity", "0.3", "--sparsity-epsilon", "0.3", "--max-steps", "6", "--warmup-epochs", "1",
+             "--reg-learning-rate", "0.1",
              "--eval-steps", "3", "--save-steps", "3", "--logging-steps", "1", "--attention", "eager",
              "--eval-batch-size", "4")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -15,6 +14,7 @@ from typing import Dict, List
 import pytest
 import torch
 from builders import (
+    FINISHED,
     KILLER,
     SHORT,
     assert_bit_identical,
@@ -66,7 +66,7 @@ OVERSHOOT = (
 
 
 class Warnings(logging.Handler):
-    """The warnings ``top.commands.train`` logs while it is attached."""
+    """The warnings ``top train`` logs (through the ``top`` loggers) while it is attached."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -78,10 +78,10 @@ class Warnings(logging.Handler):
 
 def run_logging_warnings(argv: List[str]) -> List[str]:
     handler = Warnings()
-    logger = logging.getLogger("top.commands.train")
+    logger = logging.getLogger("top")
     logger.addHandler(handler)
     try:
-        assert cli.main(argv) == 0
+        assert cli.main(argv) in FINISHED
     finally:
         logger.removeHandler(handler)
     return handler.messages
@@ -97,7 +97,7 @@ def overshoot_run(tiny, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_run(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert cli.main(train_argv(tiny, out, *SHORT)) == 0
+    assert cli.main(train_argv(tiny, out, *SHORT)) in FINISHED
     return out
 
 
@@ -109,7 +109,8 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, overshoot_run, tmp_p
 
     run = json.loads((out / "run.json").read_text())
     assert run["prune_locations"] == [2, 3]  # 2..L-1 for 4 layers
-    assert run["settings"]["bin_num"] == 10 and run["total_steps"] == 60 and run["warmup_steps"] == 8
+    assert run["config"]["bin_num"] == 10 and run["total_steps"] == 60 and run["warmup_steps"] == 8
+    assert run["args"]["bin_num"] == 10 and run["args"]["target_sparsity"] == 0.3 and run["config"]["max_steps"] == 60
 
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
@@ -207,8 +208,8 @@ def test_adaptive_control_lands_on_the_target_where_the_papers_overshoots(tiny, 
     # It settles rather than passing through: every evaluation of the last 20 steps is within the band.
     late = [r["expected_sparsity"] for r in read_log(out) if "eval" in r and r["step"] >= 40]
     assert len(late) == 5 and all(abs(s - 0.3) <= 0.02 for s in late), late
-    assert json.loads((out / "run.json").read_text())["sparsity_control"] == "adaptive"
-    assert json.loads((paper_out / "run.json").read_text())["sparsity_control"] == "paper"
+    assert json.loads((out / "run.json").read_text())["config"]["sparsity_control"] == "adaptive"
+    assert json.loads((paper_out / "run.json").read_text())["config"]["sparsity_control"] == "paper"
 
 
 def test_adaptive_multipliers_follow_the_gap_and_its_change():
@@ -238,13 +239,14 @@ def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_pa
     enough = run_logging_warnings(train_argv(tiny, out, *flags, "--eval-steps", "auto"))
     assert not [w for w in enough if "--eval-steps" in w], enough
     run = json.loads((out / "run.json").read_text())
-    assert run["args"]["eval_steps"] == "auto" and run["eval_steps"] == 2
+    assert run["args"]["eval_steps"] == "auto" and run["config"]["eval_steps"] == 2
     evaluated = [r["step"] for r in read_log(out) if "eval" in r]
     assert evaluated == list(range(2, 31, 2)) and len([s for s in evaluated if s >= 11]) == 10
 
 
 def test_evaluation_counts_and_the_auto_cadence():
-    from top.commands.train import EVAL_STEPS, evaluations_from, resolve_eval_steps
+    from top.training.config import EVAL_STEPS
+    from top.training.plan import evaluations_from, resolve_eval_steps
 
     assert evaluations_from(11, 20, 60) == 3  # 20, 40, 60
     assert evaluations_from(11, 7, 60) == 8  # 14, 21, ..., 56 and the last step, 60
@@ -256,8 +258,8 @@ def test_evaluation_counts_and_the_auto_cadence():
     # Every paper preset, batch 32 on one process, keeps the default cadence under auto.
     import math
 
-    from top.commands.train import PREPRUNING_STEPS
     from top.data.tasks import TASKS, get_task
+    from top.training.step import PREPRUNING_STEPS
 
     for name in TASKS:
         task = get_task(name)
@@ -272,12 +274,12 @@ def test_evaluation_counts_and_the_auto_cadence():
 
 def test_same_seed_gives_bit_identical_runs(tiny, reference_run, tmp_path):
     again = tmp_path / "again"
-    assert cli.main(train_argv(tiny, again, *SHORT)) == 0
+    assert cli.main(train_argv(tiny, again, *SHORT)) in FINISHED
     assert_bit_identical(reference_run / "last", again / "last")
     assert [r for r in read_log(again) if "eval" in r] == [r for r in read_log(reference_run) if "eval" in r]
 
     other = tmp_path / "other-seed"
-    assert cli.main(train_argv(tiny, other, *SHORT, "--seed", "58")) == 0
+    assert cli.main(train_argv(tiny, other, *SHORT, "--seed", "58")) in FINISHED
     with pytest.raises(AssertionError):
         assert_bit_identical(reference_run / "last", other / "last")
 
@@ -287,7 +289,8 @@ def test_fused_attention_changes_only_rounding(tiny, tmp_path):
     runs = {}
     for attention in ("eager", "sdpa"):
         out = tmp_path / attention
-        assert cli.main(train_argv(tiny, out, *SHORT, "--attention", attention, model_key="model_no_dropout")) == 0
+        argv = train_argv(tiny, out, *SHORT, "--attention", attention, model_key="model_no_dropout")
+        assert cli.main(argv) in FINISHED
         runs[attention] = read_log(out)
     assert [sorted(r) for r in runs["eager"]] == [sorted(r) for r in runs["sdpa"]]
     for eager, fused in zip(runs["eager"], runs["sdpa"]):
@@ -326,7 +329,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny, reference_run, tmp_path, mo
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == saved_step
 
-    assert cli.main(train_argv(tiny, out, *SHORT, "--resume")) == 0
+    assert cli.main(train_argv(tiny, out, *SHORT, "--resume")) in FINISHED
     assert_bit_identical(reference_run / "last", out / "last")
     assert (out / "best").exists() == (reference_run / "best").exists()
     if (reference_run / "best").exists():
@@ -338,7 +341,7 @@ def test_adaptive_control_resumes_bit_identically(tiny, tmp_path):
     """The controller's state (the previous gap) travels in last/: a kill mid-step resumes exactly."""
     flags = (*SHORT, "--sparsity-control", "adaptive")
     whole = tmp_path / "whole"
-    assert cli.main(train_argv(tiny, whole, *flags)) == 0
+    assert cli.main(train_argv(tiny, whole, *flags)) in FINISHED
     out = tmp_path / "out"
     # AdamW steps: 1 per step before pruning (steps 0-1), then 2 (weights, gates; the controller is
     # no AdamW); call 14 is the gates step of step index 7, after last/ was written at step 6.
@@ -348,7 +351,7 @@ def test_adaptive_control_resumes_bit_identically(tiny, tmp_path):
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 6
-    assert cli.main(train_argv(tiny, out, *flags, "--resume")) == 0
+    assert cli.main(train_argv(tiny, out, *flags, "--resume")) in FINISHED
     assert_bit_identical(whole / "last", out / "last")
     assert read_log(out) == read_log(whole)
     assert any(r.get("lambda_1", 0.0) != 0.0 for r in read_log(out))
@@ -413,79 +416,95 @@ def test_data_without_labels_exits_2(tiny, tmp_path, capsys):
 # ------------------------------------------------------------------------------------- settings
 
 
-def _options(epochs=None, run=None, **flags):
-    """`top train`'s settings at their defaults but for ``flags``, built as its run() builds them."""
-    from top.commands.options import DataSource, RunOptions, Schedule
+def _config(**flags):
+    """`top train`'s config at its defaults but for ``flags``."""
+    from top.training.config import TrainConfig
 
-    from top.commands.train import TrainOptions
-
-    return TrainOptions(model="m", teacher="t", data=DataSource(), run=run or RunOptions(output_dir=Path("o")),
-                        schedule=Schedule(epochs=epochs), **flags)
+    return TrainConfig(model="m", teacher="t", output_dir="o", **flags)
 
 
 def test_presets_come_from_the_task_file_and_flags_override():
-    from top.commands.train import ToPSettings, resolve_settings
+    from top.data.loading import TaskData
     from top.data.tasks import get_task
+    from top.training.plan import preset_of, resolve_presets
 
     mrpc = get_task("mrpc")
-    settings = resolve_settings(_options(), mrpc)
-    assert settings == ToPSettings(
-        target_sparsity=mrpc.preset.sparsity,
-        bin_num=mrpc.preset.bin_num,
-        topk=mrpc.preset.topk,
-        warmup_epochs=mrpc.preset.warmup_epochs,
-        epochs=mrpc.preset.epochs,
-    )
-    overridden = resolve_settings(_options(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4), mrpc)
-    assert overridden == ToPSettings(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4)
+    preset = preset_of(_config(), TaskData(mrpc, [], [], "mrpc"))
+    assert resolve_presets(_config(), preset) == {
+        "target_sparsity": mrpc.preset.sparsity, "bin_num": mrpc.preset.bin_num, "topk": mrpc.preset.topk,
+        "warmup_epochs": mrpc.preset.warmup_epochs, "epochs": mrpc.preset.epochs,
+    }
+    flags = dict(target_sparsity=0.5, bin_num=7, topk=3, warmup_epochs=2, epochs=4)
+    assert resolve_presets(_config(**flags), preset) == flags
+    custom = preset_of(_config(), TaskData(dataclasses.replace(mrpc, name="custom"), [], [], "file"))
     with pytest.raises(UserError, match="--target-sparsity"):
-        resolve_settings(_options(), None)  # custom data has no preset target
+        resolve_presets(_config(), custom)  # custom data has no preset target
 
 
 def test_defaults_follow_the_paper():
-    opts = _options()
-    assert (opts.learning_rate, opts.reg_learning_rate, opts.rank_loss_alpha) == (1e-5, 0.02, 0.01)
-    assert (opts.sparsity_epsilon, opts.distill_temperature) == (0.01, 2.0)
-    assert (opts.run.batch_size, opts.run.max_seq_length, opts.run.seed) == (32, 256, 57)
-    assert (opts.sparsity_control, opts.best_rule, opts.eval_steps) == ("paper", "score", 100)
+    config = _config()
+    assert (config.learning_rate, config.reg_learning_rate, config.rank_loss_alpha) == (1e-5, 0.02, 0.01)
+    assert (config.sparsity_epsilon, config.distill_temperature) == (0.01, 2.0)
+    assert (config.batch_size, config.max_seq_length, config.seed) == (32, 256, 57)
+    assert (config.sparsity_control, config.best_rule, config.eval_steps) == ("paper", "score", 100)
+
+
+def train_parser():
+    from top.commands import train
+    from top.commands.flags import OneLineParser
+
+    parser = OneLineParser(prog="top train")
+    train.add_arguments(parser)
+    return parser
 
 
 def test_droprate_init_is_accepted_recorded_and_ignored_with_a_warning(tmp_path, caplog):
     """The original passes --droprate_init 0.01 and never reads it for the token gates; nor do we."""
-    from top.commands import train
+    from top.commands.flags import config_from_args
+    from top.training.config import TrainConfig
 
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    parser = train_parser()
     args = parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", "--droprate-init", "0.3"])
-    opts = train.train_options(args)
-    assert opts.arguments["droprate_init"] == 0.3 and not hasattr(opts, "droprate_init")
+    assert config_from_args(TrainConfig, args).droprate_init == 0.3
     assert parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o"]).droprate_init == 0.01
-    with caplog.at_level(logging.WARNING, logger="top.commands.train"):
+    assert "--droprate-init" not in parser.format_help()  # deprecated: accepted, not advertised
+    with caplog.at_level(logging.WARNING, logger="top"):
         code = cli.main(["train", "--model", str(tmp_path / "none"), "--teacher", str(tmp_path / "none"),
                          "--task", "mrpc", "--output-dir", str(tmp_path / "o"), "--droprate-init", "0.3"])
     assert code == 2 and "--droprate-init 0.3 has no effect" in caplog.text
 
 
-def test_the_command_line_becomes_the_settings_once():
-    """run()'s edge: the parsed flags build the same object, the defaults being the object's own."""
-    from top.commands import train
+def test_the_command_line_becomes_the_config_once():
+    """run()'s edge: the parsed flags build the same object, the defaults being the config's own."""
+    from top.commands.flags import config_from_args
+    from top.training.config import TrainConfig
 
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", "--topk", "3",
-                              "--epochs", "2", "--device", "cpu"])
-    opts = train.train_options(args)
-    assert opts == _options(topk=3, epochs=2.0, run=dataclasses.replace(_options().run, device="cpu"))
-    assert opts.arguments["topk"] == 3 and opts.arguments["output_dir"] == "o"
+    args = train_parser().parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", "--topk", "3",
+                                      "--epochs", "2", "--device", "cpu"])
+    assert config_from_args(TrainConfig, args) == _config(topk=3, epochs=2.0, device="cpu")
+
+
+def test_a_config_from_python_is_checked_as_the_command_line_is():
+    message = r"TrainConfig\(target_sparsity=\.\.\.\): 1.5 is out of range.*--target-sparsity"
+    with pytest.raises(UserError, match=message):
+        _config(target_sparsity=1.5)
+    with pytest.raises(UserError, match="--prune-location"):
+        _config(prune_location="x")
+    with pytest.raises(UserError, match="--sparsity-control"):
+        _config(sparsity_control="pid")
+    assert _config(prune_location=[2, 3]).prune_location == "2,3"
+    from top.training.config import TrainConfig
+
+    assert TrainConfig(model="m", teacher="t", output_dir=Path("o")).output_dir == "o"
 
 
 def test_prune_locations_default_to_two_through_depth_minus_one():
-    from top.commands.train import prune_locations
+    from top.training.plan import default_locations, prune_locations
 
-    assert prune_locations(None, 12) == list(range(2, 12))
-    assert prune_locations(None, 6) == [2, 3, 4, 5]
+    assert default_locations(12) == list(range(2, 12))
+    assert default_locations(6) == [2, 3, 4, 5]
     assert prune_locations("1,3", 6) == [1, 3]
-    for bad in ("6", "0,2", "3,2", "x"):
+    for bad in ("6", "0,2", "3,2"):
         with pytest.raises(UserError, match="--prune-location"):
             prune_locations(bad, 6)
 
@@ -494,7 +513,7 @@ def test_prune_locations_default_to_two_through_depth_minus_one():
 
 
 def test_warmup_ramp_raises_the_target_and_lowers_the_rank_weight():
-    from top.commands.train import warmup_ramp
+    from top.training.step import warmup_ramp
 
     assert warmup_ramp(0, 8, 0.3, 0.01) == (0.0, 0.01)
     assert warmup_ramp(4, 8, 0.3, 0.01) == (0.15, 0.005)
@@ -504,7 +523,7 @@ def test_warmup_ramp_raises_the_target_and_lowers_the_rank_weight():
 
 
 def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_target():
-    from top.commands.train import NO_BEST, apply_best_rule
+    from top.training.best import NO_BEST, apply_best_rule
 
     def evaluation(step, score, sparsity=None):
         record = {"step": step, "eval": {"accuracy": score}, "score": score}
@@ -534,7 +553,7 @@ def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_targe
 
 
 def test_nearest_target_rule_keeps_the_evaluation_nearest_the_target_within_the_band():
-    from top.commands.train import NO_BEST, apply_best_rule
+    from top.training.best import NO_BEST, apply_best_rule
 
     def evaluation(step, score, sparsity):
         return {"step": step, "eval": {}, "score": score, "expected_sparsity": sparsity,

@@ -1,6 +1,5 @@
 """top/training/training_cost.py: the measured step read with its types checked, and the preset estimates."""
 
-import argparse
 import dataclasses
 
 import pytest
@@ -25,16 +24,6 @@ def hand_forward_flops(layers, hidden, heads, intermediate, length):
 def measurement(**changes):
     base = load_training_cost().measurement
     return dataclasses.replace(base, **changes)
-
-
-def test_the_defaults_are_top_trains():
-    from top.commands import train
-
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    assert parser.get_default("batch_size") == training_cost.BATCH_SIZE
-    assert parser.get_default("eval_steps") == training_cost.EVAL_STEPS
-    assert parser.get_default("max_seq_length") == training_cost.MAX_SEQ_LENGTH
 
 
 def test_steps_match_top_trains_batch_order():

@@ -34,3 +34,13 @@ def error_detail(error: BaseException) -> str:
     """The line of an exception's message that says what went wrong, without a library's boilerplate."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+# This project's distribution (PyPI's `top` is an unrelated package), installed from a clone.
+DISTRIBUTION = "top-pruning"
+
+
+def install_hint(extra: str = "") -> str:
+    """How to install this project with an extra, for a message: `pip install -e '.[onnx]'` in a clone."""
+    target = f".[{extra}]" if extra else "."
+    return f"pip install -e '{target}' in a clone of this project ({DISTRIBUTION})"

@@ -26,7 +26,7 @@ from top.commands.demo_stages import (
     teacher_stage,
 )
 from top.data import assets as demo_assets
-from top.errors import UserError
+from top.errors import UserError, install_hint
 from top.runtime import machine
 from top.runtime.devices import resolve_device
 from top.settings.common import DEVICES
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401 - checked up front: the plots come last, after minutes of work
     except ImportError:
-        raise UserError("The demo draws its plots with matplotlib, which is not installed; "
-                        "pip install -e '.[plot]' from a clone of this project (nox -s demo does).") from None
+        raise UserError(f"The demo draws its plots with matplotlib, which is not installed; {install_hint('plot')} "
+                        "(nox -s demo does).") from None
     recipe = resolve_recipe(args.quick, {key: getattr(args, key) for key in RECIPE_FLAGS})
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class OneLineParser(argparse.ArgumentParser):
             close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.5)
             return f"; did you mean {close[0]!r}?" if close else ""
         if unknown:
-            close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.75)
             if close:
                 return f"; {unknown[0]} is not a flag of {self.prog}: did you mean {close[0]}?"
             return f"; {unknown[0]} is not a flag of {self.prog}"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from top.commands.flags import add_config_arguments, config_from_args
-from top.training.config import TrainConfig
-from top.training.loop import NO_BEST_EXIT, train
+from top.training.config import NO_BEST_EXIT, TrainConfig
+from top.training.loop import train
 
 EPILOG = (
     "exit status: 0 with best/ written; 2 for bad input; 3 when no evaluation qualified for best/ "

@@ -6,7 +6,7 @@ from typing import List
 
 from top.data.files import Example, TaskLike, as_task
 from top.data.glue import PREPARE_HINT
-from top.errors import UserError
+from top.errors import UserError, install_hint
 
 
 def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
@@ -20,7 +20,7 @@ def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
     except ImportError:
         raise UserError(
             f"The `datasets` package is not installed, so {task.name} cannot come from the hub; "
-            f"pip install 'top[data]' or {PREPARE_HINT}."
+            f"{install_hint('data')} or {PREPARE_HINT}."
         ) from None
     try:
         rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)

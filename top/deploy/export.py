@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from top.deploy.graph import ExportForward
-from top.errors import UserError
+from top.errors import UserError, install_hint
 from top.method.checkpoint import load_checkpoint
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement
 from top.method.modeling import ToPClassifier, require_finite_logits
@@ -49,8 +49,8 @@ QUANTIZE = ("int8",)
 # prediction on this share of INT8_CHECK_EXAMPLES sample inputs (and on the check batches).
 INT8_MIN_AGREEMENT = 0.99
 INT8_CHECK_EXAMPLES = 256
-# The extra that installs what an export needs, named in every hint.
-ONNX_INSTALL = "pip install -e '.[onnx]' (from a clone of this project)"
+# How to install what an export needs, named in every hint.
+ONNX_INSTALL = install_hint("onnx")
 
 
 def default_opset() -> int:

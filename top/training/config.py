@@ -29,6 +29,8 @@ BEST_RULES = ("score", "nearest-target")
 # evaluations after the warm-up.
 EVAL_STEPS = 100
 AUTO_EVALUATIONS = 10
+# What `top train` exits with when the run finished but no evaluation qualified for best/.
+NO_BEST_EXIT = 3
 # --droprate-init's value in the original's scripts (run_TokenPrune.sh); its L0 module stores it but
 # starts the token and layer gates at fixed logits, so it has no effect there, nor here.
 DROPRATE_INIT = 0.01

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from top.storage.io import atomic_write_json
+from top.training.config import NO_BEST_EXIT
 
 logger = logging.getLogger(__name__)
 
 # Tests (and people with their own launcher) replace `python -m top train` with this command.
 TRAIN_COMMAND_ENV = "TOP_GRID_TRAIN_CMD"
+# `top train` finished: with best/ (0), or without, when no evaluation qualified (NO_BEST_EXIT).
+FINISHED_EXITS = (0, NO_BEST_EXIT)
 STATUS_FILE = "grid_run.json"  # written by the grid in each run directory
 LOG_FILE = "train.log"
 # What `top train --resume` logs when it picks up a run (top.commands.train).
@@ -114,9 +117,9 @@ def launch(
     attempt["returncode"] = returncode
     status["wall_s"] = round(wall_before + time.perf_counter() - started, 3)
     status["returncode"] = returncode
-    status["status"] = "done" if returncode == 0 else "failed"
+    status["status"] = "done" if returncode in FINISHED_EXITS else "failed"
     atomic_write_json(run_dir / STATUS_FILE, status)
-    if returncode:
+    if returncode not in FINISHED_EXITS:
         logger.warning("run %s failed (exit %d); see %s", run_id, returncode, log_path)
     else:
         logger.info("run %s done in %.0f s", run_id, status["wall_s"] - wall_before)

@@ -1,6 +1,6 @@
 """``top grid --backend ray``: the grid as Ray Tune trials, one ``top train`` run per trial.
 
-Ray is optional (``pip install -e '.[ray]'``) and imported only here, when the backend is asked for.
+Ray is optional (the ``ray`` extra) and imported only here, when the backend is asked for.
 With no ``--address`` (and no ``RAY_ADDRESS``), ``ray.init()`` starts Ray on this machine; with
 one, the grid joins that cluster. Every node must reach ``OUT/`` at the same path (shared storage,
 like Tune's own ``storage_path``) and run the same Ray and top versions.
@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from top.errors import UserError
+from top.errors import UserError, install_hint
 from top.storage import rundir
 from top.storage.io import atomic_write_json
-from top.training.grid_launch import STATUS_FILE, launch, read_status, train_command_prefix
+from top.training.grid_launch import FINISHED_EXITS, STATUS_FILE, launch, read_status, train_command_prefix
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install -e '.[ray]'"
+INSTALL_HINT = install_hint("ray")
 # How long a new attempt waits for the run directory's lock to go (a killed attempt's run on this
 # machine dies with its worker, a moment later); after that `top train` refuses with its own sentence.
 LOCK_WAIT_S = 120.0
@@ -202,10 +202,10 @@ def _trial(config: Mapping[str, Any], specs: Mapping[str, TrialSpec], settings: 
     logger.info("run %s attempt %d on %s: %s, exit %d", spec.run_id, attempt["attempt"], where["node"],
                 f"resumed from step {attempt['resumed_from_step']}" if attempt.get("resumed_from_step") is not None
                 else "from the start", status["returncode"])
-    if status["returncode"] not in (0, USER_ERROR_EXIT):
+    if status["returncode"] not in FINISHED_EXITS + (USER_ERROR_EXIT,):
         raise RuntimeError(f"top train for {spec.run_id} exited {status['returncode']} on {where['node']}; "
                            f"see {run_dir / 'train.log'}")
-    report({"run_id": spec.run_id, "done": status["returncode"] == 0})
+    report({"run_id": spec.run_id, "done": status["returncode"] in FINISHED_EXITS})
 
 
 def _resources(ray, settings: RaySettings) -> Dict[str, float]:

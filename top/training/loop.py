@@ -42,15 +42,12 @@ from top.storage.io import atomic_write_json
 from top.storage.model_files import load_tokenizer
 from top.training import batch_order, best, distributed, run_files, teacher_cache
 from top.training.checkpoints import restore, save_last, write_pruned
-from top.training.config import TrainConfig
+from top.training.config import NO_BEST_EXIT, TrainConfig  # noqa: F401 - NO_BEST_EXIT: the command's
 from top.training.plan import Plan, plan_train
 from top.training.progress import Callback, Reporter
 from top.training.step import PREPRUNING_STEPS, ToPStep, build_optimizers
 
 logger = logging.getLogger(__name__)
-
-# What `top train` exits with when no evaluation qualified for best/ (documented in its --help).
-NO_BEST_EXIT = 3
 
 
 @dataclasses.dataclass(frozen=True)

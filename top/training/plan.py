@@ -77,6 +77,16 @@ def preset_of(config: TrainConfig, data: TaskData) -> Dict[str, Any]:
             "epochs": preset.epochs, "target_sparsity": preset.sparsity}
 
 
+def resolve_presets(config: TrainConfig, preset: Dict[str, Any]) -> Dict[str, Any]:
+    """The ToP settings a config leaves to the task's preset, decided: each flag, else the preset's value."""
+    resolved = {name: getattr(config, name) if getattr(config, name) is not None else preset[name]
+                for name in ("target_sparsity", "bin_num", "topk", "warmup_epochs", "epochs")}
+    if resolved["target_sparsity"] is None:
+        raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
+    resolved["target_sparsity"] = float(resolved["target_sparsity"])
+    return resolved
+
+
 def prune_locations(spec: str, num_layers: int) -> List[int]:
     """``--prune-location`` checked against the model's depth."""
     locations = [int(part) for part in spec.split(",") if part.strip()]
@@ -116,10 +126,7 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
     if config.epochs is not None and config.max_steps is not None:
         raise UserError("Give either --epochs or --max-steps, not both.")
     data = sources.load(config, config.max_seq_length)
-    preset = preset_of(config, data)
-    target = config.target_sparsity if config.target_sparsity is not None else preset["target_sparsity"]
-    if target is None:
-        raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
+    presets = resolve_presets(config, preset_of(config, data))
     student_dir = resolve_model(config.model, "--model")
     teacher_dir = resolve_model(config.teacher, "--teacher")
     student_config = read_model_config(student_dir, f"The config.json of --model {config.model}")
@@ -135,23 +142,19 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
         locations = prune_locations(config.prune_location, num_layers)
     device = resolve_device(config.device, dist.local_rank)
     order = batch_order.BatchOrder(len(data.train), config.batch_size, config.seed, dist.world_size, dist.rank)
-    epochs = config.epochs if config.epochs is not None else preset["epochs"]
-    steps = total_steps(config.max_steps, epochs, order.steps_per_epoch)
-    warmup_epochs = config.warmup_epochs if config.warmup_epochs is not None else preset["warmup_epochs"]
+    steps = total_steps(config.max_steps, presets["epochs"], order.steps_per_epoch)
     step_plan = StepPlan(
-        warmup_steps=int(round(warmup_epochs * order.steps_per_epoch)),
+        warmup_steps=int(round(presets["warmup_epochs"] * order.steps_per_epoch)),
         regression=data.is_regression,
         task_length=data.task_length,
         rank_layers=tuple(default_rank_layers(num_layers)),
     )
     eval_steps = resolve_eval_steps(config.eval_steps, steps, step_plan.first_full_target_step)
+    if config.max_steps is not None:
+        presets["epochs"] = steps / order.steps_per_epoch
     resolved = dataclasses.replace(
         config,
-        target_sparsity=float(target),
-        bin_num=config.bin_num if config.bin_num is not None else preset["bin_num"],
-        topk=config.topk if config.topk is not None else preset["topk"],
-        warmup_epochs=warmup_epochs,
-        epochs=epochs if config.max_steps is None else steps / order.steps_per_epoch,
+        **presets,
         max_steps=steps,
         prune_location=",".join(str(location) for location in locations),
         eval_steps=eval_steps,
