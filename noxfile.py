@@ -143,13 +143,13 @@ def fuzz(session: nox.Session) -> None:
 def docker(session: nox.Session) -> None:
     """The images built and the compose services run in containers, in a private Docker engine.
 
-    scripts/docker_ci.py installs and starts what it needs (Debian's docker.io, Compose v2, stand-in
+    docker/ci.py installs and starts what it needs (Debian's docker.io, Compose v2, stand-in
     base images where no registry answers), builds `top:current`, runs tests/test_containers.py and
     stops the engine. `nox -s docker -- --targets current,exact` also tries the CUDA targets;
     `nox -s docker -- --docker-host unix:///var/run/docker.sock` uses an engine you run.
     """
     session.install("pytest")  # the containers hold the stack; the host only drives them
-    session.run("python", str(ROOT / "scripts" / "docker_ci.py"), *session.posargs)
+    session.run("python", str(ROOT / "docker" / "ci.py"), *session.posargs)
 
 
 @nox.session(python=CURRENT_PYTHON)

@@ -75,3 +75,25 @@ def test_ci_runs_the_tests_on_a_second_python():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "nox -s tests --force-python" in ci
     assert "3.12.1" in ci  # pyenv has to expose python3.12
+
+
+def test_the_docker_session_runs_the_ci_script_beside_the_docker_files(monkeypatch, tmp_path):
+    """`nox -s docker` runs docker/ci.py, which runs as a plain script: no path hacks, nothing from top."""
+    import subprocess
+
+    module, _, _ = load_noxfile(monkeypatch)
+    calls = []
+    session = types.SimpleNamespace(posargs=["--targets", "current"], install=lambda *a, **k: None,
+                                    run=lambda *argv, **kwargs: calls.append(argv))
+    module.docker(session)
+    script = ROOT / "docker" / "ci.py"
+    assert calls == [("python", str(script), "--targets", "current")]
+    assert not (ROOT / "scripts" / "docker_ci.py").exists()
+    text = script.read_text(encoding="utf-8")
+    assert "sys.path" not in text and not any(
+        line.startswith(("import top", "from top")) for line in text.splitlines())
+    # From elsewhere, with nothing on the path but the standard library: it parses its arguments.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-I", str(script), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--targets" in done.stdout, done.stderr
