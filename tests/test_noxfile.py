@@ -97,3 +97,18 @@ def test_the_docker_session_runs_the_ci_script_beside_the_docker_files(monkeypat
     done = subprocess.run([sys.executable, "-I", str(script), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--targets" in done.stdout, done.stderr
+
+
+def test_the_ray_session_runs_its_clusters_in_a_private_network_where_it_can(monkeypatch):
+    module, _, _ = load_noxfile(monkeypatch)
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    assert module.private_network() == []
+    monkeypatch.setattr(module.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(module.subprocess, "run", lambda argv, **kw: types.SimpleNamespace(returncode=1))
+    assert module.private_network() == []
+    seen = []
+    monkeypatch.setattr(module.subprocess, "run",
+                        lambda argv, **kw: seen.append(argv) or types.SimpleNamespace(returncode=0))
+    prefix = module.private_network()
+    assert prefix[:2] == ["unshare", "-rn"] and "ip link set lo up" in " ".join(prefix)
+    assert seen == [[*prefix, "true"]]
