@@ -523,7 +523,8 @@ def test_a_grid_on_ray_without_authentication_is_refused_on_the_hosts_network(st
     if not _has_a_real_network():
         pytest.skip("this namespace has the loopback alone")
     (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
-    for env, also in [({"RAY_ADDRESS": "10.0.0.1:6379"}, None), ({"TOP_GRID_BACKEND": "ray"}, "TOP_GRID_BACKEND=local")]:
+    cases = [({"RAY_ADDRESS": "10.0.0.1:6379"}, None), ({"TOP_GRID_BACKEND": "ray"}, "TOP_GRID_BACKEND=local")]
+    for env, also in cases:
         result, calls = stub("grid-task", "cola", RAY_STUB_VERSION="2.10.0", RAY_AUTH_MODE="token", **env)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and calls == [], result.stderr
