@@ -113,12 +113,35 @@ def tests(session: nox.Session) -> None:
 RAY = "ray[tune]==2.60.0"
 
 
+# Ray listens on every interface whatever address it is given (tests/test_ray_ports.py), so the
+# session's clusters run in a network namespace of their own with the loopback alone: nothing
+# outside this machine's tests can reach them. Where unprivileged namespaces are not allowed, the
+# tests run in the machine's namespace (their clusters still ask for a token).
+PRIVATE_NETWORK = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+def private_network() -> list:
+    """PRIVATE_NETWORK when this machine lets a user make one, else [] (and the session says so)."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return []
+    try:
+        made = subprocess.run([*PRIVATE_NETWORK, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        made = False
+    return PRIVATE_NETWORK if made else []
+
+
 @nox.session(name="tests-ray", python=CURRENT_PYTHON)
 def tests_ray(session: nox.Session) -> None:
-    """`top grid --backend ray` on a real two-node Ray cluster on loopback (tests/test_grid_ray.py)."""
+    """`top grid --backend ray` on a real two-node Ray cluster on loopback (tests/test_grid_ray.py), and
+    where the compose service ray-head listens and what asks for its token (tests/test_ray_ports.py)."""
     install_current(session, extras="test")
     session.install(RAY)
-    session.run("python", "-m", "pytest", *(session.posargs or ["tests/test_grid_ray.py", "-v"]))
+    prefix = private_network()
+    if not prefix:
+        session.warn("no private network namespace (unshare -rn): the Ray clusters listen on this machine's interfaces")
+    session.run(*prefix, "python", "-m", "pytest",
+                *(session.posargs or ["tests/test_grid_ray.py", "tests/test_ray_ports.py", "-v"]), external=True)
 
 
 # The stdlib venv: current virtualenv releases no longer seed pip into Python 3.8 environments.
@@ -143,13 +166,13 @@ def fuzz(session: nox.Session) -> None:
 def docker(session: nox.Session) -> None:
     """The images built and the compose services run in containers, in a private Docker engine.
 
-    scripts/docker_ci.py installs and starts what it needs (Debian's docker.io, Compose v2, stand-in
+    docker/ci.py installs and starts what it needs (Debian's docker.io, Compose v2, stand-in
     base images where no registry answers), builds `top:current`, runs tests/test_containers.py and
     stops the engine. `nox -s docker -- --targets current,exact` also tries the CUDA targets;
     `nox -s docker -- --docker-host unix:///var/run/docker.sock` uses an engine you run.
     """
     session.install("pytest")  # the containers hold the stack; the host only drives them
-    session.run("python", str(ROOT / "scripts" / "docker_ci.py"), *session.posargs)
+    session.run("python", str(ROOT / "docker" / "ci.py"), *session.posargs)
 
 
 @nox.session(python=CURRENT_PYTHON)

@@ -14,6 +14,7 @@
 #                           Ray started here with TOP_GRID_BACKEND=ray, else the local thread pool
 #   ray-head [ARGS]         `ray start --head --block` on port $RAY_PORT: this machine heads a cluster
 #   ray-worker [ARGS]       `ray start --block --address $RAY_ADDRESS`: this machine joins it
+#                           (each Ray start, the grid's too, first passes ray_guard below)
 #   test [PYTEST ARGS]      the test suite, on the image's pinned stack
 #   anything else           run as a command (bash, python, nvidia-smi, ...)
 #
@@ -112,6 +113,76 @@ grid_backend_args() {
     esac
 }
 
+# Where Ray listens, and who may use it (measured, tests/test_ray_ports.py): Ray 2.10 and 2.60 both
+# listen on every interface of the container's network namespace (the GCS, node manager, object
+# manager and workers on the wildcard address, the runtime-env agent on the node's address),
+# whatever --node-ip-address says; that flag only names the address a node advertises. On the
+# host's network that is every interface of the machine. So before Ray starts here:
+#   - Ray with token authentication (2.52 and newer: the current image) starts with RAY_AUTH_MODE=token,
+#     the default (compose passes it; an unset one is taken as token), and needs RAY_AUTH_TOKEN
+#     where `ray start` runs (a grid's own local Ray makes its token itself);
+#   - Ray without it (2.10: exact, ampere) starts only in a namespace whose one interface is the
+#     loopback (network_mode: none), or with RAY_AUTH_MODE=disabled, the user's word that every
+#     network the machine is on is trusted; otherwise one sentence says how to run it safely;
+#   - RAY_AUTH_MODE=disabled on a real network starts, and says once that nothing is authenticated.
+# ray_guard WHO NEEDS_TOKEN [ALTERNATIVE]: returns when Ray may start; exits 2 with one sentence if not.
+
+# The installed Ray's version (empty when `ray` cannot say).
+ray_version() {
+    { ray --version 2>/dev/null || true; } | sed -n 's/^ray, version \([0-9][0-9.]*\).*/\1/p' | head -n 1
+}
+
+# True when Ray VERSION has token authentication (RAY_AUTH_MODE=token): 2.52 and newer.
+ray_has_token_auth() {
+    local major minor rest
+    IFS=. read -r major minor rest <<< "$1"
+    [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] || return 1
+    [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 52 ]; }
+}
+
+# True when this network namespace has no interface but the loopback (network_mode: none).
+only_loopback() {
+    local name
+    while IFS=: read -r name _; do
+        name="${name// /}"
+        [ -z "$name" ] || [ "$name" = lo ] || return 1
+    done < <(tail -n +3 /proc/net/dev)
+}
+
+ray_guard() {
+    local who="$1" needs_token="$2" alternative="${3:-}" version mode
+    version="$(ray_version)"
+    mode="${RAY_AUTH_MODE:-token}"
+    export RAY_AUTH_MODE="$mode"
+    case "$mode" in
+        token|disabled) ;;
+        *) echo "$who: RAY_AUTH_MODE=$mode is neither token nor disabled; unset it (token) or pick one." >&2
+           exit 2 ;;
+    esac
+    if ray_has_token_auth "$version"; then
+        if [ "$mode" = token ]; then
+            if [ "$needs_token" = yes ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+                echo "$who: RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN, the same on every machine of the cluster; run" \
+                    "\`export RAY_AUTH_TOKEN=\$(openssl rand -hex 32)\` once and export that value on each machine" \
+                    "(or RAY_AUTH_MODE=disabled on a network you trust)." >&2
+                exit 2
+            fi
+            return 0
+        fi
+    elif [ "$mode" = token ] && ! only_loopback; then
+        echo "$who: Ray ${version:-of this image} has no authentication, and here its ports would listen on every" \
+            "network interface of this machine, so anyone who reaches one could run code in this container as" \
+            "uid $(id -u); use the current image (TOP_IMAGE_TARGET=current: Ray 2.60 with token authentication)," \
+            "${alternative:+$alternative, }or set RAY_AUTH_MODE=disabled only if every network this machine is on" \
+            "is trusted (private, or firewalled to the cluster's machines)." >&2
+        exit 2
+    fi
+    if [ "$mode" = disabled ] && ! only_loopback; then
+        echo "$who: RAY_AUTH_MODE=disabled: no authentication; Ray's ports listen on every network interface" \
+            "of this machine." >&2
+    fi
+}
+
 grid_task() {
     local task="$1"; shift
     local teacher="${TEACHER:-outputs/$task/teacher/best}"
@@ -125,9 +196,17 @@ grid_task() {
     mapfile -t data < <(data_args)
     local grid=(python -m top grid --task "$task" --model "$teacher" "${data[@]}" ${backend:+"${backend_args[@]}"}
                 --output-dir "outputs/grid-$task" --promote "$@")
-    if [ -z "$backend" ] || [ -z "${RAY_ADDRESS:-}" ]; then
+    if [ -z "$backend" ]; then
         exec "${grid[@]}"
     fi
+    if [ -z "${RAY_ADDRESS:-}" ]; then
+        # Ray started by the grid itself, on this machine.
+        if command -v ray >/dev/null 2>&1; then
+            ray_guard "grid-$task" no "or run the grid without Ray (TOP_GRID_BACKEND=local, the default)"
+        fi
+        exec "${grid[@]}"
+    fi
+    ray_guard "grid-$task" yes
     # A Ray driver attaches to a node on its own machine, which it finds among its own processes:
     # this container joins the cluster as a node without CPUs or GPUs (the trials run on the
     # others) and runs the grid as its driver; the node ends with the container. The grid is
@@ -150,12 +229,6 @@ ray_node() {
             "which install it." >&2
         exit 2
     fi
-    if [ "${RAY_AUTH_MODE:-disabled}" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
-        echo "$role: RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN, the same on every machine of the cluster; run" \
-            "\`export RAY_AUTH_TOKEN=\$(openssl rand -hex 32)\` once and export that value on each machine" \
-            "(or RAY_AUTH_MODE=disabled on a network you trust)." >&2
-        exit 2
-    fi
     local where=()
     if [ "$role" = ray-head ]; then
         where=(--head "--port=${RAY_PORT:-6379}" --include-dashboard=false)
@@ -168,6 +241,7 @@ ray_node() {
         where=("--address=$RAY_ADDRESS")
     fi
     if [ -n "${RAY_NODE_IP:-}" ]; then where+=("--node-ip-address=$RAY_NODE_IP"); fi
+    ray_guard "$role" yes
     exec ray start --block --disable-usage-stats "${where[@]}" "$@"
 }
 

@@ -371,3 +371,35 @@ def finetune_argv(tiny: Dict[str, Path], out: Path, *extra: str) -> List[str]:
         str(out),
         *extra,
     ]
+
+
+# ------------------------------------------------------------------- processes started by a test
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and every process below it (from /proc), so that what a test started is stopped by pid."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it, the children first (so none is left to reparent)."""
+    import signal
+
+    for p in reversed(process_tree(pid)):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

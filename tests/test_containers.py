@@ -1,6 +1,6 @@
 """The compose services, run for real: ``docker compose run`` in a Docker engine, offline.
 
-``nox -s docker`` (scripts/docker_ci.py) starts a private engine, builds ``top:current`` and runs
+``nox -s docker`` (docker/ci.py) starts a private engine, builds ``top:current`` and runs
 this file with ``TOP_DOCKER_CLI`` set; anywhere else it is skipped. Every service runs with the
 CPU override (docker-compose.cpu.yml) and ``network_mode: none`` (an override written here), so
 compose creates no network. Checkpoints in the published layout and GLUE-layout data are made

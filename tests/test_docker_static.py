@@ -269,7 +269,7 @@ def stub(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
 
-    def run(*argv, **env):
+    def run(*argv, _prefix=(), **env):
         environment = {
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             "TOP_HOME": str(ROOT),
@@ -277,7 +277,7 @@ def stub(tmp_path):
         }
         environment.update(env)
         result = subprocess.run(
-            ["bash", str(ROOT / "docker" / "entrypoint.sh"), *argv],
+            [*_prefix, "bash", str(ROOT / "docker" / "entrypoint.sh"), *argv],
             cwd=work, env=environment, capture_output=True, text=True,
         )  # fmt: skip
         lines = calls.read_text().splitlines() if calls.exists() else []
@@ -331,7 +331,8 @@ def test_grid_task_on_a_cluster_joins_it_as_a_node_for_its_driver(stub, ray_stub
     """Ray finds a driver's node among the processes of its machine (container): grid-task starts one
     without CPUs or GPUs, then runs the grid as its driver."""
     (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
-    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.1:6379", RAY_NODE_IP="10.0.0.2")
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.1:6379", RAY_NODE_IP="10.0.0.2",
+                         RAY_AUTH_TOKEN="s3cret")
     assert result.returncode == 0, result.stderr
     assert calls == ["-m top grid --task cola --model outputs/cola/teacher/best --backend ray --address 10.0.0.1:6379"
                      " --output-dir outputs/grid-cola --promote"]
@@ -340,20 +341,25 @@ def test_grid_task_on_a_cluster_joins_it_as_a_node_for_its_driver(stub, ray_stub
     # Without the cluster: one sentence naming the address and the two things to check, no grid.
     ray_stub.write_text("")
     failing = stub.tmp / "bin" / "ray"
-    failing.write_text('#!/usr/bin/env bash\necho "ConnectionError: could not reach 10.0.0.9:6379" >&2\nexit 1\n')
-    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.9:6379")
+    failing.write_text('#!/usr/bin/env bash\n' + RAY_VERSION_ANSWER +
+                       'echo "ConnectionError: could not reach 10.0.0.9:6379" >&2\nexit 1\n')
+    result, calls = stub("grid-task", "cola", RAY_ADDRESS="10.0.0.9:6379", RAY_AUTH_TOKEN="s3cret")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and calls == [] and len(lines) == 1, result.stderr
     assert "could not join the Ray cluster at 10.0.0.9:6379 (ConnectionError: could not reach" in lines[0]
     assert "RAY_AUTH_TOKEN" in lines[0]
 
 
+# What `ray --version` says in the stub: RAY_STUB_VERSION, else the current image's Ray.
+RAY_VERSION_ANSWER = 'if [ "$1" = --version ]; then echo "ray, version ${RAY_STUB_VERSION:-2.60.0}"; exit 0; fi\n'
+
+
 @pytest.fixture()
 def ray_stub(stub):
-    """The stub PATH with a `ray` that records its argv in ray.txt."""
+    """The stub PATH with a `ray` that says its version and records any other argv in ray.txt."""
     calls = stub.tmp / "ray.txt"
     ray = stub.tmp / "bin" / "ray"
-    ray.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{calls}"\n')
+    ray.write_text(f'#!/usr/bin/env bash\n{RAY_VERSION_ANSWER}echo "$*" >> "{calls}"\n')
     ray.chmod(ray.stat().st_mode | stat.S_IEXEC)
     return calls
 
@@ -398,6 +404,153 @@ def test_compose_puts_ray_nodes_and_grids_on_the_host_network():
         assert services[name]["network_mode"] == "host", name
         assert services[name]["environment"]["RAY_ADDRESS"] == "${RAY_ADDRESS:-}", name
         assert services[name]["environment"]["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}", name
+
+
+# -- who can reach a Ray cluster (issue 33): tests/test_ray_ports.py measures where Ray listens ----
+
+
+def _has_a_real_network():
+    """This test's network namespace has an interface besides the loopback (as the host network has)."""
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return any(line.split(":", 1)[0].strip() != "lo" for line in lines)
+
+
+def _loopback_only_prefix():
+    """`unshare -rn`: a private network namespace with the loopback alone (network_mode: none), or skip."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unprivileged network namespaces are not available here")
+    return (unshare, "-rn")
+
+
+def test_compose_starts_every_ray_service_with_token_authentication_asked_for():
+    """Compose passes RAY_AUTH_MODE=token to every Ray service unless the user says otherwise, publishes
+    no port, and its comments say which image's Ray can honour it."""
+    services = compose()["services"]
+    for name in ["ray-head", "ray-worker", *(f"grid-{task}" for task in TASKS)]:
+        assert services[name]["environment"]["RAY_AUTH_MODE"] == "${RAY_AUTH_MODE:-token}", name
+    assert not any("ports" in service for service in services.values())
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "Ray 2.10" in text and "RAY_AUTH_MODE=disabled" in text
+    assert "does not limit the\n#                     interfaces Ray listens on" in text  # RAY_NODE_IP
+
+
+def test_every_ray_start_in_the_entrypoint_passes_the_guard_first():
+    """Each way the entrypoint starts Ray (ray-head, ray-worker, grid-task joining a cluster or running its
+    own) calls ray_guard first; the head keeps the dashboard off and opens nothing beyond Ray's defaults."""
+    text = (ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
+    functions = dict(re.findall(r"^(\w+)\(\) \{\n(.*?)^\}", text, re.M | re.S))
+    for name in ("ray_node", "grid_task"):
+        body = functions[name]
+        starts = [m.start() for m in re.finditer(r"exec ray start|ray start --address|exec \"\$\{grid\[@\]\}\"", body)]
+        ray_starts = [s for s in starts if "ray start" in body[s:s + 20]]
+        assert ray_starts, name
+        for start in ray_starts:
+            assert "ray_guard " in body[:start], f"{name} starts Ray before ray_guard"
+    grid = functions["grid_task"]
+    assert grid.index("ray_guard \"grid-$task\" no") < grid.index('exec "${grid[@]}"\n    fi\n    ray_guard')
+    head = functions["ray_node"]
+    assert '--include-dashboard=false' in head
+    for opening in ("--dashboard-host", "--ray-client-server-port", "ray_debugger_external", "0.0.0.0"):
+        assert opening not in text, opening
+
+
+def test_no_service_shares_the_hosts_ipc_namespace():
+    """No service needs the host's IPC namespace: NCCL and Ray's object store share memory within one
+    container, in its own /dev/shm (shm_size), which the compose file says."""
+    services = compose()["services"]
+    for name, service in services.items():
+        assert "ipc" not in service, name
+        assert service["shm_size"] == "2gb", name
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "ipc: host" not in text.replace("`ipc: host`", "")
+    assert "NCCL" in text and "object store" in text
+
+
+@pytest.mark.parametrize("role, env", [
+    ("ray-head", {}),
+    ("ray-worker", {"RAY_ADDRESS": "10.0.0.1:6379"}),
+])
+def test_ray_without_authentication_refuses_the_hosts_network_in_one_sentence(stub, ray_stub, role, env):
+    """Ray 2.10 (exact, ampere) has no authentication and listens on every interface: on a real network,
+    with the compose default RAY_AUTH_MODE=token (a token given or not), the node is refused and nothing
+    starts; the sentence names the safe ways."""
+    if not _has_a_real_network():
+        pytest.skip("this namespace has the loopback alone")
+    for auth in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "s3cret"}, {"RAY_AUTH_MODE": "token"}, {}):
+        result, _ = stub(role, RAY_STUB_VERSION="2.10.0", **auth, **env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"{role}: Ray 2.10.0 has no authentication"), lines[0]
+        assert "every network interface of this machine" in lines[0]
+        assert "TOP_IMAGE_TARGET=current" in lines[0] and "RAY_AUTH_MODE=disabled" in lines[0]
+        assert not ray_stub.exists()  # nothing started
+
+
+def test_a_ray_that_cannot_say_its_version_is_taken_as_one_without_authentication(stub, ray_stub):
+    if not _has_a_real_network():
+        pytest.skip("this namespace has the loopback alone")
+    mute = stub.tmp / "bin" / "ray"
+    mute.write_text(f'#!/usr/bin/env bash\n[ "$1" = --version ] && exit 3\necho "$*" >> "{ray_stub}"\n')
+    result, _ = stub("ray-head", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="s3cret")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("ray-head: Ray of this image has no authentication") and not ray_stub.exists()
+
+
+def test_ray_without_authentication_starts_when_the_user_says_the_network_is_trusted(stub, ray_stub):
+    if not _has_a_real_network():
+        pytest.skip("this namespace has the loopback alone")
+    result, _ = stub("ray-head", RAY_STUB_VERSION="2.10.0", RAY_AUTH_MODE="disabled")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "ray-head: RAY_AUTH_MODE=disabled: no authentication; Ray's ports listen on every network interface "
+        "of this machine."]
+    assert ray_stub.read_text().splitlines() == [
+        "start --block --disable-usage-stats --head --port=6379 --include-dashboard=false"]
+
+
+def test_ray_without_authentication_starts_where_the_loopback_is_the_only_interface(stub, ray_stub):
+    """network_mode: none: nothing outside the container can reach Ray, token or not."""
+    result, _ = stub("ray-head", RAY_STUB_VERSION="2.10.0", RAY_AUTH_MODE="token", _prefix=_loopback_only_prefix())
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert ray_stub.read_text().splitlines() == [
+        "start --block --disable-usage-stats --head --port=6379 --include-dashboard=false"]
+
+
+def test_a_grid_on_ray_without_authentication_is_refused_on_the_hosts_network(stub, ray_stub):
+    """grid-<task> starts Ray too: joining a cluster (`ray start --address`), or its own (ray.init)."""
+    if not _has_a_real_network():
+        pytest.skip("this namespace has the loopback alone")
+    (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
+    cases = [({"RAY_ADDRESS": "10.0.0.1:6379"}, None), ({"TOP_GRID_BACKEND": "ray"}, "TOP_GRID_BACKEND=local")]
+    for env, also in cases:
+        result, calls = stub("grid-task", "cola", RAY_STUB_VERSION="2.10.0", RAY_AUTH_MODE="token", **env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and calls == [], result.stderr
+        assert lines[0].startswith("grid-cola: Ray 2.10.0 has no authentication"), lines[0]
+        assert also is None or also in lines[0]
+        assert not ray_stub.exists()
+    # The thread pool starts no Ray: unchanged.
+    result, calls = stub("grid-task", "cola", RAY_STUB_VERSION="2.10.0", RAY_AUTH_MODE="token")
+    assert result.returncode == 0 and len(calls) == 1 and "--backend" not in calls[0], result.stderr
+
+
+def test_ray_with_authentication_takes_an_unset_mode_as_token(stub, ray_stub):
+    """Ray 2.60 (current): token authentication unless RAY_AUTH_MODE=disabled says otherwise, even outside
+    compose; a grid's own local Ray makes its token itself; a mode Ray does not know is one sentence."""
+    result, _ = stub("ray-head", RAY_STUB_VERSION="2.60.0")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN" in lines[0]
+    assert not ray_stub.exists()
+    result, _ = stub("ray-head", RAY_STUB_VERSION="2.60.0", RAY_AUTH_MODE="tls")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "RAY_AUTH_MODE=tls is neither token nor disabled" in lines[0]
+    (stub.work / "outputs" / "cola" / "teacher" / "best").mkdir(parents=True)
+    result, calls = stub("grid-task", "cola", RAY_STUB_VERSION="2.60.0", TOP_GRID_BACKEND="ray")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert calls == ["-m top grid --task cola --model outputs/cola/teacher/best --backend ray"
+                     " --output-dir outputs/grid-cola --promote"]
 
 
 def test_train_task_finetunes_then_trains_with_glue_data(stub):

@@ -1,4 +1,8 @@
-"""`top grid --backend ray` on a real Ray cluster on this machine (loopback only).
+"""`top grid --backend ray` on a real Ray cluster on this machine.
+
+Ray listens on every interface whatever `--node-ip-address` says (tests/test_ray_ports.py), so
+`nox -s tests-ray` runs this file in a network namespace of its own with the loopback alone
+(`unshare -rn`) where the machine allows it; the cluster asks for a token either way.
 
 The cluster is two nodes of 1 CPU each, started with `ray start --head` and `ray start --address`,
 each in its own process session, and stopped by pid at the end. The grid is four points of a tiny
@@ -25,6 +29,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from builders import kill_tree as _kill_tree  # noqa: E402
+from builders import process_tree as _descendants  # noqa: E402
 from builders import tensors, tiny_checkpoint, write_custom_csv  # noqa: E402
 
 from top.cli import main  # noqa: E402
@@ -55,32 +61,6 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _descendants(pid):
-    """pid and every process below it (from /proc), so a node's processes can be killed by pid."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
-
-
-def _kill_tree(pid):
-    for p in reversed(_descendants(pid)):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Cluster:

