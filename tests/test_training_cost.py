@@ -34,7 +34,7 @@ def test_steps_match_top_trains_batch_order():
 
 @pytest.mark.parametrize("steps", [1, 99, 100, 101, 250, 26800])
 def test_evaluations_follow_the_loops_rule(steps):
-    # top/commands/train.py evaluates when step % eval_steps == 0 or at the last step.
+    # top/training/loop.py evaluates when step % eval_steps == 0 or at the last step.
     expected = sum(1 for step in range(1, steps + 1) if step % 100 == 0 or step == steps)
     assert training_cost.evaluations(steps) == expected
 
