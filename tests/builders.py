@@ -5,9 +5,12 @@ Everything here is made from scratch in a temporary directory, so no test needs 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
+import sys
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -403,3 +406,91 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# The authors' class, reduced to what is pickled: parameters, plain attributes, dicts that alias
+# the parameters, a tensor attribute and the transformers config. The test writes it to a temporary
+# package ``models`` so that the pickle names ``models.l0_module.L0ModuleForMAC`` like theirs.
+ORIGINAL_L0_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch.nn import Module, Parameter
+
+
+    class L0Module(Module):
+        def __init__(self, config, token_prune_loc, bin_num, token_loga, pruner_loga,
+                     lambda_1, lambda_2, temperature=2. / 3., magical_number=0.8):
+            super().__init__()
+            self.bin_num = bin_num
+            self.token_prune_loc = list(token_prune_loc)
+            self.temperature = temperature
+            self.magical_number = magical_number
+            self.droprate_init = 0.5
+            self.pruning_type = "token+pruner"
+            self.num_hidden_layers = config.num_hidden_layers
+            self.types = ["token", "pruner"]
+            self.hidden_loga = None
+            self.token_loga = Parameter(token_loga.clone())
+            self.pruner_loga = Parameter(pruner_loga.clone())
+            self.z_logas = {"token": self.token_loga, "pruner": self.pruner_loga}
+            self.sizes = {"token": bin_num, "pruner": 1}
+            self.shapes = {"token": [len(token_prune_loc), bin_num], "pruner": [len(token_prune_loc)]}
+            self.parameters_per_dim = {"token": None, "pruner": None}
+            self.lambda_1 = Parameter(torch.tensor(lambda_1))
+            self.lambda_2 = Parameter(torch.tensor(lambda_2))
+            self.lambda_3 = torch.tensor(0.0)
+            self.lagrangian_warmup = 100
+            self.target_sparsity = 0.5
+
+
+    class L0ModuleForMAC(L0Module):
+        def __init__(self, config, **kwargs):
+            super().__init__(config, **kwargs)
+            self.config = config
+    """
+)
+
+
+def save_original_gates(tmp_path, config, legacy=False, **gate_kwargs):
+    """Pickle the authors' class with torch.save, then make that class unimportable again."""
+    source = tmp_path / "original_src"
+    (source / "models").mkdir(parents=True)
+    (source / "models" / "__init__.py").write_text("")
+    (source / "models" / "l0_module.py").write_text(ORIGINAL_L0_MODULE)
+    sys.path.insert(0, str(source))
+    try:
+        module = importlib.import_module("models.l0_module")
+        gate_module = module.L0ModuleForMAC(config, **gate_kwargs)
+        file = tmp_path / "l0_module.pt"
+        torch.save(gate_module, str(file), _use_new_zipfile_serialization=not legacy)
+    finally:
+        sys.path.remove(str(source))
+        for name in ("models.l0_module", "models"):
+            sys.modules.pop(name, None)
+    return file
+
+
+def original_checkpoint(directory: Path, locations: Sequence[int] = (2, 3), bin_num: int = 6, keep_bins: int = 4,
+                        layers: int = 4, seed: int = 0) -> Path:
+    """A tiny pruned BERT in the layout the authors' code wrote: ``config.json``, a ``torch.save``d
+    ``pytorch_model.bin``, ``zs.pt``, the pickled ``models.l0_module.L0ModuleForMAC`` as ``l0_module.pt``,
+    and the tokenizer files."""
+    from transformers import BertForSequenceClassification
+
+    from top.method.gates import deterministic_masks
+
+    torch.manual_seed(seed)
+    config = tiny_config(2, layers, finetuning_task="sst2")
+    directory.mkdir(parents=True)
+    config.save_pretrained(str(directory))
+    torch.save(BertForSequenceClassification(config).state_dict(), str(directory / "pytorch_model.bin"))
+    tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
+    gates = gate_state(locations, bin_num, keep_bins, seed)
+    token_z, pruner_z = deterministic_masks(gates["token_loga"], gates["pruner_loga"], gates["temperature"],
+                                            gates["magical_number"])
+    torch.save({"token_z": token_z, "pruner_z": pruner_z}, str(directory / "zs.pt"))
+    file = save_original_gates(directory.parent / f".{directory.name}-gates", config, token_prune_loc=list(locations),
+                               bin_num=bin_num, token_loga=gates["token_loga"], pruner_loga=gates["pruner_loga"],
+                               lambda_1=0.5, lambda_2=-0.25)
+    os.replace(str(file), str(directory / "l0_module.pt"))
+    return directory

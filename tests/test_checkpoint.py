@@ -1,14 +1,13 @@
 """Reading the published checkpoint layout, refusing unsafe pickles, and our own save/load."""
 
-import importlib
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from builders import save_original_gates
 from builders import tiny_config as builders_tiny_config
 from transformers import BertForSequenceClassification, BertTokenizer
 
@@ -19,49 +18,6 @@ from top.method.gates import TokenGates
 # Gate logits at the clamp bounds of the original: log(1e2) keeps a gate open, log(1e-2) closes
 # it (its expected-zero share is 0.953, so up to 10 closed gates per row round to themselves).
 OPEN, CLOSED = 4.6, -4.6
-
-# The authors' class, reduced to what is pickled: parameters, plain attributes, dicts that alias
-# the parameters, a tensor attribute and the transformers config. The test writes it to a temporary
-# package ``models`` so that the pickle names ``models.l0_module.L0ModuleForMAC`` like theirs.
-ORIGINAL_L0_MODULE = textwrap.dedent(
-    """
-    import torch
-    from torch.nn import Module, Parameter
-
-
-    class L0Module(Module):
-        def __init__(self, config, token_prune_loc, bin_num, token_loga, pruner_loga,
-                     lambda_1, lambda_2, temperature=2. / 3., magical_number=0.8):
-            super().__init__()
-            self.bin_num = bin_num
-            self.token_prune_loc = list(token_prune_loc)
-            self.temperature = temperature
-            self.magical_number = magical_number
-            self.droprate_init = 0.5
-            self.pruning_type = "token+pruner"
-            self.num_hidden_layers = config.num_hidden_layers
-            self.types = ["token", "pruner"]
-            self.hidden_loga = None
-            self.token_loga = Parameter(token_loga.clone())
-            self.pruner_loga = Parameter(pruner_loga.clone())
-            self.z_logas = {"token": self.token_loga, "pruner": self.pruner_loga}
-            self.sizes = {"token": bin_num, "pruner": 1}
-            self.shapes = {"token": [len(token_prune_loc), bin_num], "pruner": [len(token_prune_loc)]}
-            self.parameters_per_dim = {"token": None, "pruner": None}
-            self.lambda_1 = Parameter(torch.tensor(lambda_1))
-            self.lambda_2 = Parameter(torch.tensor(lambda_2))
-            self.lambda_3 = torch.tensor(0.0)
-            self.lagrangian_warmup = 100
-            self.target_sparsity = 0.5
-
-
-    class L0ModuleForMAC(L0Module):
-        def __init__(self, config, **kwargs):
-            super().__init__(config, **kwargs)
-            self.config = config
-    """
-)
-
 
 def tiny_config():
     return builders_tiny_config(finetuning_task="sst2", vocab_size=99)
@@ -77,25 +33,6 @@ def logits_for(pattern):
     pattern = torch.as_tensor(pattern, dtype=torch.float32)
     jitter = torch.arange(pattern.numel(), dtype=torch.float32).reshape(pattern.shape) * 0.01
     return torch.where(pattern > 0, OPEN - jitter, CLOSED + jitter)
-
-
-def save_original_gates(tmp_path, config, legacy=False, **gate_kwargs):
-    """Pickle the authors' class with torch.save, then make that class unimportable again."""
-    source = tmp_path / "original_src"
-    (source / "models").mkdir(parents=True)
-    (source / "models" / "__init__.py").write_text("")
-    (source / "models" / "l0_module.py").write_text(ORIGINAL_L0_MODULE)
-    sys.path.insert(0, str(source))
-    try:
-        module = importlib.import_module("models.l0_module")
-        gate_module = module.L0ModuleForMAC(config, **gate_kwargs)
-        file = tmp_path / "l0_module.pt"
-        torch.save(gate_module, str(file), _use_new_zipfile_serialization=not legacy)
-    finally:
-        sys.path.remove(str(source))
-        for name in ("models.l0_module", "models"):
-            sys.modules.pop(name, None)
-    return file
 
 
 def publish(tmp_path, *, token_pattern, pruner_pattern, locations, zs=True, l0=True, token_loga=None, legacy=False):

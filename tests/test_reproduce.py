@@ -303,7 +303,7 @@ def test_offline_with_nothing_cached_says_what_to_download(tmp_path, capsys, no_
 
 
 def test_a_report_in_which_nothing_was_evaluated_fails(tmp_path, capsys):
-    from top.evaluation.reproduce import exit_code, failure_text
+    from top.evaluation.report import exit_code, failure_text
 
     report = {"settings": {"assert": False}, "tasks": [
         {"task": "cola", "status": "missing", "reason": "x."}, {"task": "rte", "status": "not published"}]}

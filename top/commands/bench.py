@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
-from top.evaluation.bench import BenchConfig, bench
+from top.evaluation.config import BenchConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,5 +14,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(bench(config_from_args(BenchConfig, args)).summary)
+    print(top.bench(config_from_args(BenchConfig, args)).summary)
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
-from top.evaluation.evaluate import EvalConfig, evaluate
+from top.evaluation.config import EvalConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(config_from_args(EvalConfig, args))
+    result = top.evaluate(config_from_args(EvalConfig, args))
     print(result.summary)
     print(f"wrote {result.path}")
     return 0

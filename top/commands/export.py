@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
-from top.deploy.export import ExportConfig, export
+from top.deploy.config import ExportConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,5 +14,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(export(config_from_args(ExportConfig, args)).summary)
+    print(top.export(config_from_args(ExportConfig, args)).summary)
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
 from top.training.config import FinetuneConfig
-from top.training.finetune import finetune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = finetune(config_from_args(FinetuneConfig, args))
+    result = top.finetune(config_from_args(FinetuneConfig, args))
     summary = result.summary
     if not summary:  # not the main process of a distributed run
         return 0

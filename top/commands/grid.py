@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
-from top.training.grid import GridConfig, grid, summary_lines
+from top.training.grid import GridConfig, summary_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(GridConfig, args)
-    result = grid(config)
+    result = top.grid(config)
     if config.dry_run:
         for row in result.rows:
             print(row["command"])

@@ -10,8 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
-from top.evaluation.reproduce import ReproduceConfig, exit_code, failure_text, read_report, render_markdown, reproduce
+from top.evaluation.config import ReproduceConfig
+from top.evaluation.report import exit_code, failure_text, read_report, render_markdown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print(render_markdown(report))
         return exit_code(report)
     config = config_from_args(ReproduceConfig, args)
-    report = reproduce(config)
+    report = top.reproduce(config)
     print(render_markdown(report))
     print(f"wrote {Path(config.output_dir) / 'report.json'} and report.md")
     failure = failure_text(report)

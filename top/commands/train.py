@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+import top
 from top.commands.flags import add_config_arguments, config_from_args
 from top.training.config import NO_BEST_EXIT, TrainConfig
-from top.training.loop import train
 
 EPILOG = (
     "exit status: 0 with best/ written; 2 for bad input; 3 when no evaluation qualified for best/ "
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = train(config_from_args(TrainConfig, args))
+    result = top.train(config_from_args(TrainConfig, args))
     summary = result.summary
     if not summary:  # not the main process of a distributed run
         return 0

@@ -28,27 +28,25 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from top.deploy.config import (  # noqa: F401 - the export's limits, named where they are checked
+    INT8_CHECK_EXAMPLES,
+    INT8_MIN_AGREEMENT,
+    MIN_OPSET,
+    QUANTIZE,
+    TOLERANCE,
+    ExportConfig,
+)
 from top.deploy.graph import ExportForward
 from top.errors import UserError, install_hint
 from top.method.checkpoint import load_checkpoint
 from top.method.compact import CompactPlan, compact_forward, prediction_agreement
 from top.method.modeling import ToPClassifier, require_finite_logits
-from top.settings import values
-from top.settings.fields import check_fields, option
 from top.storage.hub import resolve_checkpoint_path
 from top.storage.io import atomic_write_bytes
 from top.storage.model_files import max_input_tokens
 
 logger = logging.getLogger(__name__)
 
-# The opsets `top export` writes: from 14 to the newest this torch's exporter knows.
-MIN_OPSET = 14
-TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and the PyTorch compact path
-QUANTIZE = ("int8",)
-# An int8 graph cannot hold logits to TOLERANCE; it must give the float compact path's
-# prediction on this share of INT8_CHECK_EXAMPLES sample inputs (and on the check batches).
-INT8_MIN_AGREEMENT = 0.99
-INT8_CHECK_EXAMPLES = 256
 # How to install what an export needs, named in every hint.
 ONNX_INSTALL = install_hint("onnx")
 
@@ -66,33 +64,6 @@ def max_opset() -> int:
         if isinstance(getattr(_constants, name, None), int):
             return max(default_opset(), getattr(_constants, name))
     return default_opset()
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """``top export``: a pruned checkpoint as an ONNX graph that drops the pruned tokens itself."""
-
-    checkpoint: str = option(check=values.name_text, required=True, group="model and data", metavar="DIR_OR_HUB_ID",
-                             help="a pruned checkpoint in the published layout: a directory or a Hugging Face id")
-    output: str = option(check=values.path_text, required=True, group="output", metavar="FILE",
-                         help="where to write the ONNX model, e.g. model.onnx")
-    opset: Optional[int] = option(None, check=values.int_at_least(MIN_OPSET), group="output",
-                                  default_text="17 (16 on torch 1.12)",
-                                  help=f"ONNX opset, from {MIN_OPSET} to the newest this torch exports")
-    dense: bool = option(False, switch=True, group="model and data",
-                         help="export without pruning and without trimming padding (a baseline)")
-    quantize: Optional[str] = option(
-        None, choices=QUANTIZE, group="output",
-        help="int8: onnxruntime's dynamic quantization of the weights of every matrix product (checked: "
-        f"predictions agree with the float compact path on at least {INT8_MIN_AGREEMENT:.0%} of "
-        f"{INT8_CHECK_EXAMPLES} sample inputs)",
-    )
-    no_optimize: bool = option(False, switch=True, group="output",
-                               help="skip onnxruntime's transformer optimizer (its fused operators, such as "
-                               "SkipLayerNormalization and BiasGelu, run only in onnxruntime)")
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ import torch
 from top.data import sources
 from top.data.batching import check_max_seq_length, check_token_ids, encode
 from top.data.tasks import get_task
-from top.deploy.export import ONNX_INSTALL, QUANTIZE, onnxruntime_available
+from top.deploy.export import ONNX_INSTALL, onnxruntime_available
 from top.errors import UserError
 from top.evaluation.bench_onnx import (
     FLOOR_METHOD,
@@ -62,7 +62,7 @@ from top.evaluation.bench_onnx import (
     weight_read_floor,
 )
 from top.evaluation.bench_records import Correctness, baseline_records, mac_counts, total_macs
-from top.evaluation.evaluate import checkpoint_option
+from top.evaluation.config import RUNTIMES, BenchConfig  # noqa: F401 - RUNTIMES: the bench suite's choices
 from top.evaluation.memory_probe import measure_peak_memory
 from top.evaluation.torch_timing import (
     load_models,
@@ -77,60 +77,11 @@ from top.method.compact import CompactPlan, compact_forward, prediction_agreemen
 from top.method.modeling import require_finite_logits
 from top.runtime import determinism
 from top.runtime.devices import resolve_device
-from top.settings import common, values
-from top.settings.fields import check_fields, option
 from top.storage.hub import resolve_checkpoint_path
 from top.storage.io import atomic_write_json
 from top.storage.model_files import load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-RUNTIMES = ("torch", "onnxruntime")
-# Threads torch can start (100,000 exhaust memory) and passes that end within a day.
-MAX_THREADS = 1024
-MAX_PASSES = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """``top bench``: time compact inference against dense baselines on a dev set."""
-
-    checkpoint: str = checkpoint_option("a pruned checkpoint in the published layout: a directory or a Hugging Face id")
-    task: Optional[str] = sources.task("a task of the paper's table: sets the task length (the padded baseline's) "
-                                       "and, without --validation-file, the dev set")
-    data_dir: Optional[str] = sources.data_dir()
-    validation_file: Optional[str] = sources.validation_file()
-    max_seq_length: Optional[int] = option(
-        None, check=values.int_at_least(2), group="model and data", default_text="the task's length",
-        help="the padded baseline's length, and where longer inputs are cut; needed with --validation-file "
-        "and no --task",
-    )
-    batch_size: int = common.batch_size(help="examples per timed batch")
-    device: str = common.device("cpu", help="where to time: cpu (the default), cuda, or auto")
-    threads: Optional[int] = option(None, check=values.int_in_range(1, MAX_THREADS), group="run",
-                                    default_text="torch's choice", help=f"torch threads, 1..{MAX_THREADS}")
-    passes: int = option(5, check=values.int_in_range(5, MAX_PASSES), group="run",
-                         help=f"timed passes over the dev set, 5..{MAX_PASSES}")
-    warmup_passes: int = option(1, check=values.int_in_range(0, MAX_PASSES), group="run", help="untimed passes first")
-    max_examples: Optional[int] = option(None, check=values.positive_int, group="model and data",
-                                         default_text="all", help="use only the first N dev examples")
-    no_memory: bool = option(False, switch=True, group="run", help="skip the peak-memory measurement")
-    output: str = option("bench.json", check=values.path_text, group="output", metavar="FILE",
-                         help="where to write the results")
-    runtime: str = option(RUNTIMES[0], choices=RUNTIMES, group="run",
-                          help="torch, or onnxruntime: time the exported pruned graph against the same weights "
-                          "exported dense and the optimized stock export")
-    quantize: Optional[str] = option(None, choices=QUANTIZE, group="run",
-                                     help="with --runtime onnxruntime: also time the int8 pruned graph (top export "
-                                     "--quantize int8) against the stock export, optimized and quantized the same way")
-
-    def __post_init__(self):
-        check_fields(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-
 
 @dataclasses.dataclass(frozen=True)
 class BenchTask:

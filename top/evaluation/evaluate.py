@@ -20,6 +20,7 @@ from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData
 from top.errors import UserError
 from top.evaluation import scoring
+from top.evaluation.config import EvalConfig
 from top.evaluation.dev import dev_record
 from top.method import flops
 from top.method.checkpoint import load_checkpoint
@@ -27,43 +28,11 @@ from top.method.compact import CompactPlan, compact_forward, unsupported_reason
 from top.method.defaults import RUN_MODES
 from top.method.modeling import ToPClassifier
 from top.runtime.devices import resolve_device
-from top.settings import common, values
-from top.settings.fields import check_fields, option
 from top.storage.hub import resolve_checkpoint_path
 from top.storage.io import atomic_write_json, atomic_write_text, finite_or_none, json_text
 from top.storage.model_files import load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-def checkpoint_option(help: str = "a checkpoint in the published layout: a directory or a Hugging Face id") -> Any:
-    return option(check=values.name_text, required=True, group="model and data", metavar="DIR_OR_HUB_ID", help=help)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """``top eval``: score a checkpoint on a dev set, in the paper's faithful mode or compact."""
-
-    checkpoint: str = checkpoint_option()
-    output_dir: str = common.output_dir("where <task>.json and <task>.predictions.jsonl are written")
-    task: Optional[str] = sources.task()
-    data_dir: Optional[str] = sources.data_dir()
-    validation_file: Optional[str] = sources.validation_file()
-    mode: str = option(
-        RUN_MODES[0], choices=RUN_MODES, group="evaluation",
-        help="faithful: the paper's evaluation (pruned tokens masked, every position computed); compact: the pruned "
-        "tokens removed, as the speedup needs (same predictions)",
-    )
-    max_seq_length: int = common.max_seq_length(help="every example is padded to this many tokens, as the original "
-                                                      "evaluates (its run_Evaluation.sh: 256)")
-    batch_size: int = common.batch_size(help="examples per batch")
-    device: str = common.device()
-    tokenizer: Optional[str] = option(None, check=values.name_text, group="model and data", metavar="DIR_OR_HUB_ID",
-                                      help="a tokenizer directory or hub id, when the checkpoint has none")
-    no_progress: bool = common.no_progress()
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 @dataclasses.dataclass

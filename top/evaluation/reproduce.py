@@ -10,8 +10,6 @@ switches as it found them.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,17 +17,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from top.data.loading import load_task_data
 from top.data.published import PUBLISHED_FILE, load_results_table
-from top.data.tasks import METRIC_LABELS, canonical_task_name
+from top.data.tasks import canonical_task_name
 from top.errors import UserError
+from top.evaluation.config import ReproduceConfig
 from top.evaluation.evaluate import load_model, score, write_outputs
+from top.evaluation.report import ERROR, FAIL, MISSING, NOT_PUBLISHED, PASS, verdict_text, write_report
 from top.runtime import determinism, machine
 from top.runtime.devices import resolve_device
-from top.settings import common, values
 from top.settings.common import SEED
-from top.settings.fields import check_fields, option
 from top.storage import hub
 from top.storage.hub import resolve_checkpoint
-from top.storage.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,46 +34,6 @@ MAX_SEQ_LENGTH = 256  # the original run_Evaluation.sh
 DEFAULT_SEED = SEED  # the seed of every top command
 REPORT_VERSION = 1
 
-# A task's outcome. "missing" (no checkpoint to evaluate) fails the run unless --no-assert;
-# "error" (a corrupt checkpoint, missing data) fails it always: nothing could be measured.
-# "not published" (a row whose checkpoint is "", RTE's) is skipped by a run without --tasks.
-# A run in which no task was evaluated at all fails, --no-assert or not.
-PASS, FAIL, MISSING, ERROR, NOT_PUBLISHED = "pass", "fail", "missing", "error", "not published"
-EVALUATED = (PASS, FAIL)
-
-
-def task_list(value) -> str:
-    """``--tasks``: comma-separated task names (a list from Python is joined)."""
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-    return values.name_text(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReproduceConfig:
-    """``top reproduce``: re-evaluate the published checkpoints and assert the paper's table."""
-
-    tasks: Optional[str] = option(None, check=task_list, group="model and data", metavar="TASKS",
-                                  default_text="every row of the results table with a published checkpoint",
-                                  help="comma-separated tasks, e.g. cola,mrpc")
-    checkpoint_dir: Optional[str] = option(None, check=values.path_text, group="model and data", metavar="DIR",
-                                           help="a directory holding checkpoints as DIR/<repo name>")
-    data_dir: Optional[str] = option(None, check=values.path_text, group="model and data", metavar="DIR",
-                                     help="GLUE_DIR in GLUE's own layout (without it, the hub copy through `datasets`)")
-    results_table: Optional[str] = option(None, check=values.path_text, group="evaluation", metavar="FILE",
-                                          default_text="top/data/published.toml",
-                                          help="a results table of your own")
-    device: str = common.device()
-    batch_size: int = common.batch_size(help="examples per batch")
-    output_dir: str = option("outputs/reproduce", check=values.path_text, group="output", metavar="DIR",
-                             help="where report.json, report.md and each evaluation's record go")
-    no_assert: bool = option(False, switch=True, group="evaluation",
-                             help="evaluate what can be evaluated and report, without asserting the table (eval-all)")
-    seed: int = common.seed()
-    no_progress: bool = common.no_progress()
-
-    def __post_init__(self):
-        check_fields(self)
 
 
 def parse_tasks(text: Optional[str]) -> Optional[List[str]]:
@@ -126,7 +83,7 @@ def _reproduce(config: ReproduceConfig) -> Dict[str, Any]:
         determinism.seed_everything(config.seed)  # each task as if run alone
         results.append(_reproduce_task(table[task], checkpoint_dir, data_dir, torch_device, config.batch_size,
                                        output_dir, not config.no_progress))
-        logger.info("%s: %s", task, _verdict_text(results[-1]))
+        logger.info("%s: %s", task, verdict_text(results[-1]))
     environment = determinism.environment_record()
     report = {
         "version": REPORT_VERSION,
@@ -242,108 +199,3 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
                         f"{100 * row.flops_tolerance:g}% of {row.flops_reduction:g}x")
     result.update(status=FAIL if problems else PASS, reason="; ".join(problems) or None)
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# The report
-
-
-def write_report(report: Dict[str, Any], output_dir: Path) -> None:
-    atomic_write_json(output_dir / "report.json", report)
-    atomic_write_text(output_dir / "report.md", render_markdown(report) + "\n")
-
-
-def read_report(path) -> Dict[str, Any]:
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; pass the report.json that `top reproduce` wrote.") from None
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); pass the report.json that `top reproduce` wrote.") from None
-    if not isinstance(report, dict) or not isinstance(report.get("tasks"), list) or "settings" not in report:
-        raise UserError(f"{path} is not a `top reproduce` report; pass the report.json that `top reproduce` wrote.")
-    return report
-
-
-def failing_tasks(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The tasks that make the run fail: "fail", "missing" (both not under --no-assert) and "error"."""
-    asserted = report["settings"].get("assert", True)
-    bad = (FAIL, MISSING, ERROR) if asserted else (ERROR,)
-    return [t for t in report["tasks"] if t.get("status") in bad]
-
-
-def exit_code(report: Dict[str, Any]) -> int:
-    """1 when a task fails, or when no task was evaluated at all (even under --no-assert); else 0."""
-    considered = [t for t in report["tasks"] if t.get("status") != NOT_PUBLISHED]
-    evaluated = [t for t in considered if t.get("status") in EVALUATED]
-    return 1 if failing_tasks(report) or not evaluated else 0
-
-
-def failure_text(report: Dict[str, Any]) -> Optional[str]:
-    """What failed, for stderr (None when nothing did)."""
-    failing = failing_tasks(report)
-    considered = [t for t in report["tasks"] if t.get("status") != NOT_PUBLISHED]
-    if failing:
-        names = ", ".join(t["task"] for t in failing)
-        details = "".join(f"\n  {t['task']}: {_verdict_text(t)}" for t in failing)
-        return f"FAILED {len(failing)} of {len(considered)} tasks: {names}{details}"
-    if not any(t.get("status") in EVALUATED for t in considered):
-        return f"FAILED: none of {len(considered)} tasks was evaluated"
-    return None
-
-
-def _num(value: Optional[float], fmt: str = "{:.2f}", suffix: str = "") -> str:
-    return "–" if value is None else fmt.format(value) + suffix
-
-
-def _verdict_text(task: Dict[str, Any]) -> str:
-    status = task.get("status")
-    if status == PASS:
-        return "pass"
-    return f"{status}: {task.get('reason')}" if task.get("reason") else str(status)
-
-
-def render_markdown(report: Dict[str, Any]) -> str:
-    """The summary table (also report.md): per task, paper against measured, then the settings."""
-    settings = report.get("settings", {})
-    lines = [
-        "| Task | Metric | Paper | Measured | Δ | FLOPs red. paper | FLOPs red. measured (unpadded) "
-        "| Compact score | Result |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for t in report.get("tasks", []):
-        measured_flops = _num(t.get("measured_flops_reduction"), suffix="x")
-        if t.get("measured_flops_reduction_unpadded") is not None:
-            measured_flops += f" ({t['measured_flops_reduction_unpadded']:.2f}x)"
-        verdict = _verdict_text(t).replace("|", "\\|")
-        lines.append(
-            f"| {t['task']} | {METRIC_LABELS.get(t.get('metric'), t.get('metric'))} | {_num(t.get('paper_score'))} "
-            f"| {_num(t.get('measured_score'))} | {_num(t.get('delta'), '{:+.2f}')} "
-            f"| {_num(t.get('paper_flops_reduction'), suffix='x')} | {measured_flops} "
-            f"| {_num(t.get('compact_score'))} | {verdict} |"
-        )
-    env = settings.get("environment") or {}
-    tasks = report.get("tasks", [])
-    passed = sum(1 for t in tasks if t.get("status") == PASS)
-    skipped = [t["task"] for t in tasks if t.get("status") == NOT_PUBLISHED]
-    stack = report.get("stack")
-    if stack:
-        lines += ["", f"Stack: Python {stack.get('python')}, torch {stack.get('torch')}, transformers "
-                      f"{stack.get('transformers')}; device: {stack.get('device')}."]
-    lines += [
-        "",
-        f"{passed} of {len(tasks) - len(skipped)} tasks match the table "
-        f"({'asserted' if settings.get('assert', True) else 'not asserted: --no-assert'})"
-        f"{'; not published, so skipped: ' + ', '.join(skipped) if skipped else ''}. "
-        "Scores in percent, faithful mode, max_seq_length "
-        f"{settings.get('max_seq_length')}, batch size {settings.get('batch_size')}; FLOPs reductions are "
-        "counted against each task's padded length as in the paper, the unpadded figure against the real tokens.",
-        "",
-        f"Settings: seed {settings.get('seed')}, device {settings.get('device')}"
-        f"{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, deterministic "
-        f"{json.dumps(settings.get('deterministic'), sort_keys=True)}; python {env.get('python')}, "
-        f"torch {env.get('torch')}, transformers {env.get('transformers')}, numpy {env.get('numpy')}, "
-        f"scipy {env.get('scipy')}; results table {settings.get('results_table')}.",
-    ]
-    return "\n".join(lines)

@@ -54,7 +54,8 @@ class ToPForSequenceClassification(PreTrainedModel):
     main_input_name = "input_ids"
 
     def __init__(self, config, classifier: Optional[ToPClassifier] = None, token_z: Optional[torch.Tensor] = None,
-                 pruner_z: Optional[torch.Tensor] = None, mode: str = "compact", tokenizer_source=None):
+                 pruner_z: Optional[torch.Tensor] = None, mode: str = "compact", tokenizer_source=None,
+                 gate_state: Optional[Dict[str, Any]] = None):
         super().__init__(config)
         if mode not in RUN_MODES:
             raise ValueError(f"mode must be one of {RUN_MODES}, not {mode!r}")
@@ -65,6 +66,7 @@ class ToPForSequenceClassification(PreTrainedModel):
         self.register_buffer("pruner_z", None if pruner_z is None else pruner_z.detach().float().clone())
         self._plans: Dict[Any, CompactPlan] = {}
         self._tokenizer_source = tokenizer_source
+        self._gate_state = gate_state  # the gate logits behind the masks, written back as l0_module.pt
         self.eval()
 
     @property
@@ -96,7 +98,8 @@ class ToPForSequenceClassification(PreTrainedModel):
                 "give a pruned checkpoint to prune tokens.", UserWarning, stacklevel=2,
             )
         classifier = ToPClassifier.from_checkpoint(checkpoint)
-        return cls(classifier.config, classifier, checkpoint.token_z, checkpoint.pruner_z, mode, path)
+        return cls(classifier.config, classifier, checkpoint.token_z, checkpoint.pruner_z, mode, path,
+                   checkpoint.gate_state)
 
     def plan(self) -> CompactPlan:
         """The compact plan of these gates on the model's device, built once per device."""
@@ -141,7 +144,7 @@ class ToPForSequenceClassification(PreTrainedModel):
             Path(save_directory), model_state_dict=self.classifier.hf_model.state_dict(), config=self.config,
             token_z=None if self.token_z is None else self.token_z.cpu(),
             pruner_z=None if self.pruner_z is None else self.pruner_z.cpu(),
-            tokenizer=tokenizer,
+            gate_state=self._gate_state, tokenizer=tokenizer,
         )
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
