@@ -358,7 +358,8 @@ def test_save_refuses_masks_that_disagree_with_the_gates(tmp_path):
 
 
 def test_safetensors_weights(published):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
+
     directory, _ = published
     state = {k: v.contiguous() for k, v in tiny_state_dict(tiny_config()).items()}
     (directory / "pytorch_model.bin").unlink()

@@ -106,6 +106,7 @@ def run_until_killed(tiny, out: Path, spec: str, flags: tuple = ()) -> subproces
     )
 
 
+@pytest.mark.multiprocess
 # SHORT saves last/ at steps 3, 6, 9, 12; its second save (step 6) replaces a whole step-3 one.
 # The second save of best/ in the regression run (step 6) replaces the step-4 one.
 @pytest.mark.parametrize(

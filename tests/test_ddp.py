@@ -41,6 +41,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_process(tiny, tmp_path):
     single = tmp_path / "single"
     argv = train_argv(tiny, single, *STEPS, model_key="model_no_dropout")

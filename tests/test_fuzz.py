@@ -20,6 +20,7 @@ def world(tmp_path_factory) -> fuzzing.World:
     return fuzzing.build_world(tmp_path_factory.mktemp("fuzz"))
 
 
+@pytest.mark.multiprocess
 def test_fuzzed_inputs_are_refused_in_one_sentence_or_give_the_original_logits(world, capsys):
     outcomes = fuzzing.run_all(world)
     with capsys.disabled():
@@ -36,6 +37,7 @@ def test_fuzzed_inputs_are_refused_in_one_sentence_or_give_the_original_logits(w
 SUBPROCESS_TRIALS = [(0, 0), (2, 1), (4, 0), (5, 1), (6, 2), (8, 3)]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("index,number", SUBPROCESS_TRIALS,
                          ids=[f"{fuzzing.CATEGORIES[i].name.split(',')[0].split(' (')[0]}-{n}"
                               for i, n in SUBPROCESS_TRIALS])

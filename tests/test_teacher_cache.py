@@ -380,6 +380,7 @@ def _two_processes(argv: List[str], cwd: Path) -> None:
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_share_the_build_and_match_the_teacher_every_step(tiny, tmp_path):
     runs = {}
     for name, extra in (("cached", ()), ("fresh", ("--no-teacher-cache",))):

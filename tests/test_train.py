@@ -228,13 +228,8 @@ def test_adaptive_multipliers_follow_the_gap_and_its_change():
 
 
 def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_path):
-    """30 steps, the target full from step 11: every 100 steps gives only the final evaluation."""
+    """30 steps, the target full from step 11: auto evaluates every 2 steps, 10 times after the warm-up."""
     flags = ("--target-sparsity", "0.3", "--max-steps", "30", "--warmup-epochs", "1", "--reg-learning-rate", "0.2")
-    few = run_logging_warnings(train_argv(tiny, tmp_path / "default", *flags))
-    assert [r["step"] for r in read_log(tmp_path / "default") if "eval" in r] == [30]
-    warned = [w for w in few if w.startswith("--eval-steps 100 gives 1 evaluation after the warm-up (steps 11-30)")]
-    assert len(warned) == 1 and "pass --eval-steps 2 or --eval-steps auto" in warned[0], few
-
     out = tmp_path / "auto"
     enough = run_logging_warnings(train_argv(tiny, out, *flags, "--eval-steps", "auto"))
     assert not [w for w in enough if "--eval-steps" in w], enough
@@ -242,6 +237,24 @@ def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_pa
     assert run["args"]["eval_steps"] == "auto" and run["config"]["eval_steps"] == 2
     evaluated = [r["step"] for r in read_log(out) if "eval" in r]
     assert evaluated == list(range(2, 31, 2)) and len([s for s in evaluated if s >= 11]) == 10
+
+
+def test_few_evaluations_after_the_warm_up_is_a_warning_naming_the_cadence(caplog):
+    from top.training.plan import warn_few_evaluations
+
+    with caplog.at_level(logging.WARNING, logger="top"):
+        warn_few_evaluations(100, 100, 30, 11)  # every 100 steps over a 30-step run: only the final one
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith("--eval-steps 100 gives 1 evaluation after the warm-up (steps 11-30)")
+    assert "pass --eval-steps 2 or --eval-steps auto" in caplog.messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="top"):
+        warn_few_evaluations("auto", 2, 30, 11)  # ten after the warm-up: enough
+        warn_few_evaluations(4, 4, 12, 11)  # two steps after the warm-up: too few at any cadence
+        warn_few_evaluations(100, 100, 8, 11)  # the warm-up outlasts the run
+    assert len(caplog.messages) == 2
+    assert caplog.messages[0].startswith("--eval-steps 4 gives 1 evaluation") and "more steps" in caplog.messages[0]
+    assert caplog.messages[1].startswith("The warm-up lasts past the run's 8 steps")
 
 
 def test_evaluation_counts_and_the_auto_cadence():
@@ -468,9 +481,11 @@ def test_droprate_init_is_accepted_recorded_and_ignored_with_a_warning(tmp_path,
     assert config_from_args(TrainConfig, args).droprate_init == 0.3
     assert parser.parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o"]).droprate_init == 0.01
     assert "--droprate-init" not in parser.format_help()  # deprecated: accepted, not advertised
+    data = write_data(tmp_path / "data.csv", 6, seed=1)
     with caplog.at_level(logging.WARNING, logger="top"):
         code = cli.main(["train", "--model", str(tmp_path / "none"), "--teacher", str(tmp_path / "none"),
-                         "--task", "mrpc", "--output-dir", str(tmp_path / "o"), "--droprate-init", "0.3"])
+                         "--train-file", str(data), "--validation-file", str(data), "--target-sparsity", "0.5",
+                         "--output-dir", str(tmp_path / "o"), "--droprate-init", "0.3"])
     assert code == 2 and "--droprate-init 0.3 has no effect" in caplog.text
 
 
