@@ -93,11 +93,11 @@ class ExportResult:
 
 def export(config: ExportConfig) -> ExportResult:
     """Run ``top export`` with ``config``: the checkpoint's graph, checked, written atomically to ``config.output``."""
-    require_onnxruntime()
     opset = config.opset if config.opset is not None else default_opset()
     if opset > max_opset():
         raise UserError(f"--opset {opset} is newer than torch {torch.__version__} exports (at most {max_opset()}); "
                         f"pass --opset {default_opset()}.")
+    require_onnxruntime()
     # No tokenizer needed: the graph starts at token ids.
     checkpoint = load_checkpoint(resolve_checkpoint_path(config.checkpoint))
     if checkpoint.token_z is None and not config.dense:
