@@ -319,7 +319,7 @@ def test_missing_long_document_file_names_the_layout(tmp_path):
         load_glue_split("20news", tmp_path, "train")
     message = str(info.value)
     assert str(tmp_path / "20news" / "train.jsonl") in message and "20news/dev.jsonl" in message
-    assert "JSON lines" in message and "prepare_glue" not in message
+    assert "JSON lines" in message and "prepare_glue.py --tasks 20news" in message
 
 
 def test_glue_rows_dropped_as_the_builder_drops_them_are_named(tmp_path, caplog):

@@ -29,7 +29,8 @@ def prepare_hint(task: Task) -> str:
     if task.file_format == "jsonl":
         return (
             f"pass --data-dir holding {task.glue_dir}/{task.train_file} and {task.glue_dir}/{task.dev_file} "
-            '(JSON lines, one {"' + task.text_a + '": ..., "' + task.label_column + '": ...} per line)'
+            '(JSON lines, one {"' + task.text_a + '": ..., "' + task.label_column + '": ...} per line), '
+            f"or run scripts/prepare_glue.py --tasks {task.name}"
         )
     return PREPARE_HINT
 
