@@ -130,9 +130,10 @@ def schedule(args) -> Schedule:
 
 
 def add_data_arguments(parser) -> None:
-    parser.add_argument("--task", help=f"GLUE task: {', '.join(TASKS)}")
-    parser.add_argument("--data-dir", help="GLUE_DIR in GLUE's layout (else the `datasets` hub copy)")
-    parser.add_argument("--train-file", help="a csv/tsv/json file with sentence[, sentence2], label")
+    parser.add_argument("--task", help=f"a known task: {', '.join(TASKS)}")
+    parser.add_argument("--data-dir", help="the task's files: GLUE's layout, or DIR/20news/train.jsonl ... "
+                        "(else the `datasets` hub copy)")
+    parser.add_argument("--train-file", help="a csv/tsv/json(l) file with label and text, read as run_glue reads it")
     parser.add_argument("--validation-file", help="the dev file, same columns as --train-file")
 
 
