@@ -375,7 +375,7 @@ CASES = [
          lambda tmp: "dev.tsv line 3"),
     Case("custom-label-nan", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
                                                          str(custom_with_label(tmp, "nan"))), 2,
-         lambda tmp: "labels.csv: example 11"),
+         lambda tmp: "labels.csv line 12 has the label"),
     # sequence length against the model's positions
     Case("train-max-seq-length", lambda t, c, tmp: train(t, tmp, "--max-seq-length", "512"), 2,
          lambda tmp: "--max-seq-length 512"),
@@ -505,7 +505,7 @@ CASES = [
          lambda tmp: "digits.json"),
     Case("csv-label-5000-digits", lambda t, c, tmp: replace_flag(train(t, tmp), "--validation-file",
                                                                  str(long_label_csv(tmp))), 2,
-         lambda tmp: "digits.csv: example 11"),
+         lambda tmp: "digits.csv line 12 has a label of"),
     # fuzzed inputs: flags
     Case("train-seed-2**64", lambda t, c, tmp: train(t, tmp, "--seed", str(2**64)), 2, lambda tmp: "--seed"),
     Case("finetune-seed-2**64", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--seed", str(2**64)), 2,
