@@ -501,6 +501,14 @@ def test_custom_text_columns_are_chosen_as_run_glue_chooses_them(tmp_path, caplo
     assert str(path) in line and repr(text_a) in line and ("as pairs" in line) == pair, line
 
 
+def test_custom_files_with_trailing_separators_read(tmp_path):
+    """A spreadsheet's export may end rows and the header with empty fields: nothing is lost there."""
+    path = _write(tmp_path, "d.csv", "sentence,label,,\nthe film,1,,\na plot,0,\n")
+    assert load_custom_file(path)[0] == [Example("the film", None, 1), Example("a plot", None, 0)]
+    path = _write(tmp_path, "d.tsv", "sentence\tlabel\nthe film\t1\t\na plot\t0\n")
+    assert load_custom_file(path)[0] == [Example("the film", None, 1), Example("a plot", None, 0)]
+
+
 def test_custom_json_lines_with_text_and_label_read_and_name_the_columns(tmp_path, caplog):
     path = _write(tmp_path, "train.jsonl", "".join(
         json.dumps({"text": text, "label": label, "label_text": name}) + "\n"

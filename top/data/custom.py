@@ -25,8 +25,8 @@ Record = Tuple[str, Dict[str, Any]]
 
 
 def _read_table(path: Path, delimiter: str) -> Tuple[List[str], List[Record]]:
-    """A csv/tsv file's header and rows; a header naming a column twice, or a row with more fields
-    than the header, is the user's to fix (a .tsv is read unquoted, as GLUE's files are)."""
+    """A csv/tsv file's header and rows; a header naming a column twice, or a row with more non-empty
+    fields than the header, is the user's to fix (a .tsv is read unquoted, as GLUE's files are)."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     rows = read_rows(path, delimiter=delimiter, quoting=quoting)
     if not rows:
@@ -34,12 +34,12 @@ def _read_table(path: Path, delimiter: str) -> Tuple[List[str], List[Record]]:
     (_, header), rows = rows[0], rows[1:]
     seen = set()
     for name in header:
-        if name in seen:
+        if name in seen and name.strip():  # unnamed columns (a spreadsheet's trailing separators) are never read
             raise UserError(f"{path} names the column {brief(name)} twice in its header; rename or remove one of them.")
         seen.add(name)
     records = []
     for line, row in rows:
-        if len(row) > len(header):
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
             what = "tab-separated " if delimiter == "\t" else ""
             why = (
                 "; a .tsv is read without quotes, so a tab inside a quoted sentence splits it: remove the tab or "
