@@ -5,7 +5,9 @@
 
 Writes ``GLUE_DIR/<GLUE dir>/<file>`` (e.g. ``GLUE_DIR/CoLA/dev.tsv``, ``GLUE_DIR/MNLI/dev_matched.tsv``)
 with top's own GLUE writer, so ``--data-dir GLUE_DIR`` reads back exactly the hub's examples.
-Needs the `datasets` package and the network (or its cache) once.
+``--tasks 20news imdb yelp`` writes the long-document tasks' JSON lines the same way
+(``GLUE_DIR/20news/dev.jsonl``: the hub copy's test split). Needs the `datasets` package and the
+network (or its cache) once.
 """
 
 import argparse
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 try:
-    from top.data.tasks import TASKS, canonical_task_name
+    from top.data.tasks import GLUE_TASKS, TASKS, canonical_task_name
     from top.errors import UserError
 except ImportError:  # run with a Python that has not installed this project
     sys.exit("error: scripts/prepare_glue.py needs this project installed; run `pip install -e .` from the "
@@ -26,7 +28,7 @@ SPLITS = ("dev", "train")
 def parse_tasks(values: Optional[Sequence[str]]) -> List[str]:
     """`--tasks cola sst2` or `--tasks cola,SST-2` -> ["cola", "sst2"]; none means every GLUE task."""
     if not values:
-        return list(TASKS)
+        return list(GLUE_TASKS)
     names = [part for value in values for part in value.split(",") if part.strip()]
     return list(dict.fromkeys(canonical_task_name(name) for name in names))
 
@@ -43,7 +45,7 @@ def prepare(tasks: Sequence[str], output_dir: Path, splits: Sequence[str] = SPLI
             path = output_dir / task.glue_dir / task.file_name(split)
             write_glue_tsv(task, examples, path, split)
             expected = task.dev_size if split == "dev" else task.train_size
-            note = "" if len(examples) == expected else f" (GLUE's own file has {expected})"
+            note = "" if len(examples) == expected else f" (tasks.toml counts {expected})"
             print(f"{task.name} {split}: {len(examples)} examples{note} -> {path}", flush=True)
             written.append(path)
     return written
@@ -52,7 +54,8 @@ def prepare(tasks: Sequence[str], output_dir: Path, splits: Sequence[str] = SPLI
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, help="GLUE_DIR: one folder per task, as GLUE ships it")
-    parser.add_argument("--tasks", nargs="+", help=f"tasks to write (default: all of {', '.join(TASKS)})")
+    parser.add_argument("--tasks", nargs="+", help=f"tasks to write, of {', '.join(TASKS)} (default: GLUE's "
+                        f"{', '.join(GLUE_TASKS)})")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
     args = parser.parse_args(argv)
     try:

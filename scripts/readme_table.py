@@ -150,7 +150,8 @@ def render_cost_block(
         "counted at the task's length; the student's forward and backward pass as three forward "
         "passes; the teacher's forward pass once per training example with the cache, once per "
         f"example and step without; a dev evaluation every {EVAL_STEPS} steps and after the last, "
-        f"each padded to {MAX_SEQ_LENGTH} tokens as faithful mode does (`top train`'s defaults). "
+        f"each padded to {MAX_SEQ_LENGTH} tokens as faithful mode does (`top train`'s defaults; the tasks read "
+        f"at more tokens, to their length). "
         f"The CPU columns keep the teacher as measured ({teacher}). For a GPU, divide the PFLOPs by "
         "the GPU's sustained training throughput in PFLOP/s to get seconds; no GPU was available to measure one."
         + _evaluation_note(evaluation_heavy),

@@ -141,14 +141,14 @@ def tiny_checkpoint(
 
 def tiny_model_dir(
     directory: Path, *, num_labels: int = 2, layers: int = 4, dropout: Optional[float] = None, vocab_extra: int = 0,
-    seed: int = 0,
+    seed: int = 0, max_position_embeddings: int = 300,
 ) -> Path:
     """A random tiny BERT classifier plus its tokenizer in the plain HF layout every stack reads:
     config.json, a ``torch.save``d state dict as pytorch_model.bin, the tokenizer files."""
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = tiny_config(num_labels, layers, dropout=dropout)
+    config = tiny_config(num_labels, layers, dropout=dropout, max_position_embeddings=max_position_embeddings)
     config.vocab_size += vocab_extra
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(directory))

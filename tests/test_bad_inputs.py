@@ -314,6 +314,38 @@ def many_examples(tmp: Path) -> Path:
     return write_data(tmp / "many.csv", 200, seed=3)
 
 
+def written(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def duplicate_label_column(tmp: Path) -> Path:
+    """A header naming 'label' twice: csv's DictReader silently kept the second column's values."""
+    return written(tmp, "twice.csv", "sentence,label,label\nthe good film,1,0\na dull plot,0,1\n")
+
+
+def sentence_as_object(tmp: Path) -> Path:
+    """A sentence given as a JSON object, which used to become its Python repr as text."""
+    rows = [{"sentence": "the good film", "label": 1}, {"sentence": {"text": "a dull plot"}, "label": 0}]
+    return written(tmp, "object.json", json.dumps(rows))
+
+
+def quoted_tsv_with_tabs(tmp: Path) -> Path:
+    """Quoted sentences with tabs in them: read unquoted, the tab split each row and the label column
+    held the sentences' second halves, which was reported as "has 1 label"."""
+    return written(tmp, "quoted.tsv", 'sentence\tlabel\n"the good\tfilm"\t1\n"a dull\tfilm"\t0\n')
+
+
+def glue_row_missing_a_column(tmp: Path) -> Path:
+    """SST-2's dev.tsv with a row that lacks its label column (line 3)."""
+    glue = tmp / "glue"
+    (glue / "SST-2").mkdir(parents=True)
+    (glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nthe good film\t1\na row without its label\n"
+                                            "a dull plot\t0\n", encoding="utf-8")
+    return glue
+
+
 def bench_argv(tiny: Dict[str, Path], checkpoint: Path, *extra: str) -> List[str]:
     return ["bench", "--task", "sst2", "--checkpoint", str(checkpoint), "--validation-file", str(tiny["dev"]), *extra]
 
@@ -344,7 +376,7 @@ CASES = [
          lambda tmp: "dev.tsv line 3"),
     Case("custom-label-nan", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
                                                          str(custom_with_label(tmp, "nan"))), 2,
-         lambda tmp: "labels.csv: example 11"),
+         lambda tmp: "labels.csv line 12 has the label"),
     # sequence length against the model's positions
     Case("train-max-seq-length", lambda t, c, tmp: train(t, tmp, "--max-seq-length", "512"), 2,
          lambda tmp: "--max-seq-length 512"),
@@ -390,6 +422,16 @@ CASES = [
                                                             "-1"], 2, lambda tmp: "--warmup-passes"),
     Case("reproduce-batch-size-zero", lambda t, c, tmp: ["reproduce", "--batch-size", "0", "--output-dir",
                                                          str(tmp / "out")], 2, lambda tmp: "--batch-size"),
+    # custom files that used to give a silent wrong answer or blame the wrong thing (issue 33)
+    Case("csv-label-column-twice", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                               str(duplicate_label_column(tmp))), 2,
+         lambda tmp: f"{tmp / 'twice.csv'} names the column 'label' twice"),
+    Case("json-sentence-is-an-object", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                                   str(sentence_as_object(tmp))), 2,
+         lambda tmp: f"{tmp / 'object.json'} example 2 gives 'sentence' as a JSON object"),
+    Case("tsv-quoted-with-tabs", lambda t, c, tmp: replace_flag(train(t, tmp), "--validation-file",
+                                                                str(quoted_tsv_with_tabs(tmp))), 2,
+         lambda tmp: f"{tmp / 'quoted.tsv'} line 2 has 3 tab-separated fields"),
     # configs and checkpoints
     Case("train-config-wrong-type", lambda t, c, tmp: replace_flag(train(t, tmp), "--model",
                                                                    str(bad_config_model(t, tmp))), 2,
@@ -464,7 +506,7 @@ CASES = [
          lambda tmp: "digits.json"),
     Case("csv-label-5000-digits", lambda t, c, tmp: replace_flag(train(t, tmp), "--validation-file",
                                                                  str(long_label_csv(tmp))), 2,
-         lambda tmp: "digits.csv: example 11"),
+         lambda tmp: "digits.csv line 12 has a label of"),
     # fuzzed inputs: flags
     Case("train-seed-2**64", lambda t, c, tmp: train(t, tmp, "--seed", str(2**64)), 2, lambda tmp: "--seed"),
     Case("finetune-seed-2**64", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--seed", str(2**64)), 2,
@@ -495,6 +537,31 @@ CASES = [
     Case("train-disk-full", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
          lambda tmp: str(tmp / "out"), patch=checkpoint_disk_full),
 ]
+
+
+class Warned(NamedTuple):
+    """An input read correctly that still deserves a word: exit 0 and one warning naming it."""
+
+    id: str
+    argv: Callable[[Dict[str, Path], Path, Path], List[str]]
+    needle: Callable[[Path], str]
+
+
+WARNED = [
+    # GLUE's builder drops rows too short for their columns; so do we, no longer without a word.
+    Warned("glue-row-missing-a-column", lambda t, c, tmp: eval_argv(c, tmp / "out", "--task", "sst2", "--data-dir",
+                                                                    str(glue_row_missing_a_column(tmp))),
+           lambda tmp: f"{tmp / 'glue' / 'SST-2' / 'dev.tsv'}: dropped 1 row(s)"),
+]
+
+
+@pytest.mark.parametrize("case", WARNED, ids=[case.id for case in WARNED])
+def test_input_read_with_a_warning_says_so_once(case: Warned, tiny, checkpoint, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        assert cli.main(case.argv(tiny, checkpoint, tmp_path)) == 0
+    named = [r.getMessage() for r in caplog.records if case.needle(tmp_path) in r.getMessage()]
+    assert len(named) == 1, caplog.text
+    assert "line 3" in named[0]
 
 
 def error_line(err: str) -> str:

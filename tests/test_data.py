@@ -1,4 +1,4 @@
-"""GLUE task facts, the GLUE/hub/custom readers, tokenising and batching."""
+"""Task facts, the task-file/hub/custom readers, tokenising and batching."""
 
 import json
 import sys
@@ -14,7 +14,7 @@ from top.data.files import Example
 from top.data.glue import load_glue_split, write_glue_tsv
 from top.data.hub_copy import load_hub_split
 from top.data.loading import load_task_data
-from top.data.tasks import METRIC_NAMES, TASKS, TASKS_FILE, get_task, load_tasks
+from top.data.tasks import GLUE_TASKS, METRIC_NAMES, TASKS, TASKS_FILE, get_task, load_tasks
 from top.errors import UserError
 
 # --------------------------------------------------------------------------- tasks
@@ -23,7 +23,9 @@ from top.errors import UserError
 @pytest.mark.parametrize(
     "spelling, name",
     [("CoLA", "cola"), ("SST2", "sst2"), ("SST-2", "sst2"), ("sts-b", "stsb"), ("STSB", "stsb"),
-     ("MNLI", "mnli"), ("qnli", "qnli"), ("RTE", "rte"), ("MRPC", "mrpc"), ("QQP", "qqp")],
+     ("MNLI", "mnli"), ("qnli", "qnli"), ("RTE", "rte"), ("MRPC", "mrpc"), ("QQP", "qqp"),
+     ("20news", "20news"), ("20News", "20news"), ("20_newsgroups", "20news"), ("IMDB", "imdb"),
+     ("yelp", "yelp"), ("yelp_f", "yelp"), ("Yelp.F", "yelp")],
 )
 def test_get_task_accepts_the_seed_spellings(spelling, name):
     assert get_task(spelling).name == name
@@ -39,7 +41,8 @@ def test_unknown_task_lists_the_valid_names():
 
 
 def test_task_table_is_consistent():
-    assert list(TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+    assert list(TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "20news", "imdb", "yelp"]
+    assert GLUE_TASKS == ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
     for task in TASKS.values():
         assert task.metric in task.metrics
         assert set(task.metrics) <= set(METRIC_NAMES)
@@ -47,13 +50,29 @@ def test_task_table_is_consistent():
         assert task.is_regression or len(task.labels) == task.num_labels
         assert 0 < task.preset.sparsity < 1
         assert task.preset.warmup_epochs < task.preset.epochs
-        assert task.dev_size < task.train_size
+        assert task.dev_size <= task.train_size
+        assert task.benchmark == ("glue" if task.name in GLUE_TASKS else "long-documents")
+        assert task.file_format == ("tsv" if task.name in GLUE_TASKS else "jsonl")
     assert get_task("mnli").labels == ("entailment", "neutral", "contradiction")
     assert get_task("mnli").dev_file == "dev_matched.tsv"
     assert get_task("mnli").hub_dev_split == "validation_matched"
     assert {t.name: t.task_length for t in TASKS.values()} == {
-        "cola": 64, "sst2": 64, "stsb": 64, "mrpc": 128, "qqp": 128, "mnli": 128, "qnli": 128, "rte": 256
+        "cola": 64, "sst2": 64, "stsb": 64, "mrpc": 128, "qqp": 128, "mnli": 128, "qnli": 128, "rte": 256,
+        "20news": 512, "imdb": 512, "yelp": 512,
     }
+
+
+def test_long_document_tasks_are_the_originals():
+    """models/l0_module.py's lengths, trainer/trainer.py's metric, and Yelp.F's five classes."""
+    for name, classes in (("20news", 20), ("imdb", 2), ("yelp", 5)):
+        task = get_task(name)
+        expected = ("accuracy", ("accuracy",), classes, 512)
+        assert (task.metric, task.metrics, task.num_labels, task.task_length) == expected
+        assert (task.text_a, task.text_b, task.label_column) == ("text", None, "label")
+        assert task.preset is not None and task.hub_text_a == "text" and task.hub_dev_split == "test"
+    assert get_task("20news").labels[0] == "alt.atheism" and get_task("20news").labels[-1] == "talk.religion.misc"
+    assert get_task("yelp").file_labels == ("1", "2", "3", "4", "5")
+    assert get_task("imdb").file_labels == get_task("imdb").labels == ("neg", "pos")
 
 
 @pytest.mark.parametrize(
@@ -71,6 +90,10 @@ def test_task_table_is_consistent():
         ('f1 = "F1"\n', 'f1 = "F1"\nmcc = "MCC"\n', "mcc"),
         ('accuracy = "Accuracy"\n', 'accuracy = 1\n', "accuracy"),
         ('[metric_labels]\n', '[metric_names]\n', "metric_labels"),
+        ('file_format = "jsonl"\n', 'file_format = "parquet"\n', "file_format"),
+        ('benchmark = "glue"\n', 'benchmark = "superglue"\n', "benchmark"),
+        ('file_labels = ["1", "2", "3", "4", "5"]\n', 'file_labels = ["1", "2"]\n', "file_labels"),
+        ('aliases = ["20newsgroups", "20_newsgroups"]\n', 'aliases = ["20newsgroups", "imdb"]\n', "imdb"),
     ],
 )
 def test_tasks_toml_schema_errors_name_the_field(tmp_path, old, new, field):
@@ -239,6 +262,76 @@ def test_unknown_split(tmp_path):
         load_glue_split("sst2", tmp_path, "test")
 
 
+# --------------------------------------------------------------------------- long-document JSON lines
+
+LONG_FILES = {
+    "20news": ([{"text": "From: a\nSubject: b\n\nThe engine of my car", "label": 7, "label_text": "rec.autos"},
+                {"text": "", "label": 0}],
+               [Example("From: a\nSubject: b\n\nThe engine of my car", None, 7), Example("", None, 0)]),
+    "imdb": ([{"text": "A <br />long review", "label": 1}, {"text": "Dull.", "label": 0}],
+             [Example("A <br />long review", None, 1), Example("Dull.", None, 0)]),
+    # The original's convert_yelp.py writes the stars as they are in the csv, 1 to 5.
+    "yelp": ([{"text": "Great tacos.", "label": 5}, {"text": "Cold food.", "label": 1}, {"text": "Meh", "label": "3"}],
+             [Example("Great tacos.", None, 4), Example("Cold food.", None, 0), Example("Meh", None, 2)]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LONG_FILES))
+@pytest.mark.parametrize("name", ["dev.jsonl", "dev.json"])
+def test_each_long_document_layout_is_parsed(tmp_path, task, name):
+    records, expected = LONG_FILES[task]
+    _write(tmp_path, f"{task}/{name}", "".join(json.dumps(r) + "\n" for r in records) + "\n")
+    assert load_glue_split(task, tmp_path, "dev") == expected
+    assert load_glue_split(task, tmp_path / task, "dev") == expected
+
+
+@pytest.mark.parametrize("task", sorted(LONG_FILES))
+def test_long_document_files_round_trip(tmp_path, task):
+    _, examples = LONG_FILES[task]
+    spec = get_task(task)
+    write_glue_tsv(task, examples, tmp_path / spec.glue_dir / spec.file_name("train"), split="train")
+    assert load_glue_split(task, tmp_path, "train") == examples
+    first = json.loads((tmp_path / task / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"text", "label"} and isinstance(first["label"], int)
+
+
+@pytest.mark.parametrize(
+    "task, line, needle",
+    [
+        ("yelp", {"text": "a", "label": 0}, "label 0 is not one of 1, 2, 3, 4, 5"),
+        ("20news", {"text": "a", "label": 20}, "outside 0..19"),
+        ("imdb", {"text": "a", "label": "pos"}, "not a class number 0..1"),
+        ("imdb", {"text": "a", "label": 1.0}, "not a class number"),
+        ("imdb", {"text": "a"}, "has no 'label'"),
+        ("imdb", {"review": "a", "label": 1}, "has no 'text'"),
+        ("imdb", {"text": {"body": "a"}, "label": 1}, "not text"),
+        ("imdb", [1, 2], "not an object"),
+    ],
+)
+def test_bad_long_document_lines_are_named(tmp_path, task, line, needle):
+    _write(tmp_path, f"{task}/dev.jsonl", json.dumps({"text": "fine", "label": 1}) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(UserError) as info:
+        load_glue_split(task, tmp_path, "dev")
+    assert f"{tmp_path / task / 'dev.jsonl'} line 2" in str(info.value) and needle in str(info.value)
+
+
+def test_missing_long_document_file_names_the_layout(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_glue_split("20news", tmp_path, "train")
+    message = str(info.value)
+    assert str(tmp_path / "20news" / "train.jsonl") in message and "20news/dev.jsonl" in message
+    assert "JSON lines" in message and "prepare_glue.py --tasks 20news" in message
+
+
+def test_glue_rows_dropped_as_the_builder_drops_them_are_named(tmp_path, caplog):
+    relative, text, expected = GLUE_FILES["qqp"]
+    _write(tmp_path, relative, text)
+    with caplog.at_level("WARNING", logger="top.data.glue"):
+        assert load_glue_split("qqp", tmp_path, "dev") == expected
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(tmp_path / relative) in line and "dropped 1 row" in line and "line 3" in line, line
+
+
 # --------------------------------------------------------------------------- the hub copy
 
 
@@ -261,6 +354,32 @@ def test_hub_split_maps_fields_and_splits(monkeypatch):
     _fake_datasets(monkeypatch, load_dataset)
     assert load_hub_split("MNLI", "dev") == [Example("p1", "h1", 2), Example("p2", "h2", 0)]
     assert calls == [("glue", "mnli", "validation_matched")]
+
+
+def test_long_document_hub_copies_have_no_config(monkeypatch):
+    calls = []
+
+    def load_dataset(path, config, split):
+        calls.append((path, config, split))
+        return [{"text": "post", "label": 3, "label_text": "comp.sys.ibm.pc.hardware"}, {"text": "x", "label": -1}]
+
+    _fake_datasets(monkeypatch, load_dataset)
+    data = load_task_data("20news", max_seq_length=512, splits=("dev",))
+    assert data.dev == [Example("post", None, 3)] and data.source == "datasets:SetFit/20_newsgroups/test"
+    load_hub_split("yelp", "train")
+    assert calls == [("SetFit/20_newsgroups", None, "test"), ("Yelp/yelp_review_full", None, "train")]
+
+
+def test_a_long_task_read_shorter_than_its_length_is_said(tmp_path, caplog):
+    records, expected = LONG_FILES["imdb"]
+    for split in ("train", "dev"):
+        _write(tmp_path, f"imdb/{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level("WARNING", logger="top.data.loading"):
+        assert load_task_data("imdb", tmp_path, max_seq_length=512).dev == expected
+        assert not caplog.records
+        load_task_data("imdb", tmp_path, max_seq_length=256)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "imdb" in line and "--max-seq-length 256" in line and "--max-seq-length 512" in line
 
 
 def test_hub_regression_labels_are_floats(monkeypatch):
@@ -331,8 +450,18 @@ def test_custom_json_float_labels(tmp_path):
 @pytest.mark.parametrize(
     "name, text, needle",
     [
-        ("d.csv", "text,label\na,1\n", "sentence"),
+        ("d.csv", "label\n1\n", "besides 'label'"),
         ("d.csv", "sentence,target\na,1\n", "label"),
+        ("d.csv", "sentence,label,label\na,1,0\n", "'label' twice"),
+        ("d.json", '[{"sentence": "a", "label": 1, "label": 0}]', "'label' twice"),
+        ("d.jsonl", '{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 1, "label": 0}\n', "line 2"),
+        ("d.json", json.dumps([{"sentence": {"text": "a"}, "label": 1}]), "a JSON object, not text"),
+        ("d.jsonl", json.dumps({"text": ["a", "b"], "label": 1}) + "\n", "a JSON list, not text"),
+        ("d.jsonl", json.dumps({"text": 5, "label": 1}) + "\n", "int 5, not text"),
+        ("d.json", json.dumps([{"sentence": "a", "label": {"x": 1}}]), "example 1 has a label that is a JSON object"),
+        ("d.tsv", 'sentence\tlabel\n"good\tfilm"\t1\n"bad\tfilm"\t0\n', "line 2 has 3 tab-separated fields"),
+        ("d.csv", "sentence,label\ngood,film,1\n", "line 2 has 3 fields but its header has 2"),
+        ("d.csv", 'sentence,label\n"a\nb",1\nc,\n', "line 4 has no 'label'"),
         ("d.json", json.dumps([{"sentence": "a"}]), "label"),
         ("d.csv", "", "no examples"),
         ("d.csv", "sentence,label\n", "no examples"),
@@ -347,6 +476,49 @@ def test_custom_bad_files_name_the_file(tmp_path, name, text, needle):
     with pytest.raises(UserError) as info:
         load_custom_file(path)
     assert str(path) in str(info.value) and needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "header, pair, text_a, text_b",
+    [
+        ("text,label,label_text", False, "text", None),  # SetFit/20_newsgroups's columns
+        ("label,sentence", False, "sentence", None),
+        ("sentence,sentence2,label", True, "sentence", "sentence2"),
+        ("sentence1,label", False, "sentence1", None),
+        ("idx,sentence2,label,sentence1", True, "sentence1", "sentence2"),
+        ("review,label", False, "review", None),  # the only other column
+        ("premise,label,hypothesis,genre", True, "premise", "hypothesis"),  # run_glue: the first two others
+        ("text,sentence,label", False, "sentence", None),
+    ],
+)
+def test_custom_text_columns_are_chosen_as_run_glue_chooses_them(tmp_path, caplog, header, pair, text_a, text_b):
+    columns = header.split(",")
+    values = {name: ("1" if name == "label" else f"{name} words") for name in columns}
+    path = _write(tmp_path, "d.csv", header + "\n" + ",".join(values[c] for c in columns) + "\n")
+    with caplog.at_level("INFO", logger="top.data.custom"):
+        (example,), _, _ = load_custom_file(path)
+    assert example == Example(f"{text_a} words", f"{text_b} words" if pair else None, 0)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(path) in line and repr(text_a) in line and ("as pairs" in line) == pair, line
+
+
+def test_custom_files_with_trailing_separators_read(tmp_path):
+    """A spreadsheet's export may end rows and the header with empty fields: nothing is lost there."""
+    path = _write(tmp_path, "d.csv", "sentence,label,,\nthe film,1,,\na plot,0,\n")
+    assert load_custom_file(path)[0] == [Example("the film", None, 1), Example("a plot", None, 0)]
+    path = _write(tmp_path, "d.tsv", "sentence\tlabel\nthe film\t1\t\na plot\t0\n")
+    assert load_custom_file(path)[0] == [Example("the film", None, 1), Example("a plot", None, 0)]
+
+
+def test_custom_json_lines_with_text_and_label_read_and_name_the_columns(tmp_path, caplog):
+    path = _write(tmp_path, "train.jsonl", "".join(
+        json.dumps({"text": text, "label": label, "label_text": name}) + "\n"
+        for text, label, name in (("a long post", 3, "comp.sys"), ("another", 0, "alt"))))
+    with caplog.at_level("INFO", logger="top.data.custom"):
+        examples, is_regression, labels = load_custom_file(path)
+    assert examples == [Example("a long post", None, 1), Example("another", None, 0)]
+    assert (is_regression, labels) == (False, ["0", "3"])
+    assert "the column 'text'" in caplog.text and "'label_text'" in caplog.text
 
 
 def test_custom_missing_file(tmp_path):

@@ -59,6 +59,20 @@ def test_cola_by_hand():
     )
 
 
+def test_a_long_document_preset_is_counted_at_512_and_evaluated_there():
+    news = TASKS["20news"]
+    assert (news.train_size, news.dev_size, news.preset.epochs, news.task_length) == (11314, 7532, 60, 512)
+    steps = 354 * 60  # 11314 / 32 = 353.6 -> 354 steps an epoch
+    assert training_cost.training_steps(news) == steps
+    assert training_cost.evaluation_length(news) == 512 and training_cost.evaluation_length(TASKS["rte"]) == 256
+    f512 = hand_forward_flops(12, 768, 12, 3072, 512)
+    evaluation = training_cost.evaluations(steps) * 7532 * f512
+    assert training_cost.evaluation_flops(BERT_BASE, news) == evaluation
+    assert training_cost.training_flops(BERT_BASE, news, teacher_cache=True) == (
+        steps * 32 * 3 * f512 + 11314 * f512 + evaluation
+    )
+
+
 def test_cpu_time_is_the_measured_step_scaled_by_flops():
     cola, mrpc = TASKS["cola"], TASKS["mrpc"]
     m = measurement(model=MINILM, batch_size=32, length=64, train_step_seconds=0.5, teacher_cache=False)

@@ -1,16 +1,23 @@
-"""The ``datasets`` hub copy of a GLUE task, for runs without ``--data-dir``."""
+"""The ``datasets`` hub copy of a known task, for runs without ``--data-dir``."""
 
 from __future__ import annotations
 
 from typing import List
 
 from top.data.files import Example, TaskLike, as_task
-from top.data.glue import PREPARE_HINT
+from top.data.glue import prepare_hint
+from top.data.tasks import Task
 from top.errors import UserError, install_hint
 
 
+def hub_name(task: Task, split: str = "dev") -> str:
+    """The copy's address as eval records name it: ``datasets:path/config/split`` (no config: ``path/split``)."""
+    hub_split = {"dev": task.hub_dev_split, "train": "train"}[split]
+    return "datasets:" + "/".join(part for part in (task.hub_path, task.hub_config, hub_split) if part)
+
+
 def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
-    """The same split from the `datasets` hub copy of GLUE (downloaded once, then cached)."""
+    """The same split from the task's `datasets` hub copy (downloaded once, then cached)."""
     task = as_task(task)
     hub_split = {"dev": task.hub_dev_split, "train": "train"}.get(split)
     if hub_split is None:
@@ -20,14 +27,14 @@ def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
     except ImportError:
         raise UserError(
             f"The `datasets` package is not installed, so {task.name} cannot come from the hub; "
-            f"{install_hint('data')} or {PREPARE_HINT}."
+            f"{install_hint('data')} or {prepare_hint(task)}."
         ) from None
     try:
-        rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+        rows = datasets.load_dataset(task.hub_path, task.hub_config or None, split=hub_split)
     except Exception as exc:  # offline, not cached, hub down: all mean "provide the files yourself"
         raise UserError(
-            f"Could not load {task.hub_path}/{task.hub_config} ({type(exc).__name__}: {exc}); "
-            f"connect once to cache it, or {PREPARE_HINT}."
+            f"Could not load {hub_name(task, split)[len('datasets:'):]} ({type(exc).__name__}: {exc}); "
+            f"connect once to cache it, or {prepare_hint(task)}."
         ) from None
     examples = []
     for row in rows:

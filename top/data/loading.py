@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from top.data.custom import CUSTOM_TASK, custom_task, load_custom_file
 from top.data.files import Example, TaskLike, as_task
 from top.data.glue import glue_file, load_glue_split
-from top.data.hub_copy import load_hub_split
+from top.data.hub_copy import hub_name, load_hub_split
 from top.data.tasks import Task
 from top.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the datasets hub
 
@@ -84,20 +87,27 @@ def load_task_data(
     max_seq_length: int,
     splits: Sequence[str] = SPLITS,
 ) -> TaskData:
-    """GLUE's ``task`` from its folder under ``data_dir`` (else the hub copy), or the user's own files.
+    """A known ``task`` from its folder under ``data_dir`` (else the hub copy), or the user's own files.
 
     ``splits`` is ``("train", "dev")`` for training or ``("dev",)`` for scoring only; a user's
     dev set is then ``validation_file`` alone, and for training its labels are numbered by the
-    train file's label list.
+    train file's label list. A known task whose FLOPs are counted at more tokens than
+    ``max_seq_length`` (the long-document tasks at 512, under the default 256) is cut shorter
+    than the paper reads it: one warning says so.
     """
     if tuple(splits) not in (SPLITS, ("dev",)):
         raise ValueError(f"splits must be ('train', 'dev') or ('dev',), not {tuple(splits)}")
     with_train = "train" in splits
     files = "both --train-file and --validation-file" if with_train else "--validation-file"
     if task and (train_file or validation_file):
-        raise UserError(f"Give either --task (GLUE) or {files} (your own data), not both.")
+        raise UserError(f"Give either --task (a known task) or {files} (your own data), not both.")
     if task:
         data = _glue_data(as_task(task), data_dir, with_train)
+        if data.task_length > max_seq_length:
+            logger.warning(
+                "%s is read at %d tokens, but --max-seq-length %d cuts its inputs shorter; pass --max-seq-length %d "
+                "to read them as the paper does.", data.name, data.task_length, max_seq_length, data.task_length,
+            )
     elif validation_file and (train_file or not with_train):
         data = _custom_data(train_file if with_train else None, validation_file, max_seq_length)
     else:
@@ -115,7 +125,7 @@ def _glue_data(task: Task, data_dir: Optional[Union[str, Path]], with_train: boo
     else:
         train = load_hub_split(task, "train") if with_train else []
         dev = load_hub_split(task, "dev")
-        source = f"datasets:{task.hub_path}/{task.hub_config}/{task.hub_dev_split}"
+        source = hub_name(task, "dev")
     return TaskData(task, train, dev, source)
 
 

@@ -4,7 +4,7 @@ import dataclasses
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from top.data.tasks import METRIC_NAMES, TASKS, check_fields, read_toml
+from top.data.tasks import METRIC_NAMES, TASKS, canonical_task_name, check_fields, read_toml
 from top.errors import UserError
 
 PUBLISHED_FILE = Path(__file__).with_name("published.toml")
@@ -53,12 +53,20 @@ class PublishedResult:
 
 
 def load_results_table(path: Optional[Union[str, Path]] = None) -> Dict[str, PublishedResult]:
-    """Task name -> PublishedResult, in the file's order; a malformed file raises UserError."""
+    """Task name -> PublishedResult, in the file's order; a malformed file raises UserError.
+
+    A table may name its task as ``--task`` takes it ([SST-2], [yelp_f]); rows are keyed by the
+    task's name in tasks.toml.
+    """
     path = Path(path) if path is not None else PUBLISHED_FILE
     table = {}
-    for task, raw in read_toml(path).items():
-        if task not in TASKS:
-            raise UserError(f"{path}: unknown task [{task}]; use one of {', '.join(TASKS)}.")
+    for spelling, raw in read_toml(path).items():
+        try:
+            task = canonical_task_name(spelling)
+        except UserError:
+            raise UserError(f"{path}: unknown task [{spelling}]; use one of {', '.join(TASKS)}.") from None
+        if task in table:
+            raise UserError(f"{path}: [{spelling}] is {task} again; give each task one table.")
         check_fields(raw, _SCHEMA, task, path, optional=_OPTIONAL)
         if raw["metric"] not in METRIC_NAMES:
             raise UserError(f"{path}: {task}.metric {raw['metric']!r} is not one of {', '.join(METRIC_NAMES)}.")

@@ -14,22 +14,23 @@ from top.settings.fields import option
 def task(help: str = "") -> Any:
     return option(
         None, check=values.name_text, group="model and data", metavar="TASK",
-        help=help or f"a task of the paper's table: {', '.join(TASKS)} (the seed's spellings, such as CoLA, work too)",
+        help=help or f"a known task: {', '.join(TASKS)} (the seed's spellings, such as CoLA, work too)",
     )
 
 
 def data_dir() -> Any:
     return option(
         None, check=values.path_text, group="model and data", metavar="DIR",
-        help="GLUE_DIR in GLUE's own layout (without it, the hub copy through `datasets`)",
+        help="the task's files: GLUE_DIR in GLUE's own layout, or DIR/20news/train.jsonl and dev.jsonl for the "
+        "long-document tasks (without it, the hub copy through `datasets`)",
     )
 
 
 def train_file() -> Any:
     return option(
         None, check=values.path_text, group="model and data", metavar="FILE",
-        help="your own training data: a csv, tsv or json(-lines) file with a text column (text, sentence or "
-        "sentence1[, sentence2]) and a label column",
+        help="your own training data: a csv, tsv or json(-lines) file with a label column and text, read as "
+        "Hugging Face's run_glue reads it (sentence1[, sentence2], sentence, text, else the first other columns)",
     )
 
 

@@ -1,4 +1,4 @@
-"""The GLUE tasks as data: `tasks.toml` read into frozen dataclasses."""
+"""The known tasks as data (GLUE's, and the long-document ones): `tasks.toml` read into frozen dataclasses."""
 
 import dataclasses
 import sys
@@ -17,7 +17,8 @@ TASKS_FILE = Path(__file__).with_name("tasks.toml")
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """The seed README's recommended training configuration for one task."""
+    """A task's recommended training configuration: the seed README's for GLUE, ours (sources in
+    tasks.toml) for the long-document tasks."""
 
     bin_num: int
     topk: int
@@ -52,6 +53,10 @@ class Task:
     train_size: int
     dev_size: int
     preset: Optional[Preset]  # None for a user's own data (top.data.custom.custom_task)
+    benchmark: str = "glue"  # "glue" or "long-documents"; "" for a user's own data
+    file_format: str = "tsv"  # how --data-dir holds the task's files: GLUE's "tsv" or "jsonl"
+    file_labels: Tuple[str, ...] = ()  # how the label ids are spelled in those files (label_encoding "name")
+    aliases: Tuple[str, ...] = ()  # other spellings of the name that --task takes
 
     @property
     def is_regression(self) -> bool:
@@ -76,6 +81,8 @@ class Task:
 
 
 LABEL_ENCODINGS = ("index", "name", "float")
+FILE_FORMATS = ("tsv", "jsonl")
+BENCHMARKS = ("glue", "long-documents")
 # The metric names of the `datasets` glue metric; top/evaluation/metrics.py implements each.
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 
@@ -158,7 +165,12 @@ _TASK_SCHEMA = {
     "train_size": int,
     "dev_size": int,
     "preset": dict,
+    "benchmark": str,
+    "file_format": str,
+    "file_labels": list,
+    "aliases": list,
 }
+_OPTIONAL_FIELDS = ("train_columns", "hub_path", "file_format", "file_labels", "aliases")
 
 
 def _check_preset(preset: Mapping[str, Any], name: str, path: Path) -> None:
@@ -176,7 +188,7 @@ def _check_preset(preset: Mapping[str, Any], name: str, path: Path) -> None:
 
 
 def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
-    check_fields(raw, _TASK_SCHEMA, name, path, optional=("train_columns", "hub_path"))
+    check_fields(raw, _TASK_SCHEMA, name, path, optional=_OPTIONAL_FIELDS)
     check_fields(raw["preset"], _PRESET_SCHEMA, f"{name}.preset", path)
     _check_preset(raw["preset"], name, path)
     columns = _str_list(raw, "columns", name, path)
@@ -185,6 +197,13 @@ def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
     metrics = _str_list(raw, "metrics", name, path)
     if raw["label_encoding"] not in LABEL_ENCODINGS:
         raise UserError(f"{path}: {name}.label_encoding must be one of {', '.join(LABEL_ENCODINGS)}.")
+    for key, allowed in (("benchmark", BENCHMARKS), ("file_format", FILE_FORMATS)):
+        if key in raw and raw[key] not in allowed:
+            raise UserError(f"{path}: {name}.{key} must be one of {', '.join(allowed)}.")
+    file_labels = _str_list(raw, "file_labels", name, path) if "file_labels" in raw else labels
+    if len(file_labels) != len(labels):
+        raise UserError(f"{path}: {name}.file_labels has {len(file_labels)} names but labels has {len(labels)}.")
+    aliases = _str_list(raw, "aliases", name, path) if "aliases" in raw else ()
     text_b = raw["text_b"] or None
     for split_columns in (columns, train_columns):
         for key in (raw["text_a"], text_b, raw["label_column"]):
@@ -208,6 +227,8 @@ def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
         hub_text_b=raw["hub_text_b"] or None,
         hub_path=raw.get("hub_path", "glue"),
         preset=Preset(**raw["preset"]),
+        file_labels=file_labels,
+        aliases=aliases,
     )
     return Task(**fields)
 
@@ -223,20 +244,33 @@ def load_task_file(path: Optional[Path] = None) -> Tuple[Dict[str, Task], Dict[s
         raise UserError(f"{path} has no [{METRIC_LABELS_TABLE}] table; add one naming each metric.")
     labels = raw.pop(METRIC_LABELS_TABLE)
     check_fields(labels, {name: str for name in METRIC_NAMES}, METRIC_LABELS_TABLE, path)
-    return {name: _parse_task(name, table, path) for name, table in raw.items()}, dict(labels)
+    tasks = {name: _parse_task(name, table, path) for name, table in raw.items()}
+    spellings: Dict[str, str] = {}
+    for task in tasks.values():
+        for spelling in (task.name,) + task.aliases:
+            key = _spelling_key(spelling)
+            if spellings.setdefault(key, task.name) != task.name:
+                raise UserError(f"{path}: {task.name} and {spellings[key]} both answer to {spelling!r}; rename one.")
+    return tasks, dict(labels)
 
 
 def load_tasks(path: Optional[Path] = None) -> Dict[str, Task]:
     return load_task_file(path)[0]
 
 
+def _spelling_key(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+
+
 TASKS, METRIC_LABELS = load_task_file()
+_SPELLINGS = {_spelling_key(s): task.name for task in TASKS.values() for s in (task.name,) + task.aliases}
+GLUE_TASKS = tuple(name for name, task in TASKS.items() if task.benchmark == "glue")
 
 
 def canonical_task_name(name: str) -> str:
-    """'SST-2', 'SST2', 'sst2', 'STS-B' ... -> the key in TASKS; unknown -> UserError."""
-    key = name.strip().lower().replace("-", "").replace("_", "")
-    if key not in TASKS:
+    """'SST-2', 'SST2', 'sst2', 'STS-B', 'yelp_f' ... -> the key in TASKS; unknown -> UserError."""
+    key = _SPELLINGS.get(_spelling_key(name))
+    if key is None:
         raise UserError(f"Unknown task {name!r}; use one of {', '.join(TASKS)}.")
     return key
 

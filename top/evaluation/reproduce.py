@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from top.data.loading import load_task_data
 from top.data.published import PUBLISHED_FILE, load_results_table
-from top.data.tasks import canonical_task_name
+from top.data.tasks import canonical_task_name, get_task
 from top.errors import UserError
 from top.evaluation.config import ReproduceConfig
 from top.evaluation.evaluate import load_model, score, write_outputs
@@ -162,12 +162,14 @@ def _reproduce_task(row, checkpoint_dir, data_dir, device, batch_size: int, outp
         return result
     result["checkpoint_path"] = str(path)
     try:
-        eval_data = load_task_data(row.task, data_dir, max_seq_length=MAX_SEQ_LENGTH, splits=("dev",))
+        # GLUE at the original's 256; a long-document task at its own length (512).
+        length = max(MAX_SEQ_LENGTH, get_task(row.task).task_length)
+        eval_data = load_task_data(row.task, data_dir, max_seq_length=length, splits=("dev",))
         result.update(data=eval_data.source, n_examples=len(eval_data.dev))
         loaded = load_model(path, device)
         records = {}
         for mode in ("faithful", "compact"):
-            records[mode] = score(loaded, eval_data, mode, MAX_SEQ_LENGTH, batch_size, progress=progress)
+            records[mode] = score(loaded, eval_data, mode, length, batch_size, progress=progress)
             write_outputs(records[mode], output_dir / mode)
     except UserError as exc:
         result.update(status=ERROR, reason=str(exc))

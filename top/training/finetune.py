@@ -33,7 +33,7 @@ from top.storage.hub import resolve_model
 from top.storage.io import atomic_write_json
 from top.storage.model_files import load_tokenizer, read_model_config
 from top.storage.safeload import read_state_dict
-from top.training import batch_order, distributed, optimisers, run_files
+from top.training import batch_order, distributed, memory_budget, optimisers, run_files
 from top.training.checkpoints import write_dense
 from top.training.config import FinetuneConfig
 from top.training.plan import total_steps
@@ -165,6 +165,12 @@ def _finetune(config: FinetuneConfig, dist: distributed.Distributed, callback: O
         eval_steps=config.eval_steps or order.steps_per_epoch, device=device.type,
     )
 
+    warning = memory_budget.memory_warning(
+        memory_budget.training_estimate(model_config, config.batch_size, config.max_seq_length),
+        memory_budget.available_bytes(str(device)), config.batch_size, config.max_seq_length, f"--model {config.model}",
+    )
+    if warning:
+        logger.warning("%s", warning)
     model = load_model(config, data, model_dir, model_config).to(device)
     optimizer, scheduler = build_optimizer(model, config, steps)
     log = run_files.JsonLog(out / "log.jsonl", dist.is_main)

@@ -40,7 +40,7 @@ from top.settings.fields import record as config_record
 from top.storage import rundir
 from top.storage.io import atomic_write_json
 from top.storage.model_files import load_tokenizer
-from top.training import batch_order, best, distributed, run_files, teacher_cache
+from top.training import batch_order, best, distributed, memory_budget, run_files, teacher_cache
 from top.training.checkpoints import restore, save_last, write_pruned
 from top.training.config import NO_BEST_EXIT, TrainConfig  # noqa: F401 - NO_BEST_EXIT: the command's
 from top.training.plan import Plan, plan_train
@@ -91,6 +91,7 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     batch_order.apply_length_grouping(config.group_by_length, plan.order, train_set)
     student, teacher = load_models(plan, config.attention)
     gates = TokenGates(list(plan.locations), config.bin_num, layer_init=config.layer_gate_init).to(plan.device)
+    warn_if_memory_short(config, plan)
     cache = prepare_teacher_cache(config, plan, teacher, train_set, dist)
     step_fn = ToPStep(student, None if cache else teacher, gates,
                       build_optimizers(student, gates, config, plan.total_steps, pruning=False), config, plan.step,
@@ -190,6 +191,23 @@ def load_models(plan: Plan, attention: str = "eager"):
     student.to(plan.device)
     teacher.to(plan.device).eval()
     return student, teacher
+
+
+def warn_if_memory_short(config: TrainConfig, plan: Plan) -> None:
+    """One sentence before the run starts when a step at this batch and length will not fit the memory free here
+    (the teacher counts only when it runs every step; with sdpa on a GPU only the ranking layers materialise
+    their attention)."""
+    materialised = None
+    if plan.device.type == "cuda" and config.attention == "sdpa":
+        materialised = len(set(plan.locations) | set(plan.step.rank_layers))
+    estimate = memory_budget.training_estimate(
+        plan.student_config, config.batch_size, config.max_seq_length,
+        teacher_config=None if config.teacher_cache else plan.teacher_config, materialised_layers=materialised,
+    )
+    warning = memory_budget.memory_warning(estimate, memory_budget.available_bytes(str(plan.device)),
+                                           config.batch_size, config.max_seq_length, f"--model {config.model}")
+    if warning:
+        logger.warning("%s", warning)
 
 
 def prepare_teacher_cache(config: TrainConfig, plan: Plan, teacher, train_set: Dict[str, torch.Tensor],

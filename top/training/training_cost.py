@@ -1,4 +1,4 @@
-"""What each GLUE preset of ``top train`` costs: the measured step time, and FLOPs-scaled estimates.
+"""What each task preset of ``top train`` costs: the measured step time, and FLOPs-scaled estimates.
 
 ``training_cost.toml`` holds what was measured (one ``top train`` step of a small model on one
 CPU); everything else here is arithmetic on ``top.method.flops`` and ``tasks.toml``, an estimate.
@@ -170,9 +170,15 @@ def step_flops(model: ModelShape, batch_size: int, length: int, teacher_cache: b
     return batch_size * passes * forward_flops(model, length)
 
 
+def evaluation_length(task: Task) -> int:
+    """What faithful evaluation pads a dev example to: ``--max-seq-length``, the default or, where the
+    task is read at more tokens (the long-document tasks' 512), that length."""
+    return max(MAX_SEQ_LENGTH, task.task_length)
+
+
 def evaluation_flops(model: ModelShape, task: Task) -> int:
-    """FLOPs of the run's dev evaluations: faithful mode pads every example to ``MAX_SEQ_LENGTH``."""
-    return evaluations(training_steps(task)) * task.dev_size * forward_flops(model, MAX_SEQ_LENGTH)
+    """FLOPs of the run's dev evaluations: faithful mode pads every example to :func:`evaluation_length`."""
+    return evaluations(training_steps(task)) * task.dev_size * forward_flops(model, evaluation_length(task))
 
 
 def training_flops(model: ModelShape, task: Task, teacher_cache: bool) -> int:
