@@ -6,11 +6,15 @@ from typing import List
 
 from top.data.files import Example, TaskLike, as_task
 from top.data.glue import PREPARE_HINT
-from top.errors import UserError, install_hint
+from top.errors import UserError, error_detail, install_hint
+from top.storage.hub import quiet_network_logs
 
 
-def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
-    """The same split from the `datasets` hub copy of GLUE (downloaded once, then cached)."""
+def load_hub_split(task: TaskLike, split: str = "dev", otherwise: str = PREPARE_HINT) -> List[Example]:
+    """The same split from the `datasets` hub copy of GLUE (downloaded once, then cached).
+
+    ``otherwise`` is the way round a failure that a message offers (by default: GLUE's own files with
+    ``--data-dir``, or ``scripts/prepare_glue.py``, which itself passes another)."""
     task = as_task(task)
     hub_split = {"dev": task.hub_dev_split, "train": "train"}.get(split)
     if hub_split is None:
@@ -20,14 +24,15 @@ def load_hub_split(task: TaskLike, split: str = "dev") -> List[Example]:
     except ImportError:
         raise UserError(
             f"The `datasets` package is not installed, so {task.name} cannot come from the hub; "
-            f"{install_hint('data')} or {PREPARE_HINT}."
+            f"{install_hint('data')} or {otherwise}."
         ) from None
     try:
-        rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+        with quiet_network_logs():
+            rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
     except Exception as exc:  # offline, not cached, hub down: all mean "provide the files yourself"
         raise UserError(
-            f"Could not load {task.hub_path}/{task.hub_config} ({type(exc).__name__}: {exc}); "
-            f"connect once to cache it, or {PREPARE_HINT}."
+            f"Could not load {task.hub_path}/{task.hub_config} ({error_detail(exc)}); "
+            f"connect once to cache it, or {otherwise}."
         ) from None
     examples = []
     for row in rows:
