@@ -11,7 +11,7 @@ import pytest
 
 from top.data.published import PUBLISHED_FILE, load_results_table
 from top.data.tasks import TASKS
-from top.training.training_cost import COST_FILE, cpu_seconds, load_training_cost, training_steps
+from top.training.training_cost import COST_FILE, cpu_seconds, gpu_seconds, load_training_cost, training_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "readme_table.py"
@@ -162,11 +162,27 @@ def test_the_cost_rows_come_from_tasks_toml_and_the_measurement(readme_table):
         assert int(row[4]) == task.task_length
         hours = cpu_seconds(cost.measurement.model, task, cost.measurement) / 3600
         assert float(row[7].replace(",", "")) == pytest.approx(hours, rel=0.06)  # two figures
+        gpu_hours = gpu_seconds(cost.paper_model, task, cost.gpu) / 3600
+        assert float(row[9].replace(",", "")) == pytest.approx(gpu_hours, rel=0.06)
     cola = dict(zip((row[0] for row in rows), rows))["CoLA"]
     assert cola[3] == "26,800"  # 268 steps an epoch x 100 epochs
     m = cost.measurement
     assert f"takes {m.train_step_seconds:g} s" in block and m.cpu in block and m.command in block
     assert "estimate" in block and "no GPU was available" in block
+    assert f"assumes one {cost.gpu.gpu} sustaining {cost.gpu.sustained_tflops:g} TFLOP/s" in block
+    assert "assumed rate (est. GPU-hours)" in block
+
+
+def test_the_gpu_column_follows_the_assumed_rate_only(readme_table, tmp_path):
+    text = COST_FILE.read_text(encoding="utf-8")
+    rate = load_training_cost().gpu.sustained_tflops
+    changed = tmp_path / "cost.toml"
+    changed.write_text(re.sub(r"(?m)^sustained_tflops = .*$", f"sustained_tflops = {2 * rate}", text, count=1))
+    before = cost_rows(readme_table.render_cost_block(load_training_cost(), TASKS))
+    after = cost_rows(readme_table.render_cost_block(load_training_cost(changed), TASKS))
+    for old, new in zip(before, after):
+        assert old[:9] == new[:9]
+        assert float(new[9].replace(",", "")) == pytest.approx(float(old[9].replace(",", "")) / 2, rel=0.1)
 
 
 def test_a_changed_measurement_changes_the_cpu_columns_only(readme_table, tmp_path):
