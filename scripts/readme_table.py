@@ -30,6 +30,7 @@ from top.training.training_cost import (  # noqa: E402
     TrainingCost,
     cpu_seconds,
     evaluation_flops,
+    gpu_seconds,
     load_training_cost,
     training_flops,
     training_steps,
@@ -109,7 +110,8 @@ def _cost_row(task: Task, cost: TrainingCost) -> str:
         f"| {task.task_length} | {_rounded(cached)} / {_rounded(per_step)} "
         f"| {_rounded(evaluation_flops(paper, task) / PETA)} "
         f"| {_rounded(cpu_seconds(m.model, task, m) / 3600)} "
-        f"| {_rounded(cpu_seconds(paper, task, m) / 86400)} |"
+        f"| {_rounded(cpu_seconds(paper, task, m) / 86400)} "
+        f"| {_rounded(gpu_seconds(paper, task, cost.gpu) / 3600)} |"
     )
 
 
@@ -131,8 +133,9 @@ def render_cost_block(
         "",
         f"| Task | Train examples | Epochs | Steps (batch {BATCH_SIZE}) | Length "
         f"| {paper.name} PFLOPs: teacher cached / every step | of which dev evaluation "
-        f"| {m.model.name} on the CPU measured (est. hours) | {paper.name} on the CPU measured (est. days) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {m.model.name} on the CPU measured (est. hours) | {paper.name} on the CPU measured (est. days) "
+        f"| {paper.name} on one {cost.gpu.gpu}, assumed rate (est. GPU-hours) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(_cost_row(task, cost) for task in presets),
     ]
     shape = m.model
@@ -151,9 +154,10 @@ def render_cost_block(
         "passes; the teacher's forward pass once per training example with the cache, once per "
         f"example and step without; a dev evaluation every {EVAL_STEPS} steps and after the last, "
         f"each padded to {MAX_SEQ_LENGTH} tokens as faithful mode does (`top train`'s defaults; the tasks read "
-        f"at more tokens, to their length). "
-        f"The CPU columns keep the teacher as measured ({teacher}). For a GPU, divide the PFLOPs by "
-        "the GPU's sustained training throughput in PFLOP/s to get seconds; no GPU was available to measure one."
+        "at more tokens, to their length). "
+        f"The CPU columns keep the teacher as measured ({teacher}). The GPU column measures nothing: no GPU "
+        f"was available to measure one, so it assumes one {cost.gpu.gpu} sustaining {cost.gpu.sustained_tflops:g} "
+        f"TFLOP/s ({cost.gpu.basis}), teacher cached; for another GPU, divide the PFLOPs by its sustained rate."
         + _evaluation_note(evaluation_heavy),
         COST_END,
     ]

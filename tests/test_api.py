@@ -7,6 +7,7 @@ Done when, on a checkpoint in the layout the authors' code wrote: ``from_pretrai
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import subprocess
@@ -18,7 +19,7 @@ import torch
 from builders import original_checkpoint, tiny_checkpoint, write_custom_csv
 
 import top
-from top.cli import COMMANDS, main
+from top.cli import COMMANDS, build_parser, main
 from top.errors import UserError
 
 
@@ -208,6 +209,17 @@ def test_every_command_help_runs(command, capsys):
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: top {command}") and "Traceback" not in text
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_has_help_text(command):
+    parser = build_parser([command])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [a for a in sub._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    assert flags, command
+    for action in flags:
+        shown = action.help != argparse.SUPPRESS
+        assert action.help and (not shown or len(action.help.strip()) >= 8), (command, action.option_strings)
 
 
 def test_a_mistyped_command_or_flag_gets_did_you_mean(capsys):

@@ -252,6 +252,14 @@ def test_compose_is_written_once_with_shared_volumes_and_offline_switch():
         assert service["environment"]["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE:-0}", name
 
 
+def test_compose_builds_the_image_for_todays_gpus_by_default():
+    """`current` is the one image that runs on A100 and H100 (`exact` stops at Turing, `ampere` at sm_86)."""
+    base = compose()["x-top-base"]
+    assert base["image"] == "top:${TOP_IMAGE_TARGET:-current}"
+    assert base["build"]["target"] == "${TOP_IMAGE_TARGET:-current}"
+    assert "current (default" in COMPOSE.read_text(encoding="utf-8")
+
+
 # -- the entrypoint, run with a stub python ------------------------------------------------
 
 
@@ -586,6 +594,15 @@ def test_eval_task_uses_the_given_checkpoint(stub):
     result, calls = stub("eval-task", "stsb", CHECKPOINT=str(checkpoint))
     assert result.returncode == 0, result.stderr
     assert calls == [f"-m top eval --task stsb --checkpoint {checkpoint} --output-dir outputs/eval-stsb"]
+
+
+def test_eval_task_evaluates_the_model_train_task_just_wrote(stub):
+    """The documented `CHECKPOINT=outputs/cola/best docker compose run --rm eval-cola`: a path in the container's
+    working directory, where train-cola wrote."""
+    (stub.work / "outputs" / "cola" / "best").mkdir(parents=True)
+    result, calls = stub("eval-task", "cola", CHECKPOINT="outputs/cola/best")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["-m top eval --task cola --checkpoint outputs/cola/best --output-dir outputs/eval-cola"]
 
 
 def test_eval_task_without_any_checkpoint_says_how_to_get_one(stub):

@@ -1,6 +1,7 @@
 """``top eval`` end to end on checkpoints in the published layout that the tests build."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -74,6 +75,54 @@ def test_dense_checkpoint_has_no_reduction_unpadded(tmp_path):
     assert record["task"] == "custom" and set(record["metrics"]) == {"accuracy"}
     assert record["flops_reduction_unpadded"] == pytest.approx(1.0)
     assert record["exact_flops_reduction_unpadded"] == pytest.approx(1.0)
+
+
+def headline(capsys):
+    """The line `top eval` prints about the run (the one before "wrote ...")."""
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("wrote "), lines
+    return lines[0]
+
+
+def reductions(line):
+    return [float(x) for x in re.findall(r"(\d+(?:\.\d+)?)x", line)]
+
+
+@pytest.mark.parametrize("data", ["custom", "cola"])
+def test_a_dense_checkpoint_claims_no_reduction_above_one(tmp_path, capsys, data):
+    checkpoint = tiny_checkpoint(tmp_path / "dense", pruned=False)
+    source = (["--validation-file", str(write_custom_csv(tmp_path / "dev.csv", n=12))] if data == "custom"
+              else ["--task", "cola", "--data-dir", str(write_cola_dev(tmp_path / "glue", n=12).parent.parent)])
+    assert main(["eval", "--checkpoint", str(checkpoint), *source, "--max-seq-length", "64",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 0
+    line = headline(capsys)
+    record = json.loads((tmp_path / "out" / f"{'custom' if data == 'custom' else 'cola'}.json").read_text())
+    assert record["flops_reduction"] > 1.5  # short inputs against the padded length: the figure kept out of the line
+    assert "no pruning" in line and reductions(line) == [1.0]
+
+
+def test_a_pruned_checkpoint_on_your_own_data_prints_the_unpadded_reduction(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "pruned", layers=4, bin_num=10, keep_bins=5)
+    data = write_custom_csv(tmp_path / "dev.csv", n=12)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--validation-file", str(data), "--max-seq-length", "64",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 0
+    line = headline(capsys)
+    record = json.loads((tmp_path / "out" / "custom.json").read_text())
+    assert record["flops_reduction"] > 2 * record["flops_reduction_unpadded"] > 2  # padding would inflate it
+    assert "at the same inputs" in line
+    assert reductions(line) == [pytest.approx(record["flops_reduction_unpadded"], abs=0.005)]
+
+
+def test_a_pruned_checkpoint_on_a_paper_task_prints_the_papers_figure_and_the_unpadded_one(cola_setup, capsys):
+    root, checkpoint = cola_setup
+    assert main(["eval", "--task", "cola", "--checkpoint", str(checkpoint), "--data-dir", str(root / "glue"),
+                 "--max-seq-length", "64", "--output-dir", str(root / "headline"), "--no-progress",
+                 "--device", "cpu"]) == 0
+    line = headline(capsys)
+    record = json.loads((root / "headline" / "cola.json").read_text())
+    assert "against dense at the task length" in line
+    assert reductions(line) == [pytest.approx(record["flops_reduction"], abs=0.005),
+                                pytest.approx(record["flops_reduction_unpadded"], abs=0.005)]
 
 
 def run_cli(*args):

@@ -7,7 +7,7 @@ Ray listens on every interface whatever `--node-ip-address` says (tests/test_ray
 The cluster is two nodes of 1 CPU each, started with `ray start --head` and `ray start --address`,
 each in its own process session, and stopped by pid at the end. The grid is four points of a tiny
 model on a tiny custom task, so two runs go at once. `nox -s tests-ray` runs this file (Ray is the
-optional extra `top[ray]`); without Ray it is skipped.
+optional extra `ray`: `pip install -e '.[ray]'`); without Ray it is skipped.
 """
 
 import contextlib

@@ -11,7 +11,7 @@ import pytest
 
 from top.data.published import PUBLISHED_FILE, load_results_table
 from top.data.tasks import TASKS
-from top.training.training_cost import COST_FILE, cpu_seconds, load_training_cost, training_steps
+from top.training.training_cost import COST_FILE, cpu_seconds, gpu_seconds, load_training_cost, training_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "readme_table.py"
@@ -133,7 +133,7 @@ def test_the_repository_readme_is_in_sync(readme_table):
     assert block in text, "README.md has drifted; run `python scripts/readme_table.py --write`"
     cost = readme_table.render_cost_block(load_training_cost(), TASKS)
     assert cost in text, "README.md has drifted; run `python scripts/readme_table.py --write`"
-    assert text.index(cost) > text.index("### How long each preset takes") > text.index("## Reproducing the paper")
+    assert text.index(cost) > text.index("### How long each preset takes") > text.index("## Reproduce the paper")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,11 +162,27 @@ def test_the_cost_rows_come_from_tasks_toml_and_the_measurement(readme_table):
         assert int(row[4]) == task.task_length
         hours = cpu_seconds(cost.measurement.model, task, cost.measurement) / 3600
         assert float(row[7].replace(",", "")) == pytest.approx(hours, rel=0.06)  # two figures
+        gpu_hours = gpu_seconds(cost.paper_model, task, cost.gpu) / 3600
+        assert float(row[9].replace(",", "")) == pytest.approx(gpu_hours, rel=0.06)
     cola = dict(zip((row[0] for row in rows), rows))["CoLA"]
     assert cola[3] == "26,800"  # 268 steps an epoch x 100 epochs
     m = cost.measurement
     assert f"takes {m.train_step_seconds:g} s" in block and m.cpu in block and m.command in block
     assert "estimate" in block and "no GPU was available" in block
+    assert f"assumes one {cost.gpu.gpu} sustaining {cost.gpu.sustained_tflops:g} TFLOP/s" in block
+    assert "assumed rate (est. GPU-hours)" in block
+
+
+def test_the_gpu_column_follows_the_assumed_rate_only(readme_table, tmp_path):
+    text = COST_FILE.read_text(encoding="utf-8")
+    rate = load_training_cost().gpu.sustained_tflops
+    changed = tmp_path / "cost.toml"
+    changed.write_text(re.sub(r"(?m)^sustained_tflops = .*$", f"sustained_tflops = {2 * rate}", text, count=1))
+    before = cost_rows(readme_table.render_cost_block(load_training_cost(), TASKS))
+    after = cost_rows(readme_table.render_cost_block(load_training_cost(changed), TASKS))
+    for old, new in zip(before, after):
+        assert old[:9] == new[:9]
+        assert float(new[9].replace(",", "")) == pytest.approx(float(old[9].replace(",", "")) / 2, rel=0.1)
 
 
 def test_a_changed_measurement_changes_the_cpu_columns_only(readme_table, tmp_path):
@@ -215,3 +231,51 @@ def test_cost_drift_is_caught_and_a_bad_cost_file_is_one_sentence(readme_table, 
     assert readme_table.main(["--check", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "measurement.train_step_seconds must be of type float" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# The README as a guide, and the links between the documents
+
+
+GUIDE = ["## Install", "## Quick start", "## Reproduce the paper", "## Prune your own model", "## Deploy", "## Docker"]
+
+
+def test_the_readme_is_a_short_guide_in_the_order_a_newcomer_needs():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [h for h in headings if any(h.startswith(g) for g in GUIDE)] == [
+        next(h for h in headings if h.startswith(g)) for g in GUIDE
+    ]
+    assert headings[0] == "## Install"
+    install = text[text.index("## Install"):text.index("## Quick start")]
+    assert "pip install -e '.[onnx]'" in install and "nox -s demo" in text and "nox -s tests" in text
+    assert "TOP_IMAGE_TARGET" in text and "CHECKPOINT=outputs/cola/best docker compose run --rm eval-cola" in text
+    assert "docs/API.md" in text and "import top" in text
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lstrip("#").strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path):
+    return {slug(line) for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+
+
+def test_every_link_between_the_documents_resolves():
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for document in documents:
+        text = re.sub(r"```.*?```", "", document.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (document.parent / file_part).resolve() if file_part else document
+            if not linked.exists():
+                broken.append(f"{document.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{document.name}: {target} (no such heading)")
+    assert not broken, broken

@@ -323,6 +323,14 @@ def test_missing_checkpoint_message_is_one_sentence_naming_task_and_both_ways():
     assert "HF_HUB_OFFLINE" in message and "Hugging Face cache" in message
 
 
+def test_missing_checkpoint_message_says_unset_hf_hub_offline_only_when_it_is_set(monkeypatch):
+    repo = "senfu/bert-base-uncased-top-pruned-mrpc"
+    assert "unset HF_HUB_OFFLINE" in hub.missing_message(repo, "mrpc")  # the autouse fixture sets it
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    online = hub.missing_message(repo, "mrpc")
+    assert "HF_HUB_OFFLINE" not in online and "network access" in online and "--checkpoint-dir DIR" in online
+
+
 def test_offline_without_copy_is_a_clear_error_without_network(tmp_path, no_network):
     with pytest.raises(UserError) as info:
         hub.resolve_checkpoint("senfu/bert-base-uncased-top-pruned-cola", tmp_path / "empty", task="cola")

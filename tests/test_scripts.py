@@ -455,3 +455,24 @@ def test_prepare_glue_reports_an_unknown_task(tmp_path, capsys):
     prepare = _load_script("prepare_glue")
     assert prepare.main(["--output-dir", str(tmp_path), "--tasks", "wnli"]) == 2
     assert "wnli" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", ["no datasets", "hub unreachable"])
+def test_prepare_glue_does_not_tell_the_user_to_run_itself(tmp_path, monkeypatch, capsys, failure):
+    if failure == "no datasets":
+        monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    else:
+        datasets = types.ModuleType("datasets")
+
+        def unreachable(*args, **kwargs):
+            raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)")
+
+        datasets.load_dataset = unreachable
+        monkeypatch.setitem(sys.modules, "datasets", datasets)
+    prepare = _load_script("prepare_glue")
+    assert prepare.main(["--output-dir", str(tmp_path / "glue"), "--tasks", "cola", "--splits", "dev"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "prepare_glue" not in err and "by hand" in err
+    if failure == "no datasets":
+        assert "pip install -e '.[data]'" in err

@@ -106,6 +106,19 @@ def test_the_file_reads_into_its_types():
     assert isinstance(m.train_step_seconds, float) and m.train_step_seconds > 0
     assert isinstance(m.teacher_cache, bool)
     assert cost.paper_model == dataclasses.replace(BERT_BASE, name=cost.paper_model.name)
+    assert isinstance(cost.gpu.sustained_tflops, float) and cost.gpu.sustained_tflops > 0
+    assert cost.gpu.gpu and cost.gpu.basis
+
+
+def test_gpu_time_is_the_flops_at_the_assumed_rate():
+    cola = TASKS["cola"]
+    gpu = training_cost.GpuAssumption("some GPU", sustained_tflops=10.0, basis="a guess")
+    flops = training_cost.training_flops(BERT_BASE, cola, teacher_cache=True)
+    assert training_cost.gpu_seconds(BERT_BASE, cola, gpu) == pytest.approx(flops / 10e12)
+    faster = dataclasses.replace(gpu, sustained_tflops=20.0)
+    assert training_cost.gpu_seconds(BERT_BASE, cola, faster) == pytest.approx(flops / 20e12)
+    # CoLA's preset on BERT-base is about 41 PFLOPs with the teacher cached: about 1.1 hours at 10 TFLOP/s.
+    assert training_cost.gpu_seconds(BERT_BASE, cola, gpu) / 3600 == pytest.approx(1.14, rel=0.05)
 
 
 BAD_FILES = [
@@ -118,6 +131,9 @@ BAD_FILES = [
     ("\n[paper_model]\n", "\n[paper]\n", "unknown table [paper]"),
     ("length = 64\n", "", "measurement is missing the field 'length'"),
     ("[measurement]\n", "[measurement\n", "is not valid TOML"),
+    ("sustained_tflops = ", "sustained_tflops = 0.0  #", "gpu_assumption.sustained_tflops is 0.0; make it"),
+    ("sustained_tflops = ", "sustained_tflops = \"fast\"  #", "gpu_assumption.sustained_tflops must be of type"),
+    ("\n[gpu_assumption]\n", "\n[gpu]\n", "unknown table [gpu]"),
 ]
 
 

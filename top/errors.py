@@ -30,10 +30,24 @@ def brief(value) -> str:
         return f"an object of type {type(value).__name__}"
 
 
-def error_detail(error: BaseException) -> str:
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "…" where it was cut, so a
+    message quoting a library's long error never ends mid-word."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 1)]
+    if not text[len(cut)].isspace():  # the cut falls inside a word: drop that word's start
+        space = cut.rfind(" ")
+        if space > 0:
+            cut = cut[:space]
+    return cut.rstrip(" ,;:.(") + "…"
+
+
+def error_detail(error: BaseException, limit: int = 200) -> str:
     """The line of an exception's message that says what went wrong, without a library's boilerplate."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {clip(lines[0], limit)}" if lines else type(error).__name__
 
 
 # This project's distribution (PyPI's `top` is an unrelated package), installed from a clone.

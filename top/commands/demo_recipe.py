@@ -33,7 +33,7 @@ RECIPE = {
     "prune_batch_size": 16,
     # 3.5 epochs at twice the fine-tune's rate: 250 warm-up steps, then 625 to recover at the target.
     # On the 3,000 dev sentences that left the pruned model 0.4 points under the teacher, where 2.5
-    # epochs left it 0.7-1.8 under and the earlier 5e-5 recipe 1.3 (the README's table of runs).
+    # epochs left it 0.7-1.8 under and the earlier 5e-5 recipe 1.3 (docs/BENCHMARKS.md's table of runs).
     "epochs": 3.5,
     "warmup_epochs": 1.0,
     "learning_rate": 1e-4,

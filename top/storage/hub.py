@@ -7,12 +7,14 @@ The environment is read at call time (not at import time, as ``huggingface_hub``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from top.errors import UserError
+from top.errors import UserError, error_detail
 from top.storage.io import atomic_directory, is_local_write_failure
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -20,6 +22,34 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Training leftovers and other frameworks' weights: never needed to evaluate a checkpoint.
 IGNORE_PATTERNS = ["optimizer.pt", "scheduler.pt", "rng_state*.pth", "*.msgpack", "*.h5", "*.ot", "*.onnx"]
 _TRUE = {"1", "on", "yes", "true"}
+
+
+# The libraries under a download, whose own warnings (a line per retry of a refused connection,
+# `MaxRetryError(...)` reprs) would come before the one sentence a failure ends in.
+NETWORK_LOGGERS = ("urllib3", "requests", "huggingface_hub", "datasets", "fsspec", "httpx", "httpcore", "filelock")
+
+
+@contextlib.contextmanager
+def quiet_network_logs() -> Iterator[None]:
+    """Silence the HTTP and hub libraries' loggers and warnings for the call, and restore them after.
+
+    A failure still becomes the caller's one sentence (with the library's reason in it); ``top -v``
+    (DEBUG) keeps everything.
+    """
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in NETWORK_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="(huggingface_hub|urllib3|requests|datasets|fsspec)")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def repo_name(repo_id: str) -> str:
@@ -46,9 +76,10 @@ def hub_cache_dir() -> Path:
 def missing_message(repo_id: str, task: Optional[str] = None) -> str:
     """One sentence: which checkpoint is missing and the two ways to provide it."""
     what = f"the {task} checkpoint {repo_id}" if task else f"the checkpoint {repo_id}"
+    online = "go online (unset HF_HUB_OFFLINE)" if is_offline() else "run once with network access"
     return (
         f"No copy of {what} was found; put it in DIR/{repo_name(repo_id)} and pass --checkpoint-dir DIR, "
-        f"or go online (unset HF_HUB_OFFLINE) once so it downloads into the Hugging Face cache."
+        f"or {online} so it downloads into the Hugging Face cache."
     )
 
 
@@ -114,7 +145,7 @@ def _download_to_cache(repo_id: str, progress: bool, task: Optional[str]) -> Pat
     from huggingface_hub import snapshot_download
 
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), quiet_network_logs():
             path = snapshot_download(repo_id, cache_dir=str(hub_cache_dir()), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001 - no network, unknown repo, hub down: the same advice
         if is_local_write_failure(exc):
@@ -155,7 +186,7 @@ def download_checkpoint(repo_id: str, output_dir: PathLike, progress: bool = Tru
 
     target.mkdir(parents=True, exist_ok=True)
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), quiet_network_logs():
             snapshot_download(repo_id, local_dir=str(target), ignore_patterns=IGNORE_PATTERNS)
     except Exception as exc:  # noqa: BLE001
         if is_local_write_failure(exc):
@@ -167,8 +198,7 @@ def download_checkpoint(repo_id: str, output_dir: PathLike, progress: bool = Tru
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+    return error_detail(exc, limit=160)
 
 
 @contextlib.contextmanager
@@ -218,13 +248,14 @@ def resolve_model(name_or_path: str, flag: str) -> Path:
     offline = is_offline()
     path: Optional[Path] = None
     try:
-        for weights in MODEL_WEIGHTS:
-            path = Path(snapshot_download(
-                name_or_path, cache_dir=str(hub_cache_dir()), allow_patterns=MODEL_FILES + [weights],
-                local_files_only=offline,
-            ))
-            if (path / weights).is_file():
-                break
+        with quiet_network_logs():
+            for weights in MODEL_WEIGHTS:
+                path = Path(snapshot_download(
+                    name_or_path, cache_dir=str(hub_cache_dir()), allow_patterns=MODEL_FILES + [weights],
+                    local_files_only=offline,
+                ))
+                if (path / weights).is_file():
+                    break
     except Exception as exc:  # noqa: BLE001 - offline and not cached, unknown id, no network
         where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face hub"
         raise UserError(

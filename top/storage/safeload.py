@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from top.errors import UserError, brief, error_detail
+from top.errors import UserError, brief, clip, error_detail
 from top.storage.manifest import verify_manifest
 
 PathLike = Union[str, Path]
@@ -361,7 +361,7 @@ def _read_zip(file: Path, handle: Any, allow_gate_module: bool) -> Any:
 
             def persistent_load(self, pid: Any) -> Any:
                 if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-                    raise _ArchiveError(f"unknown persistent id {str(pid)[:60]}")
+                    raise _ArchiveError(f"unknown persistent id {clip(str(pid), 60)}")
                 storage_type, key = pid[1], pid[2]
                 if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not key.isdigit():
                     raise _ArchiveError("a malformed storage reference")
@@ -586,7 +586,7 @@ def unflatten_tree(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
     def decode(node: Any) -> Any:
         if not isinstance(node, dict) or len(node) not in (1, 3):
-            raise ValueError(f"malformed node {str(node)[:60]}")
+            raise ValueError(f"malformed node {clip(str(node), 60)}")
         kind = next(iter(node))
         body = node[kind]
         if kind == "tensor":

@@ -22,7 +22,7 @@ import torch
 from top.data import batching, sources
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData
-from top.errors import UserError
+from top.errors import UserError, error_detail
 from top.evaluation import scoring
 from top.evaluation.dev import dev_record, score_text
 from top.runtime import determinism
@@ -94,7 +94,7 @@ def load_model(config: FinetuneConfig, data: TaskData, directory: Path, model_co
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise UserError(
             f"--model {config.model} cannot be loaded as a {data.num_labels}-label classifier "
-            f"({str(error).splitlines()[0][:200]}); give a pre-trained encoder."
+            f"({error_detail(error)}); give a pre-trained encoder."
         ) from None
     model.config.name_or_path = str(config.model)
     return model

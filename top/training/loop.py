@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from top.data import batching
-from top.errors import UserError
+from top.errors import UserError, error_detail
 from top.evaluation import scoring
 from top.evaluation.dev import dev_record, score_text
 from top.method import flops
@@ -184,7 +184,7 @@ def load_models(plan: Plan, attention: str = "eager"):
                                                 attention=attention, config=plan.teacher_config)
     except (OSError, RuntimeError, ValueError) as error:
         raise UserError(
-            f"The student or teacher weights cannot be loaded ({str(error).splitlines()[0][:200]}); "
+            f"The student or teacher weights cannot be loaded ({error_detail(error)}); "
             "give fine-tuned model directories."
         ) from None
     student.config.finetuning_task = plan.data.name

@@ -1,7 +1,8 @@
 """What each task preset of ``top train`` costs: the measured step time, and FLOPs-scaled estimates.
 
 ``training_cost.toml`` holds what was measured (one ``top train`` step of a small model on one
-CPU); everything else here is arithmetic on ``top.method.flops`` and ``tasks.toml``, an estimate.
+CPU) and the GPU rate that the GPU-hour estimates assume (no GPU was measured); everything else here
+is arithmetic on ``top.method.flops`` and ``tasks.toml``, an estimate.
 FLOPs are 2 x MACs, counted as ``top.method.flops`` counts them (no embeddings, biases or norms), for the
 dense model: pruned tokens are still computed in ``top train``'s faithful forward pass.
 """
@@ -70,9 +71,19 @@ class Measurement:
 
 
 @dataclasses.dataclass(frozen=True)
+class GpuAssumption:
+    """Not a measurement: the sustained rate a GPU is assumed to train at, for the GPU-hour estimates."""
+
+    gpu: str
+    sustained_tflops: float  # TFLOP/s of the FLOPs this module counts
+    basis: str  # why that figure
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingCost:
     measurement: Measurement
     paper_model: ModelShape  # the model the paper trains (BERT-base), estimated from the measurement
+    gpu: GpuAssumption
 
 
 _MODEL_SCHEMA = {"name": str, "layers": int, "hidden": int, "heads": int, "intermediate": int}
@@ -90,7 +101,8 @@ _MEASUREMENT_SCHEMA = {
     "command": str,
     "note": str,
 }
-_TABLES = ("measurement", "paper_model")
+_GPU_SCHEMA = {"gpu": str, "sustained_tflops": float, "basis": str}
+_TABLES = ("measurement", "paper_model", "gpu_assumption")
 
 
 def _positive(raw: Mapping[str, Any], keys, where: str, path: Path) -> None:
@@ -115,7 +127,7 @@ def load_training_cost(path: Optional[Union[str, Path]] = None) -> TrainingCost:
     raw = read_toml(path)
     for key in raw:
         if key not in _TABLES:
-            raise UserError(f"{path}: unknown table [{key}]; use only [measurement] and [paper_model].")
+            raise UserError(f"{path}: unknown table [{key}]; use only {', '.join(f'[{t}]' for t in _TABLES)}.")
     for key in _TABLES:
         if key not in raw:
             raise UserError(f"{path} has no [{key}] table; add it.")
@@ -141,7 +153,11 @@ def load_training_cost(path: Optional[Union[str, Path]] = None) -> TrainingCost:
         command=measured["command"],
         note=measured.get("note", ""),
     )
-    return TrainingCost(measurement, _model(raw["paper_model"], "paper_model", path))
+    check_fields(raw["gpu_assumption"], _GPU_SCHEMA, "gpu_assumption", path)
+    _positive(raw["gpu_assumption"], ("sustained_tflops",), "gpu_assumption", path)
+    assumed = raw["gpu_assumption"]
+    gpu = GpuAssumption(assumed["gpu"], float(assumed["sustained_tflops"]), assumed["basis"])
+    return TrainingCost(measurement, _model(raw["paper_model"], "paper_model", path), gpu)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,3 +219,9 @@ def seconds_per_flop(measurement: Measurement) -> float:
 def cpu_seconds(model: ModelShape, task: Task, measurement: Measurement) -> float:
     """Estimated seconds of a preset run of ``model`` on the measured CPU, teacher cache as measured."""
     return training_flops(model, task, measurement.teacher_cache) * seconds_per_flop(measurement)
+
+
+def gpu_seconds(model: ModelShape, task: Task, gpu: GpuAssumption) -> float:
+    """Estimated seconds of a preset run of ``model`` on one GPU at its assumed sustained rate, teacher cached
+    (``top train``'s default)."""
+    return training_flops(model, task, teacher_cache=True) / (gpu.sustained_tflops * 1e12)
