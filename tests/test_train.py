@@ -116,7 +116,7 @@ def test_reaches_target_sparsity_and_outputs_evaluate(tiny, overshoot_run, tmp_p
     best = summary["best"]
     assert best["score"] is not None, "no evaluation reached the target sparsity"
     assert best["expected_sparsity"] >= 0.3 - 0.01
-    assert best["flops_reduction"] > 1.0
+    assert best["flops_reduction"] > 1.0 and 1.0 < best["flops_reduction_same_inputs"] < best["flops_reduction"]
 
     log = read_log(out)
     steps = [r for r in log if "eval" not in r]
@@ -563,7 +563,7 @@ def test_best_rule_keeps_the_best_score_among_evaluations_that_reached_the_targe
     best = apply_best_rule(better, best, target=0.5, epsilon=0.01)
     assert better["is_best"] and best == {
         "score": 0.8, "step": 10, "expected_sparsity": 0.55, "expected_sequence_sparsity": 0.275,
-        "flops_reduction": 1.5,
+        "flops_reduction": 1.5, "flops_reduction_same_inputs": None,
     }
 
 

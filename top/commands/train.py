@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
             "--reg-learning-rate, shorten --warmup-epochs or use --sparsity-control adaptive.",
         )
         return NO_BEST_EXIT
-    print(
-        f"best {summary['metric']} {best['score']:.4f} at step {best['step']}: expected sparsity "
-        f"{best['expected_sparsity']:.4f}, FLOPs reduction {best['flops_reduction']:.2f}x -> {result.best_dir}"
-    )
+    if result.config.task is None:  # your own data has no task length: the reduction at the same inputs
+        reduction = f"FLOPs reduction {best['flops_reduction_same_inputs']:.2f}x at the same inputs"
+    else:
+        reduction = f"FLOPs reduction {best['flops_reduction']:.2f}x against dense at the task length"
+    print(f"best {summary['metric']} {best['score']:.4f} at step {best['step']}: expected sparsity "
+          f"{best['expected_sparsity']:.4f}, {reduction} -> {result.best_dir}")
     return 0

@@ -10,7 +10,8 @@ from top.training.config import BEST_RULES
 logger = logging.getLogger(__name__)
 
 # What best/ and summary.json record of the best evaluation.
-BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity", "flops_reduction")
+BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity", "flops_reduction",
+             "flops_reduction_same_inputs")
 NO_BEST = dict.fromkeys(BEST_KEYS)
 
 
@@ -49,7 +50,7 @@ def apply_best_rule(
             and (distance < best_distance or (distance == best_distance and record["score"] > best["score"]))
         )
     record["is_best"] = bool(eligible and record["score"] is not None and better)
-    return {key: record[key] for key in BEST_KEYS} if record["is_best"] else best
+    return {key: record.get(key) for key in BEST_KEYS} if record["is_best"] else best
 
 
 def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, control: str) -> bool:
