@@ -105,6 +105,20 @@ def test_bench_without_a_dev_set_is_a_user_error(tmp_path, capsys):
     assert "--data-dir" in capsys.readouterr().err
 
 
+def test_bench_times_a_file_of_your_own_without_a_task(tmp_path, capsys):
+    """No --task: the file's name names the run and --max-seq-length is the padded baseline's length."""
+    checkpoint, dev = make_checkpoint(tmp_path), make_dev_file(tmp_path)
+    argv = ["bench", "--checkpoint", str(checkpoint), "--validation-file", str(dev), "--batch-size", "4",
+            "--threads", "1", "--passes", "5", "--warmup-passes", "0", "--no-memory",
+            "--output", str(tmp_path / "b.json")]
+    assert main(argv) == 2
+    assert "--max-seq-length" in capsys.readouterr().err
+    assert main(argv + ["--max-seq-length", "48"]) == 0
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["task"] == "dev" and r["task_length"] == 48 and r["n_examples"] == 13
+    assert r["baselines"]["dense_padded"]["flops_ratio"] > r["baselines"]["dense_dynamic"]["flops_ratio"]
+
+
 def test_bench_needs_a_pruned_checkpoint(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path)
     (ckpt / "zs.pt").unlink()
