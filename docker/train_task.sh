@@ -3,7 +3,8 @@
 #   1. `top finetune` the dense teacher from $BASE_MODEL (skipped when $TEACHER is set, or when
 #      outputs/<task>/teacher/best already exists from an earlier run);
 #   2. `top train` from that teacher with the task's preset (top/data/tasks.toml), into outputs/<task>/,
-#      resuming from outputs/<task>/last when an earlier run was interrupted.
+#      resuming from outputs/<task>/last when an earlier run was interrupted (one interrupted before
+#      its first last/ is moved aside and started again).
 # Usage: train_task.sh TASK [extra `top train` arguments...]
 # A shorter or different recipe: $TOP_FINETUNE_ARGS and $TOP_TRAIN_ARGS are split on whitespace and
 # appended to the `top finetune` and `top train` command lines (the arguments after TASK come last).
@@ -42,6 +43,10 @@ fi
 resume=()
 if [ -d "$output/last" ]; then
     resume=(--resume)
+elif [ -e "$output/best" ] || [ -L "$output/best" ]; then
+    # An earlier run died before its first save of last/, so it cannot be resumed: `top train` moves
+    # what it left aside into $output/previous-N/ (nothing is deleted) and starts again.
+    resume=(--overwrite-output-dir)
 fi
 exec python -m top train --model "$teacher" --teacher "$teacher" --task "$task" "${data[@]}" \
     --output-dir "$output" "${resume[@]}" "${train_args[@]}" "$@"

@@ -130,12 +130,15 @@ def test_kill_at_every_phase_of_a_save_then_resume_is_bit_identical(runs, tmp_pa
 
 
 def test_kill_between_renames_then_fresh_start_keeps_nothing_stale(tiny, tmp_path):
-    """After recovery a fresh run (no --resume) starts clean, and no temporary directory survives."""
+    """After recovery a fresh run (--overwrite-output-dir, not --resume) starts clean, the killed run's
+    recovered last/ is moved aside whole, and no temporary directory survives."""
     out = tmp_path / "out"
     assert run_until_killed(tiny, out, "written:last:2").returncode == 137
-    assert cli.main(train_argv(tiny, out, *SHORT[:-6], "--save-steps", "12", "--logging-steps", "12")) in FINISHED
+    assert cli.main(train_argv(tiny, out, *SHORT[:-6], "--save-steps", "12", "--logging-steps", "12",
+                               "--overwrite-output-dir")) in FINISHED
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 12
+    assert json.loads((out / "previous-1" / "last" / "trainer_state.json").read_text())["step"] == 3
 
 
 # ------------------------------------------------------------------------------------- the lock

@@ -255,6 +255,14 @@ BAD_GRIDS = {
     "zero bins": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\nbin_num = 0\n", "fixed.bin_num = 0 is refused"),
     "unknown control": ("[grid]\nsparsity_control = ['pid']\n", "grid.sparsity_control = 'pid' is refused"),
     "epochs and steps": ("[grid]\nepochs = [1]\n[fixed]\nmax_steps = 3\n", "gives both epochs and max_steps"),
+    "negative learning rate": ("[grid]\nlearning_rate = [-1e-5, 2e-5]\n",
+                               "grid.learning_rate = -1e-05 is refused by `top train` (--learning-rate): -1e-05 is "
+                               "out of range; give a number at least 0."),
+    "overwrite set by the grid": ("[grid]\nlearning_rate = [1e-5]\n[fixed]\noverwrite_output_dir = true\n",
+                                  "fixed.overwrite_output_dir is not"),
+    "too many points": ("[grid]\nlearning_rate = [" + ", ".join(f"{i + 1}e-7" for i in range(101)) + "]\n"
+                        "rank_loss_alpha = [" + ", ".join(f"{i + 1}e-6" for i in range(100)) + "]\n",
+                        "has 10,100 points (101 x 100), more than the 10,000 a grid may have"),
 }
 
 
@@ -373,6 +381,21 @@ def test_the_real_top_train_runs_under_the_grid(tmp_path, monkeypatch):
     assert main(["grid", "--task", "sst2", "--grid", str(grid_file), "--model", str(model),
                  "--output-dir", str(out)]) == 0
     assert [(out / "runs" / r["run_id"] / "train.log").stat().st_size for r in rows] == before
+    # A run that died after its first best/ and before its first last/ starts again: what it left is moved
+    # aside into previous-1/, not deleted, and the grid's own files stay where they are.
+    died = out / "runs" / rows[0]["run_id"]
+    if not (died / "best").exists():  # (this short run may qualify no evaluation for best/)
+        (died / "last").rename(died / "best")
+    else:
+        (died / "last").rename(tmp_path / "last-gone")
+    status = json.loads((died / grid_module.STATUS_FILE).read_text())
+    (died / grid_module.STATUS_FILE).write_text(json.dumps(dict(status, status="failed")))
+    old_best = (died / "best" / "model.safetensors").read_bytes()
+    assert main(["grid", "--task", "sst2", "--grid", str(grid_file), "--model", str(model),
+                 "--output-dir", str(out)]) == 0
+    assert (died / "previous-1" / "best" / "model.safetensors").read_bytes() == old_best
+    assert (died / "last").is_dir() and (died / grid_module.LOG_FILE).stat().st_size > before[0]
+    assert json.loads((died / grid_module.STATUS_FILE).read_text())["attempts"] == 2
 
 
 def test_the_ray_backend_without_ray_says_what_to_install(fake, monkeypatch, capsys):
@@ -412,6 +435,84 @@ def test_the_ray_reporter_sends_each_evaluation_once(tmp_path):
     os.replace(fresh, log)
     reporter()
     assert [r["step"] for r in sent] == [2, 4]
+
+
+def test_a_fresh_start_moves_aside_what_an_attempt_left_and_a_resume_does_not(fake, monkeypatch):
+    """The grid owns runs/<id>/: a run started afresh gets --overwrite-output-dir (an attempt that died
+    before its first last/ may have left a best/), a resumed one --resume alone."""
+    monkeypatch.setenv("FAKE_INTERRUPT", "lr3e-05_alpha0.01")
+    assert fake.run() == 1
+    assert fake.run() == 0
+    calls = fake.calls()
+    assert all(c["argv"][-1] == "--overwrite-output-dir" for c in calls[:4])
+    assert calls[4]["argv"][-1] == "--resume" and "--overwrite-output-dir" not in calls[4]["argv"]
+    assert train_parser().parse_args(calls[0]["argv"]).overwrite_output_dir is True
+
+
+def grid_state(out: Path):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra, named", [
+    (("--model", "other-dir"), "--model student-dir, not other-dir"),
+    (("--teacher", "teacher-dir"), "--teacher student-dir, not teacher-dir"),
+    (("--train-file", "t.csv", "--validation-file", "d.csv"), "--task sst2, not None"),
+])
+def test_a_rerun_with_other_inputs_is_refused_and_the_old_results_stay(fake, capsys, extra, named):
+    """Rerunning into the folder with another model (or teacher, or data) never reports the old model's
+    runs as this grid's finished ones, nor promotes them: one sentence, exit 2, nothing launched or written."""
+    assert fake.run() == 0
+    capsys.readouterr()
+    before = grid_state(fake.out)
+    argv = ["grid", "--task", "SST-2", "--grid", str(fake.grid), "--output-dir", str(fake.out), "--train-command",
+            fake.command, "--promote"]
+    if "--model" not in extra:
+        argv += ["--model", "student-dir"]
+    for dry_run in ((), ("--dry-run",)):
+        assert main(argv + list(extra) + list(dry_run)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and named in err, err
+        assert "another --output-dir" in err and str(fake.out / "runs") in err
+    assert len(fake.calls()) == 4 and grid_state(fake.out) == before
+
+
+def test_a_rerun_with_another_fixed_option_is_refused_and_one_with_another_device_goes_on(fake, capsys):
+    assert fake.run() == 0
+    capsys.readouterr()
+    fake.grid.write_text(SMALL_GRID.replace("max_steps = 10", "max_steps = 20"))
+    assert fake.run() == 2
+    assert "--max-steps 10, not 20" in capsys.readouterr().err
+    fake.grid.write_text(SMALL_GRID)
+    assert fake.run("--device", "cpu") == 0  # how a run runs, not what it is trained from
+    assert len(fake.calls()) == 4
+
+
+def test_a_model_changed_in_place_is_refused(fake, tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    argv = ["grid", "--task", "sst2", "--grid", str(fake.grid), "--model", str(model), "--output-dir", str(fake.out),
+            "--train-command", fake.command]
+    assert main(argv) == 0
+    status = json.loads((fake.out / "runs" / "lr2e-05_alpha0.01" / grid_module.STATUS_FILE).read_text())
+    assert status["inputs"]["options"]["model"] == str(model.resolve()) and status["inputs"]["contents"]["model"]
+    (model / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    assert main(argv) == 2
+    assert "its files have changed since" in capsys.readouterr().err
+    assert len(fake.calls()) == 4
+
+
+def test_a_status_from_before_inputs_were_recorded_is_compared_by_its_command(fake, capsys):
+    assert fake.run() == 0
+    capsys.readouterr()
+    for file in fake.out.glob(f"runs/*/{grid_module.STATUS_FILE}"):
+        status = json.loads(file.read_text())
+        del status["inputs"]
+        status["command"] = [c for c in status["command"] if c != "--overwrite-output-dir"]
+        file.write_text(json.dumps(status))
+    assert fake.run() == 0 and len(fake.calls()) == 4  # the same command: still this grid's
+    assert fake.run("--teacher", "t") == 2
+    assert "other options (see" in capsys.readouterr().err
 
 
 def test_a_resumed_attempt_records_its_step(fake, monkeypatch):

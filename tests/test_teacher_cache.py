@@ -349,8 +349,8 @@ def test_a_fresh_run_on_the_same_output_reuses_the_cache_and_a_new_seed_rebuilds
     assert cli.main(train_argv(tiny, out, *quick)) in FINISHED
     key = json.loads((out / "run.json").read_text())["teacher_cache"]["key"]
     with caplog.at_level(logging.INFO, logger="top.training.teacher_cache"):
-        assert cli.main(train_argv(tiny, out, *quick)) in FINISHED
-        assert cli.main(train_argv(tiny, out, *quick, "--seed", "58")) in FINISHED
+        assert cli.main(train_argv(tiny, out, *quick, "--overwrite-output-dir")) in FINISHED
+        assert cli.main(train_argv(tiny, out, *quick, "--seed", "58", "--overwrite-output-dir")) in FINISHED
     messages = [r.getMessage() for r in caplog.records]
     assert sum("reusing" in m for m in messages) == 1 and sum("schedule changed" in m for m in messages) == 1
     assert json.loads((out / "run.json").read_text())["teacher_cache"]["key"] != key

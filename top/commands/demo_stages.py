@@ -106,6 +106,7 @@ def teacher_stage(out: Path, data: Dict[str, Path], recipe: Dict[str, Any], devi
         epochs=recipe["finetune_epochs"], learning_rate=recipe["finetune_learning_rate"],
         max_seq_length=recipe["max_seq_length"], batch_size=recipe["batch_size"], seed=recipe["seed"],
         device=device, output_dir=str(teacher), group_by_length=recipe["group_by_length"],
+        overwrite_output_dir=True,  # the demo's own folder: a stale teacher is moved aside, not deleted
     ), callback=callback)
     atomic_write_json(stamp, fingerprint)
     return teacher / "best"
@@ -125,6 +126,7 @@ def prune_stage(out: Path, teacher: Path, data: Dict[str, Path], recipe: Dict[st
         layer_gate_init=recipe["layer_gate_init"], max_seq_length=recipe["max_seq_length"],
         batch_size=recipe["prune_batch_size"], seed=recipe["seed"], device=device, output_dir=str(pruned),
         group_by_length=recipe["group_by_length"],
+        overwrite_output_dir=True,  # a rerun moves the earlier pruned run aside; its teacher cache is reused
     ), callback=callback)
     if result.best_dir is not None:
         return result.best_dir

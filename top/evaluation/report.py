@@ -32,6 +32,10 @@ def read_report(path) -> Dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; pass the report.json that `top reproduce` wrote.") from None
+    except IsADirectoryError:
+        hint = f" (such as {path / 'report.json'})" if (path / "report.json").is_file() else ""
+        raise UserError(f"--report {path} is a directory; pass the report.json that `top reproduce` wrote"
+                        f"{hint}.") from None
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); pass the report.json that `top reproduce` wrote.") from None
     if not isinstance(report, dict) or not isinstance(report.get("tasks"), list) or "settings" not in report:

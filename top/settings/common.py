@@ -76,3 +76,12 @@ def group_by_length() -> Any:
         help="batch examples of similar length (Hugging Face's group_by_length): less padding, so faster steps; "
         "off by default, as in the paper's runs",
     )
+
+
+def overwrite_output_dir(exclusive: Optional[str] = None) -> Any:
+    """Hugging Face's ``--overwrite-output-dir``, except that the earlier run is moved aside, never deleted."""
+    return option(
+        False, switch=True, group="output", exclusive=exclusive,
+        help="when --output-dir holds another run (its best/ or last/), move that run's files aside into "
+        "OUT/previous-N/ and start afresh (nothing is deleted); without it such a folder is refused",
+    )

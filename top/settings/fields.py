@@ -73,21 +73,34 @@ def check_fields(settings: Any) -> None:
         if flag is None or value is None:
             continue
         try:
-            if flag.switch or flag.negative:
-                if not isinstance(value, bool):
-                    raise argparse.ArgumentTypeError(f"{brief(value)} is not True or False")
-            elif flag.choices is not None and value not in flag.choices:
-                raise argparse.ArgumentTypeError(
-                    f"{brief(value)} is not one of {', '.join(map(str, flag.choices))}; pick one of those"
-                )
-            elif flag.check is not None:
-                value = flag.check(value)
-        except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+            value = check_value(field, value)
+        except argparse.ArgumentTypeError as error:
             raise UserError(
                 f"{type(settings).__name__}({field.name}=...): {str(error).rstrip('.')} "
                 f"(the command line's {flag_name(field)})."
             ) from None
         object.__setattr__(settings, field.name, value)
+
+
+def check_value(field: dataclasses.Field, value: Any) -> Any:
+    """One field's value checked and normalised as its flag takes it; ``argparse.ArgumentTypeError``
+    (whose text says what is wrong and what to give) when it is refused."""
+    flag = flag_of(field)
+    if flag is None or value is None:
+        return value
+    try:
+        if flag.switch or flag.negative:
+            if not isinstance(value, bool):
+                raise argparse.ArgumentTypeError(f"{brief(value)} is not True or False")
+        elif flag.choices is not None and value not in flag.choices:
+            raise argparse.ArgumentTypeError(
+                f"{brief(value)} is not one of {', '.join(map(str, flag.choices))}; pick one of those"
+            )
+        elif flag.check is not None:
+            value = flag.check(value)
+    except (ValueError, TypeError) as error:  # ArgumentTypeError is neither
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def record(settings: Any) -> Dict[str, Any]:

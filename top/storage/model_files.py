@@ -164,10 +164,11 @@ def check_plain_entries(directory: Path) -> None:
 def refuse_own_code(fields: Any, source: Any) -> None:
     """A ``UserError`` when a config's raw fields name code of the model's own to run (``auto_map``)."""
     if isinstance(fields, dict) and "auto_map" in fields:
+        fix = ("remove the auto_map entry (its model_type alone says what to build)" if fields.get("model_type")
+               else "remove the auto_map entry, or use a BERT or RoBERTa model whose config.json names its model_type")
         raise UserError(
             f"{source} has an auto_map, which asks to run Python code shipped with the model, and top never runs "
-            "code from a model folder; remove the auto_map entry, or use a BERT or RoBERTa model whose "
-            "config.json names its model_type."
+            f"code from a model folder; {fix}."
         )
 
 
@@ -200,9 +201,12 @@ def load_tokenizer(source: PathLike, flag: str = "", fix: str = "") -> Any:
     from transformers import AutoTokenizer
 
     directory = Path(source)
-    config_file = directory / TOKENIZER_CONFIG_FILE
     named = f"{flag} {source}".strip()
-    if config_file.is_file():
+    # transformers reads both, and asks on stdin whether to run the code a config.json without a
+    # model_type names (its tokenizer loader reads config.json without trust_remote_code=False).
+    for config_file in (directory / TOKENIZER_CONFIG_FILE, directory / CONFIG_FILE):
+        if not config_file.is_file() or config_file.stat().st_size > MAX_CONFIG_BYTES:
+            continue  # none, or too large to be one: the readers that follow say what is wrong
         try:
             fields = json.loads(config_file.read_text(encoding="utf-8"))
         except (ValueError, RecursionError, UnicodeDecodeError, OSError):

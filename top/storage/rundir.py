@@ -10,6 +10,13 @@ from another hostname and a pid of 1), or, for a lock without a boot id, when it
 runs on this host. Another machine's lock is never taken. Holding the lock, it puts back any
 ``last/``/``best/`` a kill left half-swapped and removes the temporary directories of
 interrupted saves, before the command looks for a saved run.
+
+What a new run may find there (issue 33: nothing of a finished run is replaced unasked):
+:func:`refuse_reading_into` refuses an ``OUT`` that is, lies inside, or holds (in what the run
+writes) a model directory the run reads; :func:`take_over`, under the lock, refuses an ``OUT``
+that holds another run's ``best/`` or ``last/`` unless the run resumes it or was told to
+overwrite, and then moves the old run's files aside into ``OUT/previous-N/`` (renames only,
+nothing is deleted; a move a kill interrupted is finished by the next claim).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Mapping, Optional, Sequence
 
 try:
     import fcntl
@@ -35,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".top.lock"
 SAVED_DIRECTORIES = ("last", "best")
+# What a training run writes in OUT; --overwrite-output-dir moves these aside into OUT/previous-N/.
+# (OUT/teacher-cache/ stays: it is checked against the teacher and data it was built from.)
+RUN_FILES = SAVED_DIRECTORIES + ("log.jsonl", "run.json", "summary.json")
+PREVIOUS = "previous-"
+OVERWRITE_FLAG = "--overwrite-output-dir"
 # A lock file younger than this whose contents cannot be read may be one being written right now.
 _UNREADABLE_GRACE_S = 10.0
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -71,6 +83,7 @@ def claim(out: Path, is_main: bool = True, saved: Sequence[str] = SAVED_DIRECTOR
     lock = out / LOCK_FILE
     _acquire(lock)
     try:
+        _finish_moving_aside(out)
         for name in saved:
             recover_directory(out / name)
             remove_stale_temporaries(out / name)
@@ -194,3 +207,119 @@ def release_for_lost_host(out: Path, host: str, reason: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(str(lock))
     return True
+
+
+# --------------------------------------------------------------------------- what a new run may find
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def refuse_reading_into(out: Path, reads: Mapping[str, str], written: Sequence[str] = RUN_FILES) -> None:
+    """One sentence when ``out`` is, lies inside, or holds in one of the ``written`` entries a local
+    model directory that the run reads (``reads``: flag -> value, e.g. ``{"--teacher": "R/best"}``).
+
+    Paths are compared with symbolic links resolved. Such a run would overwrite the model it reads
+    (``--model R/best --output-dir R`` writes ``R/best``), and moving that model aside while it is read
+    cannot work either, so no flag allows it. A model elsewhere inside ``out`` (``OUT/teacher/best``,
+    as the containers' ``train-<task>`` keeps it) is not touched by the run and is allowed.
+    """
+    target = Path(out).expanduser().resolve()
+    for flag, value in reads.items():
+        if value is None or not Path(value).expanduser().is_dir():
+            continue  # a hub id: its files are in the Hugging Face cache, never under an output directory
+        model = Path(value).expanduser().resolve()
+        if model == target:
+            raise UserError(f"--output-dir {out} is {flag} {value}, the model this run reads, and the run would write "
+                            "over it; choose another --output-dir.")
+        if model in target.parents:
+            raise UserError(f"--output-dir {out} lies inside {flag} {value}, the model this run reads, and the run "
+                            "would write into it; choose another --output-dir, outside the model.")
+        for name in written:
+            entry = Path(out) / name
+            if (entry.exists() or entry.is_symlink()) and _is_within(model, entry.resolve()):
+                raise UserError(
+                    f"{flag} {value} lies in {entry}, which this run writes (or {OVERWRITE_FLAG} would move aside) "
+                    "while it reads that model; choose another --output-dir."
+                )
+
+
+def held_run(out: Path) -> Sequence[str]:
+    """The ``best``/``last`` entries in ``out`` (directories, files or links: anything by that name)."""
+    return [name for name in ("best", "last") if (out / name).exists() or (out / name).is_symlink()]
+
+
+def _describe(entry: Path) -> str:
+    if entry.is_symlink():
+        return f"{entry.name} (a link to {os.readlink(str(entry))})"
+    return f"{entry.name}/" if entry.is_dir() else f"{entry.name} (a file)"
+
+
+def take_over(out: Path, overwrite: bool, resume: bool = False, can_resume: bool = True) -> Optional[Path]:
+    """Make ``out`` ready for a new run (call it holding the lock, before the run writes anything).
+
+    ``resume``: the run continues what ``out`` holds, so nothing is checked here. Otherwise an
+    ``out`` holding another run's ``best/`` or ``last/`` is refused in one sentence naming
+    ``--resume`` (where ``can_resume``) and ``--overwrite-output-dir``; with ``overwrite`` the old
+    run's files (``RUN_FILES``) are moved into ``out/previous-N/``, whose path is returned.
+    """
+    out = Path(out)
+    if resume:
+        return None
+    held = held_run(out)
+    if not held:
+        return None
+    if not overwrite:
+        what = " and ".join(_describe(out / name) for name in held)
+        continue_it = "pass --resume to continue it, or " if can_resume and "last" in held else ""
+        raise UserError(
+            f"--output-dir {out} holds another run's {what}; {continue_it}pass {OVERWRITE_FLAG} to move that run "
+            f"aside into {out / (PREVIOUS + 'N')}/ and start afresh, or choose another --output-dir."
+        )
+    return move_aside(out)
+
+
+def _previous_number(name: str) -> Optional[int]:
+    for prefix in (PREVIOUS, "." + PREVIOUS):
+        digits = name[len(prefix):].split(".", 1)[0]
+        if name.startswith(prefix) and digits.isdigit():
+            return int(digits)
+    return None
+
+
+def move_aside(out: Path) -> Optional[Path]:
+    """Move the run in ``out`` (its ``RUN_FILES``) into ``out/previous-N/``, N one past the last used.
+
+    The files are renamed, one by one, into ``out/.previous-N.partial/``, which is then renamed
+    ``previous-N``: nothing is copied or deleted, and a kill in between leaves the partial folder,
+    which the next :func:`claim` completes (nothing else writes ``out`` before the move ends).
+    """
+    out = Path(out)
+    present = [name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if not present:
+        return None
+    numbers = [n for n in (_previous_number(p.name) for p in out.iterdir()) if n is not None]
+    number = max(numbers, default=0) + 1
+    partial = out / f".{PREVIOUS}{number}.partial"
+    partial.mkdir()
+    return _complete_move(out, partial, number)
+
+
+def _complete_move(out: Path, partial: Path, number: int) -> Path:
+    for name in RUN_FILES:
+        source = out / name
+        if source.exists() or source.is_symlink():  # a link is moved as the link, never followed
+            os.replace(str(source), str(partial / name))
+    previous = out / f"{PREVIOUS}{number}"
+    os.replace(str(partial), str(previous))
+    logger.warning("moved the earlier run in %s aside into %s", out, previous)
+    return previous
+
+
+def _finish_moving_aside(out: Path) -> None:
+    """Complete a move into ``out/previous-N/`` that a kill interrupted (see :func:`move_aside`)."""
+    for partial in sorted(out.glob(f".{PREVIOUS}*.partial")):
+        number = _previous_number(partial.name)
+        if partial.is_dir() and not partial.is_symlink() and number is not None:
+            _complete_move(out, partial, number)

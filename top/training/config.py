@@ -166,7 +166,9 @@ class TrainConfig:
     logging_steps: int = common.logging_steps()
     no_progress: bool = common.no_progress()
     group_by_length: bool = common.group_by_length()
-    resume: bool = option(False, switch=True, group="output", help="continue the run in --output-dir from its last/")
+    resume: bool = option(False, switch=True, group="output", exclusive="start",
+                          help="continue the run in --output-dir from its last/")
+    overwrite_output_dir: bool = common.overwrite_output_dir(exclusive="start")
 
     def __post_init__(self):
         check_fields(self)
@@ -201,6 +203,7 @@ class FinetuneConfig:
     logging_steps: int = common.logging_steps()
     no_progress: bool = common.no_progress()
     group_by_length: bool = common.group_by_length()
+    overwrite_output_dir: bool = common.overwrite_output_dir()
 
     def __post_init__(self):
         check_fields(self)

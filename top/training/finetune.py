@@ -129,10 +129,15 @@ def score_dev(model, dev_set, data: TaskData, batch_size: int, device: torch.dev
 
 def finetune(config: FinetuneConfig, callback: Optional[Callback] = None) -> FinetuneResult:
     """Run ``top finetune`` with ``config``; ``callback`` is told of every step and evaluation."""
+    out = Path(config.output_dir)
+    rundir.refuse_reading_into(out, {"--model": config.model})
     dist = distributed.setup_distributed(config.device)
     try:
-        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
-        with rundir.claim(Path(config.output_dir), dist.is_main), determinism.global_state_restored():
+        # Rank 0 locks OUT, repairs interrupted saves and refuses (or moves aside) another run's
+        # best/ and last/ before the run writes anything.
+        with rundir.claim(out, dist.is_main), determinism.global_state_restored():
+            if dist.is_main:
+                rundir.take_over(out, config.overwrite_output_dir, can_resume=False)
             dist.barrier()
             return _finetune(config, dist, callback)
     finally:

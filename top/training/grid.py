@@ -5,12 +5,22 @@ finished is skipped; one that was interrupted resumes with ``--resume`` from its
 With ``devices="0,1"`` runs go out in parallel, one per GPU (``CUDA_VISIBLE_DEVICES`` per
 run); ``gpus_per_run=N`` launches each run with ``torchrun`` on N of them. Results go to
 ``OUT/grid.json`` and ``OUT/grid.md``; ``promote`` copies the winner's ``best/`` to ``OUT/best/``.
-A grid file's values are checked as ``top.TrainConfig`` checks them, before any run starts.
+A grid file's values are checked as ``top.TrainConfig`` checks them, before any run starts, and a
+grid of more than ``MAX_POINTS`` points is refused before it is expanded.
+
+Each run's ``grid_run.json`` records what it was trained from (``inputs``: the task, every option
+with local paths made absolute, and a stamp of the model, teacher and data files' contents). A
+grid that finds a run directory made from other inputs refuses in one sentence before anything
+runs: the old results are never reported, resumed or promoted as this grid's. A run started
+afresh is given ``--overwrite-output-dir``, so what an attempt that died before its first
+``last/`` left (a ``best/``) is moved aside, never deleted.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -28,8 +38,10 @@ from top.data.tasks import canonical_task_name, read_toml
 from top.errors import UserError
 from top.settings import common
 from top.settings import values as checks
-from top.settings.fields import check_fields, flag_name, flag_of, option
-from top.storage.io import atomic_directory, atomic_write_json, atomic_write_text
+from top.settings.fields import check_fields, check_value, flag_name, flag_of, option
+from top.storage.io import atomic_directory, atomic_write_json, atomic_write_text, sha256_of
+from top.storage.manifest import MANIFEST_FILE
+from top.storage.rundir import OVERWRITE_FLAG
 from top.training import grid_ray
 from top.training.config import TrainConfig
 from top.training.grid_launch import (  # noqa: F401  (STATUS_FILE, LOG_FILE: the run files' names, for callers)
@@ -47,14 +59,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRID = Path(__file__).with_name("grid_default.toml")
 
 # `top train` options that the grid sets for each run itself, so a grid file may not.
-SET_BY_GRID = ("task", "output_dir", "resume")
+SET_BY_GRID = ("task", "output_dir", "resume", "overwrite_output_dir")
 # `top train` options that only make sense once for the whole grid.
 FIXED_ONLY = ("model", "teacher", "data_dir", "train_file", "validation_file", "device")
 # Short names for run ids; other options use their own name.
 ID_NAMES = {"learning_rate": "lr", "reg_learning_rate": "reglr", "rank_loss_alpha": "alpha",
             "target_sparsity": "s", "prune_location": "loc"}
-# What the grid's own flags give every run, standing in while a grid file's values are checked.
-ROW_STAND_INS = {"model": "model", "teacher": "model", "output_dir": "run"}
+# The most points a grid may have: its size is checked before it is expanded, so that a grid of a
+# million points is one sentence instead of minutes of planning (the paper's grid has 72).
+MAX_POINTS = 10_000
+# Options naming files or folders a run reads: recorded as absolute paths, with a stamp of their contents.
+PATH_OPTIONS = ("model", "teacher", "data_dir", "train_file", "validation_file")
+# Options that say how a run runs, not what it is trained from: a grid may go on with other values.
+HOW_IT_RUNS = ("device", "no_progress")
+# A model directory's files whose contents the stamp covers when it has no manifest.json.
+MODEL_STAMP_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "zs.pt", "l0_module.pt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +96,6 @@ def _settable_fields() -> Dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig) if flag_of(f) and f.name not in SET_BY_GRID}
 
 
-def build_row(values: Mapping[str, Any]) -> TrainConfig:
-    """A grid row as `top train` would take it: built into its config (so checked as it checks)."""
-    return TrainConfig(**dict(ROW_STAND_INS, **values))
-
-
 def _is_switch(field: dataclasses.Field) -> bool:
     flag = flag_of(field)
     return bool(flag.switch or flag.negative)
@@ -98,10 +112,10 @@ def _check_value(field: dataclasses.Field, where: str, value: Any, source: str) 
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{source}: {where} is {value!r}; give a finite number.")
     try:
-        build_row({field.name: value})
-    except UserError as exc:
-        raise UserError(f"{source}: {where} = {value!r} is refused by `top train` ({str(exc).rstrip('.')}); "
-                        "fix the value.") from None
+        check_value(field, value)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{source}: {where} = {value!r} is refused by `top train` ({flag_name(field)}): "
+                        f"{str(exc).rstrip('.')}.") from None
 
 
 def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
@@ -115,6 +129,7 @@ def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
         raise UserError(f"{source} has no [grid] table with at least one option; add one, e.g. learning_rate = [2e-5].")
     if not isinstance(fixed_raw, Mapping):
         raise UserError(f"{source}: fixed must be a table; write it as [fixed].")
+    check_size(axes_raw, source)
     fields = _settable_fields()
 
     def field_for(table: str, key: str) -> dataclasses.Field:
@@ -149,6 +164,15 @@ def parse_grid(raw: Mapping[str, Any], source: str) -> Grid:
             raise UserError(f"{source}: run {run.run_id} gives both epochs and max_steps, which `top train` "
                             "refuses; keep one of them.")
     return grid
+
+
+def check_size(axes: Mapping[str, Any], source: str) -> None:
+    """One sentence when the axes' lengths multiply to more than ``MAX_POINTS`` (counted, not expanded)."""
+    lengths = [len(values) for values in axes.values() if isinstance(values, list)]
+    points = math.prod(lengths) if lengths else 0
+    if points > MAX_POINTS:
+        raise UserError(f"{source} has {points:,} points ({' x '.join(str(n) for n in lengths)}), more than the "
+                        f"{MAX_POINTS:,} a grid may have; split it into smaller grids or list fewer values.")
 
 
 def load_grid(path: Optional[os.PathLike] = None) -> Grid:
@@ -196,8 +220,10 @@ def device_slots(devices: Optional[str], gpus_per_run: int) -> List[Optional[str
     return [",".join(ids[i:i + gpus_per_run]) for i in range(0, len(ids), gpus_per_run)]
 
 
-def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Path, resume: bool) -> List[str]:
-    """`top train` options for one run; `task` is None when the run reads custom files."""
+def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Path, resume: bool,
+                    overwrite: bool = False) -> List[str]:
+    """`top train` options for one run; `task` is None when the run reads custom files. ``overwrite``
+    (a fresh start of a run the grid owns) adds ``--overwrite-output-dir``."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     args = ["--task", task] if task else []
     for key, value in options.items():
@@ -210,7 +236,98 @@ def train_arguments(task: Optional[str], options: Mapping[str, Any], run_dir: Pa
     args += ["--output-dir", str(run_dir)]
     if resume:
         args.append("--resume")
+    elif overwrite:
+        args.append(OVERWRITE_FLAG)
     return args
+
+
+# --------------------------------------------------------------------------- what a run was trained from
+
+
+def _stamp(path: Path) -> Optional[str]:
+    """The sha256 of a file, or of a model directory's manifest.json (else of its config and weights
+    files); None for a data directory or anything else (its path alone is recorded)."""
+    if path.is_file():
+        return sha256_of(path)
+    if not (path / "config.json").is_file():
+        return None
+    if (path / MANIFEST_FILE).is_file():
+        return sha256_of(path / MANIFEST_FILE)
+    digest = hashlib.sha256()
+    for name in MODEL_STAMP_FILES:
+        if (path / name).is_file():
+            digest.update(f"{name}:{sha256_of(path / name)}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def run_inputs(task: Optional[str], options: Mapping[str, Any], stamps: Dict[str, Any]) -> Dict[str, Any]:
+    """What one run is trained from, as ``grid_run.json`` records it: the task, every `top train`
+    option (local paths absolute) and the stamps of the files and models it reads (``stamps`` caches
+    them by path: the grid's runs share their model and data)."""
+    recorded: Dict[str, Any] = {}
+    contents: Dict[str, Any] = {}
+    for key, value in options.items():
+        if key in HOW_IT_RUNS:
+            continue
+        if key in PATH_OPTIONS and isinstance(value, str) and Path(value).expanduser().exists():
+            path = Path(value).expanduser().resolve()
+            if str(path) not in stamps:
+                stamps[str(path)] = _stamp(path)
+            value, contents[key] = str(path), stamps[str(path)]
+        recorded[key] = value
+    return {"task": task, "options": recorded, "contents": contents}
+
+
+def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The first difference between two runs' ``inputs``, in words."""
+    if old.get("task") != new.get("task"):
+        return f"--task {old.get('task')}, not {new.get('task')}"
+    before, after = old.get("options") or {}, new.get("options") or {}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key in list(after) + [k for k in before if k not in after]:
+        if before.get(key) != after.get(key):
+            flag = flag_name(fields[key]) if key in fields else key
+            was = "unset" if key not in before else _format_value(before[key])
+            now = "unset" if key not in after else _format_value(after[key])
+            return f"{flag} {was}, not {now}"
+    for key, stamp in (new.get("contents") or {}).items():
+        if (old.get("contents") or {}).get(key) != stamp:
+            flag = flag_name(fields[key]) if key in fields else key
+            return f"{flag} {after.get(key)} as it was then (its files have changed since)"
+    return "other inputs"
+
+
+def refuse_other_inputs(output_dir: Path, runs: Sequence[Run], inputs: Mapping[str, Dict[str, Any]],
+                        fresh_arguments) -> None:
+    """One sentence when a run directory of ``output_dir`` was made from other inputs than this grid's.
+
+    A ``grid_run.json`` written before inputs were recorded is compared by its command: its `top
+    train` options must end the same as this run's."""
+    for run in runs:
+        run_dir = output_dir / "runs" / run.run_id
+        status = read_status(run_dir)
+        if not status:
+            continue
+        recorded = status.get("inputs")
+        if isinstance(recorded, dict):
+            if _same_inputs(recorded, inputs[run.run_id]):
+                continue
+            difference = _difference(recorded, inputs[run.run_id])
+        else:
+            command = [c for c in status.get("command") or [] if c not in ("--resume", OVERWRITE_FLAG)]
+            options = [a for a in fresh_arguments(run) if a != OVERWRITE_FLAG]
+            if command[-len(options):] == options:
+                continue
+            difference = f"other options (see {run_dir / STATUS_FILE})"
+        raise UserError(
+            f"{run_dir} was trained from {difference}, so its results are not this grid's; give this grid another "
+            "--output-dir, or rerun it with the inputs that folder was trained from."
+        )
+
+
+def _same_inputs(recorded: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    # Read back from JSON: tuples are lists, and numbers keep their values.
+    return json.loads(json.dumps(recorded)) == json.loads(json.dumps(inputs))
 
 
 BACKENDS = ("local", "ray")  # the first is the default
@@ -271,15 +388,20 @@ def run_grid(
         raise UserError("Pass either --data-dir (GLUE) or --train-file/--validation-file, not both.")
     slots = device_slots(backend.devices, backend.gpus_per_run) if backend.name == "local" else [None]
     runs = expand(grid)
+    train_task = None if fixed.get("train_file") else task
+    stamps: Dict[str, Any] = {}
+    inputs = {run.run_id: run_inputs(train_task, dict(fixed, **run.hyperparameters), stamps) for run in runs}
+
+    def arguments_for(run: Run, resume: bool) -> List[str]:
+        return train_arguments(train_task, dict(fixed, **run.hyperparameters), output_dir / "runs" / run.run_id,
+                               resume, overwrite=not resume)
+
+    refuse_other_inputs(output_dir, runs, inputs, lambda run: arguments_for(run, False))
     pending = [r for r in runs if not is_finished(output_dir / "runs" / r.run_id)]
     where = ("Ray" if backend.name == "ray" else "the default device" if slots == [None]
              else "GPU(s) " + " | ".join(s or "" for s in slots))
     logger.info("grid %s: %d run(s), %d finished, %d to go on %s", grid.source, len(runs),
                 len(runs) - len(pending), len(pending), where)
-
-    def arguments_for(run: Run, resume: bool) -> List[str]:
-        train_task = None if fixed.get("train_file") else task
-        return train_arguments(train_task, dict(fixed, **run.hyperparameters), output_dir / "runs" / run.run_id, resume)
 
     if dry_run:
         prefix = train_command_prefix(backend.gpus_per_run, train_command)
@@ -287,20 +409,21 @@ def run_grid(
             run, (output_dir / "runs" / run.run_id / "last").is_dir()))} for run in pending]
     if backend.name == "ray":
         trials = [grid_ray.TrialSpec(run.run_id, run.hyperparameters, str(output_dir / "runs" / run.run_id),
-                                     arguments_for(run, False), arguments_for(run, True)) for run in pending]
+                                     arguments_for(run, False), arguments_for(run, True), inputs[run.run_id])
+                  for run in pending]
         grid_ray.run_trials(trials, output_dir, grid_ray.RaySettings(
             backend.address, backend.gpus_per_run, backend.cpus_per_run, backend.max_failures,
             list(train_command) if train_command is not None else None))
     else:
         _run_local(pending, runs, output_dir, slots, train_command_prefix(backend.gpus_per_run, train_command),
-                   arguments_for)
+                   arguments_for, inputs)
     rows = collect_results(output_dir, runs)
     write_results(output_dir, rows)
     return rows
 
 
 def _run_local(pending: Sequence[Run], runs: Sequence[Run], output_dir: Path, slots: List[Optional[str]],
-               prefix: List[str], arguments_for) -> None:
+               prefix: List[str], arguments_for, inputs: Mapping[str, Dict[str, Any]]) -> None:
     """The local pool: one thread per device slot, each run on the slot it takes."""
     free: queue.Queue[Optional[str]] = queue.Queue()
     for slot in slots:
@@ -312,7 +435,7 @@ def _run_local(pending: Sequence[Run], runs: Sequence[Run], output_dir: Path, sl
         slot = free.get()
         try:  # resume is decided as the run starts: an earlier attempt may have left last/
             launch(run.run_id, run.hyperparameters, prefix + arguments_for(run, (run_dir / "last").is_dir()),
-                   run_dir, slot)
+                   run_dir, slot, inputs=inputs[run.run_id])
         finally:
             free.put(slot)
         with lock:  # keep the tables current while the grid is running

@@ -2,8 +2,9 @@
 
 Both backends of ``top grid`` start a run here: the local pool (one thread per device slot) and
 Ray (one trial per run, on whichever node Ray gives it). A run's directory holds
-``grid_run.json`` (status, wall time, and one entry per attempt: where it ran, whether it resumed
-and from which step) and ``train.log`` (every attempt's output, appended).
+``grid_run.json`` (status, wall time, what the run is trained from, and one entry per attempt:
+where it ran, whether it resumed and from which step) and ``train.log`` (every attempt's output,
+appended).
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ def launch(
     poll: Optional[Callable[[], None]] = None,
     preexec_fn: Optional[Callable[[], None]] = None,
     cwd: Optional[str] = None,
+    inputs: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Run one `top train` to its end; record its status, output, wall time and attempts.
 
     ``where`` names what ran the attempt (a Ray node); ``poll`` is called about once a second
-    while the run lives (Ray reports its evaluations from it).
+    while the run lives (Ray reports its evaluations from it); ``inputs`` is what the run is
+    trained from (``top.training.grid.run_inputs``), recorded for later grids to compare.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,8 @@ def launch(
     wall_before = float(previous.get("wall_s") or 0.0)
     attempt = {"attempt": int(previous.get("attempts") or 0) + 1, "resume": "--resume" in command,
                "started": time.time(), **dict(where or {})}
-    status = {"run_id": run_id, "hyperparameters": dict(hyperparameters), "command": command,
+    status = {"run_id": run_id, "hyperparameters": dict(hyperparameters),
+              "inputs": dict(inputs) if inputs is not None else previous.get("inputs"), "command": command,
               "cuda_visible_devices": cuda_devices, "status": "running", "wall_s": wall_before,
               "attempts": attempt["attempt"], "attempt_log": list(previous.get("attempt_log") or []) + [attempt]}
     atomic_write_json(run_dir / STATUS_FILE, status)

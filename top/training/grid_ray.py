@@ -53,6 +53,7 @@ class TrialSpec:
     run_dir: str
     args: List[str]  # `top train` options, fresh
     resume_args: List[str]  # the same with --resume, taken when last/ exists as the attempt starts
+    inputs: Optional[Dict[str, Any]] = None  # what the run is trained from, for grid_run.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _trial(config: Mapping[str, Any], specs: Mapping[str, TrialSpec], settings: 
     args = spec.resume_args if (run_dir / "last").is_dir() else spec.args
     reporter = EvalReporter(run_dir / "log.jsonl", report, spec.run_id)
     status = launch(spec.run_id, spec.hyperparameters, prefix + args, run_dir, where=where, poll=reporter,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None, cwd=settings.cwd)
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None, cwd=settings.cwd,
+                    inputs=spec.inputs)
     attempt = status["attempt_log"][-1]
     logger.info("run %s attempt %d on %s: %s, exit %d", spec.run_id, attempt["attempt"], where["node"],
                 f"resumed from step {attempt['resumed_from_step']}" if attempt.get("resumed_from_step") is not None

@@ -63,11 +63,19 @@ class TrainResult:
 
 def train(config: TrainConfig, callback: Optional[Callback] = None) -> TrainResult:
     """Run ``top train`` with ``config``; ``callback`` is told of every step and evaluation."""
+    out = Path(config.output_dir)
+    if config.resume and config.overwrite_output_dir:
+        raise UserError("Give either --resume or --overwrite-output-dir, not both.")
+    rundir.refuse_reading_into(out, {"--model": config.model, "--teacher": config.teacher},
+                               rundir.RUN_FILES + (teacher_cache.DIRECTORY,))
     dist = distributed.setup_distributed(config.device)
     try:
-        # Rank 0 locks OUT and repairs interrupted saves before anyone looks for a saved run.
+        # Rank 0 locks OUT, repairs interrupted saves and refuses (or moves aside) another run's
+        # best/ and last/ before anyone looks for a saved run.
         saved = rundir.SAVED_DIRECTORIES + (teacher_cache.DIRECTORY,)
-        with rundir.claim(Path(config.output_dir), dist.is_main, saved), determinism.global_state_restored():
+        with rundir.claim(out, dist.is_main, saved), determinism.global_state_restored():
+            if dist.is_main:
+                rundir.take_over(out, config.overwrite_output_dir, config.resume)
             dist.barrier()
             return _train(config, dist, callback)
     finally:
@@ -78,7 +86,8 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     out = Path(config.output_dir)
     last_dir, best_dir = out / "last", out / "best"
     if config.resume and not run_files.has_state_file(last_dir):
-        raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume.")
+        also = f", with {rundir.OVERWRITE_FLAG} to move aside what it holds" if rundir.held_run(out) else ""
+        raise UserError(f"--resume was given but {last_dir} holds no saved run; start without --resume{also}.")
     if config.droprate_init != TrainConfig.droprate_init:
         logger.warning("--droprate-init %g has no effect (deprecated): the token and layer gates start at fixed "
                        "logits, as in the original, which ignores it too.", config.droprate_init)
