@@ -479,3 +479,136 @@ def test_train_refuses_a_model_without_its_classifier_head(world, tmp_path, caps
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and str(headless) in line and "missing classifier.weight" in line
     assert not (out / "last").exists()
+
+
+# ------------------------------------------------------------------------------------- code a config names (auto_map)
+
+# A model folder's own code: importing it writes the marker. transformers imports it when a config.json
+# (or tokenizer_config.json) names it in an auto_map and remote code is trusted; without a model_type
+# (current transformers, trust_remote_code unset) it first asks on stdin, waiting 15 s for an answer.
+CUSTOM_CODE = """open({marker!r}, "w").close()
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+
+class EvilConfig(BertConfig):
+    model_type = "evil"
+
+
+class EvilModel(BertForSequenceClassification):
+    config_class = EvilConfig
+
+
+class EvilTokenizer(BertTokenizerFast):
+    pass
+"""
+AUTO_MAPS = {
+    "config": {"AutoConfig": "cfg.EvilConfig", "AutoModelForSequenceClassification": "cfg.EvilModel"},
+    "tokenizer": {"AutoTokenizer": [None, "cfg.EvilTokenizer"]},
+}
+# Where the auto_map is: config.json without a model_type (the case that prompts), config.json with
+# one, tokenizer_config.json (without its tokenizer_class, so that only the code names a class).
+AUTO_MAP_PLACES = ("config-without-model-type", "config-with-model-type", "tokenizer-config")
+PROMPT = "Do you wish to run the custom code"
+
+
+def with_auto_map(source: Path, target: Path, place: str, marker: Path) -> Path:
+    """A copy of ``source`` whose ``place`` names the folder's own cfg.py (which writes ``marker``)."""
+    import json
+
+    shutil.copytree(str(source), str(target))
+    if (target / "manifest.json").exists():
+        (target / "manifest.json").unlink()  # it would refuse the edited file before any reader saw it
+    (target / "cfg.py").write_text(CUSTOM_CODE.format(marker=str(marker)), encoding="utf-8")
+    name = "tokenizer_config.json" if place == "tokenizer-config" else "config.json"
+    fields = json.loads((target / name).read_text(encoding="utf-8"))
+    if place == "config-without-model-type":
+        fields.pop("model_type", None)
+    if place == "tokenizer-config":
+        fields.pop("tokenizer_class", None)
+        fields["auto_map"] = AUTO_MAPS["tokenizer"]
+    else:
+        fields["auto_map"] = AUTO_MAPS["config"]
+    (target / name).write_text(json.dumps(fields), encoding="utf-8")
+    return target
+
+
+def code_env(tmp_path: Path) -> Dict[str, str]:
+    """The environment of a subprocess: transformers copies a folder's code under HF_MODULES_CACHE
+    before it imports it, so a copy there is a trace of code about to run."""
+    from builders import subprocess_env
+
+    return dict(subprocess_env(), HF_MODULES_CACHE=str(tmp_path / "modules"))
+
+
+def copied_code(tmp_path: Path) -> List[Path]:
+    return list((tmp_path / "modules").rglob("cfg.py")) if (tmp_path / "modules").is_dir() else []
+
+
+@pytest.mark.parametrize("place", AUTO_MAP_PLACES)
+def test_auto_map_payloads_are_live(world, tmp_path, place):
+    """The folders are real: transformers, told to trust remote code, imports their cfg.py."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "code-ran"
+    folder = with_auto_map(world["model"], tmp_path / "evil", place, marker)
+    loader = "AutoTokenizer" if place == "tokenizer-config" else "AutoConfig"
+    script = f"import transformers; transformers.{loader}.from_pretrained({str(folder)!r}, trust_remote_code=True)"
+    done = subprocess.run([sys.executable, "-c", script], env=code_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert marker.exists(), done.stderr[-2000:]
+
+
+def auto_map_argv(world, tmp_path: Path, command: str, folder: Path) -> List[str]:
+    if command == "eval":
+        return run_eval(world, tmp_path, folder)
+    if command == "finetune":
+        return ["finetune", "--model", str(folder), "--train-file", str(world["train"]), "--validation-file",
+                str(world["dev"]), "--max-steps", "1", "--device", "cpu", "--no-progress",
+                "--output-dir", str(tmp_path / "ft")]
+    model, teacher = (folder, world["model"]) if command == "train --model" else (world["model"], folder)
+    return train_argv(model, teacher, world["train"], world["dev"], tmp_path / "out", "--max-steps", "2")
+
+
+# Every command and place with "y" on stdin; with a stdin open and silent, the place that makes
+# transformers ask (a subprocess each: the cost is Python's start). `top train` reads only the
+# student's tokenizer: a teacher's tokenizer_config.json is never loaded, so that trial is left out.
+AUTO_MAP_TRIALS = [(command, place, stdin) for command in ("eval", "finetune", "train --model", "train --teacher")
+                   for place in AUTO_MAP_PLACES for stdin in ("y", "silent")
+                   if (command, place) != ("train --teacher", "tokenizer-config")
+                   and (stdin == "y" or place == "config-without-model-type")]
+
+
+@pytest.mark.parametrize("command, place, stdin", AUTO_MAP_TRIALS, ids=["-".join(t) for t in AUTO_MAP_TRIALS])
+def test_a_folder_that_names_its_own_code_is_refused_whatever_stdin_says(world, tmp_path, command, place, stdin):
+    """`echo y | top eval ...`, and a stdin left open that says nothing: one sentence naming the file and
+    its auto_map, exit 2, no prompt, and the folder's code neither copied nor run."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "code-ran"
+    source = world["checkpoints"] / "tiny-cola" if command == "eval" else world["model"]
+    folder = with_auto_map(source, tmp_path / "evil", place, marker)
+    argv = [sys.executable, "-m", "top", *auto_map_argv(world, tmp_path, command, folder)]
+    with open(tmp_path / "stdout", "w+") as out, open(tmp_path / "stderr", "w+") as err:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=code_env(tmp_path),
+                                   text=True)
+        try:
+            if stdin == "y":
+                process.stdin.write("y\n" * 4)
+                process.stdin.flush()
+            code = process.wait(timeout=300)  # stdin stays open, unanswered, until the command has ended
+        finally:
+            process.stdin.close()
+            if process.poll() is None:
+                process.kill()
+        out.seek(0)
+        err.seek(0)
+        said, errors = out.read(), err.read()
+    file = folder / ("tokenizer_config.json" if place == "tokenizer-config" else "config.json")
+    lines = error_lines(errors)
+    assert code == 2 and len(lines) == 1, errors[-2000:]
+    named = str(file) in lines[0] or f"The {file.name} of --{command.split('--')[-1].strip()} {folder}" in lines[0]
+    assert named and "has an auto_map" in lines[0] and "never runs code" in lines[0], lines[0]
+    assert PROMPT not in said + errors and "Traceback" not in errors
+    assert not marker.exists() and not copied_code(tmp_path)
