@@ -227,3 +227,7 @@ def test_a_mistyped_command_or_flag_gets_did_you_mean(capsys):
     assert "did you mean 'train'" in capsys.readouterr().err
     assert main(["eval", "--chekpoint", "x", "--output-dir", "o"]) == 2
     assert "did you mean --checkpoint" in capsys.readouterr().err
+    # A flag the sub-command does not know, with every flag it needs given: that flag is blamed, not the first.
+    assert main(["train", "--model", "m", "--teacher", "m", "--output-dir", "o", "--overwrite-output-dirr"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite-output-dirr is not a flag of top train: did you mean --overwrite-output-dir?" in err, err

@@ -346,6 +346,65 @@ def glue_row_missing_a_column(tmp: Path) -> Path:
     return glue
 
 
+# ------------------------------------------------------------------------------------- issue 33: run folders
+
+
+def finished_run(tmp: Path, name: str = "done") -> Path:
+    """A folder holding another run's files: best/ and last/ (a config each), log.jsonl, run.json, summary.json."""
+    out = tmp / name
+    for saved in ("best", "last"):
+        (out / saved).mkdir(parents=True)
+        (out / saved / "config.json").write_text("{}")
+    for file in ("log.jsonl", "run.json", "summary.json"):
+        (out / file).write_text("{}\n")
+    return out
+
+
+def planted_links(tmp: Path) -> Path:
+    """best and last planted as links to a folder of someone else's."""
+    out, elsewhere = tmp / "planted", tmp / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    for name in ("best", "last"):
+        os.symlink(str(elsewhere), str(out / name))
+    return out
+
+
+def teacher_in_run(tiny: Dict[str, Path], tmp: Path) -> Path:
+    """R/best a fine-tuned teacher (the tiny model), as `top finetune --output-dir R` leaves it."""
+    run = finished_run(tmp, "R")
+    shutil.rmtree(str(run / "best"))
+    shutil.copytree(str(tiny["model"]), str(run / "best"))
+    return run
+
+
+def train_reading(tiny: Dict[str, Path], tmp: Path, model: Path, out: Path, *flags: str) -> List[str]:
+    argv = replace_flag(replace_flag(train(tiny, tmp, *flags), "--model", str(model)), "--teacher", str(model))
+    return replace_flag(argv, "--output-dir", str(out))
+
+
+def grid_file(tmp: Path, text: str) -> Path:
+    path = tmp / "grid.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def grid_argv(tiny: Dict[str, Path], tmp: Path, text: str, *extra: str) -> List[str]:
+    return ["grid", "--task", "sst2", "--grid", str(grid_file(tmp, text)), "--model", str(tiny["model"]),
+            "--output-dir", str(tmp / "grid"), *extra]
+
+
+def grid_of_another_model(tiny: Dict[str, Path], tmp: Path) -> List[str]:
+    """A grid folder whose one run was trained from another model (its grid_run.json says so)."""
+    run = tmp / "grid" / "runs" / "lr2e-05"
+    run.mkdir(parents=True)
+    inputs = {"task": "sst2", "options": {"model": str(tmp / "other"), "teacher": str(tmp / "other"),
+                                         "learning_rate": 2e-5}, "contents": {}}
+    (run / "grid_run.json").write_text(json.dumps({"run_id": "lr2e-05", "status": "done", "inputs": inputs}))
+    return grid_argv(tiny, tmp, "[grid]\nlearning_rate = [2e-5]\n", "--dry-run")
+
+
 def bench_argv(tiny: Dict[str, Path], checkpoint: Path, *extra: str) -> List[str]:
     return ["bench", "--task", "sst2", "--checkpoint", str(checkpoint), "--validation-file", str(tiny["dev"]), *extra]
 
@@ -531,6 +590,39 @@ CASES = [
          2, lambda tmp: "a-file"),
     Case("eval-output-dir-is-file", lambda t, c, tmp: eval_argv(c, a_file(tmp) / "sub", "--validation-file",
                                                                 str(t["dev"])), 2, lambda tmp: "a-file"),
+    # issue 33: what a run writes into, and grids
+    Case("train-output-holds-its-teacher", lambda t, c, tmp: train_reading(
+        t, tmp, teacher_in_run(t, tmp) / "best", tmp / "R"), 2,
+         lambda tmp: f"--model {tmp / 'R' / 'best'} lies in {tmp / 'R' / 'best'}, which this run writes"),
+    Case("train-output-holds-its-teacher-overwrite", lambda t, c, tmp: train_reading(
+        t, tmp, teacher_in_run(t, tmp) / "best", tmp / "R", "--overwrite-output-dir"), 2,
+         lambda tmp: "choose another --output-dir"),
+    Case("train-output-is-the-model", lambda t, c, tmp: train_reading(t, tmp, t["model"], t["model"]), 2,
+         lambda tmp: "is --model"),
+    Case("finetune-output-inside-the-model", lambda t, c, tmp: replace_flag(
+        finetune_argv(t, tmp / "out"), "--output-dir", str(t["model"] / "sub")), 2, lambda tmp: "lies inside --model"),
+    Case("train-over-a-finished-run", lambda t, c, tmp: replace_flag(train(t, tmp), "--output-dir", str(
+        finished_run(tmp))), 2, lambda tmp: "holds another run's best/ and last/; pass --resume"),
+    Case("finetune-over-a-finished-run", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--output-dir",
+                                                                        str(finished_run(tmp))), 2,
+         lambda tmp: "holds another run's best/ and last/; pass --overwrite-output-dir"),
+    Case("train-planted-best-last-links", lambda t, c, tmp: replace_flag(train(t, tmp), "--output-dir", str(
+        planted_links(tmp))), 2, lambda tmp: f"best (a link to {tmp / 'elsewhere'}) and last (a link to"),
+    Case("train-resume-planted-last-link", lambda t, c, tmp: replace_flag(train(t, tmp, "--resume"), "--output-dir",
+                                                                          str(planted_links(tmp))), 2,
+         lambda tmp: f"{tmp / 'planted' / 'last'} holds no saved run"),
+    Case("train-resume-and-overwrite", lambda t, c, tmp: train(t, tmp, "--resume", "--overwrite-output-dir"), 2,
+         lambda tmp: "--overwrite-output-dir: not allowed with argument --resume"),
+    Case("grid-learning-rate-negative", lambda t, c, tmp: grid_argv(t, tmp, "[grid]\nlearning_rate = [-1e-5]\n"), 2,
+         lambda tmp: "grid.learning_rate = -1e-05 is refused by `top train` (--learning-rate)"),
+    Case("grid-1000x1000-dry-run", lambda t, c, tmp: grid_argv(
+        t, tmp, "[grid]\nlearning_rate = [" + ", ".join(f"{i + 1}e-8" for i in range(1000)) + "]\n"
+        "rank_loss_alpha = [" + ", ".join(f"{i + 1}e-7" for i in range(1000)) + "]\n", "--dry-run"), 2,
+         lambda tmp: "has 1,000,000 points (1000 x 1000), more than the 10,000"),
+    Case("grid-rerun-with-another-model", lambda t, c, tmp: grid_of_another_model(t, tmp), 2,
+         lambda tmp: f"was trained from --model {tmp / 'other'}, not"),
+    Case("reproduce-report-is-a-directory", lambda t, c, tmp: ["reproduce", "--report", str(tmp)], 2,
+         lambda tmp: f"--report {tmp} is a directory"),
     # environment failures: exit 1
     Case("eval-disk-full", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file", str(t["dev"])), 1,
          lambda tmp: str(tmp / "out"), patch=disk_full),

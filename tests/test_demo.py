@@ -60,9 +60,14 @@ def test_quick_demo_writes_report_plots_and_example(tmp_path, capsys):
     manifest = (out / "data" / "manifest.json").read_text()
     weights = next(p for p in (out / "teacher" / "best").iterdir() if p.suffix in (".bin", ".safetensors"))
     teacher_mtime = weights.stat().st_mtime
+    pruned = {p.name for p in (out / "pruned").iterdir()}
     assert main(["demo", "--quick", "--no-bench", "--output-dir", str(out), "--device", "cpu"]) == 0
     assert (out / "data" / "manifest.json").read_text() == manifest
     assert weights.stat().st_mtime == teacher_mtime
+    # The pruning is run again, and the earlier pruned run is moved aside whole, not overwritten.
+    assert {"last", "run.json", "summary.json"} <= {p.name for p in (out / "pruned" / "previous-1").iterdir()}
+    assert pruned - {"teacher-cache", ".top.lock"} <= {p.name for p in (out / "pruned" / "previous-1").iterdir()}
+    assert (out / "pruned" / "last").is_dir()
 
 
 def test_split_is_seeded_disjoint_and_drops_near_neutral_ratings():

@@ -582,6 +582,17 @@ def test_train_task_uses_an_existing_teacher_and_resumes(stub):
     assert calls == [f"-m top train --model {teacher} --teacher {teacher} --task rte --output-dir outputs/rte --resume"]
 
 
+def test_train_task_starts_again_a_run_that_died_before_its_first_last(stub):
+    """best/ without last/ cannot be resumed: top train moves it aside (it refuses such a folder unasked)."""
+    teacher = stub.tmp / "teacher"
+    teacher.mkdir()
+    (stub.work / "outputs" / "rte" / "best").mkdir(parents=True)
+    result, calls = stub("train-task", "rte", TEACHER=str(teacher))
+    assert result.returncode == 0, result.stderr
+    assert calls == [f"-m top train --model {teacher} --teacher {teacher} --task rte --output-dir outputs/rte "
+                     "--overwrite-output-dir"]
+
+
 def test_train_task_refuses_a_missing_teacher(stub):
     result, calls = stub("train-task", "mrpc", TEACHER=str(stub.tmp / "nope"))
     assert result.returncode == 2 and calls == []

@@ -30,16 +30,35 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         hint = self._suggestion(message)
-        self.exit(2, f"error: {self.prog}: {message}{hint} (see `{self.prog} --help`)\n")
+        prog = self._command().prog if message.startswith("unrecognized arguments") else self.prog
+        self.exit(2, f"error: {prog}: {message}{hint} (see `{prog} --help`)\n")
 
     def _options(self) -> List[str]:
         return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+    def _command(self) -> "argparse.ArgumentParser":
+        """The sub-command's parser named in the arguments (``top train ...``), else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                named = next((w for w in getattr(self, "_given", []) if w in action.choices), None)
+                if named is not None:
+                    return action.choices[named]
+        return self
 
     def _suggestion(self, message: str) -> str:
         given = getattr(self, "_given", [])
         options = self._options()
         unknown = [word.split("=", 1)[0] for word in given if word.startswith("--")
                    and not any(o.startswith(word.split("=", 1)[0]) for o in options)]
+        unrecognized = re.match(r"unrecognized arguments: (.*)", message)
+        if unrecognized:  # raised here, after the sub-command's parser took what it knows: blame what it left
+            command = self._command()
+            options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+            unknown = [word.split("=", 1)[0] for word in unrecognized.group(1).split() if word.startswith("--")]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.75)
+                return f"; {unknown[0]} is not a flag of {command.prog}" + (f": did you mean {close[0]}?" if close
+                                                                            else "")
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             options = [c.strip(" '\"") for c in choice.group(2).split(",")]
