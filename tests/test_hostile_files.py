@@ -503,10 +503,11 @@ class EvilTokenizer(BertTokenizerFast):
 """
 AUTO_MAPS = {
     "config": {"AutoConfig": "cfg.EvilConfig", "AutoModelForSequenceClassification": "cfg.EvilModel"},
-    "tokenizer": {"AutoTokenizer": [None, "cfg.EvilTokenizer"]},
+    "tokenizer": [None, "cfg.EvilTokenizer"],  # (slow, fast): the form both transformers 4.16 and 4.5x read
 }
 # Where the auto_map is: config.json without a model_type (the case that prompts), config.json with
-# one, tokenizer_config.json (without its tokenizer_class, so that only the code names a class).
+# one, tokenizer_config.json (beside a tokenizer_class: transformers 4.16 reads a tokenizer's
+# auto_map only then).
 AUTO_MAP_PLACES = ("config-without-model-type", "config-with-model-type", "tokenizer-config")
 PROMPT = "Do you wish to run the custom code"
 
@@ -524,7 +525,7 @@ def with_auto_map(source: Path, target: Path, place: str, marker: Path) -> Path:
     if place == "config-without-model-type":
         fields.pop("model_type", None)
     if place == "tokenizer-config":
-        fields.pop("tokenizer_class", None)
+        fields["tokenizer_class"] = fields.get("tokenizer_class") or "BertTokenizer"
         fields["auto_map"] = AUTO_MAPS["tokenizer"]
     else:
         fields["auto_map"] = AUTO_MAPS["config"]
