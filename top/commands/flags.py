@@ -36,7 +36,7 @@ class OneLineParser(argparse.ArgumentParser):
     def _options(self) -> List[str]:
         return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
 
-    def _command(self) -> "argparse.ArgumentParser":
+    def _command(self) -> argparse.ArgumentParser:
         """The sub-command's parser named in the arguments (``top train ...``), else this one."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):

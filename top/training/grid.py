@@ -256,7 +256,7 @@ def _stamp(path: Path) -> Optional[str]:
     digest = hashlib.sha256()
     for name in MODEL_STAMP_FILES:
         if (path / name).is_file():
-            digest.update(f"{name}:{sha256_of(path / name)}\n".encode("utf-8"))
+            digest.update(f"{name}:{sha256_of(path / name)}\n".encode())
     return digest.hexdigest()
 
 
