@@ -55,6 +55,9 @@ BIN_NUM = 50  # rank bins of the timed gates (the custom-data preset's)
 EVEN_KEEPS = (0.7, 0.4, 0.15)  # the profiles that keep the same ratio at every location
 DENSE_CUTS = (1.0, 0.6, 0.3)  # the widths each batch is timed at by the dense model, as fractions of its own
 HELD_BACK = 0.25
+# Repeats of the same call that differ by more than this (median over points, (max - min) / median) mean
+# the machine was busy while it was timed: a warning.
+NOISY = 0.15
 
 
 @dataclasses.dataclass
@@ -72,6 +75,11 @@ class Point:
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """How much the repeats of this call differ: ``(max - min) / median``."""
+        return (max(self.seconds) - min(self.seconds)) / self.median
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +232,11 @@ def measure(config: CalibrateConfig) -> Dict[str, Any]:
     finally:
         if workspace is not None:
             workspace.cleanup()
+    spread = statistics.median(p.spread for p in points)
+    if spread > NOISY:
+        logger.warning("The repeats of the same call differ by %.0f%% (the median over the points): the machine "
+                       "was busy while it was timed; calibrate again when it is quiet, or with more --repeats.",
+                       100 * spread)
     return _record(config, checkpoint, locations, length, device, threads, points, settings, batches,
                    time.perf_counter() - started)
 
@@ -375,6 +388,8 @@ def _record(config: CalibrateConfig, checkpoint, locations, length: int, device:
             "per_ranking_grid_cell": 1000.0 * c["ranking_grid"],
         },
         "measured_unpruned_speedup": measured_unpruned,
+        "repeat_spread": {"median": statistics.median(p.spread for p in points),
+                          "max": max(p.spread for p in points)},
         "profiles": [{k: s[k] for k in ("label", "keep", "layer_gates")} for s in settings],
         "bin_num": BIN_NUM,
         "batches": [_lengths(b) for b in batches],

@@ -168,7 +168,7 @@ class CalibrateConfig:
     )
     profiles: int = option(8, check=values.int_in_range(4, 64), group="run",
                            help="gate settings timed: no pruning, even keep ratios and random ones, 4..64")
-    max_batches: int = option(6, check=values.int_in_range(1, 1000), group="run",
+    max_batches: int = option(4, check=values.int_in_range(1, 1000), group="run",
                               help="length-sorted batches of the file timed, spread over its lengths")
     repeats: int = option(5, check=values.int_in_range(3, 1000), group="run",
                           help="timed rounds (each point's time is its median over them), 3..1000")
