@@ -9,11 +9,12 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from builders import FINISHED, read_log, tiny_checkpoint, tiny_config, train_argv
+from builders import FINISHED, read_log, tiny_config, train_argv
 
 from top import cli
 from top.errors import UserError
@@ -235,7 +236,8 @@ def test_training_to_a_target_speedup_lands_on_it_and_records_it(latency_run):
     summary = json.loads((out / "summary.json").read_text())
     run = json.loads((out / "run.json").read_text())
     assert summary["target_speedup"] == latency_run["target"] == run["args"]["target_speedup"]
-    assert summary["latency_model"]["sha256"] == model.fingerprint == run["latency_constraint"]["latency_model"]["sha256"]
+    recorded = run["latency_constraint"]["latency_model"]["sha256"]
+    assert summary["latency_model"]["sha256"] == model.fingerprint == recorded
     assert summary["unpruned_speedup"] == pytest.approx(latency_run["unpruned"])
     # The sparsity the target implies is the run's target sparsity (rounded), and is recorded as resolved.
     assert run["config"]["target_sparsity"] == round(summary["implied_sparsity"], 4)
@@ -285,6 +287,18 @@ def test_bench_names_the_conditions_under_which_a_target_does_not_apply():
     different = conditions(model, 32, "onnxruntime", "cpu", 1)
     assert different[0] == "batch size 8 there, 32 here"
     assert "runtime 'torch' there, 'onnxruntime' here" in different and "threads 2 there, 1 here" in different
+
+
+def test_a_resumed_run_keeps_its_latency_model(latency_run, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(str(latency_run["out"]), str(out))
+    same_numbers = tmp_path / "same.json"
+    same_numbers.write_text(json.dumps(latency_run["model"].to_record()))  # other bytes, other sha256
+    argv = train_argv(tiny, out, "--latency-model", str(same_numbers), "--target-speedup", str(latency_run["target"]),
+                      *LATENCY_RUN, "--resume")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not the file the run started with" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_latency_flags_go_together_and_replace_target_sparsity(tiny, tmp_path, capsys):

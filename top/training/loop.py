@@ -21,6 +21,7 @@ never exits: a bad input raises ``top.errors.UserError``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     step, best_so_far = 0, dict(best.NO_BEST)
     log = run_files.JsonLog(out / "log.jsonl", dist.is_main)
     if config.resume:
+        check_same_latency_model(out, plan)
         step, best_so_far, step_fn.optimizers = restore(last_dir, student, gates, config, plan.total_steps, dist)
         log.truncate_after(step)
         if dist.is_main:
@@ -167,6 +169,21 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
                                 plan.step.latency, final)
     has_best = best_so_far["score"] is not None
     return TrainResult(out, best_dir if has_best else None, last_dir, summary, config)
+
+
+def check_same_latency_model(out: Path, plan: Plan) -> None:
+    """A resumed run keeps the latency model it started with (``run.json`` records its sha256)."""
+    if plan.step.latency is None:
+        return
+    try:
+        started = json.loads((out / "run.json").read_text(encoding="utf-8"))["latency_constraint"]["latency_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{out / 'run.json'} records no latency model, so the run did not start with --target-speedup; "
+                        "resume it with the flags it started with.") from None
+    now = plan.step.latency.model
+    if started.get("sha256") != now.fingerprint:
+        raise UserError(f"--latency-model {now.path} is not the file the run started with (sha256 "
+                        f"{str(started.get('sha256'))[:12]} then, {now.fingerprint[:12]} now); resume with that file.")
 
 
 def encode(plan: Plan, tokenizer, max_seq_length: int):
@@ -296,8 +313,8 @@ def run_record(plan: Plan, dist: distributed.Distributed, flags: Dict[str, Any],
 
 
 def write_summary(out: Path, metric: str, best_so_far: Dict[str, Any], config: TrainConfig, steps: int,
-                  seconds: float, final_sparsity: Optional[float] = None,
-                  latency: Optional[LatencyConstraint] = None, final: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                  seconds: float, final_sparsity: Optional[float] = None, latency: Optional[LatencyConstraint] = None,
+                  final: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``summary.json``: the best evaluation, the last one's expected sparsity and whether it is within
     target +- epsilon (``reached_target``); returned as written.
 

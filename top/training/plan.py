@@ -16,8 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from top.data import sources
-from top.data import batching
+from top.data import batching, sources
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData
 from top.errors import UserError
