@@ -373,3 +373,57 @@ def test_calibrate_then_train_to_a_target_speedup(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target_speedup"] == target and summary["latency_model"]["sha256"] == model.fingerprint
     assert summary["final_predicted_speedup"] is not None
+
+
+def test_the_papers_control_holds_the_latency_sparsity_too(tiny, tmp_path):
+    """--sparsity-control paper: the multipliers climb the Lagrangian of the latency sparsity (AdamW ascent)."""
+    model_file = write_model(tmp_path / "latency.json", hand_model())
+    out = tmp_path / "paper"
+    code = cli.main(train_argv(tiny, out, "--latency-model", str(model_file), "--target-speedup", "1.45",
+                               "--max-steps", "16", "--warmup-epochs", "1", "--reg-learning-rate", "0.2",
+                               "--eval-steps", "8", "--logging-steps", "1", "--sparsity-control", "paper"))
+    assert code in FINISHED
+    steps = [r for r in read_log(out) if "loss" in r and r["step"] > 3]
+    # Below the target the gap s - t is negative, so the ascent drives lambda_1 down, which pulls s up.
+    assert steps[-1]["lambda_1"] < steps[0]["lambda_1"] < 0
+    # The gates start to drop tokens (the latency sparsity per batch also moves with the batch's lengths).
+    assert steps[-1]["expected_sparsity"] > 5 * steps[0]["expected_sparsity"] > 0
+    assert json.loads((out / "run.json").read_text())["config"]["sparsity_control"] == "paper"
+
+
+def test_a_task_preset_keeps_its_other_settings_and_takes_the_speedup_target(tiny, tmp_path):
+    from builders import write_cola_dev
+
+    glue = tmp_path / "glue"
+    write_cola_dev(glue, n=64, seed=1, split="train")
+    write_cola_dev(glue, n=24, seed=2)
+    model_file = write_model(tmp_path / "latency.json", hand_model())
+    out = tmp_path / "cola"
+    argv = ["train", "--model", str(tiny["model"]), "--teacher", str(tiny["model"]), "--task", "cola",
+            "--data-dir", str(glue), "--latency-model", str(model_file), "--target-speedup", "1.4", "--max-steps", "3",
+            "--device", "cpu", "--no-progress", "--output-dir", str(out)]
+    assert cli.main(argv) in FINISHED
+    run = json.loads((out / "run.json").read_text())
+    from top.data.tasks import get_task
+
+    preset = get_task("cola").preset
+    assert run["config"]["bin_num"] == preset.bin_num and run["config"]["topk"] == preset.topk
+    assert run["config"]["target_sparsity"] == round(run["latency_constraint"]["implied_sparsity"], 4)
+    assert run["config"]["target_sparsity"] != preset.sparsity
+
+
+def test_calibrate_is_a_job_of_the_api_and_refuses_bad_input_before_timing(tiny, tmp_path, capsys):
+    import top
+
+    assert callable(top.calibrate) and hasattr(top.CalibrateConfig, "__dataclass_fields__")
+    with pytest.raises(UserError, match=r"CalibrateConfig\(profiles=...\)"):
+        top.CalibrateConfig(model="m", validation_file="f", profiles=2)
+    base = ["calibrate", "--model", str(tiny["model"]), "--validation-file", str(tiny["dev"]), "--device", "cpu",
+            "--output", str(tmp_path / "latency.json")]
+    for extra, message in (((), "pass --max-seq-length"),
+                           (("--max-seq-length", "64", "--batch-size", "64"), "fewer than one batch of 64"),
+                           (("--max-seq-length", "64", "--prune-location", "3,2"), "--prune-location 3,2")):
+        assert cli.main(base + list(extra)) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "latency.json").exists()

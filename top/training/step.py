@@ -202,7 +202,8 @@ class ToPStep:
 
         The task loss and the rank distillation are weighted by the process's ``share`` of the
         global batch. Once pruning (``ramp`` is the step's target and rank weight), the Lagrangian
-        of the global batch's expected MAC sparsity and the rank distillation are added.
+        of the global batch's expected MAC sparsity (with a target speedup, its expected latency
+        sparsity: :meth:`latency_sparsity`) and the rank distillation are added.
         """
         config, gates = self.config, self.gates
         if self.plan.regression:
