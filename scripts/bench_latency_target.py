@@ -15,6 +15,11 @@ Shapes:
 
 Training schedules are short on purpose: the speedup is what is measured, not the accuracy.
 
+A target that compact inference reaches without pruning (at batch 1 its prepacked kernels alone
+can be faster than dense by more than the target), or that pruning cannot reach, is refused by
+``top train`` in one sentence that names the predicted figure; the table shows it, and that batch
+size can be run again with another ``--target-speedup`` (``--batch-sizes 1 --target-speedup X``).
+
     python scripts/bench_latency_target.py --output-dir outputs/latency-target            # the figures
     python scripts/bench_latency_target.py --output-dir /tmp/smoke --smoke                # the pipeline only
 
