@@ -6,6 +6,7 @@ Every session is a thin wrapper around one helper and passes ``session.posargs``
     nox -s tests-pinned   # Python 3.8, the paper's pins, installed from requirements/pinned*.txt
     nox -s demo           # the end-to-end run on a real model and real data
     nox -s fuzz           # the fuzz test with 600 trials of its largest category (TOP_FUZZ_COUNT)
+    nox -s gpu            # the CUDA checks on one GPU, at most 8 minutes (scripts/gpu_check.py)
     nox -s reproduce -- --checkpoint-dir D --data-dir G
 
 The current-stack sessions run once, on the first of CURRENT_PYTHONS that this machine has.
@@ -194,6 +195,20 @@ def bench(session: nox.Session) -> None:
     """Compact inference against dense baselines; a ToP step and a whole `top train` run against `top finetune`'s."""
     install_current(session)
     session.run("python", str(ROOT / "scripts" / "bench_suite.py"), *(session.posargs or ["--output-dir", "bench"]))
+
+
+# A GPU machine is often offline: the session sees the system's packages (its CUDA build of torch) and
+# installs nothing unless TOP_GPU_INSTALL=1 (then the current stack from PyPI, whose torch wheels are CUDA
+# builds on Linux).
+@nox.session(python=CURRENT_PYTHON, venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """The CUDA checks, at most 8 minutes on one GPU (scripts/gpu_check.py): the compact, faithful and training
+    tests on cuda, `top reproduce` on the tests' checkpoints, `top bench` at batch 1 and 32, `top calibrate`, and
+    the host waits per compact forward under the profiler; refuses in one sentence without a GPU."""
+    if os.environ.get("TOP_GPU_INSTALL") == "1":
+        install_current(session, extras="test")
+    env = {"PYTHONPATH": str(ROOT)}
+    session.run("python", str(ROOT / "scripts" / "gpu_check.py"), *session.posargs, env=env)
 
 
 @nox.session(python=CURRENT_PYTHON)

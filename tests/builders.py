@@ -494,3 +494,33 @@ def original_checkpoint(directory: Path, locations: Sequence[int] = (2, 3), bin_
                                lambda_1=0.5, lambda_2=-0.25)
     os.replace(str(file), str(directory / "l0_module.pt"))
     return directory
+
+
+# ------------------------------------------------------------------- a model whose time is in its tokens
+
+
+def timed_model_dir(directory: Path, *, layers: int = 4, hidden: int = 128, seed: int = 0) -> Path:
+    """A small BERT classifier (``hidden`` wide, 4x inner, 2 heads) in the plain HF layout, with the tiny
+    tokenizer: large enough that a forward pass's time grows with its tokens (the tiny model's is all
+    overhead), for the tests that run ``top calibrate``."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_config(2, layers)
+    config.hidden_size, config.intermediate_size = hidden, 4 * hidden
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    torch.save(BertForSequenceClassification(config).state_dict(), str(directory / "pytorch_model.bin"))
+    tiny_tokenizer(directory.parent / f".{directory.name}-vocab").save_pretrained(str(directory))
+    return directory
+
+
+def write_long_data(path: Path, n: int, seed: int) -> Path:
+    """As :func:`write_data`, with 40-120 words a sentence."""
+    rng = random.Random(seed)
+    lines = ["sentence,label"]
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(40, 120))]
+        lines.append(f"{' '.join(words)},{int('good' in words)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -38,6 +38,11 @@ def gates(n_loc, bin_num, seed=0, p_off=0.4):
     return token_z, torch.ones(n_loc)
 
 
+def on(device, *tensors):
+    """``tensors`` on ``device`` (None stays None)."""
+    return tuple(None if t is None else t.to(device) for t in tensors)
+
+
 def both(model, ids, mask, types, token_z, pruner_z, max_length=64):
     """``(fast, reference)`` for one batch."""
     plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, max_length)
@@ -51,10 +56,11 @@ def assert_same(fast, ref):
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("pairs", [False, True])
-def test_compact_equals_the_reference(kind, pairs):
-    model = tiny_model(kind, layers=4)
-    ids, mask, types = inputs([23, 9, 3, 17, 2, 40, 11], width=48, kind=kind, pairs=pairs and kind == "bert")
-    token_z, pruner_z = gates(len(model.prune_locations), 5, seed=3)
+def test_compact_equals_the_reference(kind, pairs, device):
+    model = tiny_model(kind, layers=4).to(device)
+    ids, mask, types = on(device, *inputs([23, 9, 3, 17, 2, 40, 11], width=48, kind=kind,
+                                          pairs=pairs and kind == "bert"))
+    token_z, pruner_z = on(device, *gates(len(model.prune_locations), 5, seed=3))
     fast, ref = both(model, ids, mask, types, token_z, pruner_z)
     assert_same(fast, ref)
     # Tokens really were dropped, at every prune location.
@@ -72,10 +78,10 @@ def test_single_example_equal_lengths_and_length_two_inputs():
         assert_same(*both(model, ids, mask, None, token_z, pruner_z))
 
 
-def test_regression_head_equals_the_reference():
-    model = tiny_model(layers=5, labels=1, seed=2)
-    ids, mask, _ = inputs([31, 2, 14, 6, 25], seed=4)
-    token_z, pruner_z = gates(len(model.prune_locations), 6, seed=5, p_off=0.5)
+def test_regression_head_equals_the_reference(device):
+    model = tiny_model(layers=5, labels=1, seed=2).to(device)
+    ids, mask = on(device, *inputs([31, 2, 14, 6, 25], seed=4)[:2])
+    token_z, pruner_z = on(device, *gates(len(model.prune_locations), 6, seed=5, p_off=0.5))
     fast, ref = both(model, ids, mask, None, token_z, pruner_z)
     assert fast.logits.shape == (5, 1)
     assert_same(fast, ref)
@@ -92,11 +98,11 @@ def test_without_gates_compact_equals_stock_hf():
     assert_same(fast, reference_compact(model, ids, mask))
 
 
-def test_layer_gate_off_keeps_everything_at_that_location():
-    model = tiny_model(layers=4)  # prunes at 2 and 3
-    ids, mask, _ = inputs([20, 8])
-    token_z = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    fast, ref = both(model, ids, mask, None, token_z, torch.tensor([0.0, 1.0]))
+def test_layer_gate_off_keeps_everything_at_that_location(device):
+    model = tiny_model(layers=4).to(device)  # prunes at 2 and 3
+    ids, mask = on(device, *inputs([20, 8])[:2])
+    token_z, pruner_z = on(device, torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]), torch.tensor([0.0, 1.0]))
+    fast, ref = both(model, ids, mask, None, token_z, pruner_z)
     assert fast.kept_lengths[:, 2].tolist() == [20, 8]  # location 2 switched off
     assert (fast.kept_lengths[:, 3] < fast.kept_lengths[:, 2]).all()
     assert_same(fast, ref)
@@ -123,10 +129,10 @@ def test_survivor_table_matches_prune_step_on_random_scores():
 HOST_TRANSFERS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 
 
-def test_one_host_transfer_per_call_the_input_lengths(monkeypatch):
-    model = tiny_model(layers=6)
-    ids, mask, _ = inputs([23, 9, 3, 17, 2, 40, 11], width=48)
-    token_z, pruner_z = gates(len(model.prune_locations), 5, seed=3)
+def test_one_host_transfer_per_call_the_input_lengths(monkeypatch, device):
+    model = tiny_model(layers=6).to(device)
+    ids, mask = on(device, *inputs([23, 9, 3, 17, 2, 40, 11], width=48)[:2])
+    token_z, pruner_z = on(device, *gates(len(model.prune_locations), 5, seed=3))
     plan = CompactPlan.from_gates(token_z, pruner_z, model.prune_locations, 48)
     calls = []
     for name in HOST_TRANSFERS:

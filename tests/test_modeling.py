@@ -112,11 +112,12 @@ def reference_faithful(model, ids, mask, token_z, pruner_z):
     return torch.cat(logits)
 
 
-def test_faithful_matches_independent_reference():
-    model = model_for(layers=5)
-    ids, mask = batch(seed=3)
-    token_z = torch.tensor([[1, 1, 0, 1, 0, 0], [1, 0, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.float)
-    pruner_z = torch.tensor([1.0, 0.0, 1.0])
+def test_faithful_matches_independent_reference(device):
+    model = model_for(layers=5).to(device)
+    ids, mask = (t.to(device) for t in batch(seed=3))
+    token_z = torch.tensor([[1, 1, 0, 1, 0, 0], [1, 0, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.float,
+                           device=device)
+    pruner_z = torch.tensor([1.0, 0.0, 1.0], device=device)
     with torch.no_grad():
         ours = model(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z)
         ref = reference_faithful(model, ids, mask, token_z, pruner_z)
@@ -147,12 +148,12 @@ def test_compact_equals_faithful_when_nothing_is_dropped():
     assert torch.equal(faithful.kept_lengths, fast.kept_lengths)
 
 
-def test_compact_drops_the_same_tokens_at_the_first_location_and_agrees_closely():
-    model = model_for(layers=6)
-    ids = torch.randint(5, 99, (16, 20), generator=torch.Generator().manual_seed(7))
+def test_compact_drops_the_same_tokens_at_the_first_location_and_agrees_closely(device):
+    model = model_for(layers=6).to(device)
+    ids = torch.randint(5, 99, (16, 20), generator=torch.Generator().manual_seed(7)).to(device)
     mask = torch.ones_like(ids)  # no padding: the first decision sees the same rows in both modes
-    token_z = torch.tensor([[1.0, 1.0, 1.0, 0.0]] * 4)
-    pruner_z = torch.ones(4)
+    token_z = torch.tensor([[1.0, 1.0, 1.0, 0.0]] * 4, device=device)
+    pruner_z = torch.ones(4, device=device)
     with torch.no_grad():
         faithful = model(ids, mask, mode="faithful", token_z=token_z, pruner_z=pruner_z)
     fast, reference = compact(model, ids, mask, token_z, pruner_z)
@@ -165,12 +166,12 @@ def test_compact_drops_the_same_tokens_at_the_first_location_and_agrees_closely(
     assert fast.kept_lengths[:, -1].max() < ids.shape[1]
 
 
-def test_train_mode_zeroes_tokens_and_passes_gradients_to_gates():
-    model = model_for()
+def test_train_mode_zeroes_tokens_and_passes_gradients_to_gates(device):
+    model = model_for().to(device)
     model.train()
-    ids, mask = batch()
-    token_z = torch.rand(len(model.prune_locations), 5, requires_grad=True)
-    pruner_z = torch.full((len(model.prune_locations),), 0.6, requires_grad=True)
+    ids, mask = (t.to(device) for t in batch())
+    token_z = torch.rand(len(model.prune_locations), 5, device=device, requires_grad=True)
+    pruner_z = torch.full((len(model.prune_locations),), 0.6, device=device, requires_grad=True)
     out = model(ids, mask, mode="train", token_z=token_z, pruner_z=pruner_z)
     out.logits.sum().backward()
     assert token_z.grad is not None and token_z.grad.abs().sum() > 0

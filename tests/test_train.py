@@ -591,3 +591,15 @@ def test_nearest_target_rule_keeps_the_evaluation_nearest_the_target_within_the_
     ]
     assert steps_kept([dict(e) for e in evaluations], "score") == [1, 2, 2, 2, 2, 2]
     assert steps_kept([dict(e) for e in evaluations], "nearest-target") == [1, 1, 3, 4, 4, 4]
+
+
+def test_a_short_run_trains_and_evaluates_on_the_device(tiny, tmp_path, device):
+    """The whole loop (teacher cache, pruning, evaluations, best/ and last/) on `--device` (a GPU under nox -s gpu)."""
+    out = tmp_path / "out"
+    argv = train_argv(tiny, out, *SHORT)
+    argv[argv.index("--device") + 1] = device.type
+    assert cli.main(argv) in FINISHED
+    evaluations = [r for r in read_log(out) if "eval" in r]
+    assert evaluations[-1]["step"] == 12 and "expected_sparsity" in evaluations[-1]
+    assert json.loads((out / "run.json").read_text())["config"]["device"] == device.type
+    assert (out / "last" / "trainer_state.safetensors").is_file()

@@ -7,7 +7,7 @@ The Python API (``docs/API.md``)::
     result = top.train(top.TrainConfig(model="teacher", teacher="teacher", train_file="train.csv",
                                        validation_file="dev.csv", output_dir="pruned", target_sparsity=0.5))
 
-Each job (``train``, ``finetune``, ``evaluate``, ``export``, ``bench``, ``reproduce``, ``grid``)
+Each job (``train``, ``finetune``, ``evaluate``, ``export``, ``bench``, ``calibrate``, ``reproduce``, ``grid``)
 takes one frozen config whose fields are its command's flags, and returns a small result. The
 names load on first use, so ``import top`` (and ``top --help``) does not import torch.
 """
@@ -41,6 +41,9 @@ _API = {
     "bench": "top.evaluation.bench",
     "BenchConfig": "top.evaluation.config",
     "BenchResult": "top.evaluation.bench",
+    "calibrate": "top.evaluation.calibrate",
+    "CalibrateConfig": "top.evaluation.config",
+    "CalibrateResult": "top.evaluation.calibrate",
     "reproduce": "top.evaluation.reproduce",
     "ReproduceConfig": "top.evaluation.config",
     "grid": "top.training.grid",

@@ -36,6 +36,7 @@ COMMANDS = {
     "finetune": ("top.commands.finetune", "fine-tune the dense teacher (the original's PreFT step)"),
     "train": ("top.commands.train", "learn the token-pruning gates under the FLOPs constraint"),
     "bench": ("top.commands.bench", "time compact inference against dense baselines"),
+    "calibrate": ("top.commands.calibrate", "time compact inference on this machine and fit its latency model"),
     "export": ("top.commands.export", "write a pruned checkpoint as an ONNX model that drops the pruned tokens itself"),
     "demo": ("top.commands.demo", "run the whole method end to end on a real model and real data"),
     "grid": ("top.commands.grid", "run the paper's hyper-parameter grid search"),

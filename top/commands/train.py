@@ -29,9 +29,13 @@ def run(args: argparse.Namespace) -> int:
     if not summary:  # not the main process of a distributed run
         return 0
     best, target, epsilon = summary["best"], summary["target_sparsity"], summary["sparsity_epsilon"]
+    goal = f"the target sparsity {target}"
+    if "target_speedup" in summary:
+        goal = (f"the target speedup {summary['target_speedup']:g}x (latency sparsity "
+                f"{summary['target_latency_sparsity']:.4f})")
     if best["score"] is None:
         print(
-            f"No evaluation reached the target sparsity {target} within {epsilon}, so best/ was not written "
+            f"No evaluation reached {goal} within {epsilon}, so best/ was not written "
             f"(see {result.output_dir / 'log.jsonl'}); to reach it, train for more steps, raise "
             "--reg-learning-rate, shorten --warmup-epochs or use --sparsity-control adaptive.",
         )
@@ -41,5 +45,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         reduction = f"FLOPs reduction {best['flops_reduction']:.2f}x against dense at the task length"
     print(f"best {summary['metric']} {best['score']:.4f} at step {best['step']}: expected sparsity "
-          f"{best['expected_sparsity']:.4f}, {reduction} -> {result.best_dir}")
+          f"{best['expected_sparsity']:.4f}, {reduction}"
+          + (f", predicted speedup {best['predicted_speedup']:.2f}x" if best.get("predicted_speedup") else "")
+          + f" -> {result.best_dir}")
     return 0

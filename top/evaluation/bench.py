@@ -62,6 +62,7 @@ from top.evaluation.bench_onnx import (
     weight_read_floor,
 )
 from top.evaluation.bench_records import Correctness, baseline_records, mac_counts, total_macs
+from top.evaluation.bench_target import BASELINE, target_fields
 from top.evaluation.config import RUNTIMES, BenchConfig  # noqa: F401 - RUNTIMES: the bench suite's choices
 from top.evaluation.memory_probe import measure_peak_memory
 from top.evaluation.torch_timing import (
@@ -346,6 +347,9 @@ def benchmark(opts: BenchConfig) -> Dict[str, Any]:
         memory = measure_peak_memory(opts.device, loaded.checkpoint, functions, longest, threads)
 
     result = result_record(opts, task, threads, loaded, correctness, macs, per_pass, ms, memory)
+    lengths = [n for b in loaded.batches for n in b["trimmed"]["attention_mask"].sum(dim=1).tolist()]
+    result.update(target_fields(loaded.checkpoint.path, loaded.plan, lengths, opts.batch_size, runtime, opts.device,
+                                threads, result["baselines"][BASELINE]["speedup"]))
     if runtime == "onnxruntime":
         result.update(onnx_record(correctness, exports, floor))
         if opts.quantize:
@@ -374,4 +378,18 @@ class BenchResult:
                 rt=result["runtime"], c=result["compact"]["ms_per_batch"], baselines=baselines,
                 ag=result["agreement_with_faithful"],
             )
+            + self.target_text
         )
+
+    @property
+    def target_text(self) -> str:
+        """For a checkpoint trained to a target speedup: the target beside the measured and predicted figures."""
+        result = self.record
+        if "target_speedup" not in result:
+            return ""
+        text = "; target {t:g}x: measured {m:.2f}x over {b} ({r:.0%} of it), predicted {p:.2f}x".format(
+            t=result["target_speedup"], m=result["measured_speedup"], b=result["speedup_baseline"],
+            r=result["measured_over_target"], p=result["predicted_speedup"])
+        if result["target_conditions_differ"]:
+            text += " (calibrated under other conditions: " + "; ".join(result["target_conditions_differ"]) + ")"
+        return text

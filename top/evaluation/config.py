@@ -5,6 +5,7 @@ Light on purpose (no torch): ``top --help``, ``import top`` and the command line
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any, Optional
 
@@ -121,6 +122,59 @@ class ReproduceConfig:
                              help="evaluate what can be evaluated and report, without asserting the table (eval-all)")
     seed: int = common.seed()
     no_progress: bool = common.no_progress()
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration
+
+
+def layer_indices(value) -> str:
+    """``--prune-location``: comma-separated layer indices, e.g. ``2,3,4`` (a list from Python is joined)."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    text = values.name_text(value)
+    if not all(part.strip().isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer indices, e.g. 2,3,4")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrateConfig:
+    """``top calibrate``: time compact inference on this machine and fit the latency model that
+    ``top train --latency-model`` and ``top bench`` read."""
+
+    model: str = option(check=values.name_text, required=True, group="model and data", metavar="DIR_OR_HUB_ID",
+                        help="a fine-tuned dense model or a pruned checkpoint (a directory or hub id): its "
+                        "architecture is what is timed, its gates are not used")
+    validation_file: str = option(check=values.path_text, required=True, group="model and data", metavar="FILE",
+                                  help="the inputs to time, with the columns of --train-file (their lengths matter)")
+    task: Optional[str] = sources.task("a task of the paper's table: its length is the default --max-seq-length")
+    max_seq_length: Optional[int] = option(
+        None, check=values.int_at_least(2), group="model and data", default_text="the task's length",
+        help="where longer inputs are cut; needed without --task",
+    )
+    batch_size: int = common.batch_size(help="examples per batch, as `top bench --batch-size` will time them")
+    device: str = common.device("cpu", help="where to time: cpu (the default), cuda, or auto")
+    runtime: str = option(RUNTIMES[0], choices=RUNTIMES, group="run",
+                          help="torch (compact_forward), or onnxruntime: the exported pruned graph")
+    threads: Optional[int] = option(None, check=values.int_in_range(1, MAX_THREADS), group="run",
+                                    default_text="torch's choice", help=f"torch threads, 1..{MAX_THREADS}")
+    prune_location: Optional[str] = option(
+        None, check=layer_indices, group="model and data", metavar="LAYERS",
+        default_text="the checkpoint's, else 2..L-1", help="the layers whose prune steps are timed",
+    )
+    profiles: int = option(8, check=values.int_in_range(4, 64), group="run",
+                           help="gate settings timed: no pruning, even keep ratios and random ones, 4..64")
+    max_batches: int = option(4, check=values.int_in_range(1, 1000), group="run",
+                              help="length-sorted batches of the file timed, spread over its lengths")
+    repeats: int = option(5, check=values.int_in_range(3, 1000), group="run",
+                          help="timed rounds (each point's time is its median over them), 3..1000")
+    seed: int = common.seed()
+    output: str = option("latency.json", check=values.path_text, group="output", metavar="FILE",
+                         help="where to write the latency model")
 
     def __post_init__(self):
         check_fields(self)

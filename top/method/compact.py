@@ -14,7 +14,8 @@ gather-and-re-pad statement of the same thing that the tests check it against. B
 - the survivor counts are known on the host before anything runs: how many tokens a prune step
   keeps depends only on how many are alive (ranks are a permutation), so a
   :class:`CompactPlan`, built once per set of gates, holds them as a table, and a forward pass
-  reads the input lengths (its one host sync) and never waits for the device again;
+  reads the input lengths (its one host sync) and never waits for the device again (on a GPU
+  the layouts of every layer go over in one asynchronous copy);
 - layers whose attention ranks nothing use the fused ``scaled_dot_product_attention`` kernel
   where torch has it.
 
@@ -154,27 +155,57 @@ class _Layout:
         return self.key_bias is not None
 
 
-def _layout(lengths: List[int], device, dtype) -> _Layout:
+def _host_layout(lengths: List[int]) -> Tuple[List[int], List[int], torch.Tensor]:
+    """``(pad_rows, starts, valid [B, n] bool)`` of one layer, on the host."""
     width = max(lengths)
     starts, pad_rows, total = [], [], 0
     for b, n in enumerate(lengths):
         starts.append(total)
         pad_rows.extend(range(b * width, b * width + n))
         total += n
-    length_t = torch.tensor(lengths)
-    valid = torch.arange(width)[None, :] < length_t[:, None]
-    ragged = min(lengths) != width
+    valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return pad_rows, starts, valid
+
+
+def _make_layout(lengths: List[int], pad_rows: torch.Tensor, starts: torch.Tensor, valid: torch.Tensor,
+                 dtype) -> _Layout:
+    """A layer's layout from its index tensors and ``valid`` mask, already on the device."""
     key_bias = None
-    if ragged:
-        key_bias = ((~valid).to(dtype) * MASK_VALUE)[:, None, None, :].to(device)
-    return _Layout(
-        lengths=list(lengths),
-        width=width,
-        pad_rows=torch.tensor(pad_rows, dtype=torch.long).to(device),
-        starts=torch.tensor(starts, dtype=torch.long).to(device),
-        key_bias=key_bias,
-        query_valid=valid.to(dtype).to(device),
-    )
+    if min(lengths) != max(lengths):
+        key_bias = ((~valid).to(dtype) * MASK_VALUE)[:, None, None, :]
+    return _Layout(lengths=list(lengths), width=max(lengths), pad_rows=pad_rows, starts=starts, key_bias=key_bias,
+                   query_valid=valid.to(dtype))
+
+
+def _layouts(layer_lengths: List[List[int]], kept_lengths: torch.Tensor, device, dtype
+             ) -> Tuple[List[_Layout], torch.Tensor]:
+    """Every layer's layout (layers with the same lengths share one), and ``kept_lengths``, on ``device``.
+
+    On a GPU everything the layouts hold goes over in one asynchronous copy from pinned memory: a
+    plain ``.to(device)`` of a host tensor waits for the device (``cudaStreamSynchronize``), which
+    would make the host wait several times per layer.
+    """
+    distinct: Dict[Tuple[int, ...], int] = {}
+    for lengths in layer_lengths:
+        distinct.setdefault(tuple(lengths), len(distinct))
+    host = [_host_layout(list(lengths)) for lengths in distinct]
+    if device.type == "cpu":
+        made = [_make_layout(list(lengths), torch.tensor(rows, dtype=torch.long),
+                             torch.tensor(starts, dtype=torch.long), valid, dtype)
+                for lengths, (rows, starts, valid) in zip(distinct, host)]
+        kept = kept_lengths
+    else:
+        longs = [torch.tensor(part, dtype=torch.long) for rows, starts, _ in host for part in (rows, starts)]
+        longs.append(kept_lengths.reshape(-1))
+        masks = [valid.reshape(-1) for _, _, valid in host]
+        long_buffer = torch.cat(longs).pin_memory().to(device, non_blocking=True)
+        mask_buffer = torch.cat(masks).pin_memory().to(device, non_blocking=True)
+        long_parts = long_buffer.split([t.numel() for t in longs])
+        mask_parts = mask_buffer.split([t.numel() for t in masks])
+        made = [_make_layout(list(lengths), long_parts[2 * i], long_parts[2 * i + 1],
+                             mask_parts[i].view(host[i][2].shape), dtype) for i, lengths in enumerate(distinct)]
+        kept = long_parts[-1].view(kept_lengths.shape)
+    return [made[distinct[tuple(lengths)]] for lengths in layer_lengths], kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +325,8 @@ def compact_forward(
             raise ValueError(f"the plan was built for {plan.dtype} but the model computes in {dtype}")
 
         layer_lengths, prune_after = plan.layer_lengths(lengths, len(layers))
-        layouts = [_layout(lens, device, dtype) for lens in layer_lengths]
+        kept_lengths = torch.tensor(layer_lengths, dtype=torch.long).t().contiguous()
+        layouts, kept_lengths = _layouts(layer_lengths, kept_lengths, device, dtype)
 
         first = layouts[0]
         packed = _from_grid(embedded, first) if first.ragged else embedded.reshape(-1, embedded.shape[-1])
@@ -309,7 +341,6 @@ def compact_forward(
             packed = _feed_forward(layer, attended)
         cls = packed.index_select(0, layouts[-1].starts)
         logits = family.head(cls[:, None, :])
-    kept_lengths = torch.tensor(layer_lengths, dtype=torch.long).t().contiguous()
     return CompactOutput(logits=logits, kept_lengths=kept_lengths.to(input_ids.device))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 
 def _cpuinfo(field: str) -> str:
@@ -59,3 +59,32 @@ def one_line(description: Dict[str, object]) -> str:
     if description.get("limited_to"):
         text += "; limited by " + " ".join(f"{k}={v}" for k, v in description["limited_to"].items())
     return text + f"), {description['cores']} cores"
+
+
+def timing_machine(device: str, runtime: str = "torch", threads: Optional[int] = None) -> Dict[str, object]:
+    """What a time measured here depends on besides the model and its inputs: the device (the CPU's name, or
+    the GPU's), the cores and threads, torch's version and the runtime's. A latency model records it."""
+    import torch
+
+    gpu = None
+    if device == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.cuda.current_device())
+    runtime_version = torch.__version__
+    if runtime == "onnxruntime":
+        try:
+            import onnxruntime
+
+            runtime_version = onnxruntime.__version__
+        except ImportError:
+            runtime_version = None
+    return {
+        "device": device,
+        "cpu": cpu_name(),
+        "gpu": gpu,
+        "cores": os.cpu_count(),
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
+        "torch": torch.__version__,
+        "runtime": runtime,
+        "runtime_version": runtime_version,
+        "cpu_vector_extension": describe()["cpu_vector_extension"],
+    }

@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 BEST_KEYS = ("score", "step", "expected_sparsity", "expected_sequence_sparsity", "flops_reduction",
              "flops_reduction_same_inputs")
 NO_BEST = dict.fromkeys(BEST_KEYS)
+# ... and with a target speedup.
+LATENCY_KEYS = ("expected_latency_sparsity", "predicted_speedup")
 
 
 def within_band(sparsity: float, target: float, epsilon: float) -> bool:
@@ -21,7 +23,8 @@ def within_band(sparsity: float, target: float, epsilon: float) -> bool:
 
 
 def apply_best_rule(
-    record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float, rule: str = BEST_RULES[0]
+    record: Dict[str, Any], best: Dict[str, Any], target: float, epsilon: float, rule: str = BEST_RULES[0],
+    measure: str = "expected_sparsity",
 ) -> Dict[str, Any]:
     """The best so far after the evaluation ``record``, which is marked ``reached_target`` and ``is_best``.
 
@@ -31,10 +34,14 @@ def apply_best_rule(
     every later one could become best/ even below it. Rule ``nearest-target``: among evaluations
     within target +- epsilon, the one nearest the target, the better score breaking a tie. An
     undefined score (None: see top.evaluation.metrics) is never the best.
+
+    ``measure`` is the record's key the target is of: ``expected_sparsity`` (MACs), or with a target
+    speedup ``expected_latency_sparsity`` (the share of compact inference's time the gates remove,
+    ``top.method.latency``); best/ then also keeps it and the ``predicted_speedup``.
     """
     if rule not in BEST_RULES:
         raise ValueError(f"unknown best rule {rule!r}")
-    sparsity = record.get("expected_sparsity")
+    sparsity = record.get(measure)
     reached = sparsity is not None and sparsity >= target - epsilon
     record["reached_target"] = bool(reached)
     first = best["score"] is None
@@ -44,13 +51,14 @@ def apply_best_rule(
     else:
         eligible = sparsity is not None and within_band(sparsity, target, epsilon)
         distance = abs(sparsity - target) if sparsity is not None else None
-        best_distance = None if first else abs(best["expected_sparsity"] - target)
+        best_distance = None if first else abs(best[measure] - target)
         better = first or (
             record["score"] is not None
             and (distance < best_distance or (distance == best_distance and record["score"] > best["score"]))
         )
     record["is_best"] = bool(eligible and record["score"] is not None and better)
-    return {key: record.get(key) for key in BEST_KEYS} if record["is_best"] else best
+    keys = BEST_KEYS if measure == "expected_sparsity" else BEST_KEYS + LATENCY_KEYS
+    return {key: record.get(key) for key in keys} if record["is_best"] else best
 
 
 def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, control: str) -> bool:
@@ -72,11 +80,13 @@ def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, c
 
 
 def final_sparsity(final: Optional[Dict[str, Any]], steps: int, target: float, epsilon: float, control: str,
-                   prepruning_steps: int) -> Optional[float]:
-    """The last evaluation's expected sparsity (None before pruning), with a warning when it is off target."""
-    sparsity = None if final is None else final.get("expected_sparsity")
+                   prepruning_steps: int, measure: str = "expected_sparsity") -> Optional[float]:
+    """The last evaluation's ``measure`` (the expected sparsity; None before pruning), with a warning when it is
+    off target."""
+    sparsity = None if final is None else final.get(measure)
     if sparsity is None:
         logger.warning("Pruning never started (%d steps); give more than %d steps.", steps, prepruning_steps)
     else:
-        warn_off_target(f"At the end (step {steps}), the expected sparsity", sparsity, target, epsilon, control)
+        what = measure.replace("_", " ")
+        warn_off_target(f"At the end (step {steps}), the {what}", sparsity, target, epsilon, control)
     return sparsity

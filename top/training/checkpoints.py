@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from top.errors import UserError
 from top.method.checkpoint import load_checkpoint, save_checkpoint
@@ -20,16 +20,17 @@ from top.training.step import Optimizers, build_optimizers
 logger = logging.getLogger(__name__)
 
 
-def write_pruned(path: Path, student, gates, tokenizer, trainer_state: Dict[str, Any]) -> None:
-    """The published layout (config, weights, zs.pt, l0_module.pt, tokenizer) and ``trainer_state.json``,
-    written atomically."""
+def write_pruned(path: Path, student, gates, tokenizer, trainer_state: Dict[str, Any],
+                 extra: Optional[Dict[str, Any]] = None) -> None:
+    """The published layout (config, weights, zs.pt, l0_module.pt, tokenizer), ``trainer_state.json`` and the
+    ``extra`` JSON files, written atomically."""
     save_checkpoint(
         path,
         model_state_dict=student.hf_model.state_dict(),
         config=student.config,
         gate_state=gates.state_for_checkpoint(),
         tokenizer=tokenizer,
-        extra={"trainer_state.json": trainer_state},
+        extra={"trainer_state.json": trainer_state, **(extra or {})},
     )
 
 

@@ -21,6 +21,8 @@ from top.settings.fields import check_fields, option
 
 # A MAC sparsity to reach: strictly between 0 and 1.
 SPARSITY = values.finite_float(min=0.0, max=1.0, min_inclusive=False, max_inclusive=False)
+# A speedup to reach: above 1 (no pruning is 1x at best) and below what any model could give.
+SPEEDUP = values.finite_float(min=1.0, max=1000.0, min_inclusive=False)
 # Rank bins and ranked tokens: no more than the positions of the longest model top builds.
 TOKEN_COUNT = values.int_in_range(1, 8192, " (no model top builds has more positions)")
 # --best-rule's choices; the first is the default (the paper's rule).
@@ -81,6 +83,16 @@ class TrainConfig:
     target_sparsity: Optional[float] = option(
         None, check=SPARSITY, group="pruning", default_text="the task preset",
         help="the MAC sparsity to reach, between 0 and 1",
+    )
+    target_speedup: Optional[float] = option(
+        None, check=SPEEDUP, group="pruning",
+        help="instead of --target-sparsity: the speedup of compact inference over the dense model on dynamic "
+        "padding to reach, on the machine, batch size and runtime --latency-model was calibrated on",
+    )
+    latency_model: Optional[str] = option(
+        None, check=values.path_text, group="pruning", metavar="FILE",
+        help="latency.json of `top calibrate`: with --target-speedup, the Lagrangian holds the expected latency "
+        "under the gates to the target instead of the expected MACs",
     )
     epochs: Optional[float] = option(
         None, check=values.epoch_count, group="optimisation", exclusive="length", default_text="the task preset",

@@ -21,6 +21,7 @@ never exits: a bad input raises ``top.errors.UserError``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from top.evaluation import scoring
 from top.evaluation.dev import dev_record, score_text
 from top.method import flops
 from top.method.gates import TokenGates
+from top.method.latency import LatencyConstraint
 from top.method.modeling import ToPClassifier
 from top.runtime import determinism
 from top.settings.fields import record as config_record
@@ -48,6 +50,9 @@ from top.training.progress import Callback, Reporter
 from top.training.step import PREPRUNING_STEPS, ToPStep, build_optimizers
 
 logger = logging.getLogger(__name__)
+
+# What a checkpoint trained to a target speedup carries of it (top.method.latency.LatencyConstraint.checkpoint_record).
+LATENCY_TARGET_FILE = "latency_target.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,7 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     step, best_so_far = 0, dict(best.NO_BEST)
     log = run_files.JsonLog(out / "log.jsonl", dist.is_main)
     if config.resume:
+        check_same_latency_model(out, plan)
         step, best_so_far, step_fn.optimizers = restore(last_dir, student, gates, config, plan.total_steps, dist)
         log.truncate_after(step)
         if dist.is_main:
@@ -119,6 +125,7 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
                             run_record(plan, dist, flags, cache))
 
     reporter = Reporter("train", "ToP", plan.total_steps, step, not config.no_progress and dist.is_main, callback)
+    target = plan.step.target(config.target_sparsity)  # of the quantity the Lagrangian holds
     final = None  # the last evaluation's record
     student.train()
     start_time = time.time()
@@ -135,8 +142,8 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
         step += 1
         reporter.step(step, values, progress_fields(values))
         if step == plan.step.first_full_target_step and step < plan.total_steps and dist.is_main:
-            best.warn_off_target(f"After the warm-up (step {step}), the training batch's expected sparsity",
-                                 values["expected_sparsity"], config.target_sparsity, config.sparsity_epsilon,
+            best.warn_off_target(f"After the warm-up (step {step}), the training batch's {held_name(plan)}",
+                                 values[plan.step.measure], target, config.sparsity_epsilon,
                                  config.sparsity_control)
         if step % config.logging_steps == 0 or step == plan.total_steps:
             learning_rate = step_fn.optimizers.scheduler.get_last_lr()[0]
@@ -146,10 +153,13 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
         if step % config.eval_steps == 0 or step == plan.total_steps:
             if dist.is_main:
                 final = evaluate_student(student, gates, dev_set, plan, config, step, pruning)
-                best_so_far = best.apply_best_rule(final, best_so_far, config.target_sparsity,
-                                                   config.sparsity_epsilon, config.best_rule)
+                best_so_far = best.apply_best_rule(final, best_so_far, target, config.sparsity_epsilon,
+                                                   config.best_rule, plan.step.measure)
                 if final["is_best"]:
-                    write_pruned(best_dir, student, gates, tokenizer, {"step": step, "eval": final})
+                    extra = None
+                    if plan.step.latency is not None:
+                        extra = {LATENCY_TARGET_FILE: plan.step.latency.checkpoint_record(final)}
+                    write_pruned(best_dir, student, gates, tokenizer, {"step": step, "eval": final}, extra)
                 log.write(final)
                 reporter.evaluation(step, final, eval_line(final, plan.data.metric, config.target_sparsity))
             dist.barrier()
@@ -163,11 +173,27 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     if dist.is_main:
         if final is None:  # a finished run resumed: its last evaluation is in the log
             final = log.last_record_with("eval")
-        sparsity = best.final_sparsity(final, step, config.target_sparsity, config.sparsity_epsilon,
-                                       config.sparsity_control, PREPRUNING_STEPS)
-        summary = write_summary(out, plan.data.metric, best_so_far, config, step, time.time() - start_time, sparsity)
+        sparsity = best.final_sparsity(final, step, target, config.sparsity_epsilon, config.sparsity_control,
+                                       PREPRUNING_STEPS, plan.step.measure)
+        summary = write_summary(out, plan.data.metric, best_so_far, config, step, time.time() - start_time, sparsity,
+                                plan.step.latency, final)
     has_best = best_so_far["score"] is not None
     return TrainResult(out, best_dir if has_best else None, last_dir, summary, config)
+
+
+def check_same_latency_model(out: Path, plan: Plan) -> None:
+    """A resumed run keeps the latency model it started with (``run.json`` records its sha256)."""
+    if plan.step.latency is None:
+        return
+    try:
+        started = json.loads((out / "run.json").read_text(encoding="utf-8"))["latency_constraint"]["latency_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{out / 'run.json'} records no latency model, so the run did not start with --target-speedup; "
+                        "resume it with the flags it started with.") from None
+    now = plan.step.latency.model
+    if started.get("sha256") != now.fingerprint:
+        raise UserError(f"--latency-model {now.path} is not the file the run started with (sha256 "
+                        f"{str(started.get('sha256'))[:12]} then, {now.fingerprint[:12]} now); resume with that file.")
 
 
 def encode(plan: Plan, tokenizer, max_seq_length: int):
@@ -258,10 +284,28 @@ def evaluate_student(student, gates, dev_set, plan: Plan, config: TrainConfig, s
     if pruning:
         record["kept_bins"] = token_z.sum(dim=1).tolist()
         record["layer_gates"] = pruner_z.tolist()
+        if plan.step.latency is not None:
+            lengths = dev_set["attention_mask"].sum(dim=1).tolist()
+            record.update(plan.step.latency.figures(lengths, token_z, pruner_z, gates.prune_locations))
     return record
 
 
+def held_name(plan: Plan) -> str:
+    """What the Lagrangian holds, in words."""
+    return "expected sparsity" if plan.step.latency is None else "expected latency sparsity"
+
+
 def progress_fields(values: Dict[str, float]) -> Dict[str, str]:
+    if "expected_latency_sparsity" in values:
+        return {
+            "loss": f"{values['loss']:.4f}",
+            "task": f"{values['task_loss']:.4f}",
+            "lag": f"{values['lagrangian']:.4f}",
+            "l1": f"{values['lambda_1']:.3f}",
+            "l2": f"{values['lambda_2']:.3f}",
+            "latency": f"{values['expected_latency_sparsity']:.3f}/{values['target']:.3f}",
+            "speedup": f"{values['predicted_speedup']:.2f}x",
+        }
     return {
         "loss": f"{values['loss']:.4f}",
         "task": f"{values['task_loss']:.4f}",
@@ -276,6 +320,8 @@ def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
     line = f"step {record['step']}: {metric} {score_text(record['score'])}"
     if "expected_sparsity" in record:
         line += f", expected sparsity {record['expected_sparsity']:.4f} (target {target})"
+    if "predicted_speedup" in record:
+        line += f", predicted speedup {record['predicted_speedup']:.2f}x"
     return line
 
 
@@ -289,13 +335,20 @@ def run_record(plan: Plan, dist: distributed.Distributed, flags: Dict[str, Any],
         "world_size": dist.world_size,
         "deterministic": flags,
         "teacher_cache": {"used": cache is not None, "key": cache.key if cache is not None else None},
+        **({} if plan.step.latency is None else {"latency_constraint": plan.step.latency.record()}),
     }
 
 
 def write_summary(out: Path, metric: str, best_so_far: Dict[str, Any], config: TrainConfig, steps: int,
-                  seconds: float, final_sparsity: Optional[float] = None) -> Dict[str, Any]:
+                  seconds: float, final_sparsity: Optional[float] = None, latency: Optional[LatencyConstraint] = None,
+                  final: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``summary.json``: the best evaluation, the last one's expected sparsity and whether it is within
-    target +- epsilon (``reached_target``); returned as written."""
+    target +- epsilon (``reached_target``); returned as written.
+
+    With a ``latency`` constraint, ``final_sparsity`` is the last evaluation's latency sparsity, which
+    ``reached_target`` judges; the summary adds the target speedup, the latency model's sha256, the
+    sparsity and FLOPs reduction the target implies, and the last evaluation's predicted speedup
+    (the best one's is in ``best``)."""
     target, epsilon = config.target_sparsity, config.sparsity_epsilon
     summary = {
         "metric": metric, "best": best_so_far, "target_sparsity": target, "steps": steps, "seconds": round(seconds, 1),
@@ -303,5 +356,14 @@ def write_summary(out: Path, metric: str, best_so_far: Dict[str, Any], config: T
         "reached_target": final_sparsity is not None and best.within_band(final_sparsity, target, epsilon),
         "sparsity_epsilon": epsilon,
     }
+    if latency is not None:
+        final = final or {}
+        summary.update(latency.record())
+        summary.update(
+            final_expected_sparsity=final.get("expected_sparsity"),
+            final_expected_latency_sparsity=final_sparsity,
+            final_predicted_speedup=final.get("predicted_speedup"),
+            reached_target=final_sparsity is not None and best.within_band(final_sparsity, latency.target, epsilon),
+        )
     atomic_write_json(out / "summary.json", summary)
     return summary

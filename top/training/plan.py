@@ -16,16 +16,18 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from top.data import sources
+from top.data import batching, sources
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData
 from top.errors import UserError
+from top.method import latency
 from top.method.gates import check_prune_locations, default_prune_locations
 from top.method.losses import default_rank_layers
+from top.runtime import machine
 from top.runtime.devices import resolve_device
 from top.settings.values import MAX_STEPS
 from top.storage.hub import resolve_model
-from top.storage.model_files import read_model_config
+from top.storage.model_files import load_tokenizer, read_model_config
 from top.training import batch_order, distributed
 from top.training.config import AUTO_EVALUATIONS, EVAL_STEPS, TrainConfig
 from top.training.step import StepPlan
@@ -78,9 +80,15 @@ def preset_of(config: TrainConfig, data: TaskData) -> Dict[str, Any]:
 
 
 def resolve_presets(config: TrainConfig, preset: Dict[str, Any]) -> Dict[str, Any]:
-    """The ToP settings a config leaves to the task's preset, decided: each flag, else the preset's value."""
+    """The ToP settings a config leaves to the task's preset, decided: each flag, else the preset's value.
+
+    With ``--target-speedup`` the target sparsity is left None here: the latency constraint decides it
+    (:func:`latency_constraint`)."""
     resolved = {name: getattr(config, name) if getattr(config, name) is not None else preset[name]
                 for name in ("target_sparsity", "bin_num", "topk", "warmup_epochs", "epochs")}
+    if config.target_speedup is not None:
+        resolved["target_sparsity"] = None
+        return resolved
     if resolved["target_sparsity"] is None:
         raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
     resolved["target_sparsity"] = float(resolved["target_sparsity"])
@@ -121,10 +129,42 @@ def check_teacher(student_config, teacher_config, num_labels: int, config: Train
         )
 
 
+def check_latency_flags(config: TrainConfig) -> None:
+    """``--target-speedup`` goes with ``--latency-model`` and instead of ``--target-sparsity``."""
+    if config.target_speedup is not None and config.target_sparsity is not None:
+        raise UserError("Give either --target-sparsity or --target-speedup, not both.")
+    if (config.target_speedup is None) != (config.latency_model is None):
+        given, missing = (("--target-speedup", "--latency-model FILE (from `top calibrate`)")
+                          if config.target_speedup is not None else ("--latency-model", "--target-speedup, e.g. 1.6"))
+        raise UserError(f"{given} needs {missing}; give both or neither.")
+
+
+def latency_constraint(config: TrainConfig, data: TaskData, student_dir: Path, student_config,
+                       locations: List[int]) -> latency.LatencyConstraint:
+    """``--target-speedup`` on the dev set, as a constraint on the latency sparsity (see ``top.method.latency``).
+
+    A latency model of another architecture is refused; one measured on another machine (processor, GPU,
+    cores, torch or runtime version) is used with a warning that names the differences.
+    """
+    model = latency.read_latency_model(config.latency_model)
+    latency.check_shape(model, student_config, f"--model {config.model}")
+    here = machine.timing_machine(model.machine.get("device", "cpu"), model.machine.get("runtime", "torch"))
+    here.pop("threads")  # the threads training runs on say nothing of the threads inference will run on
+    different = latency.machine_differences(model, here)
+    if different:
+        logger.warning("--latency-model %s was calibrated on another machine than this one (%s); the target speedup "
+                       "is %gx on that machine, at batch %d.", config.latency_model, "; ".join(different),
+                       config.target_speedup, model.batch_size)
+    tokenizer = load_tokenizer(student_dir, "--model", "give a model directory with one")
+    mask = batching.encode(data.dev, tokenizer, config.max_seq_length)["attention_mask"]
+    return latency.constraint_for(model, config.target_speedup, locations, student_config, mask, data.task_length)
+
+
 def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[TrainConfig, Plan]:
     """Everything that can be wrong with the input, checked before any weights load; the config resolved."""
     if config.epochs is not None and config.max_steps is not None:
         raise UserError("Give either --epochs or --max-steps, not both.")
+    check_latency_flags(config)
     data = sources.load(config, config.max_seq_length)
     presets = resolve_presets(config, preset_of(config, data))
     student_dir = resolve_model(config.model, "--model")
@@ -140,6 +180,10 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
         locations = default_locations(num_layers)
     else:
         locations = prune_locations(config.prune_location, num_layers)
+    constraint = None
+    if config.target_speedup is not None:
+        constraint = latency_constraint(config, data, student_dir, student_config, locations)
+        presets["target_sparsity"] = round(constraint.implied_sparsity, 4)
     device = resolve_device(config.device, dist.local_rank)
     order = batch_order.BatchOrder(len(data.train), config.batch_size, config.seed, dist.world_size, dist.rank)
     steps = total_steps(config.max_steps, presets["epochs"], order.steps_per_epoch)
@@ -148,6 +192,7 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
         regression=data.is_regression,
         task_length=data.task_length,
         rank_layers=tuple(default_rank_layers(num_layers)),
+        latency=constraint,
     )
     eval_steps = resolve_eval_steps(config.eval_steps, steps, step_plan.first_full_target_step)
     if config.max_steps is not None:
@@ -166,6 +211,15 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
         logger.info("target sparsity %s, %d bins, top-%d, %d steps (warm-up %d), evaluating every %d",
                     resolved.target_sparsity, resolved.bin_num, resolved.topk, steps, step_plan.warmup_steps,
                     eval_steps)
+        if constraint is not None:
+            logger.info(
+                "target speedup %gx at batch %d (latency model %s, sha256 %s): compact inference without pruning is "
+                "predicted at %.2fx, so pruning must remove %.1f%% of its time; that is the same keep ratio %.3f at "
+                "every location, an expected MAC sparsity of %.4f, a FLOPs reduction of %.2fx",
+                constraint.target_speedup, constraint.model.batch_size, config.latency_model,
+                constraint.model.fingerprint[:12], constraint.unpruned_speedup, 100 * constraint.target,
+                constraint.implied_keep_ratio, constraint.implied_sparsity, constraint.implied_flops_reduction,
+            )
         warn_few_evaluations(config.eval_steps, eval_steps, steps, step_plan.first_full_target_step)
     plan = Plan(data, student_dir, teacher_dir, student_config, teacher_config, tuple(locations), device, order,
                 steps, step_plan)

@@ -4,7 +4,10 @@ The loss is the logit distillation from the teacher (KD at ``distill_temperature
 against the labels for regression) and, once pruning has started, the Lagrangian of the expected
 MAC sparsity against a target that ramps linearly from 0 over the warm-up, plus the ranking
 distillation of the teacher's last-layer token order into the student's ranking layers, weighted
-by ``rank_loss_alpha * max(0.01, 1 - warm-up progress)``.
+by ``rank_loss_alpha * max(0.01, 1 - warm-up progress)``. With a latency constraint
+(``--target-speedup``, :class:`top.method.latency.LatencyConstraint`) the Lagrangian holds the
+expected latency sparsity instead: the share of compact inference's time the gates remove, from
+the calibrated latency model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 
 from top.data import batching
 from top.method import flops, sparsity_control
+from top.method.latency import LatencyConstraint
 from top.method.losses import lagrangian_loss, logit_distillation_loss, rank_distillation_loss
 from top.training import distributed, optimisers
 
@@ -32,6 +36,16 @@ class StepPlan:
     regression: bool  # the task loss is the MSE against the labels, not distillation
     task_length: int  # the length the expected sparsity is counted at
     rank_layers: Tuple[int, ...]  # the student layers the rank distillation teaches
+    latency: Optional[LatencyConstraint] = None  # --target-speedup: the Lagrangian holds the latency sparsity
+
+    @property
+    def measure(self) -> str:
+        """The record key of the quantity the Lagrangian holds to its target."""
+        return "expected_sparsity" if self.latency is None else "expected_latency_sparsity"
+
+    def target(self, target_sparsity: float) -> float:
+        """The target of :attr:`measure`: the run's target sparsity, or the latency sparsity of its target speedup."""
+        return target_sparsity if self.latency is None else self.latency.target
 
     @property
     def first_full_target_step(self) -> int:
@@ -144,8 +158,8 @@ class ToPStep:
         ramp = None
         if pruning:
             token_z, pruner_z = sample_gates(gates, config.seed, step, batch["input_ids"].device)
-            ramp = warmup_ramp(step - PREPRUNING_STEPS, self.plan.warmup_steps, config.target_sparsity,
-                               config.rank_loss_alpha)
+            ramp = warmup_ramp(step - PREPRUNING_STEPS, self.plan.warmup_steps,
+                               self.plan.target(config.target_sparsity), config.rank_loss_alpha)
         # Pruning reads the layers before the prune locations, the rank distillation the rank layers.
         student_out = student(**inputs, mode="train", token_z=token_z, pruner_z=pruner_z,
                               probability_layers=self.plan.rank_layers if pruning else ())
@@ -165,7 +179,7 @@ class ToPStep:
 
         step_target, rank_weight = ramp or (0.0, 0.0)
         task_loss, lag, rank = (_number(parts[k]) for k in ("task_loss", "lagrangian", "rank_loss"))
-        return {
+        values = {
             "loss": task_loss + rank_weight * rank + lag,
             "task_loss": task_loss,
             "lagrangian": lag,
@@ -175,6 +189,12 @@ class ToPStep:
             "expected_sparsity": _number(parts["expected_sparsity"]),
             "target": step_target,
         }
+        if self.plan.latency is not None:
+            held = _number(parts.get("expected_latency_sparsity", 0.0))  # 0 before pruning starts
+            values["expected_latency_sparsity"] = held
+            # This batch's expected speedup over dense, at the dev set's unpruned speedup.
+            values["predicted_speedup"] = self.plan.latency.unpruned_speedup / max(1.0 - held, 1e-9)
+        return values
 
     def loss(self, student_out, teacher_out, batch: Dict[str, torch.Tensor], ramp: Optional[Tuple[float, float]],
              share: float, global_batch: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -182,7 +202,8 @@ class ToPStep:
 
         The task loss and the rank distillation are weighted by the process's ``share`` of the
         global batch. Once pruning (``ramp`` is the step's target and rank weight), the Lagrangian
-        of the global batch's expected MAC sparsity and the rank distillation are added.
+        of the global batch's expected MAC sparsity (with a target speedup, its expected latency
+        sparsity: :meth:`latency_sparsity`) and the rank distillation are added.
         """
         config, gates = self.config, self.gates
         if self.plan.regression:
@@ -191,18 +212,40 @@ class ToPStep:
             task_loss = logit_distillation_loss(student_out.logits, teacher_out.logits, config.distill_temperature)
         loss = share * task_loss
         lag = rank = expected = torch.zeros((), device=task_loss.device)
+        extra: Dict[str, torch.Tensor] = {}
         if ramp is not None:
             step_target, rank_weight = ramp
             token_score, pruner_score = gates.keep_probabilities()
-            relative, _ = flops.relative_macs(
-                token_score, pruner_score, gates.prune_locations, self.student.config, batch["attention_mask"],
-                self.plan.task_length,
-            )
-            expected = 1 - self.dist.gather_sum(relative.sum()) / global_batch
-            lag = lagrangian_loss(expected, step_target, gates.lambda_1, gates.lambda_2)
+            if self.plan.latency is None:
+                relative, _ = flops.relative_macs(
+                    token_score, pruner_score, gates.prune_locations, self.student.config, batch["attention_mask"],
+                    self.plan.task_length,
+                )
+                expected = 1 - self.dist.gather_sum(relative.sum()) / global_batch
+                held = expected
+            else:
+                held, expected = self.latency_sparsity(token_score, pruner_score, batch["attention_mask"],
+                                                       global_batch)
+                extra["expected_latency_sparsity"] = held
+            lag = lagrangian_loss(held, step_target, gates.lambda_1, gates.lambda_2)
             rank = rank_distillation_loss(
                 student_out.importance, teacher_out.importance[-1], batch["attention_mask"][:, 1:], config.topk,
                 layers=self.plan.rank_layers,
             )
             loss = loss + share * rank_weight * rank + lag
-        return loss, {"task_loss": task_loss, "lagrangian": lag, "rank_loss": rank, "expected_sparsity": expected}
+        return loss, {"task_loss": task_loss, "lagrangian": lag, "rank_loss": rank, "expected_sparsity": expected,
+                      **extra}
+
+    def latency_sparsity(self, token_score: torch.Tensor, pruner_score: torch.Tensor, attention_mask: torch.Tensor,
+                         global_batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The global batch's expected latency sparsity (differentiable; ``1 - E[t(gates)] / t(no pruning)``, summed
+        over the examples as ``top bench`` sums batches), and its expected MAC sparsity (for the log only)."""
+        gates = self.gates
+        pruned, unpruned = self.plan.latency.model.expected_seconds(token_score, pruner_score, gates.prune_locations,
+                                                                    attention_mask)
+        held = 1 - self.dist.gather_sum(pruned.sum()) / self.dist.gather_sum(unpruned.sum().detach())
+        with torch.no_grad():
+            relative, _ = flops.relative_macs(token_score, pruner_score, gates.prune_locations, self.student.config,
+                                              attention_mask, self.plan.task_length)
+            expected = 1 - self.dist.gather_sum(relative.sum()) / global_batch
+        return held, expected
