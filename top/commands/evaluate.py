@@ -20,6 +20,7 @@ from top.commands.argtypes import batch_size_count, int_at_least
 from top.data import batching
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData, load_task_data
+from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.data.tasks import TASKS
 from top.errors import UserError
 from top.evaluation import scoring
@@ -62,8 +63,11 @@ def load_tokenizer(path, tokenizer_name: Optional[str] = None):
 
     source = tokenizer_name or str(path)
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except Exception as exc:  # noqa: BLE001 - HF raises many kinds for a missing tokenizer
+        with rust_panics_quiet():
+            return AutoTokenizer.from_pretrained(source)
+    except BaseException as exc:  # noqa: BLE001 - HF raises many kinds for a missing tokenizer; tokenizers panics
+        if not is_tokenizer_failure(exc):
+            raise
         raise UserError(
             f"No tokenizer could be loaded from {source} ({type(exc).__name__}); "
             "put the tokenizer files next to the weights or pass --tokenizer NAME_OR_DIR."
@@ -93,7 +97,7 @@ def evaluate(
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
     forward = model_forward(loaded, mode, max_seq_length)
-    encoded = batching.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
+    encoded = batching.encode_set(eval_data.dev, loaded.tokenizer, max_seq_length, what="the dev set")
     batching.check_token_ids(encoded, model.config, loaded.path)
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
@@ -111,7 +115,7 @@ def evaluate(
     scoring.require_finite_logits(scored.logits, loaded.path)
     sparsity, sequence_sparsity, macs, kept = zip(*scored.per_batch)
     exact_macs, dense_macs, task_macs = _sums(macs)
-    logits, labels = scored.logits, encoded["labels"]
+    logits, labels = scored.logits, encoded.labels
     regression = model.config.num_labels == 1
     predictions = logits[:, 0] if regression else logits.argmax(dim=-1)
     metrics = compute_metrics(eval_data.task, predictions.numpy(), labels.numpy())

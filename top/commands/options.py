@@ -25,8 +25,9 @@ from top.commands.argtypes import (
     positive_int,
     seed_number,
 )
-from top.data.batching import check_token_ids, encode
+from top.data.batching import check_token_ids, encode_set
 from top.data.loading import TaskData, load_task_data
+from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.data.tasks import TASKS
 from top.errors import UserError
 from top.method.checkpoint import check_config_file
@@ -176,15 +177,18 @@ def encode_data(data: TaskData, model_dir: Path, flag: str, name: str, max_seq_l
     """The tokenizer of the model in ``model_dir`` (``flag name`` resolved), and the train and dev
     sets tokenised by it at ``max_seq_length``."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as error:
+        with rust_panics_quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except BaseException as error:  # noqa: BLE001 - a tokenizers panic is a BaseException
+        if not is_tokenizer_failure(error):
+            raise
         raise UserError(
             f"{flag} {name} has no tokenizer ({type(error).__name__}); give a model directory with one."
         ) from None
     check_config_file(model_dir, f"The config.json of {flag} {name}")  # before transformers reads it
     config = AutoConfig.from_pretrained(str(model_dir))
-    train_set = encode(data.train, tokenizer, max_seq_length)
-    dev_set = encode(data.dev, tokenizer, max_seq_length)
+    train_set = encode_set(data.train, tokenizer, max_seq_length, what="the training data")
+    dev_set = encode_set(data.dev, tokenizer, max_seq_length, what="the dev set")
     for encoded in (train_set, dev_set):
         check_token_ids(encoded, config, f"{flag} {name}")
     return tokenizer, train_set, dev_set
