@@ -90,17 +90,13 @@ class EncodedSet:
     """
 
     def __init__(self, fields: Dict[str, np.ndarray], offsets: np.ndarray, labels: torch.Tensor, width: int,
-                 pad_values: Dict[str, int]):
+                 pad_values: Dict[str, int], lengths: np.ndarray):
         self.fields = fields  # key -> flat values, in MODEL_INPUT_KEYS order
         self.offsets = offsets  # int64 [N + 1]
         self.labels = labels
         self.width = int(width)  # the padded length of a row (max_seq_length, or the longest row)
         self.pad_values = pad_values
-        if "attention_mask" in fields:  # what the padded set's attention_mask.sum(dim=1) was
-            running = np.concatenate([[0], np.cumsum(fields["attention_mask"], dtype=np.int64)])
-            self._lengths = running[offsets[1:]] - running[offsets[:-1]]
-        else:
-            self._lengths = np.diff(offsets).astype(np.int64)
+        self._lengths = lengths  # int64 [N]: each row's attention mask summed (the padded set's mask.sum(dim=1))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -171,7 +167,8 @@ class EncodedSet:
         real = np.arange(width)[None, :] < counts[:, None]
         fields = {k: v[real] for k, v in dense.items()}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(fields, offsets, encoded["labels"], width, pad_values)
+        lengths = dense["attention_mask"].sum(axis=1).astype(np.int64) if "attention_mask" in dense else counts
+        return cls(fields, offsets, encoded["labels"], width, pad_values, lengths)
 
 
 Encoded = Union[EncodedSet, Dict[str, torch.Tensor]]
@@ -220,16 +217,19 @@ def encode_set(
     source = getattr(tokenizer, "name_or_path", "") or "the model"
     pad_values = _pad_values(tokenizer, source)
     parts: Dict[str, List[np.ndarray]] = {}
-    counts = []
+    counts, attended = [], []
     for start in range(0, len(examples), ENCODE_CHUNK):
         chunk = examples[start : start + ENCODE_CHUNK]
         encoded = _tokenize(tokenizer, chunk, max_seq_length, source, what, start)
         sizes = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(chunk))
         counts.append(sizes)
+        if "attention_mask" in encoded:
+            attended.append(np.fromiter((sum(mask) for mask in encoded["attention_mask"]), dtype=np.int64,
+                                        count=len(chunk)))
         for key in MODEL_INPUT_KEYS:
             if key in encoded:
                 flat = np.fromiter(itertools.chain.from_iterable(encoded[key]), dtype=np.int64, count=int(sizes.sum()))
-                parts.setdefault(key, []).append(flat)
+                parts.setdefault(key, []).append(_compact(flat))  # int64 for one chunk only
     lengths = np.concatenate(counts)
     if int(lengths.max()) > max_seq_length:
         row = int(np.argmax(lengths > max_seq_length))
@@ -245,7 +245,8 @@ def encode_set(
         labels = torch.tensor([float(example.label) for example in examples], dtype=torch.float)
     else:
         labels = torch.tensor([int(example.label) for example in examples], dtype=torch.long)
-    return EncodedSet(fields, offsets, labels, width, {key: pad_values[key] for key in fields})
+    pads = {key: pad_values[key] for key in fields}
+    return EncodedSet(fields, offsets, labels, width, pads, np.concatenate(attended) if attended else lengths)
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -254,7 +255,7 @@ def _compact(values: np.ndarray) -> np.ndarray:
     for dtype in (np.uint8, np.int32):
         info = np.iinfo(dtype)
         if info.min <= low and high <= info.max:
-            return values.astype(dtype)
+            return values.astype(dtype, copy=False)
     return values
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
@@ -48,15 +47,20 @@ def read_text(path: Path) -> str:
 def read_rows(path: Path, as_dicts: bool = False, **reader_options: Any) -> List[Any]:
     """Every row of a csv/tsv data file (as dicts keyed by the header with ``as_dicts``).
 
-    A malformed or oversized field is the user's to fix, named by line.
+    The file is read as it is parsed, so no copy of its whole text is held besides the rows.
+    Bytes that are not UTF-8, or a malformed or oversized field, are the user's to fix, named by line.
     """
-    handle = io.StringIO(read_text(path), newline="")
-    reader = csv.DictReader(handle, **reader_options) if as_dicts else csv.reader(handle, **reader_options)
     try:
-        return [dict(row) for row in reader] if as_dicts else list(reader)
-    except csv.Error as exc:
-        line = (reader.reader if as_dicts else reader).line_num  # DictReader's own count lags by a row
-        raise UserError(
-            f"{path} line {line} cannot be read ({exc}); fix that row "
-            f"(a field holds at most {csv.field_size_limit()} characters)."
-        ) from None
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, **reader_options) if as_dicts else csv.reader(handle, **reader_options)
+            try:
+                return [dict(row) for row in reader] if as_dicts else list(reader)
+            except csv.Error as exc:
+                line = (reader.reader if as_dicts else reader).line_num  # DictReader's own count lags by a row
+                raise UserError(
+                    f"{path} line {line} cannot be read ({exc}); fix that row "
+                    f"(a field holds at most {csv.field_size_limit()} characters)."
+                ) from None
+    except UnicodeDecodeError:
+        read_text(path)  # names the line of the first bytes that are not UTF-8
+        raise
