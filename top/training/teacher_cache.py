@@ -37,6 +37,7 @@ rank 0 merges the parts and swaps the directory in.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -335,11 +336,32 @@ def _row_sums(teacher, train_set: EncodedSet, examples: np.ndarray, length: int)
 
 
 def _new_values(path: Path, size: int) -> Optional[np.ndarray]:
-    """A float32 ``.npy`` of ``size`` values mapped for writing (None, and an empty file, for none)."""
+    """A float32 ``.npy`` of ``size`` values mapped for writing (None, and an empty file, for none).
+
+    Its blocks are reserved first: a store through the mapping into a file the disk has no room
+    for kills the process (SIGBUS), where reserving them is an ``OSError`` naming the file.
+    """
     if size == 0:
         np.save(str(path), np.zeros(0, dtype=np.float32))
         return None
-    return np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=(size,))
+    values = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=(size,))
+    _reserve(path)
+    return values
+
+
+def _reserve(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot: as before
+            return
+        error.filename = str(path)
+        raise
+    except AttributeError:  # no posix_fallocate (macOS): as before
+        return
+    finally:
+        os.close(fd)
 
 
 def build_part(tmp: Path, plan: BuildPlan, rank: int, teacher, train_set: EncodedSet,
