@@ -89,9 +89,9 @@ def check_data_memory(paths: Sequence[Path]) -> None:
     )
     counted = all(rows and not rows.startswith("over") for _, _, rows, _ in found)
     raise UserError(
-        f"{described} would take {'about' if counted else 'more than'} {total / _GB:.1f} GB of memory to read "
-        "and tokenise, over the "
-        f"{bound / _GB:g} GB bound; train on a part of the data, or on a machine with more memory set "
+        f"{described} would take {'about' if counted else 'more than'} {total / _GB:.3g} GB of memory to read "
+        f"and tokenise, over the {bound / _GB:.3g} GB bound; train on a part of the data, or on a machine with "
+        "more memory set "
         f"{DATA_MEMORY_ENV} to a larger number of gigabytes."
     )
 
