@@ -354,17 +354,20 @@ def _parent(obj, path):
     return obj
 
 
+def _below(target, key):
+    """The rest of the path ``target`` inside ``key`` (None when the path does not go through it)."""
+    return target[1:] if target and target[0] == key else None
+
+
 def _dumps_with_duplicate(obj, target, key, value) -> str:
     """``obj`` as JSON text whose object at ``target`` repeats ``key`` (with ``value``) after its own."""
     if isinstance(obj, dict):
-        parts = [f"{json.dumps(k)}: {_dumps_with_duplicate(v, target[1:] if target and target[0] == k else None, key, value)}"
-                 for k, v in obj.items()]
+        parts = [f"{json.dumps(k)}: {_dumps_with_duplicate(v, _below(target, k), key, value)}" for k, v in obj.items()]
         if target == ():
             parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
         return "{" + ", ".join(parts) + "}"
     if isinstance(obj, list):
-        return "[" + ", ".join(_dumps_with_duplicate(v, target[1:] if target and target[0] == i else None, key, value)
-                               for i, v in enumerate(obj)) + "]"
+        return "[" + ", ".join(_dumps_with_duplicate(v, _below(target, i), key, value) for i, v in enumerate(obj)) + "]"
     return json.dumps(obj)
 
 

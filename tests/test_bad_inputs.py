@@ -407,8 +407,9 @@ class FullDisk:
         if writer == "safetensors":
             from safetensors import SafetensorError
 
-            monkeypatch.setattr(safetensors.torch, "save_file", filling(safetensors.torch.save_file, lambda: SafetensorError(
-                "Error while serializing: I/O error: No space left on device (os error 28)")))
+            full = "Error while serializing: I/O error: No space left on device (os error 28)"
+            monkeypatch.setattr(safetensors.torch, "save_file",
+                                filling(safetensors.torch.save_file, lambda: SafetensorError(full)))
         elif writer == "torch.save":
             import top.method.checkpoint
 
@@ -710,7 +711,8 @@ CASES = [
     Case("finetune-disk-full-in-safetensors", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-steps", "2"), 1,
          lambda tmp: f"cannot write {tmp / 'out' / 'best'}: No space left", patch=disk_fills_at("best", "safetensors")),
     Case("finetune-disk-full-in-tokenizer-save", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-steps", "2"),
-         1, lambda tmp: f"cannot write {tmp / 'out' / 'best'}: No space left", patch=disk_fills_at("best", "tokenizer")),
+         1, lambda tmp: f"cannot write {tmp / 'out' / 'best'}: No space left",
+         patch=disk_fills_at("best", "tokenizer")),
 ]
 
 

@@ -141,7 +141,7 @@ def broken_tokenizer(tmp_path: Path, how: str):
 @pytest.mark.parametrize("how, number, detail", [("empty-vocab", 1, "Missing [UNK]"),
                                                   ("backtracking-regex", 4, "retry-limit")])
 def test_a_tokenizer_that_fails_is_one_sentence_naming_it_and_the_example(tmp_path, capfd, how, number, detail):
-    """Its error (a panic, a BaseException, for the regex) becomes a UserError; the panic's own report is not printed."""
+    """Its error (for the regex a panic, a BaseException) becomes a UserError; the panic's report is not printed."""
     tokenizer, directory = broken_tokenizer(tmp_path, how)
     data = [Example("the film", None, 0)] * 3 + [Example("a" * 40 + "b", None, 1)] + [Example("good", None, 1)]
     with pytest.raises(UserError) as raised:

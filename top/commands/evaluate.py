@@ -20,8 +20,8 @@ from top.commands.argtypes import batch_size_count, int_at_least
 from top.data import batching
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData, load_task_data
-from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.data.tasks import TASKS
+from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.errors import UserError
 from top.evaluation import scoring
 from top.evaluation.metrics import compute_metrics

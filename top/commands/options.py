@@ -27,8 +27,8 @@ from top.commands.argtypes import (
 )
 from top.data.batching import check_token_ids, encode_set
 from top.data.loading import TaskData, load_task_data
-from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.data.tasks import TASKS
+from top.data.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 from top.errors import UserError
 from top.method.checkpoint import check_config_file
 from top.training.determinism import SEED

@@ -145,7 +145,7 @@ class EncodedSet:
         return self.rows(np.arange(len(self)))
 
     @classmethod
-    def from_padded(cls, encoded: Dict[str, torch.Tensor]) -> "EncodedSet":
+    def from_padded(cls, encoded: Dict[str, torch.Tensor]) -> EncodedSet:
         """The compact form of padded tensors (``encode``'s dict, or one built by hand), giving them back exactly.
 
         A row's values end after its last attended position when every key's values past it are
@@ -293,8 +293,9 @@ def _tokenize(tokenizer: Any, examples: Sequence[Example], max_seq_length: int, 
                 raise
             culprit, failure = offset, error
             break
+    detail = tokenizer_error_detail(failure)
     raise UserError(
-        f"The tokenizer of {source} fails on example {first + culprit + 1} of {what} ({tokenizer_error_detail(failure)}); "
+        f"The tokenizer of {source} fails on example {first + culprit + 1} of {what} ({detail}); "
         "its files (vocab.txt, tokenizer.json) are damaged or do not suit this text: use the tokenizer files saved "
         "with the model, or remove that example."
     ) from None

@@ -70,7 +70,8 @@ def estimate(path: Path, bound: int) -> Tuple[int, str, int]:
         return size, "", size * BYTES_PER_BYTE
     most = (bound - size * BYTES_PER_BYTE) // BYTES_PER_ROW
     rows = count_rows(path, most)
-    return size, f"over {most:,} rows" if rows > most else f"{rows:,} rows", size * BYTES_PER_BYTE + rows * BYTES_PER_ROW
+    words = f"over {most:,} rows" if rows > most else f"{rows:,} rows"
+    return size, words, size * BYTES_PER_BYTE + rows * BYTES_PER_ROW
 
 
 def check_data_memory(paths: Sequence[Path]) -> None:

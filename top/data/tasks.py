@@ -91,7 +91,8 @@ def read_toml(path: Path) -> Dict[str, Any]:
         raise UserError(f"{path} is a directory; pass the path of a TOML file.") from None
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"{path} holds bytes that are not UTF-8 text (at byte {exc.start}), so it is no TOML file; give a TOML file."
+            f"{path} holds bytes that are not UTF-8 text (at byte {exc.start}), so it is no TOML file; "
+            "give a TOML file."
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML ({one_line_of(exc)}); fix its syntax.") from None

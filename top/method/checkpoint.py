@@ -165,7 +165,9 @@ def check_config(config: Any, source: Any) -> Any:
             raise UserError(f"{source} gives {name} as {brief(value)}, not a probability in 0..1; fix that field.")
     spread = getattr(config, "initializer_range", None)
     if spread is not None and not (math.isfinite(spread) and spread >= 0.0):
-        raise UserError(f"{source} gives initializer_range as {brief(spread)}, not a finite number >= 0; fix that field.")
+        raise UserError(
+            f"{source} gives initializer_range as {brief(spread)}, not a finite number >= 0; fix that field."
+        )
     pad, vocabulary = getattr(config, "pad_token_id", None), getattr(config, "vocab_size", None)
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or (
             isinstance(vocabulary, int) and pad >= vocabulary)):
