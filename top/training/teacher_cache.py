@@ -202,9 +202,11 @@ def _hash_arrays(arrays: Sequence[Tuple[str, np.ndarray]]) -> str:
 def _hash_encoded(train_set: EncodedSet) -> str:
     """The encoded training set, as it is stored: each model input's values, the row offsets, the padded
     width and the padding values (the padded tensors follow from them)."""
+    digest = hashlib.sha256(json.dumps({"width": train_set.width, "padding": train_set.pad_values},
+                                       sort_keys=True).encode("utf-8"))
     arrays = [(key, train_set.fields[key]) for key in train_set.keys] + [("offsets", train_set.offsets)]
-    shape = {"width": train_set.width, "padding": train_set.pad_values}
-    return _hash_arrays(arrays + [(json.dumps(shape, sort_keys=True), np.zeros(0, dtype=np.uint8))])
+    digest.update(_hash_arrays(arrays).encode("ascii"))
+    return digest.hexdigest()
 
 
 def key_parts(teacher, teacher_dir: Path, train_set: Encoded, order: BatchOrder,
