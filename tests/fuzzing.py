@@ -1,9 +1,14 @@
-"""Seeded fuzzing of ``top eval`` over a tiny checkpoint's files and a data file (issue 24).
+"""Seeded fuzzing of ``top eval`` over a tiny checkpoint's files and a data file (issues 24 and 33).
 
 Shared by ``tests/test_fuzz.py`` (a fixed seed and a bounded count in CI) and
 ``tests/fuzz_report.py`` (any seed and count; prints the table). Every trial copies the
 checkpoint or the data file, mutates it with its own ``random.Random``, runs ``top eval`` on it
 (in-process through ``cli.main``, or as a real subprocess) and is judged:
+
+Besides byte flips, truncations and malformed tensors, the tokenizer's files (vocab.txt, tokenizer.json,
+tokenizer_config.json, special_tokens_map.json) and config.json's keys are mutated field by field
+(dropped, repeated, retyped, made huge), as a person editing them would, so without the manifest;
+an ``auto_map`` must always be refused, and the code it names must never run.
 
 * exit 0 only when every logit is finite and, for a file that is still vouched for (a checkpoint
   with its manifest, or a structural mutant re-signed so the reader itself is tested), equal to the
@@ -102,7 +107,9 @@ def run_in_process(argv: List[str]) -> Tuple[Optional[int], str, bool, bool]:
         return code, err.getvalue(), False, False
     except _Hang:
         return None, err.getvalue(), False, True
-    except Exception:  # noqa: BLE001 - what the command line would print as a traceback
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - what the command line would print as a traceback (a panic included)
         return None, err.getvalue() + traceback.format_exc(), True, False
     finally:
         signal.alarm(0)
@@ -129,7 +136,7 @@ def run_subprocess(argv: List[str]) -> Tuple[Optional[int], str, bool, bool]:
 def judge(world: World, code: Optional[int], err: str, tb: bool, hang: bool, out: Path, vouched: bool) -> str:
     if hang:
         return "hang"
-    if tb or "Traceback (most recent call last)" in err:
+    if tb or "Traceback (most recent call last)" in err or "panicked at" in err:  # a Rust panic's report too
         return "traceback"
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if code == 0:
@@ -316,6 +323,260 @@ def mutate_csv_data(path: Path, rng: random.Random) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Tokenizer files and config.json keys (issue 33): structural mutants, judged without the manifest
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Values a field should never hold, and values past any sensible size.
+ODD_VALUES = [None, True, False, "", "x" * 5000, [], {}, [1, [2]], {"a": {"b": 1}}, 1.5, -1, 0, "[PAD]", "\u0000"]
+HUGE_VALUES = [10**9, 2**31, 2**63, 10**30, 1e308, -(10**9), -(2**63)]
+
+
+def _json_nodes(obj, path=(), depth=0) -> List[Tuple]:
+    """Every (path, value) in a JSON document, breadth bounded so a large vocabulary is sampled, not walked."""
+    found = [(path, obj)]
+    if depth >= 6:
+        return found
+    if isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, list):
+        items = list(enumerate(obj))
+    else:
+        return found
+    for key, value in items[:40]:
+        found += _json_nodes(value, path + (key,), depth + 1)
+    return found
+
+
+def _parent(obj, path):
+    for key in path[:-1]:
+        obj = obj[key]
+    return obj
+
+
+def _below(target, key):
+    """The rest of the path ``target`` inside ``key`` (None when the path does not go through it)."""
+    return target[1:] if target and target[0] == key else None
+
+
+def _dumps_with_duplicate(obj, target, key, value) -> str:
+    """``obj`` as JSON text whose object at ``target`` repeats ``key`` (with ``value``) after its own."""
+    if isinstance(obj, dict):
+        parts = [f"{json.dumps(k)}: {_dumps_with_duplicate(v, _below(target, k), key, value)}" for k, v in obj.items()]
+        if target == ():
+            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(obj, list):
+        return "[" + ", ".join(_dumps_with_duplicate(v, _below(target, i), key, value) for i, v in enumerate(obj)) + "]"
+    return json.dumps(obj)
+
+
+def mutate_json_fields(path: Path, rng: random.Random, huge: Sequence = HUGE_VALUES) -> None:
+    """Drop a key, retype a value, make a number huge, repeat a key with another value, or nest the file."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        flip_bytes(path, rng)
+        return
+    kind = rng.choice(["drop", "retype", "huge", "duplicate", "nested", "truncate"])
+    nodes = [(p, v) for p, v in _json_nodes(document) if p]
+    if kind == "nested" or not nodes:
+        depth = rng.choice([1000, 100_000])
+        path.write_text("[" * depth + "]" * depth)
+        return
+    if kind == "truncate":
+        truncate(path, rng)
+        return
+    where, value = rng.choice(nodes)
+    parent = _parent(document, where)
+    if kind == "drop":
+        del parent[where[-1]]
+    elif kind == "retype":
+        parent[where[-1]] = rng.choice([v for v in ODD_VALUES if type(v) is not type(value)] or ODD_VALUES)
+    elif kind == "huge":
+        numbers = [(p, v) for p, v in nodes if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        where, _ = rng.choice(numbers or [(where, value)])
+        _parent(document, where)[where[-1]] = rng.choice(list(huge))
+    else:
+        objects = [p for p, v in _json_nodes(document) if isinstance(v, dict) and v]
+        target = rng.choice(objects)
+        node = document
+        for key in target:
+            node = node[key]
+        path.write_text(_dumps_with_duplicate(document, target, rng.choice(sorted(node)), rng.choice(ODD_VALUES)))
+        return
+    path.write_text(json.dumps(document))
+
+
+def mutate_vocab(directory: Path, rng: random.Random) -> None:
+    """vocab.txt emptied, cut, reordered, repeated, grown past the embeddings or garbled; tokenizer.json
+    (which the fast tokenizer would read instead) removed half the time."""
+    if rng.random() < 0.5 and (directory / "tokenizer.json").exists():
+        (directory / "tokenizer.json").unlink()
+    path = directory / "vocab.txt"
+    words = path.read_text(encoding="utf-8").splitlines()
+    kind = rng.choice(["empty", "drop", "swap", "duplicate", "grow", "long-line", "binary", "crlf", "link"])
+    if kind == "empty":
+        words = []
+    elif kind == "drop":
+        for _ in range(rng.randint(1, 5)):
+            if words:
+                words.pop(rng.randrange(min(len(words), 8)))  # the special tokens first
+    elif kind == "swap":
+        i, j = rng.randrange(len(words)), rng.randrange(len(words))
+        words[i], words[j] = words[j], words[i]
+    elif kind == "duplicate":
+        words.insert(rng.randrange(len(words)), rng.choice(words))
+    elif kind == "grow":
+        words += [f"[unused{i}]" for i in range(rng.choice([1, 100, 100_000]))]
+    elif kind == "long-line":
+        words.insert(rng.randrange(len(words)), "x" * rng.choice([1000, 1_000_000]))
+    elif kind == "binary":
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randint(1, 4096))))
+        return
+    elif kind == "crlf":
+        path.write_bytes("\r\n".join(words).encode("utf-8"))
+        return
+    else:
+        path.unlink()
+        os.symlink(rng.choice([str(directory / "nowhere.txt"), str(directory), str(directory / "config.json")]),
+                   str(path))
+        return
+    path.write_text("\n".join(words) + ("\n" if words else ""), encoding="utf-8")
+
+
+# A pattern that backtracks exponentially: tokenizers panics when Oniguruma gives up on "aaa...ab".
+BACKTRACKING_REGEX = "(a+)+c"
+
+
+def mutate_tokenizer_json(directory: Path, rng: random.Random) -> None:
+    path = directory / "tokenizer.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    kind = rng.choice(["fields", "fields", "regex", "bad-regex", "type", "ids", "padding", "truncation"])
+    if kind == "fields":
+        mutate_json_fields(path, rng)
+        return
+    if kind in ("regex", "bad-regex"):
+        pattern = BACKTRACKING_REGEX if kind == "regex" else rng.choice(["(", "[a-", "(?<=a+)b", "\\"])
+        document["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
+                                     "invert": False}
+    elif kind == "type":
+        section = rng.choice(["model", "normalizer", "pre_tokenizer", "post_processor", "decoder"])
+        if isinstance(document.get(section), dict):
+            document[section]["type"] = rng.choice(["NoSuchType", "BPE", "Unigram", "", 5])
+    elif kind == "ids":
+        vocab = document.get("model", {}).get("vocab")
+        if isinstance(vocab, dict) and vocab:
+            vocab[rng.choice(sorted(vocab))] = rng.choice([10**6, 2**32 - 1, 2**40, -1])
+    elif kind == "padding":
+        document["padding"] = {"strategy": "BatchLongest", "direction": rng.choice(["Right", "Left"]),
+                               "pad_to_multiple_of": rng.choice([None, 0, 10**6]), "pad_id": rng.choice([0, 10**6]),
+                               "pad_type_id": rng.choice([0, 7]), "pad_token": "[PAD]"}
+    else:
+        document["truncation"] = {"direction": "Right", "max_length": rng.choice([0, 1, 10**12]),
+                                  "strategy": "LongestFirst", "stride": rng.choice([0, 5])}
+    path.write_text(json.dumps(document))
+
+
+def mutate_tokenizer_config(directory: Path, rng: random.Random) -> None:
+    path = directory / "tokenizer_config.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    kind = rng.choice(["fields", "fields", "max-length", "class", "side", "special"])
+    if kind == "fields":
+        mutate_json_fields(path, rng)
+        return
+    if kind == "max-length":
+        document["model_max_length"] = rng.choice([0, -1, 10**40, "512", 1e308, None])
+    elif kind == "class":
+        document["tokenizer_class"] = rng.choice(["NoSuchTokenizer", "RobertaTokenizer", "GPT2Tokenizer", 5, ""])
+    elif kind == "side":
+        document[rng.choice(["padding_side", "truncation_side"])] = rng.choice(["left", "middle", 1])
+    else:
+        document[rng.choice(["pad_token", "unk_token", "cls_token", "sep_token"])] = rng.choice(
+            [None, "[NEW]", {"content": 5}, ["[PAD]"], "", "x" * 10_000])
+    path.write_text(json.dumps(document))
+
+
+def mutate_special_tokens_map(directory: Path, rng: random.Random) -> None:
+    path = directory / "special_tokens_map.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if rng.random() < 0.5:
+        mutate_json_fields(path, rng)
+        return
+    key = rng.choice(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token", "additional_special_tokens"])
+    if key == "additional_special_tokens":
+        document[key] = rng.choice([[f"[S{i}]" for i in range(rng.choice([10, 20_000]))], "[S]", [5], [{}]])
+    else:
+        document[key] = rng.choice([None, "[NEW]", {"content": "[PAD]", "lstrip": "yes"}, {"content": 5}, 5, [], ""])
+    path.write_text(json.dumps(document))
+
+
+TOKENIZER_MUTATIONS = {
+    "vocab.txt": mutate_vocab,
+    "tokenizer.json": mutate_tokenizer_json,
+    "tokenizer_config.json": mutate_tokenizer_config,
+    "special_tokens_map.json": mutate_special_tokens_map,
+}
+
+
+def mutate_tokenizer_files(directory: Path, rng: random.Random) -> None:
+    present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    TOKENIZER_MUTATIONS[rng.choice(present)](directory, rng)
+
+
+# config.json fields of a BERT classifier, and values past any model's size.
+CONFIG_HUGE = [10**9, 2**31, 2**63, 10**30, 1e308, -1, 0, -(2**63)]
+
+
+def mutate_config_keys(directory: Path, rng: random.Random) -> None:
+    """config.json with a key dropped, repeated with another value, retyped or made huge (or negative)."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    key = rng.choice(sorted(config))
+    kind = rng.choice(["drop", "duplicate", "retype", "huge"])
+    if kind == "duplicate":
+        path.write_text(_dumps_with_duplicate(config, (), key, rng.choice(ODD_VALUES + CONFIG_HUGE)))
+        return
+    if kind == "drop":
+        del config[key]
+    elif kind == "retype":
+        config[key] = rng.choice([v for v in ODD_VALUES if type(v) is not type(config[key])])
+    else:
+        numeric = sorted(k for k, v in config.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        config[rng.choice(numeric or [key])] = rng.choice(CONFIG_HUGE)
+    path.write_text(json.dumps(config))
+
+
+# What an auto_map's module does when imported: leave a mark (the trial fails if it is there).
+MARK = "code-ran"
+REMOTE_CODE = (
+    "import pathlib\n"
+    f"pathlib.Path(__file__).with_name({MARK!r}).write_text('ran')\n"
+    "from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast\n"
+    "class Config(BertConfig):\n    pass\n"
+    "class Model(BertForSequenceClassification):\n    config_class = Config\n"
+    "class Tokenizer(BertTokenizerFast):\n    pass\n"
+)
+
+
+def add_auto_map(directory: Path, rng: random.Random) -> None:
+    """An ``auto_map`` that points transformers at the folder's own code (config.json's, with or without
+    its model_type, or tokenizer_config.json's). It must be refused in one sentence, and never run."""
+    (directory / "remote.py").write_text(REMOTE_CODE)
+    where = rng.choice(["config", "config-no-model-type", "tokenizer_config"])
+    if where.startswith("config"):
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config["auto_map"] = {"AutoConfig": "remote.Config", "AutoModelForSequenceClassification": "remote.Model"}
+        if where == "config-no-model-type":
+            config.pop("model_type", None)
+        (directory / "config.json").write_text(json.dumps(config))
+    else:
+        tokenizer = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tokenizer["auto_map"] = {"AutoTokenizer": ["remote.Tokenizer", "remote.Tokenizer"]}
+        (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+
+
+# ----------------------------------------------------------------------------------------------
 # Categories
 
 
@@ -326,6 +587,7 @@ class Category:
     kind: str  # "checkpoint" or "data"
     mutate: Callable[[World, Path, random.Random], Path]  # (world, trial dir, rng) -> what eval reads
     vouched: bool  # exit 0 requires the original's logits
+    must_refuse: bool = False  # anything but a one-sentence refusal is wrong
 
 
 def _copy(world: World, trial: Path, keep_manifest: bool) -> Path:
@@ -348,6 +610,15 @@ def _file_mutation(mutation, keep_manifest: bool):
 def _structural(mutation):
     def mutate(world: World, trial: Path, rng: random.Random) -> Path:
         directory = _copy(world, trial, keep_manifest=True)
+        mutation(directory, rng)
+        return directory
+
+    return mutate
+
+
+def _edited(mutation):
+    def mutate(world: World, trial: Path, rng: random.Random) -> Path:
+        directory = _copy(world, trial, keep_manifest=False)
         mutation(directory, rng)
         return directory
 
@@ -377,6 +648,11 @@ CATEGORIES = [
     Category("bad safetensors headers (re-signed)", 0.5, "checkpoint", _structural(bad_safetensors_header), True),
     Category("data file: csv", 0.4, "data", _data("dev.csv", mutate_csv_data), False),
     Category("data file: json", 0.4, "data", _data("dev.json", mutate_json_data), False),
+    # issue 33: the tokenizer's files and config.json's keys, edited by hand (so without the manifest)
+    Category("tokenizer files, no manifest", 1.0, "checkpoint", _edited(mutate_tokenizer_files), False),
+    Category("config.json keys, no manifest", 0.5, "checkpoint", _edited(mutate_config_keys), False),
+    Category("auto_map (must be refused: issue 33 item 2)", 0.1, "checkpoint", _edited(add_auto_map), False,
+             must_refuse=True),
 ]
 
 
@@ -392,6 +668,8 @@ def build_world(root: Path) -> World:
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = tiny_checkpoint(root / "checkpoint", layers=3, keep_bins=5, seed=3)
     dev_csv = write_custom_csv(root / "dev.csv", n=8)
+    with open(dev_csv, "a", encoding="utf-8") as handle:  # what a backtracking pre-tokenizer pattern gives up on
+        handle.write("a" * 40 + "b,1\n")
     examples, _, labels = load_custom_file(dev_csv)
     dev_json = root / "dev.json"
     dev_json.write_text(json.dumps([{"sentence": e.text_a, "label": int(labels[e.label])} for e in examples]))
@@ -421,6 +699,10 @@ def run_trial(world: World, category: Category, number: int, seed: int = SEED, s
         code, err, tb, hang = (run_subprocess if subprocess_run else run_in_process)(argv)
         seconds = time.perf_counter() - started
         verdict = judge(world, code, err, tb, hang, trial / "out", category.vouched)
+        if category.must_refuse and verdict not in FAILURES and verdict != "refused":
+            verdict = "wrong"
+        if any(trial.rglob(MARK)):
+            verdict = "ran code"
         if not subprocess_run and peak_rss() > MEMORY_LIMIT:
             verdict = "memory"
         lines = err.strip().splitlines()
@@ -445,7 +727,7 @@ def run_all(world: World, count: int = COUNT, seed: int = SEED, progress=None) -
     return outcomes
 
 
-FAILURES = ("traceback", "hang", "memory", "bad-exit", "wrong")
+FAILURES = ("traceback", "hang", "memory", "bad-exit", "wrong", "ran code")
 
 
 def table(outcomes: List[Outcome]) -> str:
@@ -459,7 +741,7 @@ def table(outcomes: List[Outcome]) -> str:
             continue
         count = collections.Counter(o.verdict for o in mine)
         rows.append((name, len(mine), count["refused"], count["correct"], count["differs"], count["traceback"],
-                     count["hang"], count["memory"] + count["bad-exit"] + count["wrong"]))
+                     count["hang"], count["memory"] + count["bad-exit"] + count["wrong"] + count["ran code"]))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)

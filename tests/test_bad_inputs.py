@@ -405,6 +405,156 @@ def grid_of_another_model(tiny: Dict[str, Path], tmp: Path) -> List[str]:
     return grid_argv(tiny, tmp, "[grid]\nlearning_rate = [2e-5]\n", "--dry-run")
 
 
+# ------------------------------------------------------------------------------------- issue 33
+
+
+def empty_vocab(source: Path, target: Path) -> Path:
+    """A copy whose vocab.txt is empty and whose tokenizer.json is gone: the tokenizer loads, and then
+    fails on the first example (WordPiece error: Missing [UNK] token)."""
+    target = copy_checkpoint(source, target) if (source / "manifest.json").exists() else Path(
+        shutil.copytree(str(source), str(target)))
+    if (target / "tokenizer.json").exists():
+        (target / "tokenizer.json").unlink()
+    (target / "vocab.txt").write_text("")
+    return target
+
+
+# A pattern that backtracks exponentially: on "aaa...ab" Oniguruma hits its retry limit and the
+# tokenizers library panics (pyo3_runtime.PanicException, a BaseException).
+BACKTRACKING_SPLIT = {"type": "Split", "pattern": {"Regex": "(a+)+c"}, "behavior": "Isolated", "invert": False}
+BACKTRACKING_TEXT = "a" * 40 + "b"
+
+
+def backtracking_tokenizer(source: Path, target: Path) -> Path:
+    target = copy_checkpoint(source, target) if (source / "manifest.json").exists() else Path(
+        shutil.copytree(str(source), str(target)))
+    spec = json.loads((target / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = BACKTRACKING_SPLIT
+    (target / "tokenizer.json").write_text(json.dumps(spec))
+    return target
+
+
+def with_row(data: Path, target: Path, text: str) -> Path:
+    target.write_text(data.read_text() + f"{text},1\n", encoding="utf-8")
+    return target
+
+
+def pairs_csv(tmp: Path) -> Path:
+    path = tmp / "pairs.csv"
+    path.write_text("sentence1,sentence2,label\nthe film,a plot,1\na good film,bad,0\n", encoding="utf-8")
+    return path
+
+
+def without_pad_token(checkpoint: Path, tmp: Path) -> Path:
+    target = copy_checkpoint(checkpoint, tmp / "no-pad")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (target / name).exists():
+            fields = json.loads((target / name).read_text())
+            fields["pad_token"] = None
+            (target / name).write_text(json.dumps(fields))
+    spec = json.loads((target / "tokenizer.json").read_text())
+    spec["padding"] = None
+    (target / "tokenizer.json").write_text(json.dumps(spec))
+    return target
+
+
+class FullDisk:
+    """A disk that fills up while ``last/`` (or ``best/``) is written: from then on every write through
+    ``os.write`` / ``os.fsync`` fails with ENOSPC, and the writer that filled it fails as it does on a
+    real full disk (safetensors: ``SafetensorError``; torch.save: a ``RuntimeError`` naming no errno;
+    the tokenizers: a plain ``Exception``; transformers' JSON writers: an ``OSError`` naming no file)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: str, writer: str):
+        import safetensors.torch
+        import transformers
+
+        import top.storage.io
+
+        self.full = False
+        real_write, real_fsync = os.write, os.fsync
+
+        def write(fd, data):
+            if self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        def fsync(fd):
+            if self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(top.storage.io.os, "write", write)
+        monkeypatch.setattr(top.storage.io.os, "fsync", fsync)
+
+        def filling(real, error):
+            def fill(*args, **kwargs):
+                target = str(args[1] if len(args) > 1 else kwargs.get("f", kwargs.get("filename", args[0])))
+                if f".{directory}.tmp" in target or self.full:
+                    self.full = True
+                    raise error()
+                return real(*args, **kwargs)
+
+            return fill
+
+        if writer == "safetensors":
+            from safetensors import SafetensorError
+
+            full = "Error while serializing: I/O error: No space left on device (os error 28)"
+            monkeypatch.setattr(safetensors.torch, "save_file",
+                                filling(safetensors.torch.save_file, lambda: SafetensorError(full)))
+        elif writer == "torch.save":
+            import top.method.checkpoint
+
+            monkeypatch.setattr(top.method.checkpoint.torch, "save", filling(torch.save, lambda: RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")))
+        elif writer == "tokenizer":
+            real_save = transformers.PreTrainedTokenizerBase.save_pretrained
+
+            def save_pretrained(tokenizer, save_directory, *args, **kwargs):
+                if f".{directory}.tmp" in str(save_directory):
+                    self.full = True
+                    raise Exception("No space left on device (os error 28)")
+                return real_save(tokenizer, save_directory, *args, **kwargs)
+
+            monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", save_pretrained)
+        else:
+            assert writer == "config", writer
+            real_json = transformers.PretrainedConfig.to_json_file
+
+            def to_json_file(config, path, *args, **kwargs):
+                if f".{directory}.tmp" in str(path):
+                    self.full = True
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_json(config, path, *args, **kwargs)
+
+            monkeypatch.setattr(transformers.PretrainedConfig, "to_json_file", to_json_file)
+
+
+def disk_fills_at(directory: str, writer: str) -> Callable[[pytest.MonkeyPatch], None]:
+    return lambda monkeypatch: FullDisk(monkeypatch, directory, writer) and None
+
+
+def results_table(tmp: Path, name: str, body) -> Path:
+    path = tmp / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode("utf-8"))
+    return path
+
+
+def table_row(**fields: str) -> str:
+    row = {"metric": '"matthews_correlation"', "score": "10.0", "flops_reduction": "1.5",
+           "checkpoint": '"x/tiny-cola"', "score_tolerance": "0.5", "flops_tolerance": "0.05", **fields}
+    return "[cola]\n" + "".join(f"{key} = {value}\n" for key, value in row.items())
+
+
+def reproduce_argv(table: Path, tmp: Path) -> List[str]:
+    return ["reproduce", "--results-table", str(table), "--device", "cpu", "--no-progress", "--output-dir",
+            str(tmp / "out")]
+
+
+def env(name: str, value: str) -> Callable[[pytest.MonkeyPatch], None]:
+    return lambda monkeypatch: monkeypatch.setenv(name, value)
+
+
 def bench_argv(tiny: Dict[str, Path], checkpoint: Path, *extra: str) -> List[str]:
     return ["bench", "--task", "sst2", "--checkpoint", str(checkpoint), "--validation-file", str(tiny["dev"]), *extra]
 
@@ -585,6 +735,62 @@ CASES = [
          lambda tmp: "--threads"),
     Case("export-opset-1e9", lambda t, c, tmp: ["export", "--checkpoint", str(c), "--output", str(tmp / "m.onnx"),
                                                 "--opset", "1000000000"], 2, lambda tmp: "--opset"),
+    # issue 33: tokenizers that fail while encoding
+    Case("eval-vocab-empty", lambda t, c, tmp: eval_argv(empty_vocab(c, tmp / "empty-vocab"), tmp / "out",
+                                                        "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "empty-vocab fails on example 1"),
+    Case("finetune-vocab-empty", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--model", str(
+        empty_vocab(t["model"], tmp / "empty-vocab"))), 2, lambda tmp: "empty-vocab fails on example 1"),
+    Case("train-vocab-empty", lambda t, c, tmp: replace_flag(train(t, tmp), "--model", str(
+        empty_vocab(t["model"], tmp / "empty-vocab"))), 2, lambda tmp: "empty-vocab fails on example 1"),
+    Case("eval-tokenizer-regex-retry-limit", lambda t, c, tmp: eval_argv(
+        backtracking_tokenizer(c, tmp / "regex"), tmp / "out", "--validation-file",
+        str(with_row(t["dev"], tmp / "dev.csv", BACKTRACKING_TEXT))), 2, lambda tmp: "regex fails on example 25"),
+    Case("finetune-tokenizer-regex-retry-limit", lambda t, c, tmp: replace_flag(replace_flag(
+        finetune_argv(t, tmp / "out"), "--model", str(backtracking_tokenizer(t["model"], tmp / "regex"))),
+        "--train-file", str(with_row(t["train"], tmp / "train.csv", BACKTRACKING_TEXT))), 2,
+         lambda tmp: "regex fails on example 65 of the training data"),
+    Case("train-tokenizer-regex-retry-limit", lambda t, c, tmp: replace_flag(replace_flag(
+        train(t, tmp), "--model", str(backtracking_tokenizer(t["model"], tmp / "regex"))),
+        "--train-file", str(with_row(t["train"], tmp / "train.csv", BACKTRACKING_TEXT))), 2,
+         lambda tmp: "regex fails on example 65 of the training data"),
+    Case("eval-tokenizer-without-pad-token", lambda t, c, tmp: eval_argv(without_pad_token(c, tmp), tmp / "out",
+                                                                        "--validation-file", str(t["dev"])), 2,
+         lambda tmp: "no-pad has no padding token"),
+    Case("eval-pairs-max-seq-length-2", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                                   str(pairs_csv(tmp)), "--max-seq-length", "2"), 2,
+         lambda tmp: "max_seq_length 2"),
+    # issue 33: data files over the memory bound, refused before they are read
+    Case("finetune-data-over-memory-bound", lambda t, c, tmp: finetune_argv(t, tmp / "out"), 2,
+         lambda tmp: "GB bound", patch=env("TOP_DATA_MEMORY_GB", "0.000001")),
+    Case("eval-memory-bound-not-a-number", lambda t, c, tmp: eval_argv(c, tmp / "out", "--validation-file",
+                                                                      str(t["dev"])), 2,
+         lambda tmp: "TOP_DATA_MEMORY_GB", patch=env("TOP_DATA_MEMORY_GB", "lots")),
+    # issue 33: results tables
+    Case("reproduce-table-nan-tolerance", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "nan.toml", table_row(score_tolerance="nan")), tmp), 2,
+         lambda tmp: "nan.toml: cola.score_tolerance is nan"),
+    Case("reproduce-table-inf-tolerance", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "inf.toml", table_row(flops_tolerance="inf")), tmp), 2,
+         lambda tmp: "inf.toml: cola.flops_tolerance is inf"),
+    Case("reproduce-table-score-10**400", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "huge.toml", table_row(score="1" + "0" * 400)), tmp), 2,
+         lambda tmp: "huge.toml: cola.score"),
+    Case("reproduce-table-binary", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "binary.toml", bytes(range(256)) * 4), tmp), 2, lambda tmp: "binary.toml"),
+    Case("reproduce-table-nested-arrays", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n"), tmp), 2,
+         lambda tmp: "deep.toml nests"),
+    Case("reproduce-table-nested-tables", lambda t, c, tmp: reproduce_argv(
+        results_table(tmp, "deep.toml", "a = " + "{b = " * 5000 + "1" + "}" * 5000 + "\n"), tmp), 2,
+         lambda tmp: "deep.toml nests"),
+    Case("reproduce-table-is-a-directory", lambda t, c, tmp: reproduce_argv(tmp, tmp), 2,
+         lambda tmp: f"{tmp} is a directory"),
+    # issue 33: the crash tests' hook
+    Case("kill-at-count-not-a-number", lambda t, c, tmp: train(t, tmp), 2, lambda tmp: "TOP_TEST_KILL_AT",
+         patch=env("TOP_TEST_KILL_AT", "written:last:x")),
+    Case("kill-at-unknown-phase", lambda t, c, tmp: train(t, tmp), 2, lambda tmp: "TOP_TEST_KILL_AT",
+         patch=env("TOP_TEST_KILL_AT", "sometime")),
     # output paths
     Case("train-output-dir-is-file", lambda t, c, tmp: replace_flag(train(t, tmp), "--output-dir", str(a_file(tmp))),
          2, lambda tmp: "a-file"),
@@ -628,6 +834,20 @@ CASES = [
          lambda tmp: str(tmp / "out"), patch=disk_full),
     Case("train-disk-full", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
          lambda tmp: str(tmp / "out"), patch=checkpoint_disk_full),
+    # issue 33: the disk fills while last/ or best/ is written, whichever writer meets it
+    Case("train-disk-full-in-safetensors", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
+         lambda tmp: f"cannot write {tmp / 'out' / 'last'}: No space left", patch=disk_fills_at("last", "safetensors")),
+    Case("train-disk-full-in-torch-save", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
+         lambda tmp: f"cannot write {tmp / 'out' / 'last'}: No space left", patch=disk_fills_at("last", "torch.save")),
+    Case("train-disk-full-in-tokenizer-save", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
+         lambda tmp: f"cannot write {tmp / 'out' / 'last'}: No space left", patch=disk_fills_at("last", "tokenizer")),
+    Case("train-disk-full-in-config-save", lambda t, c, tmp: train(t, tmp, "--save-steps", "2"), 1,
+         lambda tmp: f"cannot write {tmp / 'out' / 'last'}: No space left", patch=disk_fills_at("last", "config")),
+    Case("finetune-disk-full-in-safetensors", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-steps", "2"), 1,
+         lambda tmp: f"cannot write {tmp / 'out' / 'best'}: No space left", patch=disk_fills_at("best", "safetensors")),
+    Case("finetune-disk-full-in-tokenizer-save", lambda t, c, tmp: finetune_argv(t, tmp / "out", "--max-steps", "2"),
+         1, lambda tmp: f"cannot write {tmp / 'out' / 'best'}: No space left",
+         patch=disk_fills_at("best", "tokenizer")),
 ]
 
 

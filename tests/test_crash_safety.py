@@ -20,7 +20,17 @@ from typing import Dict
 
 import pytest
 import torch
-from builders import FINISHED, SHORT, WORDS, read_log, single_thread, subprocess_env, tiny_model_dir, train_argv
+from builders import (
+    FINISHED,
+    SHORT,
+    WORDS,
+    assert_bit_identical,
+    read_log,
+    single_thread,
+    subprocess_env,
+    tiny_model_dir,
+    train_argv,
+)
 
 from top import cli
 from top.errors import UserError
@@ -285,3 +295,65 @@ def test_failed_log_write_leaves_no_half_line(tmp_path, monkeypatch):
         log.write({"step": 2, "loss": 0.5})
     assert raised.value.filename == str(tmp_path / "log.jsonl")
     assert (tmp_path / "log.jsonl").read_text() == '{"step": 1, "loss": null}\n'
+
+
+# ------------------------------------------------------------------------------------- a real full disk (issue 33)
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A 16 MB tmpfs at ``tmp_path / "disk"``, where mounting one is permitted (root); skipped elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode(errors='replace').strip()[:80]})")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # busy: detach it now, free it later
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until ``leave`` bytes are free; returns the filler file."""
+    filler = disk / "filler"
+    fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while os.statvfs(str(disk)).f_bavail * os.statvfs(str(disk)).f_frsize > leave:
+            os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_disk_that_fills_during_a_save_of_last_is_one_sentence_and_resume_goes_on(tiny, small_file_system, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """The disk fills after the save at step 2: the save at step 4 fails (safetensors says so in a SafetensorError),
+    which is one sentence and exit 1; last/ still holds step 2 whole, and once there is room --resume ends where an
+    uninterrupted run ends."""
+    from top.training import listeners
+
+    out = small_file_system / "out"
+    flags = ("--target-sparsity", "0.3", "--max-steps", "4", "--save-steps", "2", "--eval-steps", "100",
+             "--no-teacher-cache")
+    filler = []
+
+    def fill_after_first_save(command, step, total_steps):
+        if step == 3 and not filler:
+            filler.append(fill(small_file_system, leave=24 * 1024))
+
+    monkeypatch.setattr(listeners, "STEP_LISTENERS", [fill_after_first_save])
+    assert cli.main(train_argv(tiny, out, *flags)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: cannot write {out / 'last'}: No space left on device; free some space there."), err
+    assert run_files.load_state_file(out / "last")["step"] == 2
+    assert not [p for p in small_file_system.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
+    filler[0].unlink()
+
+    monkeypatch.setattr(listeners, "STEP_LISTENERS", [])
+    assert cli.main(train_argv(tiny, out, *flags, "--resume")) == 0
+    reference = tmp_path / "reference"
+    assert cli.main(train_argv(tiny, reference, *flags)) == 0
+    assert_bit_identical(out / "last", reference / "last")

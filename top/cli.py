@@ -16,6 +16,7 @@ from typing import List, Optional
 from top import __version__
 from top.commands.flags import OneLineParser
 from top.errors import UserError
+from top.storage.io import is_local_write_failure, kill_spec, storage_failure
 
 # What to do about the environment failures a user can fix.
 _OS_ADVICE = {
@@ -103,14 +104,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        kill_spec()  # a test hook's value, checked before any work
         return int(args._run(args) or 0)
     except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.filename is None:
+        if exc.filename is None and not is_local_write_failure(exc):
             raise  # not about a path the user can fix: a bug, so keep the traceback
         print(f"error: {one_line(environment_message(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a full disk that a library below reported in its own words
+        failure = storage_failure(exc, None)
+        if failure is None:
+            raise
+        print(f"error: {one_line(environment_message(failure))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -127,4 +135,9 @@ def environment_message(exc: OSError) -> str:
     verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     reason = exc.strerror or type(exc).__name__
     advice = _OS_ADVICE.get(exc.errno, "check that path")
+    if exc.filename is None:  # the library did not say which file
+        import tempfile
+
+        return (f"cannot {verb} a file: {reason}; {advice} (on the disk of the output or of the temporary "
+                f"directory {tempfile.gettempdir()}).")
     return f"cannot {verb} {exc.filename}: {reason}; {advice}."

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from top.errors import UserError
-from top.storage.io import atomic_directory, atomic_write_json, atomic_write_text, sha256_of
+from top.storage.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_of
 from top.storage.safeload import read_safetensors
 
 if TYPE_CHECKING:
@@ -162,9 +162,7 @@ def snippets_file() -> Path:
         inner_bytes = outer.extractfile(DATA_MEMBER_ARCHIVE).read()
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
         member = inner.extractfile(DATA_MEMBER).read()
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(member)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, member)
     return target
 
 

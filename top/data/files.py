@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -50,21 +49,27 @@ def read_text(path: Path) -> str:
 def read_rows(path: Path, **reader_options: Any) -> List[Tuple[int, List[str]]]:
     """Every non-blank row of a csv/tsv data file with the line it starts on, in file order.
 
-    A malformed or oversized field is the user's to fix, named by line.
+    The file is read as it is parsed, so no copy of its whole text is held besides the rows.
+    Bytes that are not UTF-8, or a malformed or oversized field, are the user's to fix, named by line.
     """
-    reader = csv.reader(io.StringIO(read_text(path), newline=""), **reader_options)
     rows = []
     try:
-        start = 1
-        for row in reader:
-            if row:
-                rows.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise UserError(
-            f"{path} line {reader.line_num} cannot be read ({exc}); fix that row "
-            f"(a field holds at most {csv.field_size_limit()} characters)."
-        ) from None
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, **reader_options)
+            try:
+                start = 1
+                for row in reader:
+                    if row:
+                        rows.append((start, row))
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise UserError(
+                    f"{path} line {reader.line_num} cannot be read ({exc}); fix that row "
+                    f"(a field holds at most {csv.field_size_limit()} characters)."
+                ) from None
+    except UnicodeDecodeError:
+        read_text(path)  # names the line of the first bytes that are not UTF-8
+        raise
     return rows
 
 

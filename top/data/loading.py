@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from top.data.budget import check_data_memory
 from top.data.custom import CUSTOM_TASK, custom_task, load_custom_file
 from top.data.files import Example, TaskLike, as_task
 from top.data.glue import glue_file, load_glue_split
@@ -119,6 +120,7 @@ def load_task_data(
 
 def _glue_data(task: Task, data_dir: Optional[Union[str, Path]], with_train: bool) -> TaskData:
     if data_dir:
+        check_data_memory([glue_file(task, data_dir, split) for split in (SPLITS if with_train else ("dev",))])
         train = load_glue_split(task, data_dir, "train") if with_train else []
         dev = load_glue_split(task, data_dir, "dev")
         source = str(glue_file(task, data_dir, "dev"))
@@ -132,6 +134,7 @@ def _glue_data(task: Task, data_dir: Optional[Union[str, Path]], with_train: boo
 def _custom_data(train_file: Optional[Union[str, Path]], validation_file: Union[str, Path],
                  max_seq_length: int) -> TaskData:
     train: List[Example] = []
+    check_data_memory([Path(path) for path in (train_file, validation_file) if path is not None])
     if train_file is not None:
         train, train_regression, train_labels = load_custom_file(train_file)
     dev, dev_regression, dev_labels = load_custom_file(validation_file)

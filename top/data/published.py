@@ -1,11 +1,12 @@
 """The paper's results table (`published.toml`) read into checked dataclasses."""
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 from top.data.tasks import METRIC_NAMES, TASKS, canonical_task_name, check_fields, read_toml
-from top.errors import UserError
+from top.errors import UserError, brief
 
 PUBLISHED_FILE = Path(__file__).with_name("published.toml")
 
@@ -52,6 +53,14 @@ class PublishedResult:
         return abs(measured_reduction - self.flops_reduction) <= self.flops_tolerance * self.flops_reduction
 
 
+def _is_finite(value) -> bool:
+    """A number a float can hold: not NaN, not infinite, not an integer past float's range."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def load_results_table(path: Optional[Union[str, Path]] = None) -> Dict[str, PublishedResult]:
     """Task name -> PublishedResult, in the file's order; a malformed file raises UserError.
 
@@ -74,15 +83,17 @@ def load_results_table(path: Optional[Union[str, Path]] = None) -> Dict[str, Pub
             raise UserError(
                 f"{path}: {task}.metric is {raw['metric']!r} but the task reports {TASKS[task].metric!r}; fix it."
             )
+        for key in ("score", "flops_reduction", "score_tolerance", "flops_tolerance"):
+            if not _is_finite(raw[key]):
+                raise UserError(f"{path}: {task}.{key} is {brief(raw[key])}, not a finite number; fix its value.")
+            if raw[key] < 0 and key != "score":
+                raise UserError(f"{path}: {task}.{key} must not be negative; fix its value.")
         low, high = SCORE_RANGES[raw["metric"]]
         if not low <= raw["score"] <= high:
             raise UserError(
                 f"{path}: {task}.score {raw['score']:g} is outside {low:g} to {high:g}, the range of "
                 f"{raw['metric']} in percent; fix its value."
             )
-        for key in ("flops_reduction", "score_tolerance", "flops_tolerance"):
-            if raw[key] < 0:
-                raise UserError(f"{path}: {task}.{key} must not be negative; fix its value.")
         if "dev_examples" in raw and raw["dev_examples"] < 1:
             raise UserError(f"{path}: {task}.dev_examples must be at least 1; fix its value or drop the field.")
         fields = {key: float(raw[key]) if _SCHEMA[key] is float else raw[key] for key in _SCHEMA if key in raw}

@@ -88,14 +88,29 @@ METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"
 
 
 def read_toml(path: Path) -> Dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is the user's to fix."""
+    """Parse a TOML file; a missing, binary, malformed or too deeply nested file is the user's to fix."""
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; pass the path of an existing TOML file.") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory; pass the path of a TOML file.") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} holds bytes that are not UTF-8 text (at byte {exc.start}), so it is no TOML file; "
+            "give a TOML file."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path} is not valid TOML ({exc}); fix its syntax.") from None
+        raise UserError(f"{path} is not valid TOML ({one_line_of(exc)}); fix its syntax.") from None
+    except RecursionError:
+        raise UserError(f"{path} nests its tables or arrays deeper than can be read; flatten it.") from None
+
+
+def one_line_of(error: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def _type_ok(value: Any, kind: type) -> bool:

@@ -110,7 +110,7 @@ def score(
     check_labels(loaded, eval_data)
     model, device = loaded.model, next(loaded.model.parameters()).device
     forward = model_forward(loaded, mode, max_seq_length)
-    encoded = batching.encode(eval_data.dev, loaded.tokenizer, max_seq_length, padding="max_length")
+    encoded = batching.encode_set(eval_data.dev, loaded.tokenizer, max_seq_length, what="the dev set")
     batching.check_token_ids(encoded, model.config, loaded.path)
     token_z, pruner_z = loaded.token_z, loaded.pruner_z
 
@@ -128,7 +128,7 @@ def score(
     scoring.require_finite_logits(scored.logits, loaded.path)
     macs, kept = [b[2] for b in scored.per_batch], [b[3] for b in scored.per_batch]
     exact_macs, dense_macs, task_macs = _sums(macs)
-    logits, labels = scored.logits, encoded["labels"]
+    logits, labels = scored.logits, encoded.labels
     regression = model.config.num_labels == 1
     predictions = logits[:, 0] if regression else logits.argmax(dim=-1)
     core = dev_record(eval_data, scored, [b[:2] for b in scored.per_batch], metrics_key="metrics")

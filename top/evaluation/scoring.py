@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from top.data import batching
-from top.data.batching import batches
+from top.data.batching import Encoded, as_encoded_set, batches
 from top.method.modeling import require_finite_logits  # noqa: F401 - scoring's check, stated there
 
 Batch = Dict[str, torch.Tensor]
@@ -31,7 +31,7 @@ class Predictions:
 @torch.no_grad()
 def predict(
     forward: Callable[[Batch], Any],
-    encoded: Batch,
+    encoded: Encoded,
     batch_size: int,
     device: torch.device,
     *,
@@ -49,7 +49,8 @@ def predict(
     from tqdm.auto import tqdm
 
     logits, labels, per_batch = [], [], []
-    total = (len(encoded["input_ids"]) + batch_size - 1) // max(1, batch_size)
+    encoded = as_encoded_set(encoded)
+    total = (len(encoded) + batch_size - 1) // max(1, batch_size)
     for batch in tqdm(batches(encoded, batch_size), total=total, desc=progress, disable=progress is None,
                       unit="batch"):
         batch = batching.to_device(batching.shorten(batch) if trim else batch, device)

@@ -1,8 +1,10 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one.
 
 Every write leaves nothing half-written behind when it fails (a full disk, no permission): its
-temporary file or directory is removed and the ``OSError`` goes up naming the path, which the
-command line turns into one sentence and exit status 1.
+temporary file or directory is removed and an ``OSError`` goes up naming the path, which the
+command line turns into one sentence and exit status 1. Writers below Python report a full disk
+in their own ways (safetensors' ``SafetensorError``, the tokenizers' ``Exception``, torch.save's
+``RuntimeError``); :func:`storage_failure` turns each into that ``OSError``.
 """
 
 import contextlib
@@ -11,10 +13,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from top.errors import UserError
 
@@ -26,6 +29,21 @@ PathLike = Union[str, "os.PathLike[str]"]
 KILL_ENV = "TOP_TEST_KILL_AT"
 KILL_PHASES = ("mid-write", "written", "moved-aside", "renamed-in", "removing-old")
 _kill_counts: Dict[str, int] = {}
+
+
+def kill_spec() -> Optional[Tuple[str, str, int]]:
+    """``TOP_TEST_KILL_AT`` as ``(phase, name, n)``, None when unset; a value of another form is bad input."""
+    spec = os.environ.get(KILL_ENV, "")
+    if not spec:
+        return None
+    phase, _, rest = spec.partition(":")
+    name, _, nth = rest.partition(":")
+    if phase not in KILL_PHASES or ":" in nth or not (nth == "" or (nth.isdigit() and nth.isascii() and int(nth) >= 1)):
+        raise UserError(
+            f"{KILL_ENV}={spec[:60]!r} is not PHASE[:NAME[:N]] with PHASE one of {', '.join(KILL_PHASES)} and N a "
+            "whole number from 1 (it is a test hook); unset it."
+        )
+    return phase, name, int(nth or 1)
 
 
 def _umask() -> int:
@@ -90,6 +108,56 @@ def is_local_write_failure(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in LOCAL_WRITE_FAILURES
 
 
+# How writers below Python name an OSError number in their messages: Python's "[Errno 28]" (also in
+# shutil.Error's list), Rust's "(os error 28)" (safetensors, tokenizers).
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]|\(os error (\d+)\)")
+_PROBE_BYTES = 1 << 16
+
+
+def storage_failure(error: BaseException, path: Optional[PathLike], probe: Optional[PathLike] = None
+                    ) -> Optional[OSError]:
+    """The ``OSError`` naming ``path`` (None: no path known) that ``error``, raised while writing it, stands
+    for when the storage refused the write (a full disk, a quota, a read-only file system, no permission);
+    None otherwise.
+
+    An ``OSError`` says so by its number, a ``SafetensorError`` or a tokenizers ``Exception`` in its
+    message; torch.save's ``RuntimeError`` ("unexpected pos ...") names nothing, so with ``probe`` (a
+    directory on the same file system) a small write of our own there settles it.
+    """
+    if not isinstance(error, Exception) or isinstance(error, UserError):
+        return None
+    if isinstance(error, OSError) and error.errno in LOCAL_WRITE_FAILURES:
+        return _name_path(error, path) if error.filename is None and path is not None else error
+    number = None
+    for match in _ERRNO_IN_TEXT.finditer(str(error)):
+        if int(match.group(1) or match.group(2)) in LOCAL_WRITE_FAILURES:
+            number = int(match.group(1) or match.group(2))
+            break
+    if number is None and probe is not None and not isinstance(error, OSError):
+        number = _write_refused(Path(probe))
+    if number is None:
+        return None
+    return OSError(number, os.strerror(number)) if path is None else OSError(number, os.strerror(number), str(path))
+
+
+def _write_refused(directory: Path) -> Optional[int]:
+    """The OSError number with which ``directory``'s file system refuses a small write, or None if it takes it."""
+    try:
+        fd, name = tempfile.mkstemp(dir=str(directory), prefix=".write-probe-")
+    except OSError as error:
+        return error.errno if error.errno in LOCAL_WRITE_FAILURES else None
+    try:
+        os.write(fd, b"\0" * _PROBE_BYTES)
+        os.fsync(fd)
+    except OSError as error:
+        return error.errno if error.errno in LOCAL_WRITE_FAILURES else None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return None
+
+
 def json_text(obj: Any, **kwargs: Any) -> str:
     """Strict JSON: a NaN or infinity is a bug upstream (undefined values are ``None``), so it raises."""
     return json.dumps(obj, allow_nan=False, **kwargs)
@@ -145,7 +213,10 @@ def atomic_directory(path: PathLike) -> Iterator[Path]:
             _test_kill_point("removing-old", path, old)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as error:
+        failure = storage_failure(error, path, probe=tmp)  # probed before the removal frees its space
         shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:  # named by the directory asked for, not by a file of its temporary copy
+            raise OSError(failure.errno, failure.strerror, str(path)) from None
         if isinstance(error, OSError):
             _name_path(error, path)
         raise
@@ -191,12 +262,11 @@ def _test_kill_point(phase: str, path: Path, victim: Optional[Path] = None) -> N
     which is what a kill in the middle of writing it leaves; ``removing-old`` first deletes the
     largest file of ``victim`` (the old copy), as a kill in the middle of its removal would.
     """
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
+    spec = kill_spec()
+    if spec is None:
         return
-    want, _, rest = spec.partition(":")
-    name, _, nth = rest.partition(":")
-    if want != phase or (name and name != path.name) or _kill_counts.get(path.name) != int(nth or 1):
+    want, name, nth = spec
+    if want != phase or (name and name != path.name) or _kill_counts.get(path.name) != nth:
         return
     if victim is not None:
         files = sorted((f for f in victim.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from top.errors import UserError, brief, error_detail
+from top.storage.tokenizer_failures import is_tokenizer_failure, rust_panics_quiet
 
 PathLike = Union[str, "os.PathLike[str]"]
 CONFIG_FILE = "config.json"
@@ -30,7 +31,8 @@ _CONFIG_COUNTS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "max_position_embeddings",
 )
-_CONFIG_NUMBERS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+_CONFIG_NUMBERS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "layer_norm_eps",
+                   "initializer_range")
 # The published architectures are BERT and RoBERTa, base and large: 12 or 24 layers, 768 or 1024
 # wide, 12 or 16 heads, 3072 or 4096 inner, 512 or 514 positions, vocabularies of 30,522 and
 # 50,265. A config far outside that is damaged or hostile, and building it would allocate memory
@@ -77,10 +79,22 @@ def check_config(config: Any, source: Any) -> Any:
                 f"{source} gives {name} as {brief(value)}, outside 1..{ceiling} (the published BERT and RoBERTa "
                 "models use far less); fix that field or download the model again."
             )
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
         value = getattr(config, name, None)
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"{source} gives {name} as {brief(value)}, not a probability in 0..1; fix that field.")
+    spread = getattr(config, "initializer_range", None)
+    if spread is not None and not (math.isfinite(spread) and spread >= 0.0):
+        raise UserError(
+            f"{source} gives initializer_range as {brief(spread)}, not a finite number >= 0; fix that field."
+        )
+    pad, vocabulary = getattr(config, "pad_token_id", None), getattr(config, "vocab_size", None)
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0 or (
+            isinstance(vocabulary, int) and pad >= vocabulary)):
+        raise UserError(
+            f"{source} gives pad_token_id as {brief(pad)}, not an id of its vocabulary of {brief(vocabulary)}; "
+            "fix that field."
+        )
     eps = getattr(config, "layer_norm_eps", None)
     if eps is not None and not (math.isfinite(eps) and 0.0 < eps < 1.0):
         raise UserError(f"{source} gives layer_norm_eps as {brief(eps)}, not a small positive number; fix that field.")
@@ -142,6 +156,11 @@ def check_config_file(directory: PathLike, source: Any) -> None:
     for key in ("id2label", "label2id"):
         if isinstance(fields.get(key), (dict, list)) and len(fields[key]) > MAX_LABELS:
             raise UserError(f"{source} names more than {MAX_LABELS} labels in {key}; fix that field.")
+    # Absent means transformers' default; null means no value at all, which only classifier_dropout may have.
+    required = _CONFIG_COUNTS + tuple(CONFIG_CEILINGS) + ("hidden_act",) + _CONFIG_NUMBERS
+    for name in required:
+        if name in fields and fields[name] is None and name != "classifier_dropout":
+            raise UserError(f"{source} gives {name} as null; give it a value or drop the field.")
     refuse_own_code(fields, source)
     check_config(types.SimpleNamespace(**{k: v for k, v in fields.items() if isinstance(k, str)}), source)
 
@@ -213,8 +232,11 @@ def load_tokenizer(source: PathLike, flag: str = "", fix: str = "") -> Any:
             fields = None  # the tokenizer's own reader says what is wrong with it
         refuse_own_code(fields, config_file)
     try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except Exception as error:  # noqa: BLE001 - HF raises many kinds for a missing or broken tokenizer
+        with rust_panics_quiet():
+            return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    except BaseException as error:  # noqa: BLE001 - HF raises many kinds; a tokenizers panic is a BaseException
+        if not is_tokenizer_failure(error):
+            raise
         raise UserError(
             f"No tokenizer could be loaded from {named} ({error_detail(error)}); "
             f"{fix or 'put the tokenizer files next to the weights'}."

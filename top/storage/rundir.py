@@ -115,8 +115,15 @@ def _acquire(lock: Path) -> None:
             continue
         if not _flock(fd):
             me["boot_id"] = None  # no flock to show that we live: judged by pid and host, as before
-        os.write(fd, (json.dumps(me) + "\n").encode("utf-8"))
-        os.fsync(fd)
+        try:
+            os.write(fd, (json.dumps(me) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        except OSError as error:  # a full disk: no lock of ours is left behind, and the error names it
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(lock))
+            error.filename = str(lock)
+            raise
         _HELD[str(lock)] = fd
         return
     raise UserError(f"{lock.parent} is being claimed by another top run right now; give another --output-dir.")

@@ -20,6 +20,7 @@ and plain values stored as one safetensors file (its structure in the file's met
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import inspect
 import io
@@ -36,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from top.errors import UserError, brief, clip, error_detail
+from top.storage.io import storage_failure
 from top.storage.manifest import verify_manifest
 
 PathLike = Union[str, Path]
@@ -484,12 +486,23 @@ def read_safetensors_with_metadata(
 
 
 def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict] = None) -> None:
-    """``tensors`` as one safetensors file; each is copied, so tensors that share memory are fine."""
+    """``tensors`` as one safetensors file; each is copied, so tensors that share memory are fine.
+
+    A full disk (safetensors says so in a ``SafetensorError``) is an ``OSError`` naming ``path``.
+    """
     st = _safetensors_torch()
     plain = {
         key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format) for key, value in tensors.items()
     }
-    st.save_file(plain, str(path), metadata=metadata)
+    try:
+        st.save_file(plain, str(path), metadata=metadata)
+    except Exception as error:  # noqa: BLE001 - SafetensorError is no OSError
+        failure = storage_failure(error, path, probe=Path(path).parent)
+        if failure is None:
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(path)  # what was written of it is no safetensors file
+        raise failure from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
+from top.data.batching import Encoded, as_encoded_set
 from top.errors import UserError
 
 
@@ -72,7 +73,7 @@ class BatchOrder:
         return chunk[self.rank :: self.world_size], chunk
 
 
-def apply_length_grouping(enabled: bool, order: BatchOrder, train_set: Dict[str, torch.Tensor]) -> None:
+def apply_length_grouping(enabled: bool, order: BatchOrder, train_set: Encoded) -> None:
     """``--group-by-length``: the batch order groups the encoded examples by their real length."""
     if enabled:
-        order.group_by_length(train_set["attention_mask"].sum(dim=1))
+        order.group_by_length(as_encoded_set(train_set).lengths)

@@ -157,8 +157,8 @@ def _finetune(config: FinetuneConfig, dist: distributed.Distributed, callback: O
     model_dir = resolve_model(config.model, "--model")
     tokenizer = load_tokenizer(model_dir, "--model", "give a model directory with one")
     model_config = read_config(config, data, model_dir)
-    train_set = batching.encode(data.train, tokenizer, config.max_seq_length)
-    dev_set = batching.encode(data.dev, tokenizer, config.max_seq_length)
+    train_set = batching.encode_set(data.train, tokenizer, config.max_seq_length, what="the training data")
+    dev_set = batching.encode_set(data.dev, tokenizer, config.max_seq_length, what="the dev set")
     for encoded in (train_set, dev_set):
         batching.check_token_ids(encoded, model_config, f"--model {config.model}")
     order = batch_order.BatchOrder(len(data.train), config.batch_size, config.seed, dist.world_size, dist.rank)

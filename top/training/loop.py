@@ -198,8 +198,8 @@ def check_same_latency_model(out: Path, plan: Plan) -> None:
 
 def encode(plan: Plan, tokenizer, max_seq_length: int):
     """The train and dev sets tokenised at ``max_seq_length``, their ids checked against the model."""
-    train_set = batching.encode(plan.data.train, tokenizer, max_seq_length)
-    dev_set = batching.encode(plan.data.dev, tokenizer, max_seq_length)
+    train_set = batching.encode_set(plan.data.train, tokenizer, max_seq_length, what="the training data")
+    dev_set = batching.encode_set(plan.data.dev, tokenizer, max_seq_length, what="the dev set")
     for encoded in (train_set, dev_set):
         batching.check_token_ids(encoded, plan.student_config, f"--model {plan.student_dir}")
     return train_set, dev_set

@@ -23,7 +23,7 @@ and keeps the row sums up to each of its ``L`` (in float64, stored as float32).
 ``OUT/teacher-cache/`` holds ``importance.npy`` (flat float32 values), ``index.npy`` (int64 rows
 example, L, offset, count, sorted by example then L), ``logits.npy`` (``[examples, labels]``) and,
 written last, ``meta.json``: the key, its parts and each file's size and sha256. The key hashes the
-format, the teacher's weights file and config.json, the encoded training tensors, the schedule
+format, the teacher's weights file and config.json, the encoded training set, the schedule
 (examples, batch size, seed, processes, steps, length grouping), the attention implementation, the device and the
 torch and transformers versions. A cache whose key differs, or that is missing, unreadable,
 misshapen or altered, is rebuilt with one log line saying why; files are read with
@@ -37,6 +37,7 @@ rank 0 merges the parts and swaps the directory in.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from top.data.batching import MODEL_INPUT_KEYS
+from top.data.batching import MODEL_INPUT_KEYS, Encoded, EncodedSet, as_encoded_set
 from top.method.checkpoint import CONFIG_FILE
 from top.method.modeling import weights_file
 from top.storage.io import atomic_directory, atomic_write_json, sha256_of
@@ -57,7 +58,7 @@ from top.training.distributed import Distributed
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the data part hashes the compact encoded set (top.data.batching.EncodedSet)
 DIRECTORY = "teacher-cache"
 META_FILE = "meta.json"
 IMPORTANCE_FILE, INDEX_FILE, LOGITS_FILE = "importance.npy", "index.npy", "logits.npy"
@@ -198,7 +199,17 @@ def _hash_arrays(arrays: Sequence[Tuple[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def key_parts(teacher, teacher_dir: Path, train_set: Dict[str, torch.Tensor], order: BatchOrder,
+def _hash_encoded(train_set: EncodedSet) -> str:
+    """The encoded training set, as it is stored: each model input's values, the row offsets, the padded
+    width and the padding values (the padded tensors follow from them)."""
+    digest = hashlib.sha256(json.dumps({"width": train_set.width, "padding": train_set.pad_values},
+                                       sort_keys=True).encode("utf-8"))
+    arrays = [(key, train_set.fields[key]) for key in train_set.keys] + [("offsets", train_set.offsets)]
+    digest.update(_hash_arrays(arrays).encode("ascii"))
+    return digest.hexdigest()
+
+
+def key_parts(teacher, teacher_dir: Path, train_set: Encoded, order: BatchOrder,
               total_steps: int) -> Dict[str, Any]:
     """Everything the cached values depend on, each part hashed or spelt out (the key hashes them all)."""
     import transformers
@@ -211,7 +222,7 @@ def key_parts(teacher, teacher_dir: Path, train_set: Dict[str, torch.Tensor], or
     return {
         "format": FORMAT,
         "teacher": digest.hexdigest(),
-        "data": _hash_arrays([(k, train_set[k].numpy()) for k in MODEL_INPUT_KEYS if k in train_set]),
+        "data": _hash_encoded(as_encoded_set(train_set)),
         "schedule": {
             "examples": order.num_examples,
             "batch_size": order.global_batch // order.world_size,
@@ -306,14 +317,14 @@ def _part_file(kind: str, rank: int) -> str:
     return f"{kind}.part-{rank}.npy"
 
 
-def _row_sums(teacher, train_set: Dict[str, torch.Tensor], examples: np.ndarray, length: int):
+def _row_sums(teacher, train_set: EncodedSet, examples: np.ndarray, length: int):
     """One teacher pass over ``examples`` cut to ``length``: the last layer's probabilities summed
     over heads and accumulated over query rows (float64 ``[B, length, length]``), the head count
     and the logits."""
     last = teacher.config.num_hidden_layers - 1
     device = next(teacher.parameters()).device
-    rows = torch.from_numpy(examples)
-    inputs = {k: train_set[k][rows][:, :length].to(device) for k in MODEL_INPUT_KEYS if k in train_set}
+    batch = train_set.rows(examples, length)
+    inputs = {k: batch[k].to(device) for k in MODEL_INPUT_KEYS if k in batch}
     seen: Dict[int, torch.Tensor] = {}
 
     def keep(index: int, probabilities: torch.Tensor) -> None:
@@ -327,14 +338,35 @@ def _row_sums(teacher, train_set: Dict[str, torch.Tensor], examples: np.ndarray,
 
 
 def _new_values(path: Path, size: int) -> Optional[np.ndarray]:
-    """A float32 ``.npy`` of ``size`` values mapped for writing (None, and an empty file, for none)."""
+    """A float32 ``.npy`` of ``size`` values mapped for writing (None, and an empty file, for none).
+
+    Its blocks are reserved first: a store through the mapping into a file the disk has no room
+    for kills the process (SIGBUS), where reserving them is an ``OSError`` naming the file.
+    """
     if size == 0:
         np.save(str(path), np.zeros(0, dtype=np.float32))
         return None
-    return np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=(size,))
+    values = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float32, shape=(size,))
+    _reserve(path)
+    return values
 
 
-def build_part(tmp: Path, plan: BuildPlan, rank: int, teacher, train_set: Dict[str, torch.Tensor],
+def _reserve(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot: as before
+            return
+        error.filename = str(path)
+        raise
+    except AttributeError:  # no posix_fallocate (macOS): as before
+        return
+    finally:
+        os.close(fd)
+
+
+def build_part(tmp: Path, plan: BuildPlan, rank: int, teacher, train_set: EncodedSet,
                progress: bool) -> None:
     """Rank ``rank``'s share: its batches' importance values and logits as part files in ``tmp``."""
     from tqdm import tqdm
@@ -393,11 +425,11 @@ def merge_parts(tmp: Path, plan: BuildPlan, num_examples: int, num_labels: int, 
     return built_by
 
 
-def build(directory: Path, plan: BuildPlan, teacher, train_set: Dict[str, torch.Tensor], key: str,
+def build(directory: Path, plan: BuildPlan, teacher, train_set: EncodedSet, key: str,
           parts: Dict[str, Any], dist: Distributed, progress: bool) -> None:
     """Every rank computes its share into one temporary directory; rank 0 merges it and swaps it in."""
     began = time.time()
-    num_examples, num_labels = len(train_set["input_ids"]), teacher.config.num_labels
+    num_examples, num_labels = len(train_set), teacher.config.num_labels
     if not dist.is_main:
         tmp = Path(dist.gather_objects(None)[0])
         build_part(tmp, plan, dist.rank, teacher, train_set, progress=False)
@@ -424,14 +456,15 @@ def build(directory: Path, plan: BuildPlan, teacher, train_set: Dict[str, torch.
     )
 
 
-def prepare(directory: Path, teacher, teacher_dir: Path, train_set: Dict[str, torch.Tensor],
+def prepare(directory: Path, teacher, teacher_dir: Path, train_set: Encoded,
             order: BatchOrder, total_steps: int, batch_size: int, dist: Optional[Distributed] = None,
             progress: bool = True) -> TeacherCache:
     """The cache of this run's schedule in ``directory``: reused when its key matches and its files
     are whole, else built (with one log line saying why). Every rank calls it."""
     dist = dist or Distributed()
     directory = Path(directory)
-    lengths = train_set["attention_mask"].sum(dim=1).numpy().astype(np.int64)
+    train_set = as_encoded_set(train_set)
+    lengths = train_set.lengths.numpy().astype(np.int64)
     pairs = schedule_pairs(lengths, order, total_steps)
     num_labels = teacher.config.num_labels
     cache = key = parts = reason = None
