@@ -332,18 +332,21 @@ def test_a_disk_that_fills_during_a_save_of_last_is_one_sentence_and_resume_goes
     """The disk fills after the save at step 2: the save at step 4 fails (safetensors says so in a SafetensorError),
     which is one sentence and exit 1; last/ still holds step 2 whole, and once there is room --resume ends where an
     uninterrupted run ends."""
-    from top.training import listeners
+    from top.training.progress import Reporter
 
     out = small_file_system / "out"
     flags = ("--target-sparsity", "0.3", "--max-steps", "4", "--save-steps", "2", "--eval-steps", "100",
              "--no-teacher-cache")
     filler = []
 
-    def fill_after_first_save(command, step, total_steps):
+    report_step = Reporter.step
+
+    def fill_after_first_save(reporter, step, values, shown):
+        report_step(reporter, step, values, shown)
         if step == 3 and not filler:
             filler.append(fill(small_file_system, leave=24 * 1024))
 
-    monkeypatch.setattr(listeners, "STEP_LISTENERS", [fill_after_first_save])
+    monkeypatch.setattr(Reporter, "step", fill_after_first_save)
     assert cli.main(train_argv(tiny, out, *flags)) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
@@ -352,8 +355,8 @@ def test_a_disk_that_fills_during_a_save_of_last_is_one_sentence_and_resume_goes
     assert not [p for p in small_file_system.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
     filler[0].unlink()
 
-    monkeypatch.setattr(listeners, "STEP_LISTENERS", [])
-    assert cli.main(train_argv(tiny, out, *flags, "--resume")) == 0
+    monkeypatch.setattr(Reporter, "step", report_step)
+    resumed = cli.main(train_argv(tiny, out, *flags, "--resume"))
     reference = tmp_path / "reference"
-    assert cli.main(train_argv(tiny, reference, *flags)) == 0
+    assert resumed in FINISHED and cli.main(train_argv(tiny, reference, *flags)) == resumed
     assert_bit_identical(out / "last", reference / "last")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import REPOSITORY, sentences, subprocess_env, tiny_checkpoint, tiny_model_dir, tiny_tokenizer
+from builders import FINISHED, REPOSITORY, sentences, subprocess_env, tiny_checkpoint, tiny_model_dir, tiny_tokenizer
 
 from top.data import batching
 from top.data.batching import EncodedSet, encode, encode_set
@@ -197,7 +197,8 @@ def test_a_million_short_rows_train_under_the_bound(tmp_path, command):
               "sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
                           env=subprocess_env(), cwd=str(REPOSITORY), timeout=1200)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # 2 steps end before pruning starts, so train finishes without best/ (exit 3).
+    assert done.returncode in FINISHED, done.stderr[-2000:]
     peak = int(done.stdout.strip().splitlines()[-1])
     _, _, estimate = budget.estimate(train, budget.memory_bound())
     assert peak < 4 * 10**9 and peak < 10**9 + estimate, peak
