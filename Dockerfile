@@ -1,10 +1,12 @@
 # ToP's reproducibility image. Three targets (see docs/DOCKER.md for the GPU table):
-#   exact   (default)  Python 3.8.8, torch 1.12.1 from PyPI (bundles CUDA 10.2): the paper's
+#   exact   (last)     Python 3.8.8, torch 1.12.1 from PyPI (bundles CUDA 10.2): the paper's
 #                      environment, for sm_37..sm_75 GPUs (K80, P100, V100, T4, RTX 20xx)
 #   ampere             the same stack with torch 1.12.1+cu113 (adds sm_80/sm_86: A100, A10, RTX 30xx)
 #   current            Python 3.11, torch 2.13.0 (PyPI, CUDA 13 wheels), transformers 4.57: H100/H200, L4, ...
 # Every target carries Ray Tune for `top grid --backend ray` and the ray-head / ray-worker services:
 # 2.10.0 on Python 3.8 (exact, ampere), 2.60.0 on 3.11 (current). A cluster's nodes must share one.
+# A plain `docker build .` builds the last stage, exact (the paper's pinned image); docker-compose.yml
+# defaults to current (TOP_IMAGE_TARGET), the one that runs on today's data-centre GPUs.
 #     docker build -t top:exact .
 #     docker build --target ampere -t top:ampere .
 #     docker build --target current -t top:current .

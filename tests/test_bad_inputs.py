@@ -408,6 +408,14 @@ def grid_of_another_model(tiny: Dict[str, Path], tmp: Path) -> List[str]:
 # ------------------------------------------------------------------------------------- issue 33
 
 
+def dangling_vocab(source: Path, target: Path) -> Path:
+    """A copy whose vocab.txt is a link to a file that does not exist (and whose tokenizer.json is gone)."""
+    target = empty_vocab(source, target)
+    (target / "vocab.txt").unlink()
+    (target / "vocab.txt").symlink_to(target / "gone" / "vocab.txt")
+    return target
+
+
 def empty_vocab(source: Path, target: Path) -> Path:
     """A copy whose vocab.txt is empty and whose tokenizer.json is gone: the tokenizer loads, and then
     fails on the first example (WordPiece error: Missing [UNK] token)."""
@@ -743,6 +751,8 @@ CASES = [
         empty_vocab(t["model"], tmp / "empty-vocab"))), 2, lambda tmp: "empty-vocab fails on example 1"),
     Case("train-vocab-empty", lambda t, c, tmp: replace_flag(train(t, tmp), "--model", str(
         empty_vocab(t["model"], tmp / "empty-vocab"))), 2, lambda tmp: "empty-vocab fails on example 1"),
+    Case("finetune-vocab-dangling-link", lambda t, c, tmp: replace_flag(finetune_argv(t, tmp / "out"), "--model", str(
+        dangling_vocab(t["model"], tmp / "dangling"))), 2, lambda tmp: "vocab.txt is a link to"),
     Case("eval-tokenizer-regex-retry-limit", lambda t, c, tmp: eval_argv(
         backtracking_tokenizer(c, tmp / "regex"), tmp / "out", "--validation-file",
         str(with_row(t["dev"], tmp / "dev.csv", BACKTRACKING_TEXT))), 2, lambda tmp: "regex fails on example 25"),

@@ -231,6 +231,11 @@ def load_tokenizer(source: PathLike, flag: str = "", fix: str = "") -> Any:
         except (ValueError, RecursionError, UnicodeDecodeError, OSError):
             fields = None  # the tokenizer's own reader says what is wrong with it
         refuse_own_code(fields, config_file)
+    for member in _dangling_links(directory):  # transformers would report a stat() of None
+        raise UserError(
+            f"No tokenizer could be loaded from {named}: {member.name} is a link to {os.readlink(member)}, "
+            f"which does not exist; {fix or 'put the tokenizer files next to the weights'}."
+        )
     try:
         with rust_panics_quiet():
             return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
@@ -241,6 +246,14 @@ def load_tokenizer(source: PathLike, flag: str = "", fix: str = "") -> Any:
             f"No tokenizer could be loaded from {named} ({error_detail(error)}); "
             f"{fix or 'put the tokenizer files next to the weights'}."
         ) from None
+
+
+def _dangling_links(directory: Path) -> list:
+    """The links in ``directory`` whose targets do not exist (none where it cannot be listed)."""
+    try:
+        return [member for member in sorted(directory.iterdir()) if member.is_symlink() and not member.exists()]
+    except OSError:
+        return []  # not a readable directory (a hub id, say): the loader says what is wrong
 
 
 def max_input_tokens(config: Any) -> int:
