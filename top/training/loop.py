@@ -285,7 +285,7 @@ def evaluate_student(student, gates, dev_set, plan: Plan, config: TrainConfig, s
         record["kept_bins"] = token_z.sum(dim=1).tolist()
         record["layer_gates"] = pruner_z.tolist()
         if plan.step.latency is not None:
-            lengths = dev_set["attention_mask"].sum(dim=1).tolist()
+            lengths = dev_set.lengths.tolist()
             record.update(plan.step.latency.figures(lengths, token_z, pruner_z, gates.prune_locations))
     return record
 
