@@ -31,7 +31,7 @@ from top.runtime import determinism, machine
 from top.settings.common import SEED
 from top.storage.io import atomic_write_json
 from top.training import distributed
-from top.training.config import FinetuneConfig, TrainConfig
+from top.training.config import PAPER_RECIPE, FinetuneConfig, TrainConfig
 from top.training.finetune import build_optimizer, finetune_step
 from top.training.step import PREPRUNING_STEPS, StepPlan, ToPStep, build_optimizers
 from top.training.teacher_cache import CachedTeacherOutput
@@ -67,8 +67,8 @@ def finetune_defaults() -> FinetuneConfig:
 
 
 def train_defaults() -> TrainConfig:
-    """`top train`'s settings at their defaults, from its config itself."""
-    return TrainConfig(model="unused", teacher="unused", output_dir="unused", device="cpu")
+    """`top train`'s settings at their defaults, from its config itself (a paper task's recipe)."""
+    return TrainConfig(model="unused", teacher="unused", output_dir="unused", device="cpu", **PAPER_RECIPE)
 
 
 def small_bert_config(args):

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-import torch
 from builders import (
     FINISHED,
     KILLER,
+    PAPER_FLAGS,
     SHORT,
     assert_bit_identical,
     read_log,
@@ -28,6 +28,7 @@ from builders import (
 
 from top import cli
 from top.errors import UserError
+from top.training.config import NO_BEST_EXIT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,7 @@ one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 # Warm-up (8 steps) plus 50: the paper's controller overshoots a target of 0.3 on this schedule.
 OVERSHOOT = (
+    *PAPER_FLAGS,
     "--target-sparsity", "0.3", "--max-steps", "60", "--warmup-epochs", "1", "--reg-learning-rate", "0.2",
     "--eval-steps", "5", "--save-steps", "20", "--logging-steps", "5",
 )
@@ -212,19 +214,37 @@ def test_adaptive_control_lands_on_the_target_where_the_papers_overshoots(tiny, 
     assert json.loads((paper_out / "run.json").read_text())["config"]["sparsity_control"] == "paper"
 
 
-def test_adaptive_multipliers_follow_the_gap_and_its_change():
-    from top.method.sparsity_control import AdaptiveMultipliers
+def test_the_obvious_command_on_own_data_lands_and_one_that_cannot_exits_3(tiny, tmp_path, capsys):
+    """Own data with nothing but a target: tasks.toml's [custom] recipe lands on it (40 epochs of 2 steps
+    at batch 32); a run too short to land writes no best/, exits 3 and names the levers."""
+    out = tmp_path / "obvious"
+    obvious = ["train", "--model", str(tiny["model"]), "--teacher", str(tiny["model"]),
+               "--train-file", str(tiny["train"]), "--validation-file", str(tiny["dev"]),
+               "--output-dir", str(out), "--target-sparsity", "0.3", "--device", "cpu", "--no-progress"]
+    assert cli.main(obvious) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["total_steps"] == 80 and run["warmup_steps"] == 20  # a quarter of the run
+    # run.json's config shows what own data resolved to; its args, that none of it was given.
+    config = run["config"]
+    assert (config["sparsity_control"], config["best_rule"], config["eval_steps"]) == ("adaptive", "nearest-target", 5)
+    assert (config["learning_rate"], config["sparsity_epsilon"], config["layer_gate_init"]) == (1e-4, 0.02, 10.0)
+    assert config["reg_learning_rate"] == pytest.approx(8.0 / 20) and config["warmup_epochs"] == 10.0
+    assert run["args"]["sparsity_control"] is None and run["args"]["eval_steps"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reached_target"] and abs(summary["final_expected_sparsity"] - 0.3) <= 0.02, summary
+    assert abs(summary["best"]["expected_sparsity"] - 0.3) <= 0.02 and (out / "best" / "config.json").is_file()
+    steps = [r for r in read_log(out) if "evaluated_sparsity" in r]
+    assert steps and all(0.0 <= r["evaluated_sparsity"] < 1.0 for r in steps)
+    capsys.readouterr()
 
-    lambda_1, lambda_2 = torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0))
-    control = AdaptiveMultipliers(lambda_1, lambda_2, gain=2.0, damping_steps=3.0)
-    assert float(lambda_2.detach()) == 1.0  # the quadratic term pulls with gain * gap from the first step
-    for gap, expected_lambda_1 in ((-0.25, 0.0), (-0.125, 2.0 * 3.0 * 0.125), (-0.125, 0.0), (0.0, 2.0 * 3.0 * 0.125)):
-        lambda_1.grad = torch.tensor(gap)  # d(loss)/d(lambda_1) is the gap
-        control.step()
-        assert float(lambda_1.detach()) == expected_lambda_1 and float(lambda_2.detach()) == 1.0
-    again = AdaptiveMultipliers(torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0)))
-    again.load_state_dict(control.state_dict())
-    assert again.state_dict() == control.state_dict() == {"previous_gap": 0.0, "gain": 2.0, "damping_steps": 3.0}
+    short = [*obvious, "--max-steps", "6"]
+    short[short.index("--output-dir") + 1] = str(tmp_path / "short")
+    assert cli.main(short) == NO_BEST_EXIT
+    message = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "best/ was not written" in message and f"exits with {NO_BEST_EXIT}" in message, message
+    assert "--reg-learning-rate" in message and "more steps" in message
+    assert "--sparsity-control adaptive" not in message  # it already runs adaptive
+    assert not (tmp_path / "short" / "best").exists() and (tmp_path / "short" / "last" / "config.json").is_file()
 
 
 def test_eval_steps_auto_gives_enough_evaluations_after_the_warm_up(tiny, tmp_path):
@@ -454,12 +474,75 @@ def test_presets_come_from_the_task_file_and_flags_override():
         resolve_presets(_config(), custom)  # custom data has no preset target
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_for_its_tasks_and_the_custom_preset_for_own_data():
+    from top.data.tasks import CUSTOM_PRESET
+    from top.training.config import PAPER_RECIPE, RECIPE
+    from top.training.plan import resolve_recipe
+
     config = _config()
-    assert (config.learning_rate, config.reg_learning_rate, config.rank_loss_alpha) == (1e-5, 0.02, 0.01)
-    assert (config.sparsity_epsilon, config.distill_temperature) == (0.01, 2.0)
+    assert (config.rank_loss_alpha, config.distill_temperature) == (0.01, 2.0)
     assert (config.batch_size, config.max_seq_length, config.seed) == (32, 256, 57)
-    assert (config.sparsity_control, config.best_rule, config.eval_steps) == ("paper", "score", 100)
+    assert all(getattr(config, name) is None for name in RECIPE)  # the recipe waits for the data
+    paper = resolve_recipe(config, custom=False, warmup_steps=63)
+    assert paper == {"learning_rate": 1e-5, "reg_learning_rate": 0.02, "sparsity_control": "paper",
+                     "sparsity_epsilon": 0.01, "best_rule": "score", "layer_gate_init": -10.0, "eval_steps": 100}
+    assert paper == PAPER_RECIPE
+    own = resolve_recipe(config, custom=True, warmup_steps=63)
+    assert own == {"learning_rate": 1e-4, "reg_learning_rate": pytest.approx(8.0 / 63),
+                   "sparsity_control": "adaptive", "sparsity_epsilon": 0.02, "best_rule": "nearest-target",
+                   "layer_gate_init": 10.0, "eval_steps": "auto"}
+    # --reg-learning-rate follows the warm-up, within bounds for very long and very short ones...
+    assert resolve_recipe(config, custom=True, warmup_steps=10_000)["reg_learning_rate"] == 0.02
+    assert resolve_recipe(config, custom=True, warmup_steps=0)["reg_learning_rate"] == 0.5
+    # ...and a flag given is kept, on either kind of data.
+    given = _config(learning_rate=3e-5, reg_learning_rate=0.07, sparsity_control="paper", eval_steps=40)
+    for custom in (False, True):
+        kept = resolve_recipe(given, custom=custom, warmup_steps=63)
+        assert (kept["learning_rate"], kept["reg_learning_rate"], kept["sparsity_control"], kept["eval_steps"]) == (
+            3e-5, 0.07, "paper", 40)
+    # The custom preset's values are ones `top train` takes: a config holding them checks clean.
+    _config(**{name: getattr(CUSTOM_PRESET, name) for name in RECIPE if name != "reg_learning_rate"})
+
+
+def test_the_tests_paper_flags_are_the_papers_recipe():
+    """builders.PAPER_FLAGS is written out (the behaviour pins import it under an older top): held equal here."""
+    from top.commands.flags import config_from_args
+    from top.training.config import PAPER_RECIPE, TrainConfig
+
+    args = train_parser().parse_args(["--model", "m", "--teacher", "t", "--output-dir", "o", *PAPER_FLAGS])
+    config = config_from_args(TrainConfig, args)
+    assert {name: getattr(config, name) for name in PAPER_RECIPE} == PAPER_RECIPE
+
+
+def test_own_data_warms_up_for_a_share_of_the_run(tiny, tmp_path):
+    """The custom preset's warm-up is a quarter of the run, counted in --max-steps too; a flag wins."""
+    from top.training import distributed
+    from top.training.config import TrainConfig
+    from top.training.plan import plan_train
+
+    def planned(**flags):
+        config = TrainConfig(model=str(tiny["model"]), teacher=str(tiny["model"]), train_file=str(tiny["train"]),
+                             validation_file=str(tiny["dev"]), output_dir=str(tmp_path / "o"), target_sparsity=0.5,
+                             batch_size=8, device="cpu", **flags)
+        return plan_train(config, distributed.Distributed())
+
+    config, plan = planned(epochs=4)  # 8 steps an epoch: 32 steps, 8 of warm-up
+    assert (plan.total_steps, plan.step.warmup_steps, config.warmup_epochs) == (32, 8, 1.0)
+    assert config.reg_learning_rate == 0.5  # 8 / 8, at the bound
+    config, plan = planned(max_steps=80)
+    assert (plan.total_steps, plan.step.warmup_steps, config.warmup_epochs) == (80, 20, 2.5)
+    assert config.reg_learning_rate == pytest.approx(8 / 20)
+    config, plan = planned(max_steps=120, warmup_epochs=5)
+    assert plan.step.warmup_steps == 40 and config.reg_learning_rate == pytest.approx(8 / 40)
+    assert config.epochs == 15.0 and config.sparsity_control == "adaptive"
+
+
+def test_help_shows_the_papers_defaults_and_own_datas():
+    text = " ".join(train_parser().format_help().split())
+    assert "(default: 1e-05 for the paper's tasks; for your own data 0.0001)" in text
+    assert "(default: paper for the paper's tasks; for your own data adaptive)" in text
+    assert "8 / the warm-up's steps, within 0.02..0.5" in text and "0.25 of the run for your own data" in text
+    assert "[custom] in top/data/tasks.toml" in text and "3 when no evaluation qualified for best/" in text
 
 
 def train_parser():

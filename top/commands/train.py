@@ -1,7 +1,8 @@
 """``top train``: learn ToP's token-pruning gates for a fine-tuned dense model (``top.train``).
 
 Exit status: 0 when best/ was written; 2 for bad input (one sentence on stderr); 3 when the run
-finished but no evaluation qualified for best/ (the levers are named on stderr).
+finished but no evaluation qualified for best/ (one sentence names the flags that move it onto the
+target).
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import argparse
 
 import top
 from top.commands.flags import add_config_arguments, config_from_args
+from top.data.tasks import CUSTOM_PRESET
+from top.training.best import levers
 from top.training.config import NO_BEST_EXIT, TrainConfig
 
 EPILOG = (
-    "exit status: 0 with best/ written; 2 for bad input; 3 when no evaluation qualified for best/ "
-    "(the run's last/ and log.jsonl are kept)"
+    "For your own data (--train-file, --validation-file) the recipe flags default to [custom] in "
+    "top/data/tasks.toml, a recipe that lands on --target-sparsity on short schedules too: adaptive control, a "
+    f"warm-up of {CUSTOM_PRESET.warmup_fraction:g} of the run, best/ nearest the target; the paper's tasks keep "
+    "the paper's. Exit status: 0 with best/ written; 2 for bad input; 3 when no evaluation qualified for best/ "
+    "(the run's last/, log.jsonl and summary.json are kept)."
 )
 
 
@@ -29,15 +35,17 @@ def run(args: argparse.Namespace) -> int:
     if not summary:  # not the main process of a distributed run
         return 0
     best, target, epsilon = summary["best"], summary["target_sparsity"], summary["sparsity_epsilon"]
-    goal = f"the target sparsity {target}"
+    goal, final = f"the target sparsity {target}", summary["final_expected_sparsity"]
     if "target_speedup" in summary:
         goal = (f"the target speedup {summary['target_speedup']:g}x (latency sparsity "
                 f"{summary['target_latency_sparsity']:.4f})")
+        target, final = summary["target_latency_sparsity"], summary["final_expected_latency_sparsity"]
     if best["score"] is None:
+        last = "pruning never started" if final is None else f"the last was {final:.4f}"
         print(
-            f"No evaluation reached {goal} within {epsilon}, so best/ was not written "
-            f"(see {result.output_dir / 'log.jsonl'}); to reach it, train for more steps, raise "
-            "--reg-learning-rate, shorten --warmup-epochs or use --sparsity-control adaptive.",
+            f"No evaluation reached {goal} within {epsilon} ({last}; see {result.output_dir / 'log.jsonl'}), so "
+            f"best/ was not written and top train exits with {NO_BEST_EXIT}; to land on it, try "
+            f"{levers(final, target, result.config.sparsity_control)}.",
         )
         return NO_BEST_EXIT
     if result.config.task is None:  # your own data has no task length: the reduction at the same inputs

@@ -28,6 +28,35 @@ class Preset:
 
 
 @dataclasses.dataclass(frozen=True)
+class CustomPreset:
+    """`top train`'s defaults for a user's own data: ``[custom]`` in tasks.toml, which explains each."""
+
+    bin_num: int
+    topk: int
+    epochs: float
+    warmup_fraction: float
+    gate_travel: float
+    min_reg_learning_rate: float
+    max_reg_learning_rate: float
+    sparsity_control: str
+    best_rule: str
+    sparsity_epsilon: float
+    layer_gate_init: float
+    learning_rate: float
+    eval_steps: str
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """The warm-up of a run of ``total_steps`` steps: ``warmup_fraction`` of it."""
+        return int(round(self.warmup_fraction * total_steps))
+
+    def reg_learning_rate(self, warmup_steps: int) -> float:
+        """The gates' (and lambdas') rate for a warm-up of ``warmup_steps``: ``gate_travel`` logits in it,
+        within the bounds."""
+        rate = self.gate_travel / max(1, warmup_steps)
+        return min(self.max_reg_learning_rate, max(self.min_reg_learning_rate, rate))
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     name: str
     glue_dir: str
@@ -249,6 +278,43 @@ def _parse_task(name: str, raw: Mapping[str, Any], path: Path) -> Task:
 
 
 METRIC_LABELS_TABLE = "metric_labels"
+CUSTOM_TABLE = "custom"
+_CUSTOM_SCHEMA = {
+    "bin_num": int, "topk": int, "epochs": float, "warmup_fraction": float, "gate_travel": float,
+    "min_reg_learning_rate": float, "max_reg_learning_rate": float, "sparsity_control": str, "best_rule": str,
+    "sparsity_epsilon": float, "layer_gate_init": float, "learning_rate": float, "eval_steps": str,
+}
+
+
+def _parse_custom_preset(raw: Mapping[str, Any], path: Path) -> CustomPreset:
+    """``[custom]``, checked against the ranges `top train`'s flags enforce (its choices are checked by
+    ``top.TrainConfig`` when a run takes them)."""
+    check_fields(raw, _CUSTOM_SCHEMA, CUSTOM_TABLE, path)
+    ranges = {
+        "bin_num": (raw["bin_num"] >= 1, "at least 1"),
+        "topk": (raw["topk"] >= 1, "at least 1"),
+        "epochs": (raw["epochs"] > 0, "positive"),
+        "warmup_fraction": (0 <= raw["warmup_fraction"] < 1, "in [0, 1)"),
+        "gate_travel": (raw["gate_travel"] > 0, "positive"),
+        "min_reg_learning_rate": (0 < raw["min_reg_learning_rate"] <= raw["max_reg_learning_rate"],
+                                  "positive and at most max_reg_learning_rate"),
+        "sparsity_epsilon": (raw["sparsity_epsilon"] >= 0, "0 or more"),
+        "learning_rate": (raw["learning_rate"] >= 0, "0 or more"),
+    }
+    for key, (ok, rule) in ranges.items():
+        if not ok:
+            raise UserError(f"{path}: {CUSTOM_TABLE}.{key} is {raw[key]}; make it {rule}.")
+    return CustomPreset(**{key: float(value) if _CUSTOM_SCHEMA[key] is float else value
+                           for key, value in raw.items()})
+
+
+def load_custom_preset(path: Optional[Path] = None) -> CustomPreset:
+    """`top train`'s defaults for a user's own data: the ``[custom]`` table."""
+    path = Path(path) if path is not None else TASKS_FILE
+    raw = read_toml(path)
+    if CUSTOM_TABLE not in raw:
+        raise UserError(f"{path} has no [{CUSTOM_TABLE}] table; add one with `top train`'s defaults for own data.")
+    return _parse_custom_preset(raw[CUSTOM_TABLE], path)
 
 
 def load_task_file(path: Optional[Path] = None) -> Tuple[Dict[str, Task], Dict[str, str]]:
@@ -258,6 +324,7 @@ def load_task_file(path: Optional[Path] = None) -> Tuple[Dict[str, Task], Dict[s
     if METRIC_LABELS_TABLE not in raw:
         raise UserError(f"{path} has no [{METRIC_LABELS_TABLE}] table; add one naming each metric.")
     labels = raw.pop(METRIC_LABELS_TABLE)
+    raw.pop(CUSTOM_TABLE, None)  # not a task: load_custom_preset reads it
     check_fields(labels, {name: str for name in METRIC_NAMES}, METRIC_LABELS_TABLE, path)
     tasks = {name: _parse_task(name, table, path) for name, table in raw.items()}
     spellings: Dict[str, str] = {}
@@ -278,6 +345,7 @@ def _spelling_key(name: str) -> str:
 
 
 TASKS, METRIC_LABELS = load_task_file()
+CUSTOM_PRESET = load_custom_preset()
 _SPELLINGS = {_spelling_key(s): task.name for task in TASKS.values() for s in (task.name,) + task.aliases}
 GLUE_TASKS = tuple(name for name, task in TASKS.items() if task.benchmark == "glue")
 

@@ -66,17 +66,22 @@ def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, c
     levers; True when it warned."""
     if within_band(sparsity, target, epsilon):
         return False
-    if sparsity > target:
-        how, levers = "above", "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
-        if control == "paper":
-            levers = "--sparsity-control adaptive, " + levers
-    else:
-        how, levers = "below", "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
     logger.warning(
         "%s is %.4f, %s the target %s by more than --sparsity-epsilon %s; to land nearer, try %s.",
-        what, sparsity, how, target, epsilon, levers,
+        what, sparsity, "above" if sparsity > target else "below", target, epsilon, levers(sparsity, target, control),
     )
     return True
+
+
+def levers(sparsity: Optional[float], target: float, control: str) -> str:
+    """The flags that move a run's sparsity from ``sparsity`` (None: pruning never started) onto ``target``."""
+    if sparsity is None:
+        return "more steps (--epochs or --max-steps)"
+    if sparsity > target:
+        found = "a longer --warmup-epochs, a lower --reg-learning-rate or more steps"
+    else:
+        found = "a higher --reg-learning-rate, more steps or a shorter --warmup-epochs"
+    return "--sparsity-control adaptive, " + found if control == "paper" else found
 
 
 def final_sparsity(final: Optional[Dict[str, Any]], steps: int, target: float, epsilon: float, control: str,

@@ -2,7 +2,11 @@
 
 A field left None is decided when the run starts (the task's preset, the schedule, the model's
 depth); ``top.training.plan`` then returns the same config with every such field filled in, which
-is what the run uses and ``run.json`` records. Build one from Python as the command line does::
+is what the run uses and ``run.json`` records. The recipe flags (``RECIPE``) are among them: a paper
+task takes the paper's values (``PAPER_RECIPE``), a user's own data tasks.toml's ``[custom]``
+(``top.data.tasks.CUSTOM_PRESET``), a recipe that lands on the target on short schedules too.
+
+Build one from Python as the command line does::
 
     top.TrainConfig(model="out/teacher/best", teacher="out/teacher/best", train_file="train.csv",
                     validation_file="dev.csv", output_dir="out/pruned", target_sparsity=0.5)
@@ -15,6 +19,7 @@ import dataclasses
 from typing import Optional, Union
 
 from top.data import sources
+from top.data.tasks import CUSTOM_PRESET
 from top.method.defaults import ATTENTIONS, CONTROLS, LAYER_GATE_INIT
 from top.settings import common, values
 from top.settings.fields import check_fields, option
@@ -33,6 +38,13 @@ EVAL_STEPS = 100
 AUTO_EVALUATIONS = 10
 # What `top train` exits with when the run finished but no evaluation qualified for best/.
 NO_BEST_EXIT = 3
+# The recipe flags' defaults for the paper's tasks: the original's. A user's own data takes them from
+# tasks.toml's [custom] (CUSTOM_PRESET) instead; top.training.plan.resolve_recipe decides.
+PAPER_RECIPE = {
+    "learning_rate": 1e-5, "reg_learning_rate": 0.02, "sparsity_control": CONTROLS[0], "sparsity_epsilon": 0.01,
+    "best_rule": BEST_RULES[0], "layer_gate_init": LAYER_GATE_INIT, "eval_steps": EVAL_STEPS,
+}
+RECIPE = tuple(PAPER_RECIPE)
 # --droprate-init's value in the original's scripts (run_TokenPrune.sh); its L0 module stores it but
 # starts the token and layer gates at fixed logits, so it has no effect there, nor here.
 DROPRATE_INIT = 0.01
@@ -65,6 +77,23 @@ def layer_list(value) -> str:
     return value
 
 
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_default(name: str) -> str:
+    """``--help``'s default of a recipe flag: the paper's tasks', and own data's where it differs."""
+    paper = PAPER_RECIPE[name]
+    if name == "reg_learning_rate":
+        custom = (f"{CUSTOM_PRESET.gate_travel:g} / the warm-up's steps, within {CUSTOM_PRESET.min_reg_learning_rate:g}"
+                  f"..{CUSTOM_PRESET.max_reg_learning_rate:g}")
+    else:
+        custom = _shown(getattr(CUSTOM_PRESET, name))
+    if custom == _shown(paper):
+        return custom
+    return f"{_shown(paper)} for the paper's tasks; for your own data {custom}"
+
+
 def _model(help: str):
     return option(check=values.name_text, required=True, group="model and data", metavar="DIR_OR_HUB_ID", help=help)
 
@@ -95,12 +124,13 @@ class TrainConfig:
         "under the gates to the target instead of the expected MACs",
     )
     epochs: Optional[float] = option(
-        None, check=values.epoch_count, group="optimisation", exclusive="length", default_text="the task preset",
-        help="training epochs",
+        None, check=values.epoch_count, group="optimisation", exclusive="length",
+        default_text=f"the task preset; {CUSTOM_PRESET.epochs:g} for your own data", help="training epochs",
     )
     max_steps: Optional[int] = common.max_steps()
     warmup_epochs: Optional[float] = option(
-        None, check=values.warmup_epoch_count, group="pruning", default_text="the task preset",
+        None, check=values.warmup_epoch_count, group="pruning",
+        default_text=f"the task preset; {CUSTOM_PRESET.warmup_fraction:g} of the run for your own data",
         help="epochs over which the target sparsity ramps up from 0",
     )
     bin_num: Optional[int] = option(
@@ -115,31 +145,34 @@ class TrainConfig:
         None, check=layer_list, group="pruning", metavar="LAYERS", default_text="2..L-1",
         help="comma-separated layer indices to prune at",
     )
-    learning_rate: float = option(1e-5, check=values.non_negative_float, group="optimisation",
-                                  help="AdamW's learning rate for the weights")
-    reg_learning_rate: float = option(0.02, check=values.positive_float, group="pruning",
-                                      help="learning rate of the gates and, with --sparsity-control paper, the lambdas")
+    learning_rate: Optional[float] = option(None, check=values.non_negative_float, group="optimisation",
+                                            default_text=recipe_default("learning_rate"),
+                                            help="AdamW's learning rate for the weights")
+    reg_learning_rate: Optional[float] = option(
+        None, check=values.positive_float, group="pruning", default_text=recipe_default("reg_learning_rate"),
+        help="learning rate of the gates and, with --sparsity-control paper, the lambdas",
+    )
     rank_loss_alpha: float = option(0.01, check=values.non_negative_float, group="pruning",
                                     help="weight of the ranking distillation at the start of the warm-up")
-    sparsity_control: str = option(
-        CONTROLS[0], choices=CONTROLS, group="pruning",
+    sparsity_control: Optional[str] = option(
+        None, choices=CONTROLS, group="pruning", default_text=recipe_default("sparsity_control"),
         help="how the Lagrange multipliers move. paper: AdamW ascent at --reg-learning-rate, as the original, "
-        "which settles on long schedules and can overshoot short ones; adaptive: a controller on the gap to the "
-        "target, which settles within tens of steps once the gates can move",
+        "which settles on long schedules and can overshoot short ones; adaptive: a proportional-integral-"
+        "derivative controller that steers the sparsity evaluations report onto the target once the gates can move",
     )
-    sparsity_epsilon: float = option(
-        0.01, check=values.non_negative_float, group="pruning",
+    sparsity_epsilon: Optional[float] = option(
+        None, check=values.non_negative_float, group="pruning", default_text=recipe_default("sparsity_epsilon"),
         help="the band around the target: best/ needs target - eps, and a sparsity outside target +- eps after "
         "the warm-up or at the end is a warning",
     )
-    best_rule: str = option(
-        BEST_RULES[0], choices=BEST_RULES, group="evaluation",
+    best_rule: Optional[str] = option(
+        None, choices=BEST_RULES, group="evaluation", default_text=recipe_default("best_rule"),
         help="which evaluation best/ keeps. score (the paper's): the best score among those whose expected "
         "sparsity reached target - eps; nearest-target: among those within target +- eps, the one nearest the "
         "target (the better score of equally near ones)",
     )
-    layer_gate_init: float = option(
-        LAYER_GATE_INIT, check=values.any_float, group="pruning",
+    layer_gate_init: Optional[float] = option(
+        None, check=values.any_float, group="pruning", default_text=recipe_default("layer_gate_init"),
         help="initial logit of the layer gates: -10 (off, the paper's) lets the constraint switch locations on; a "
         "positive value starts every location pruning, which suits short schedules",
     )
@@ -162,8 +195,8 @@ class TrainConfig:
         negative_help="run the teacher at every step instead (with --attention eager, bit-identical to training "
         "before the cache and the fused kernel)",
     )
-    eval_steps: Union[int, str] = option(
-        EVAL_STEPS, check=eval_cadence, group="evaluation",
+    eval_steps: Union[int, str, None] = option(
+        None, check=eval_cadence, group="evaluation", default_text=recipe_default("eval_steps"),
         help=f"score the dev set every this many steps (and after the last); auto: every {EVAL_STEPS}, or more "
         f"often where that gives fewer than {AUTO_EVALUATIONS} evaluations after the warm-up",
     )

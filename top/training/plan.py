@@ -2,8 +2,13 @@
 
 :func:`plan_train` reads the data and both models' configs (once each), checks that they fit
 together, and returns the config with every field that was left to the run decided (the task
-preset's target, bins, top-k, warm-up and epochs; the schedule's length; the prune locations; the
-evaluation cadence; the device), beside the :class:`Plan`: what the run derived from them.
+preset's target, bins, top-k, warm-up and epochs; the recipe flags; the schedule's length; the prune
+locations; the evaluation cadence; the device), beside the :class:`Plan`: what the run derived from them.
+
+A user's own data has no paper preset: it takes tasks.toml's ``[custom]`` (``CUSTOM_PRESET``), whose
+warm-up is a share of the run and whose recipe (adaptive control, nearest-target best/, layer gates
+on, ...) lands on the target on short schedules too. The paper's tasks keep the paper's recipe
+(``PAPER_RECIPE``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from top.data import batching, sources
 from top.data.batching import check_max_seq_length
 from top.data.loading import TaskData
+from top.data.tasks import CUSTOM_PRESET
 from top.errors import UserError
 from top.method import latency
 from top.method.gates import check_prune_locations, default_prune_locations
@@ -29,13 +35,11 @@ from top.settings.values import MAX_STEPS
 from top.storage.hub import resolve_model
 from top.storage.model_files import load_tokenizer, read_model_config
 from top.training import batch_order, distributed
-from top.training.config import AUTO_EVALUATIONS, EVAL_STEPS, TrainConfig
+from top.training.config import AUTO_EVALUATIONS, EVAL_STEPS, PAPER_RECIPE, RECIPE, TrainConfig
 from top.training.step import StepPlan
 
 logger = logging.getLogger(__name__)
 
-# Presets for a user's own data (the large GLUE tasks' numbers).
-CUSTOM_PRESET = {"bin_num": 50, "topk": 20, "warmup_epochs": 10, "epochs": 40}
 # Fewer evaluations than this after the warm-up is a warning (best/ has little to choose from).
 FEW_EVALUATIONS = 5
 
@@ -71,9 +75,11 @@ def total_steps(max_steps: Optional[int], epochs: float, steps_per_epoch: int) -
 
 
 def preset_of(config: TrainConfig, data: TaskData) -> Dict[str, Any]:
-    """The task's preset (a user's own data: ``CUSTOM_PRESET``, and no target)."""
+    """The task's preset (a user's own data: ``CUSTOM_PRESET``'s, with no target, and its warm-up left
+    None: a share of the run, decided once the run's length is known)."""
     if data.is_custom:
-        return dict(CUSTOM_PRESET, target_sparsity=None)
+        return {"bin_num": CUSTOM_PRESET.bin_num, "topk": CUSTOM_PRESET.topk, "warmup_epochs": None,
+                "epochs": CUSTOM_PRESET.epochs, "target_sparsity": None}
     preset = data.task.preset
     return {"bin_num": preset.bin_num, "topk": preset.topk, "warmup_epochs": preset.warmup_epochs,
             "epochs": preset.epochs, "target_sparsity": preset.sparsity}
@@ -93,6 +99,24 @@ def resolve_presets(config: TrainConfig, preset: Dict[str, Any]) -> Dict[str, An
         raise UserError("Custom data has no preset target; pass --target-sparsity, e.g. 0.5.")
     resolved["target_sparsity"] = float(resolved["target_sparsity"])
     return resolved
+
+
+def resolve_recipe(config: TrainConfig, custom: bool, warmup_steps: int) -> Dict[str, Any]:
+    """The recipe flags (``RECIPE``), each as given, else decided: the paper's values for its tasks
+    (``PAPER_RECIPE``), tasks.toml's ``[custom]`` for a user's own data (``custom``), whose
+    --reg-learning-rate follows the warm-up's ``warmup_steps``."""
+    chosen = {}
+    for name in RECIPE:
+        given = getattr(config, name)
+        if given is not None:
+            chosen[name] = given
+        elif not custom:
+            chosen[name] = PAPER_RECIPE[name]
+        elif name == "reg_learning_rate":
+            chosen[name] = CUSTOM_PRESET.reg_learning_rate(warmup_steps)
+        else:
+            chosen[name] = getattr(CUSTOM_PRESET, name)
+    return chosen
 
 
 def prune_locations(spec: str, num_layers: int) -> List[int]:
@@ -187,22 +211,28 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
     device = resolve_device(config.device, dist.local_rank)
     order = batch_order.BatchOrder(len(data.train), config.batch_size, config.seed, dist.world_size, dist.rank)
     steps = total_steps(config.max_steps, presets["epochs"], order.steps_per_epoch)
+    if presets["warmup_epochs"] is None:  # own data: a share of the run
+        warmup_steps = CUSTOM_PRESET.warmup_steps(steps)
+        presets["warmup_epochs"] = warmup_steps / order.steps_per_epoch
+    else:
+        warmup_steps = int(round(presets["warmup_epochs"] * order.steps_per_epoch))
+    recipe = resolve_recipe(config, data.is_custom, warmup_steps)
     step_plan = StepPlan(
-        warmup_steps=int(round(presets["warmup_epochs"] * order.steps_per_epoch)),
+        warmup_steps=warmup_steps,
         regression=data.is_regression,
         task_length=data.task_length,
         rank_layers=tuple(default_rank_layers(num_layers)),
         latency=constraint,
     )
-    eval_steps = resolve_eval_steps(config.eval_steps, steps, step_plan.first_full_target_step)
+    eval_steps = resolve_eval_steps(recipe["eval_steps"], steps, step_plan.first_full_target_step)
     if config.max_steps is not None:
         presets["epochs"] = steps / order.steps_per_epoch
     resolved = dataclasses.replace(
         config,
         **presets,
+        **dict(recipe, eval_steps=eval_steps),
         max_steps=steps,
         prune_location=",".join(str(location) for location in locations),
-        eval_steps=eval_steps,
         device=device.type,
     )
     if dist.is_main:
@@ -211,6 +241,8 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
         logger.info("target sparsity %s, %d bins, top-%d, %d steps (warm-up %d), evaluating every %d",
                     resolved.target_sparsity, resolved.bin_num, resolved.topk, steps, step_plan.warmup_steps,
                     eval_steps)
+        logger.info("recipe %s%s", ", ".join(f"{name} {getattr(resolved, name)}" for name in RECIPE),
+                    " (your own data: tasks.toml's [custom] where a flag is not given)" if data.is_custom else "")
         if constraint is not None:
             logger.info(
                 "target speedup %gx at batch %d (latency model %s, sha256 %s): compact inference without pruning is "
@@ -220,7 +252,7 @@ def plan_train(config: TrainConfig, dist: distributed.Distributed) -> Tuple[Trai
                 constraint.model.fingerprint[:12], constraint.unpruned_speedup, 100 * constraint.target,
                 constraint.implied_keep_ratio, constraint.implied_sparsity, constraint.implied_flops_reduction,
             )
-        warn_few_evaluations(config.eval_steps, eval_steps, steps, step_plan.first_full_target_step)
+        warn_few_evaluations(recipe["eval_steps"], eval_steps, steps, step_plan.first_full_target_step)
     plan = Plan(data, student_dir, teacher_dir, student_config, teacher_config, tuple(locations), device, order,
                 steps, step_plan)
     return resolved, plan

@@ -165,6 +165,14 @@ class ToPStep:
                               probability_layers=self.plan.rank_layers if pruning else ())
         loss, parts = self.loss(student_out, teacher_out, batch, ramp, share, global_batch)
         loss.backward()
+        observed = {}
+        if ramp is not None and self.plan.latency is None and isinstance(optimizers.lambdas,
+                                                                          sparsity_control.AdaptiveMultipliers):
+            # The controller's integral part steers what evaluations report: the deterministic masks' sparsity.
+            observed["evaluated_sparsity"] = optimizers.lambdas.observe(
+                gates, student.config, batch["attention_mask"], self.plan.task_length, ramp[0], self.dist.gather_sum,
+                global_batch,
+            )
 
         self.dist.sum_gradients(list(student.parameters()) + gates.gate_parameters())
         torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -188,6 +196,7 @@ class ToPStep:
             "lambda_2": _number(gates.lambda_2),
             "expected_sparsity": _number(parts["expected_sparsity"]),
             "target": step_target,
+            **observed,
         }
         if self.plan.latency is not None:
             held = _number(parts.get("expected_latency_sparsity", 0.0))  # 0 before pruning starts

@@ -18,15 +18,15 @@ from top.data.tasks import Task, check_fields, read_toml
 from top.errors import UserError
 from top.method import flops
 from top.settings.fields import defaults
-from top.training.config import TrainConfig
+from top.training.config import PAPER_RECIPE, TrainConfig
 
 COST_FILE = Path(__file__).with_name("training_cost.toml")
 
-# `top train`'s defaults, from its config: examples per step, dev evaluation every this many steps,
-# and the length faithful evaluation pads every dev example to.
+# `top train`'s defaults, from its config: examples per step, dev evaluation every this many steps
+# (a task preset's: the paper's recipe), and the length faithful evaluation pads every dev example to.
 _TRAIN = defaults(TrainConfig)
 BATCH_SIZE = _TRAIN["batch_size"]
-EVAL_STEPS = _TRAIN["eval_steps"]
+EVAL_STEPS = PAPER_RECIPE["eval_steps"]
 MAX_SEQ_LENGTH = _TRAIN["max_seq_length"]
 # A training step runs the student forward and backward: about 3 forward passes.
 FORWARD_AND_BACKWARD = 3
