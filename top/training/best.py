@@ -67,7 +67,7 @@ def warn_off_target(what: str, sparsity: float, target: float, epsilon: float, c
     if within_band(sparsity, target, epsilon):
         return False
     logger.warning(
-        "%s is %.4f, %s the target %s by more than --sparsity-epsilon %s; to land nearer, try %s.",
+        "%s is %.4f, %s the target %.4g by more than --sparsity-epsilon %g; to land nearer, try %s.",
         what, sparsity, "above" if sparsity > target else "below", target, epsilon, levers(sparsity, target, control),
     )
     return True
