@@ -296,24 +296,20 @@ def held_name(plan: Plan) -> str:
 
 
 def progress_fields(values: Dict[str, float]) -> Dict[str, str]:
-    if "expected_latency_sparsity" in values:
-        return {
-            "loss": f"{values['loss']:.4f}",
-            "task": f"{values['task_loss']:.4f}",
-            "lag": f"{values['lagrangian']:.4f}",
-            "l1": f"{values['lambda_1']:.3f}",
-            "l2": f"{values['lambda_2']:.3f}",
-            "latency": f"{values['expected_latency_sparsity']:.3f}/{values['target']:.3f}",
-            "speedup": f"{values['predicted_speedup']:.2f}x",
-        }
-    return {
+    """The progress bar's fields: the losses and multipliers, then what the constraint holds."""
+    fields = {
         "loss": f"{values['loss']:.4f}",
         "task": f"{values['task_loss']:.4f}",
         "lag": f"{values['lagrangian']:.4f}",
         "l1": f"{values['lambda_1']:.3f}",
         "l2": f"{values['lambda_2']:.3f}",
-        "sparsity": f"{values['expected_sparsity']:.3f}/{values['target']:.3f}",
     }
+    if "expected_latency_sparsity" in values:
+        fields["latency"] = f"{values['expected_latency_sparsity']:.3f}/{values['target']:.3f}"
+        fields["speedup"] = f"{values['predicted_speedup']:.2f}x"
+    else:
+        fields["sparsity"] = f"{values['expected_sparsity']:.3f}/{values['target']:.3f}"
+    return fields
 
 
 def eval_line(record: Dict[str, Any], metric: str, target: float) -> str:
