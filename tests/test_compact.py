@@ -70,6 +70,48 @@ def test_compact_equals_the_reference(kind, pairs, device):
     assert all(prediction_agreement(fast.logits, faithful.logits))
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30])  # one head at a time; all heads at once
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_attention_one_example_at_a_time_equals_the_reference(kind, chunk_bytes, monkeypatch):
+    """The CPU path of long inputs (forced here by a zero threshold) keeps the same tokens and logits."""
+    import top.method.compact as compact
+
+    monkeypatch.setattr(compact, "PER_EXAMPLE_BYTES", 0)
+    monkeypatch.setattr(compact, "CHUNK_BYTES", chunk_bytes)
+    taken = []
+    original = compact._attention_per_example
+    monkeypatch.setattr(compact, "_attention_per_example",
+                        lambda *args: taken.append(args[5]) or original(*args))
+    model = tiny_model(kind, layers=5, labels=2, seed=1)
+    ids, mask, types = inputs([23, 9, 3, 17, 2, 40, 11], width=48, kind=kind, pairs=kind == "bert")
+    token_z, pruner_z = gates(len(model.prune_locations), 5, seed=3)
+    fast, ref = both(model, ids, mask, types, token_z, pruner_z)
+    assert_same(fast, ref)
+    assert (fast.kept_lengths[:, -1] < fast.kept_lengths[:, 0]).any()
+    # Every ranking layer took it (SDPA, where torch has it, keeps the layers that rank nothing).
+    assert taken.count(True) == len(model.prune_locations)
+    assert len(taken) == (len(model.prune_locations) if compact._HAS_SDPA else 5)
+
+
+def test_attention_goes_one_example_at_a_time_only_where_the_batch_outgrows_the_threshold():
+    import top.method.compact as compact
+
+    def layout(batch, width):
+        lengths = [width] * batch
+        return compact._Layout(lengths, width, torch.arange(batch * width), torch.arange(batch) * width, None,
+                               torch.ones(batch, width))
+
+    rows = torch.zeros(1, 4)
+    limit = compact.PER_EXAMPLE_BYTES
+    width = 512
+    batch_at_limit = limit // (12 * width * width * 4)  # MiniLM's 12 heads at 512 tokens
+    assert compact._per_example(layout(batch_at_limit + 1, width), 12, True, rows)
+    assert not compact._per_example(layout(batch_at_limit, width), 12, True, rows)
+    assert not compact._per_example(layout(32, 64), 12, True, rows)  # short inputs stay batched
+    # A layer that ranks nothing runs the fused kernel where torch has it.
+    assert compact._per_example(layout(32, width), 12, False, rows) is (not compact._HAS_SDPA)
+
+
 def test_single_example_equal_lengths_and_length_two_inputs():
     model = tiny_model(layers=3)
     token_z, pruner_z = gates(len(model.prune_locations), 4, seed=1, p_off=0.5)

@@ -40,7 +40,19 @@ def test_a_weight_changed_in_place_or_replaced_is_repacked():
         assert torch.allclose(prepacked.linear(layer, x), layer.bias.expand(3, 8), atol=1e-6)
 
 
+def test_the_row_limit_follows_torchs_kernels(monkeypatch):
+    """Every row count where torch's CPU kernels are AVX-512 (measured faster there), MAX_ROWS elsewhere."""
+    if not hasattr(torch.backends, "cpu"):
+        assert prepacked.max_rows() == prepacked.MAX_ROWS
+        return
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert prepacked.max_rows() is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert prepacked.max_rows() == prepacked.MAX_ROWS
+
+
 def test_many_rows_gradients_and_the_switch_take_plain_linear(monkeypatch):
+    monkeypatch.setattr(prepacked, "max_rows", lambda: prepacked.MAX_ROWS)
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 8)
     x = torch.randn(prepacked.MAX_ROWS + 1, 16)
@@ -110,3 +122,50 @@ def test_query_key_and_value_run_as_one_product_with_the_same_numbers():
         many = torch.randn(prepacked.MAX_ROWS + 3, 24)
         assert torch.allclose(prepacked.linear_concat(parts, many),
                               torch.cat([F.linear(many, m.weight, m.bias) for m in parts], dim=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [5, prepacked.MAX_ROWS + 3])
+def test_query_key_and_value_split_are_each_module_on_the_rows(rows):
+    """One joint product split into views at few rows (where the kernels exist), three products at many."""
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(24, 24), torch.nn.Linear(24, 16), torch.nn.Linear(24, 8)]
+    x = torch.randn(rows, 24)
+    with torch.no_grad():
+        got = prepacked.linear_split(parts, x)
+        assert [t.shape for t in got] == [(rows, 24), (rows, 16), (rows, 8)]
+        for out, module in zip(got, parts):
+            assert torch.allclose(out, F.linear(x, module.weight, module.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("limit", [None, prepacked.MAX_ROWS])
+@pytest.mark.parametrize("rows", [3, prepacked.MAX_ROWS + 5])
+def test_gelu_runs_inside_the_prepacked_product_with_the_same_numbers(rows, limit, monkeypatch):
+    from transformers.activations import ACT2FN
+
+    monkeypatch.setattr(prepacked, "max_rows", lambda: limit)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40)
+    x = torch.randn(rows, 24) * 3
+    fused = []
+    real = torch.ops.mkldnn
+    original = real._linear_pointwise
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def _linear_pointwise(self, *args):
+            fused.append(args[3])
+            return original(*args)
+
+    monkeypatch.setattr(prepacked.torch.ops, "mkldnn", Spy(), raising=False)
+    with torch.no_grad():
+        expected = F.gelu(F.linear(x, layer.weight, layer.bias))
+        for activation in (F.gelu, ACT2FN["gelu"]):
+            assert torch.allclose(prepacked.linear_activation(layer, x, activation), expected, atol=1e-5, rtol=1e-5)
+        # Another activation is applied after the product, never fused.
+        relu = prepacked.linear_activation(layer, x, torch.relu)
+        assert torch.allclose(relu, torch.relu(F.linear(x, layer.weight, layer.bias)), atol=1e-5, rtol=1e-5)
+    takes_kernel = limit is None or rows <= limit
+    assert fused == (["gelu", "gelu", "none"] if takes_kernel else [])

@@ -292,7 +292,8 @@ def result_record(opts: BenchConfig, task, threads: int, loaded: Loaded, correct
         "peak_memory_mb": memory[0],
         "peak_memory_measure": memory[1],
         "compact_linear_kernels": (
-            f"oneDNN on prepacked weights up to {prepacked.MAX_ROWS} rows, F.linear above"
+            ("oneDNN on prepacked weights at every row count (AVX-512 kernels)" if prepacked.max_rows() is None
+             else f"oneDNN on prepacked weights up to {prepacked.max_rows()} rows, F.linear above")
             if loaded.prepacked_bytes else "F.linear"
         ),
         "prepacked_weight_mb": loaded.prepacked_bytes / 2**20,

@@ -8,7 +8,11 @@ gather-and-re-pad statement of the same thing that the tests check it against. B
 - every dense projection (q, k, v, attention output, both feed-forward layers) runs on one
   packed ``[tokens, hidden]`` matrix holding the survivors of the whole batch, so no padding is
   multiplied; only the attention scores are computed per example, padded to the batch's longest
-  survivor (a small cost next to the projections at these lengths);
+  survivor (a small cost next to the projections at short lengths). Where the batch's ``[B,
+  heads, n, n]`` attention probabilities would outgrow the cache (long inputs, :data:`PER_EXAMPLE_BYTES`),
+  a CPU computes them one example at a time instead, each at its own length and a few heads at
+  once, in two scratch buffers reused across examples and layers: freshly allocated buffers of
+  that size cost more to touch than the arithmetic on them;
 - a token is dropped right after the attention that ranks it, so the feed-forward of that layer
   already skips it (what ``top.method.flops.model_macs`` counts);
 - the survivor counts are known on the host before anything runs: how many tokens a prune step
@@ -36,10 +40,19 @@ import torch
 import torch.nn.functional as F
 
 from top.method.modeling import MASK_VALUE
-from top.method.prepacked import linear, linear_concat
+from top.method.prepacked import linear, linear_activation, linear_split
 from top.method.pruning import prune_step
 
 _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+# On a CPU, a layer that computes its attention probabilities (a ranking layer, or any layer where
+# torch has no fused kernel) and whose batch of them (``B * heads * n * n`` floats) would take more
+# bytes than PER_EXAMPLE_BYTES runs its attention one example at a time, at most CHUNK_BYTES of
+# heads at once, in two scratch buffers (see the module's docstring). Measured on a 2-vCPU Zen 4
+# guest (32 MiB L3), 12 heads of 32: batched is faster up to 6 MB (batch 8 at n = 128, batch 32 at
+# 64), even at 7 MB, and one at a time 2.1-2.7x faster from 12 MB on (docs/BENCHMARKS.md).
+PER_EXAMPLE_BYTES = 8 * 2**20
+CHUNK_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass
@@ -228,7 +241,72 @@ def _from_grid(grid: torch.Tensor, layout: _Layout) -> torch.Tensor:
     return flat.index_select(0, layout.pad_rows) if layout.ragged else flat
 
 
-def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
+class _Scratch:
+    """Two flat buffers for one forward pass's per-example attention, grown on demand and reused."""
+
+    def __init__(self):
+        self.buffers: List[Optional[torch.Tensor]] = [None, None]
+
+    def get(self, index: int, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffers[index]
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[index] = like.new_empty(size)
+        return buffer[:size].view(shape)
+
+
+def _materialised(rank: bool) -> bool:
+    """Whether a layer computes its attention probabilities itself (ranking, or a torch without the fused kernel)."""
+    return rank or not _HAS_SDPA
+
+
+def _per_example(layout: _Layout, heads: int, rank: bool, rows: torch.Tensor) -> bool:
+    """Whether a layer's attention runs one example at a time (see :data:`PER_EXAMPLE_BYTES`)."""
+    if not _materialised(rank) or rows.device.type != "cpu":
+        return False
+    return len(layout.lengths) * heads * layout.width ** 2 * rows.element_size() > PER_EXAMPLE_BYTES
+
+
+def _heads(rows: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """``[n, heads * d]`` -> ``[heads, n, d]`` (a view)."""
+    return rows.view(rows.shape[0], heads, head_dim).transpose(0, 1)
+
+
+def _attention_per_example(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: _Layout, heads: int,
+                           rank: bool, scratch: _Scratch) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(context [T, H], importance [B, n] or None)`` from packed ``[T, H]`` queries, keys and values,
+    one example (and at most :data:`CHUNK_BYTES` of heads) at a time.
+
+    Each example attends over its own tokens only, so no padding is computed and no mask is
+    needed: the same numbers as the batched path, which masks the padding out.
+    """
+    hidden = q.shape[1]
+    head_dim = hidden // heads
+    scale = 1.0 / math.sqrt(head_dim)
+    context = q.new_empty(q.shape[0], hidden)
+    importance = q.new_zeros(len(layout.lengths), layout.width) if rank else None
+    start = 0
+    for b, n in enumerate(layout.lengths):
+        rows = slice(start, start + n)
+        qb, kb, vb = (_heads(t[rows], heads, head_dim) for t in (q, k, v))
+        out = context[rows].view(n, heads, head_dim)
+        group = max(1, min(heads, CHUNK_BYTES // max(1, n * n * q.element_size())))
+        for first in range(0, heads, group):
+            part = slice(first, min(heads, first + group))
+            shape = (part.stop - first, n, n)
+            scores = torch.matmul(qb[part], kb[part].transpose(-1, -2), out=scratch.get(0, shape, q)).mul_(scale)
+            probs = torch.softmax(scores, dim=-1, out=scratch.get(1, shape, q))
+            out[:, part] = torch.matmul(probs, vb[part]).transpose(0, 1)
+            if rank:
+                importance[b, :n] += probs.view(-1, n).sum(dim=0)
+        start += n
+    if rank:
+        # The mean over heads and (real) query rows that the reference takes.
+        importance.div_(layout.query_valid.sum(dim=1, keepdim=True) * heads)
+    return context, importance
+
+
+def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool, scratch: Optional[_Scratch] = None):
     """Self-attention of one layer on packed tokens: ``(attention_output [T, H], importance)``.
 
     ``importance`` (only when ``rank``) is ``[B, n]``: attention probabilities averaged over
@@ -239,26 +317,27 @@ def _attention(layer, packed: torch.Tensor, layout: _Layout, rank: bool):
     head_dim = self_attention.attention_head_size
     hidden = heads * head_dim
     batch, width = len(layout.lengths), layout.width
-    qkv = linear_concat((self_attention.query, self_attention.key, self_attention.value), packed)
-    # [B, n, 3, heads, d] -> three [B, heads, n, d]
-    q, k, v = _to_grid(qkv, layout).view(batch, width, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = linear_split((self_attention.query, self_attention.key, self_attention.value), packed)
+    if _per_example(layout, heads, rank, packed):
+        context, importance = _attention_per_example(q, k, v, layout, heads, rank, scratch or _Scratch())
+        return _add_norm(layer.attention.output, context, packed), importance
+    # three [T, H] -> three [B, heads, n, d]
+    q, k, v = (_to_grid(t, layout).view(batch, width, heads, head_dim).transpose(1, 2) for t in (q, k, v))
     importance = None
-    if rank or not _HAS_SDPA:
-        # In place: one [B, heads, n, n] buffer at a time keeps the peak memory at dense's.
-        probs = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(head_dim))
+    if _materialised(rank):
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(head_dim))
         if layout.key_bias is not None:
-            probs.add_(layout.key_bias)
-        probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()
-        probs.div_(probs.sum(dim=-1, keepdim=True))
+            scores.add_(layout.key_bias)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
         context = torch.matmul(probs, v)
         if rank:
             # Sum over heads and real query rows, then the mean the reference takes.
-            summed = torch.einsum("bhqk,bq->bk", probs, layout.query_valid)
-            rows = layout.query_valid.sum(dim=1, keepdim=True) * heads
-            importance = summed / rows
+            summed = torch.matmul(layout.query_valid[:, None, None, :], probs).sum(dim=(1, 2))
+            importance = summed / (layout.query_valid.sum(dim=1, keepdim=True) * heads)
     else:
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_bias)
-    context = _from_grid(context.permute(0, 2, 1, 3).reshape(batch, width, hidden), layout)
+    context = _from_grid(context.transpose(1, 2).reshape(batch, width, hidden), layout)
     return _add_norm(layer.attention.output, context, packed), importance
 
 
@@ -269,7 +348,8 @@ def _add_norm(block, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tens
 
 def _feed_forward(layer, packed: torch.Tensor) -> torch.Tensor:
     intermediate = layer.intermediate
-    return _add_norm(layer.output, intermediate.intermediate_act_fn(linear(intermediate.dense, packed)), packed)
+    activated = linear_activation(intermediate.dense, packed, intermediate.intermediate_act_fn)
+    return _add_norm(layer.output, activated, packed)
 
 
 def _survivor_rows(importance: torch.Tensor, layout: _Layout, new_layout: _Layout,
@@ -330,10 +410,11 @@ def compact_forward(
 
         first = layouts[0]
         packed = _from_grid(embedded, first) if first.ragged else embedded.reshape(-1, embedded.shape[-1])
+        scratch = _Scratch()
         for index, layer in enumerate(layers):
             layout = layouts[index]
             location = prune_after.get(index)
-            attended, importance = _attention(layer, packed, layout, rank=location is not None)
+            attended, importance = _attention(layer, packed, layout, rank=location is not None, scratch=scratch)
             if location is not None:
                 rows = _survivor_rows(importance, layout, layouts[index + 1],
                                       plan.token_z[location], plan.pruner_z[location])

@@ -1,13 +1,18 @@
-"""Linear layers on prepacked weights, for CPU inference on few rows.
+"""Linear layers on prepacked weights, for CPU inference.
 
 A linear layer on a few dozen rows is bound by reading its weight, not by arithmetic: bert-base
 reads 340 MB of weight matrices per forward pass, whatever the number of tokens. ``F.linear``
 (MKL's sgemm in the CPU wheels) reads them at 6-10 GB/s at such row counts on the 2-core AMD
-EPYC (Zen 3, 32 MiB L3) we measure on; oneDNN's kernel on a weight reordered once into its
-blocked layout is 1.2-3x faster at 1-12 rows, 1.3-1.4x at 32, 1.05-1.2x at 96, even around 128-160,
-and slower from 256 on (weights cold, as in a model too big for the cache; torch 2.13,
-``torch.ops.mkldnn._linear_pointwise``). Pruning shrinks the row counts, so compact inference is
-where this matters most; :func:`linear` picks the kernel by the row count.
+EPYC (Zen 3, AVX2, 32 MiB L3) we first measured on; oneDNN's kernel on a weight reordered once
+into its blocked layout is 1.2-3x faster at 1-12 rows, 1.3-1.4x at 32, 1.05-1.2x at 96, even
+around 128-160, and slower from 256 on there (weights cold, as in a model too big for the cache;
+torch 2.13, ``torch.ops.mkldnn._linear_pointwise``). Where torch's kernels are AVX-512 (a Zen 4
+guest, 2026-12-07) oneDNN was the faster at every row count measured, 128 to 4,096, for
+MiniLM's and bert-base's shapes (1.08-1.6x), so there it takes every row count
+(:func:`max_rows`). Pruning shrinks the row counts, so compact inference is where this matters
+most; :func:`linear` picks the kernel by the row count. On the prepacked kernel a GELU after the
+product runs inside it (:func:`linear_activation`), which saves a pass over the feed-forward's
+widest activations.
 
 The packed copy of each weight is made on first use and kept in a weak-keyed cache next to the
 module (``prepack`` makes them all at once), so the model itself is never changed: it can still
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_ROWS = 96  # at most this many rows take the prepacked kernel (faster by >= 5% up to here)
+MAX_ROWS = 96  # at most this many rows take the prepacked kernel where torch's kernels are not AVX-512
+EXACT_GELU = "gelu"  # the activation the prepacked kernel can run inside (erf, as F.gelu's default)
 ENV = "TOP_PREPACK"
 
 # first module -> {the modules' ids: (their weights' and biases' versions, (packed weight, bias) or None)}
@@ -89,10 +95,18 @@ def packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
     return None if packed is None else packed[0]
 
 
+def max_rows() -> Optional[int]:
+    """The most rows the prepacked kernel takes: every count (None) where torch's CPU kernels are AVX-512
+    (``ATEN_CPU_CAPABILITY`` can lower them), :data:`MAX_ROWS` elsewhere."""
+    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    return None if str(capability).upper().startswith("AVX512") else MAX_ROWS
+
+
 def _prepacked_fits(rows: torch.Tensor, module: nn.Linear) -> bool:
+    limit = max_rows()
     return (
         rows.dim() == 2
-        and rows.shape[0] <= MAX_ROWS
+        and (limit is None or rows.shape[0] <= limit)
         and rows.device.type == "cpu"
         and rows.dtype == torch.float32
         and not (torch.is_grad_enabled() and (rows.requires_grad or module.weight.requires_grad))
@@ -105,19 +119,49 @@ def linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
     return linear_concat((module,), rows)
 
 
-def linear_concat(modules: Sequence[nn.Linear], rows: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([m(rows) for m in modules], dim=1)``: one prepacked product when it is the faster one.
+def linear_activation(module: nn.Linear, rows: torch.Tensor, activation) -> torch.Tensor:
+    """``activation(module(rows))``, the exact GELU inside the prepacked product where that kernel runs."""
+    if _prepacked_fits(rows, module) and _is_exact_gelu(activation):
+        packed = _packed((module,))
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], EXACT_GELU, [], "none")
+    return activation(linear(module, rows))
 
-    For attention's query, key and value: one wider product reads the input once and leaves no
-    concatenation to copy.
+
+def _is_exact_gelu(activation) -> bool:
+    """Whether ``activation`` is ``F.gelu`` as it stands (erf), bare or in transformers' ``GELUActivation``."""
+    if activation is F.gelu:
+        return True
+    return (type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is F.gelu)
+
+
+def linear_concat(modules: Sequence[nn.Linear], rows: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([m(rows) for m in modules], dim=1)``: one prepacked product when it is the faster one."""
+    if len(modules) == 1:
+        return linear_split(modules, rows)[0]
+    joint = _joint_product(modules, rows)
+    return joint if joint is not None else torch.cat([F.linear(rows, m.weight, m.bias) for m in modules], dim=1)
+
+
+def linear_split(modules: Sequence[nn.Linear], rows: torch.Tensor) -> List[torch.Tensor]:
+    """``[m(rows) for m in modules]``, as column views of one prepacked product when that is the faster one.
+
+    For attention's query, key and value: at few rows one wider product reads the input once;
+    at many, three plain products leave no concatenation to copy.
     """
+    joint = _joint_product(modules, rows)
+    if joint is None:
+        return [F.linear(rows, m.weight, m.bias) for m in modules]
+    return list(joint.split([m.out_features for m in modules], dim=1))
+
+
+def _joint_product(modules: Sequence[nn.Linear], rows: torch.Tensor) -> Optional[torch.Tensor]:
+    """The modules' outputs side by side from one prepacked product, or None where that kernel is not the one."""
     if _prepacked_fits(rows, modules[0]):
         packed = _packed(modules)
         if packed is not None:
             return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], "none", [], "")
-    if len(modules) == 1:
-        return F.linear(rows, modules[0].weight, modules[0].bias)
-    return torch.cat([F.linear(rows, m.weight, m.bias) for m in modules], dim=1)
+    return None
 
 
 def prepack(model: nn.Module) -> int:
