@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -112,17 +112,8 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
                       dist)
 
     # Training state: what last/ saves and --resume restores.
-    step, best_so_far = 0, dict(best.NO_BEST)
     log = run_files.JsonLog(out / "log.jsonl", dist.is_main)
-    if config.resume:
-        check_same_latency_model(out, plan)
-        step, best_so_far, step_fn.optimizers = restore(last_dir, student, gates, config, plan.total_steps, dist)
-        log.truncate_after(step)
-        if dist.is_main:
-            logger.info("resumed from %s at step %d", last_dir, step)
-    elif dist.is_main:
-        run_files.start_run(out, "train", config_record(given), config_record(config),
-                            run_record(plan, dist, flags, cache))
+    step, best_so_far = resume_or_start(given, config, plan, dist, flags, cache, student, gates, step_fn, log)
 
     reporter = Reporter("train", "ToP", plan.total_steps, step, not config.no_progress and dist.is_main, callback)
     target = plan.step.target(config.target_sparsity)  # of the quantity the Lagrangian holds
@@ -153,13 +144,7 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
         if step % config.eval_steps == 0 or step == plan.total_steps:
             if dist.is_main:
                 final = evaluate_student(student, gates, dev_set, plan, config, step, pruning)
-                best_so_far = best.apply_best_rule(final, best_so_far, target, config.sparsity_epsilon,
-                                                   config.best_rule, plan.step.measure)
-                if final["is_best"]:
-                    extra = None
-                    if plan.step.latency is not None:
-                        extra = {LATENCY_TARGET_FILE: plan.step.latency.checkpoint_record(final)}
-                    write_pruned(best_dir, student, gates, tokenizer, {"step": step, "eval": final}, extra)
+                best_so_far = keep_if_best(final, best_so_far, best_dir, student, gates, tokenizer, plan, config)
                 log.write(final)
                 reporter.evaluation(step, final, eval_line(final, plan.data.metric, config.target_sparsity))
             dist.barrier()
@@ -173,12 +158,49 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
     if dist.is_main:
         if final is None:  # a finished run resumed: its last evaluation is in the log
             final = log.last_record_with("eval")
-        sparsity = best.final_sparsity(final, step, target, config.sparsity_epsilon, config.sparsity_control,
-                                       PREPRUNING_STEPS, plan.step.measure)
-        summary = write_summary(out, plan.data.metric, best_so_far, config, step, time.time() - start_time, sparsity,
-                                plan.step.latency, final)
+        summary = finish_summary(out, final, best_so_far, step, target, time.time() - start_time, plan, config)
     has_best = best_so_far["score"] is not None
     return TrainResult(out, best_dir if has_best else None, last_dir, summary, config)
+
+
+def resume_or_start(given: TrainConfig, config: TrainConfig, plan: Plan, dist: distributed.Distributed, flags,
+                    cache, student, gates, step_fn: ToPStep, log: run_files.JsonLog) -> Tuple[int, Dict[str, Any]]:
+    """``(step, best so far)``: restored from last/ with ``--resume`` (the optimisers into ``step_fn``, the log cut
+    back to that step), else ``(0, no best)`` with run.json written for a new run."""
+    out = Path(config.output_dir)
+    if not config.resume:
+        if dist.is_main:
+            run_files.start_run(out, "train", config_record(given), config_record(config),
+                                run_record(plan, dist, flags, cache))
+        return 0, dict(best.NO_BEST)
+    check_same_latency_model(out, plan)
+    step, best_so_far, step_fn.optimizers = restore(out / "last", student, gates, config, plan.total_steps, dist)
+    log.truncate_after(step)
+    if dist.is_main:
+        logger.info("resumed from %s at step %d", out / "last", step)
+    return step, best_so_far
+
+
+def keep_if_best(record: Dict[str, Any], best_so_far: Dict[str, Any], best_dir: Path, student, gates, tokenizer,
+                 plan: Plan, config: TrainConfig) -> Dict[str, Any]:
+    """The best-so-far after the evaluation ``record``, with ``best_dir`` rewritten when it qualifies (rank 0)."""
+    best_so_far = best.apply_best_rule(record, best_so_far, plan.step.target(config.target_sparsity),
+                                       config.sparsity_epsilon, config.best_rule, plan.step.measure)
+    if record["is_best"]:
+        extra = None
+        if plan.step.latency is not None:
+            extra = {LATENCY_TARGET_FILE: plan.step.latency.checkpoint_record(record)}
+        write_pruned(best_dir, student, gates, tokenizer, {"step": record["step"], "eval": record}, extra)
+    return best_so_far
+
+
+def finish_summary(out: Path, final: Dict[str, Any], best_so_far: Dict[str, Any], step: int, target: float,
+                   seconds: float, plan: Plan, config: TrainConfig) -> Dict[str, Any]:
+    """``summary.json`` of a finished run, written, from its last evaluation ``final`` (rank 0)."""
+    sparsity = best.final_sparsity(final, step, target, config.sparsity_epsilon, config.sparsity_control,
+                                   PREPRUNING_STEPS, plan.step.measure)
+    return write_summary(out, plan.data.metric, best_so_far, config, step, seconds, sparsity, plan.step.latency,
+                         final)
 
 
 def check_same_latency_model(out: Path, plan: Plan) -> None:
