@@ -45,10 +45,16 @@ def test_the_row_limit_follows_torchs_kernels(monkeypatch):
     if not hasattr(torch.backends, "cpu"):
         assert prepacked.max_rows() == prepacked.MAX_ROWS
         return
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert prepacked.max_rows() is None
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert prepacked.max_rows() == prepacked.MAX_ROWS
+    prepacked.max_rows.cache_clear()  # asked once per process: ask again under each capability
+    try:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+        assert prepacked.max_rows() is None
+        prepacked.max_rows.cache_clear()
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        assert prepacked.max_rows() == prepacked.MAX_ROWS
+    finally:
+        monkeypatch.undo()
+        prepacked.max_rows.cache_clear()
 
 
 def test_many_rows_gradients_and_the_switch_take_plain_linear(monkeypatch):
@@ -110,17 +116,17 @@ def test_query_key_and_value_run_as_one_product_with_the_same_numbers():
     parts = [torch.nn.Linear(24, 24) for _ in range(3)]
     x = torch.randn(5, 24)
     with torch.no_grad():
-        got = prepacked.linear_concat(parts, x)
+        got = torch.cat(prepacked.linear_split(parts, x), dim=1)
         expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
         parts[1].weight.add_(1.0)  # one of the three changes: the joint copy is made again
         expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
-        assert torch.allclose(prepacked.linear_concat(parts, x), expected, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(torch.cat(prepacked.linear_split(parts, x), dim=1), expected, atol=1e-5, rtol=1e-5)
         parts[2].bias.add_(1.0)  # a bias alone changes: its copy in the joint bias is made again too
         expected = torch.cat([F.linear(x, m.weight, m.bias) for m in parts], dim=1)
-        assert torch.allclose(prepacked.linear_concat(parts, x), expected, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(torch.cat(prepacked.linear_split(parts, x), dim=1), expected, atol=1e-5, rtol=1e-5)
         many = torch.randn(prepacked.MAX_ROWS + 3, 24)
-        assert torch.allclose(prepacked.linear_concat(parts, many),
+        assert torch.allclose(torch.cat(prepacked.linear_split(parts, many), dim=1),
                               torch.cat([F.linear(many, m.weight, m.bias) for m in parts], dim=1), atol=1e-5)
 
 

@@ -291,11 +291,7 @@ def result_record(opts: BenchConfig, task, threads: int, loaded: Loaded, correct
         "task_length": task.task_length,
         "peak_memory_mb": memory[0],
         "peak_memory_measure": memory[1],
-        "compact_linear_kernels": (
-            ("oneDNN on prepacked weights at every row count (AVX-512 kernels)" if prepacked.max_rows() is None
-             else f"oneDNN on prepacked weights up to {prepacked.max_rows()} rows, F.linear above")
-            if loaded.prepacked_bytes else "F.linear"
-        ),
+        "compact_linear_kernels": linear_kernels(loaded.prepacked_bytes),
         "prepacked_weight_mb": loaded.prepacked_bytes / 2**20,
         "dense_attention": getattr(loaded.dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
@@ -304,6 +300,16 @@ def result_record(opts: BenchConfig, task, threads: int, loaded: Loaded, correct
     }
 
 
+
+
+def linear_kernels(prepacked_bytes: int) -> str:
+    """What ``bench.json`` says compact's linear layers ran on."""
+    if not prepacked_bytes:
+        return "F.linear"
+    limit = prepacked.max_rows()
+    if limit is None:
+        return "oneDNN on prepacked weights at every row count (AVX-512 kernels)"
+    return f"oneDNN on prepacked weights up to {limit} rows, F.linear above"
 
 
 def bench(config: BenchConfig) -> BenchResult:

@@ -26,6 +26,7 @@ Numerically the two kernels differ in summation order only (float32, ~1e-6 relat
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from typing import List, Optional, Sequence, Tuple
@@ -95,9 +96,11 @@ def packed_weight(module: nn.Linear) -> Optional[torch.Tensor]:
     return None if packed is None else packed[0]
 
 
+@functools.lru_cache(maxsize=None)
 def max_rows() -> Optional[int]:
     """The most rows the prepacked kernel takes: every count (None) where torch's CPU kernels are AVX-512
-    (``ATEN_CPU_CAPABILITY`` can lower them), :data:`MAX_ROWS` elsewhere."""
+    (``ATEN_CPU_CAPABILITY``, read once at start-up, can lower them), :data:`MAX_ROWS` elsewhere. Asked
+    once per process: every linear layer of every forward pass reads it."""
     capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
     return None if str(capability).upper().startswith("AVX512") else MAX_ROWS
 
@@ -116,15 +119,15 @@ def _prepacked_fits(rows: torch.Tensor, module: nn.Linear) -> bool:
 
 def linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
     """``module(rows)`` for 2-D ``rows``, on the prepacked kernel when it is the faster one."""
-    return linear_concat((module,), rows)
+    return linear_split((module,), rows)[0]
 
 
 def linear_activation(module: nn.Linear, rows: torch.Tensor, activation) -> torch.Tensor:
     """``activation(module(rows))``, the exact GELU inside the prepacked product where that kernel runs."""
-    if _prepacked_fits(rows, module) and _is_exact_gelu(activation):
-        packed = _packed((module,))
-        if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], EXACT_GELU, [], "none")
+    if _is_exact_gelu(activation):
+        fused = _joint_product((module,), rows, EXACT_GELU)
+        if fused is not None:
+            return fused
     return activation(linear(module, rows))
 
 
@@ -133,14 +136,6 @@ def _is_exact_gelu(activation) -> bool:
     if activation is F.gelu:
         return True
     return (type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is F.gelu)
-
-
-def linear_concat(modules: Sequence[nn.Linear], rows: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([m(rows) for m in modules], dim=1)``: one prepacked product when it is the faster one."""
-    if len(modules) == 1:
-        return linear_split(modules, rows)[0]
-    joint = _joint_product(modules, rows)
-    return joint if joint is not None else torch.cat([F.linear(rows, m.weight, m.bias) for m in modules], dim=1)
 
 
 def linear_split(modules: Sequence[nn.Linear], rows: torch.Tensor) -> List[torch.Tensor]:
@@ -155,19 +150,22 @@ def linear_split(modules: Sequence[nn.Linear], rows: torch.Tensor) -> List[torch
     return list(joint.split([m.out_features for m in modules], dim=1))
 
 
-def _joint_product(modules: Sequence[nn.Linear], rows: torch.Tensor) -> Optional[torch.Tensor]:
-    """The modules' outputs side by side from one prepacked product, or None where that kernel is not the one."""
+def _joint_product(modules: Sequence[nn.Linear], rows: torch.Tensor,
+                   activation: str = "none") -> Optional[torch.Tensor]:
+    """The modules' outputs side by side from one prepacked product (``activation``: "none" or
+    :data:`EXACT_GELU`, applied inside it), or None where that kernel is not the one."""
     if _prepacked_fits(rows, modules[0]):
         packed = _packed(modules)
         if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], "none", [], "")
+            algorithm = "none" if activation == EXACT_GELU else ""
+            return torch.ops.mkldnn._linear_pointwise(rows, packed[0], packed[1], activation, [], algorithm)
     return None
 
 
 def prepack(model: nn.Module) -> int:
     """Make the packed copies compact inference uses for ``model`` now; the bytes they take (0 when off).
 
-    An attention block's query, key and value get one packed copy together (:func:`linear_concat`),
+    An attention block's query, key and value get one packed copy together (:func:`linear_split`),
     every other linear layer one of its own.
     """
     if not enabled():

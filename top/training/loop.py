@@ -144,7 +144,8 @@ def _train(config: TrainConfig, dist: distributed.Distributed, callback: Optiona
         if step % config.eval_steps == 0 or step == plan.total_steps:
             if dist.is_main:
                 final = evaluate_student(student, gates, dev_set, plan, config, step, pruning)
-                best_so_far = keep_if_best(final, best_so_far, best_dir, student, gates, tokenizer, plan, config)
+                best_so_far = keep_if_best(final, best_so_far, target, best_dir, student, gates, tokenizer, plan,
+                                           config)
                 log.write(final)
                 reporter.evaluation(step, final, eval_line(final, plan.data.metric, config.target_sparsity))
             dist.barrier()
@@ -181,11 +182,12 @@ def resume_or_start(given: TrainConfig, config: TrainConfig, plan: Plan, dist: d
     return step, best_so_far
 
 
-def keep_if_best(record: Dict[str, Any], best_so_far: Dict[str, Any], best_dir: Path, student, gates, tokenizer,
-                 plan: Plan, config: TrainConfig) -> Dict[str, Any]:
-    """The best-so-far after the evaluation ``record``, with ``best_dir`` rewritten when it qualifies (rank 0)."""
-    best_so_far = best.apply_best_rule(record, best_so_far, plan.step.target(config.target_sparsity),
-                                       config.sparsity_epsilon, config.best_rule, plan.step.measure)
+def keep_if_best(record: Dict[str, Any], best_so_far: Dict[str, Any], target: float, best_dir: Path, student, gates,
+                 tokenizer, plan: Plan, config: TrainConfig) -> Dict[str, Any]:
+    """The best-so-far after the evaluation ``record`` (``target``: of the quantity the Lagrangian holds), with
+    ``best_dir`` rewritten when it qualifies (rank 0)."""
+    best_so_far = best.apply_best_rule(record, best_so_far, target, config.sparsity_epsilon, config.best_rule,
+                                       plan.step.measure)
     if record["is_best"]:
         extra = None
         if plan.step.latency is not None:
