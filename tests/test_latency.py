@@ -28,7 +28,7 @@ DENSE = (1.5e-3, 3.2e-4, 8e-7)
 
 def hand_model(config=None, batch_size=8, compact=COMPACT, dense=DENSE, **machine_fields) -> latency.LatencyModel:
     """A latency model written by hand for ``config`` (the tiny test shape) on this machine."""
-    here = dict(machine.timing_machine("cpu"), **machine_fields)
+    here = dict(latency.timing_conditions(machine.timing_machine("cpu")), **machine_fields)
     return latency.LatencyModel(batch_size, tuple(compact), tuple(dense), True, False,
                                 latency.shape_of(config or tiny_config()), here, "")
 
@@ -289,6 +289,28 @@ def test_bench_names_the_conditions_under_which_a_target_does_not_apply():
     assert "runtime 'torch' there, 'onnxruntime' here" in different and "threads 2 there, 1 here" in different
 
 
+def test_a_latency_model_timed_on_other_kernels_is_named_so(monkeypatch):
+    """One written before top recorded its kernels, or timed with the prepacked kernels off, times other code."""
+    from top.evaluation.bench_target import conditions
+    from top.method import prepacked
+
+    current = hand_model(threads=2)
+    assert current.machine["kernels"].startswith("compact revision ")
+    assert conditions(current, 8, "torch", "cpu", 2) == []
+    older = hand_model(threads=2)
+    del older.machine["kernels"]
+    assert conditions(older, 8, "torch", "cpu", 2) == [
+        f"kernels not recorded there (an older top), {current.machine['kernels']!r} here"]
+    was_on = prepacked.enabled()
+    monkeypatch.setenv(prepacked.ENV, "0")
+    off = latency.timing_conditions(machine.timing_machine("cpu", threads=2))
+    assert off["kernels"].endswith("linear layers: F.linear")
+    different = latency.machine_differences(current, off)
+    assert different == ([f"kernels {current.machine['kernels']!r} there, {off['kernels']!r} here"] if was_on else [])
+    # onnxruntime runs no kernels of top's: its version is in the record instead.
+    assert latency.timing_conditions(machine.timing_machine("cpu", "onnxruntime"))["kernels"] is None
+
+
 def test_a_resumed_run_keeps_its_latency_model(latency_run, tiny, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(str(latency_run["out"]), str(out))
@@ -351,6 +373,7 @@ def test_calibrate_then_train_to_a_target_speedup(tmp_path):
     record = json.loads(output.read_text())
     assert record["shape"]["hidden_size"] == 128 and record["batch_size"] == 8
     assert record["machine"]["cpu"] == machine.cpu_name() and record["machine"]["threads"] == 1
+    assert record["machine"]["kernels"] == latency.timing_conditions(machine.timing_machine("cpu"))["kernels"]
     assert record["compact"]["fit_error"]["held_back"]["points"] > 0
     assert len(record["points"]) == 3 * 5 + 3 * 3  # 3 batches under 5 profiles, and at 3 widths
     model = latency.read_latency_model(output)

@@ -304,12 +304,7 @@ def result_record(opts: BenchConfig, task, threads: int, loaded: Loaded, correct
 
 def linear_kernels(prepacked_bytes: int) -> str:
     """What ``bench.json`` says compact's linear layers ran on."""
-    if not prepacked_bytes:
-        return "F.linear"
-    limit = prepacked.max_rows()
-    if limit is None:
-        return "oneDNN on prepacked weights at every row count (AVX-512 kernels)"
-    return f"oneDNN on prepacked weights up to {limit} rows, F.linear above"
+    return prepacked.kernels() if prepacked_bytes else "F.linear"
 
 
 def bench(config: BenchConfig) -> BenchResult:

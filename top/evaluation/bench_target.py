@@ -5,7 +5,7 @@ prediction of the evaluation that chose it, and the latency model). ``top bench`
 ``bench.json`` the target, the latency model's prediction for the batches it timed (with the
 checkpoint's own gates), the measured speedup over ``dense_dynamic``, and the conditions under
 which the target does not apply: another batch size, runtime, device, thread count or machine
-than the latency model was calibrated on.
+than the latency model was calibrated on, or other kernels of top's (an older top).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from top.errors import UserError
+from top.method import latency
 from top.method.compact import CompactPlan
 from top.method.latency import LatencyModel
 from top.runtime import machine
@@ -46,11 +47,8 @@ def conditions(model: LatencyModel, batch_size: int, runtime: str, device: str, 
     different = []
     if batch_size != model.batch_size:
         different.append(f"batch size {model.batch_size} there, {batch_size} here")
-    here = machine.timing_machine(device, runtime, threads)
-    for key in ("device", "runtime", "threads", "cpu", "gpu", "cores", "torch", "runtime_version"):
-        if model.machine.get(key) != here.get(key):
-            different.append(f"{key} {model.machine.get(key)!r} there, {here.get(key)!r} here")
-    return different
+    here = latency.timing_conditions(machine.timing_machine(device, runtime, threads))
+    return different + latency.machine_differences(model, here)
 
 
 def target_fields(checkpoint_dir: Path, plan: CompactPlan, lengths: Sequence[int], batch_size: int, runtime: str,

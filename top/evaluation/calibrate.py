@@ -373,7 +373,7 @@ def _record(config: CalibrateConfig, checkpoint, locations, length: int, device:
         "max_seq_length": length,
         "validation_file": str(config.validation_file),
         "runtime": config.runtime,
-        "machine": machine.timing_machine(device.type, config.runtime, threads),
+        "machine": latency.timing_conditions(machine.timing_machine(device.type, config.runtime, threads)),
         "prune_locations": list(locations),
         "compact": compact,
         "dense": dense,

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from top.method import prepacked
 from top.method.modeling import MASK_VALUE
 from top.method.prepacked import linear, linear_activation, linear_split
 from top.method.pruning import prune_step
@@ -53,6 +54,18 @@ _HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 # 64), even at 7 MB, and one at a time 2.1-2.7x faster from 12 MB on (docs/BENCHMARKS.md).
 PER_EXAMPLE_BYTES = 8 * 2**20
 CHUNK_BYTES = 4 * 2**20
+
+# Raised whenever the kernels compact inference runs change how long it takes, so that a latency model
+# timed on older ones is seen to be (top.method.latency.timing_conditions). 1: batched attention, oneDNN
+# at most 96 rows. 2 (2026-12-07): long inputs' attention one example at a time, oneDNN on every row
+# count where torch's kernels are AVX-512, the feed-forward's GELU inside its product.
+KERNELS_REVISION = 2
+
+
+def kernels(device: str) -> str:
+    """The kernels compact inference runs on ``device`` (``"cpu"``, ``"cuda"``) in this process, in words."""
+    linear_layers = prepacked.kernels() if device == "cpu" else "F.linear"
+    return f"compact revision {KERNELS_REVISION}; linear layers: {linear_layers}"
 
 
 @dataclasses.dataclass

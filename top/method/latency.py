@@ -46,6 +46,7 @@ import torch
 
 from top.errors import UserError
 from top.method.compact import CompactPlan
+from top.method.compact import kernels as compact_kernels
 from top.method.flops import expected_sparsities, flops_reduction, layer_keep_ratios
 
 FORMAT = "top-latency-model"
@@ -55,8 +56,8 @@ COMPACT_TERMS = ("fixed", "attention_tokens", "feed_forward_tokens", "attention_
 DENSE_TERMS = ("fixed", "tokens", "grid")
 # The architecture a latency model is of: a model that differs in any of these is another model.
 SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
-# What the machine record must agree on for a latency model to describe this machine.
-MACHINE_KEYS = ("device", "cpu", "gpu", "cores", "threads", "torch", "runtime", "runtime_version")
+# What the conditions recorded must agree on for a latency model to describe this machine and this top.
+MACHINE_KEYS = ("device", "cpu", "gpu", "cores", "threads", "torch", "runtime", "runtime_version", "kernels")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,10 +292,25 @@ def check_shape(model: LatencyModel, config: Any, what: str) -> None:
         )
 
 
+def timing_conditions(machine: Dict[str, Any]) -> Dict[str, Any]:
+    """What a time measured here depends on besides the model and its inputs: ``machine``
+    (:func:`top.runtime.machine.timing_machine`'s record) and, in torch, the kernels of top's compact
+    inference (:func:`top.method.compact.kernels`; None in onnxruntime, whose version the machine names).
+    A latency model records them; one timed on other kernels (an older top) describes other code."""
+    kernels = compact_kernels(machine["device"]) if machine.get("runtime", "torch") == "torch" else None
+    return dict(machine, kernels=kernels)
+
+
 def machine_differences(model: LatencyModel, machine: Dict[str, Any]) -> List[str]:
-    """What of the recorded machine differs from ``machine`` (the same keys), as ``key: there vs here``."""
-    return [f"{key} {model.machine.get(key)!r} there, {machine.get(key)!r} here" for key in MACHINE_KEYS
-            if key in machine and model.machine.get(key) != machine.get(key)]
+    """What of the recorded conditions differs from ``machine`` (:func:`timing_conditions`'s keys), as
+    ``key there vs here``. A latency model of a top before kernels were recorded has none: that differs
+    from any kernels here."""
+    different = []
+    for key in MACHINE_KEYS:
+        if key in machine and model.machine.get(key) != machine.get(key):
+            there = f"{model.machine[key]!r} there" if key in model.machine else "not recorded there (an older top)"
+            different.append(f"{key} {there}, {machine.get(key)!r} here")
+    return different
 
 
 # ----------------------------------------------------------------------------------------------

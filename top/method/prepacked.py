@@ -105,6 +105,16 @@ def max_rows() -> Optional[int]:
     return None if str(capability).upper().startswith("AVX512") else MAX_ROWS
 
 
+def kernels() -> str:
+    """Which kernel :func:`linear` takes here, in words (``bench.json``, a latency model's record)."""
+    if not enabled():
+        return "F.linear"
+    limit = max_rows()
+    if limit is None:
+        return "oneDNN on prepacked weights at every row count (AVX-512 kernels)"
+    return f"oneDNN on prepacked weights up to {limit} rows, F.linear above"
+
+
 def _prepacked_fits(rows: torch.Tensor, module: nn.Linear) -> bool:
     limit = max_rows()
     return (

@@ -168,17 +168,19 @@ def latency_constraint(config: TrainConfig, data: TaskData, student_dir: Path, s
     """``--target-speedup`` on the dev set, as a constraint on the latency sparsity (see ``top.method.latency``).
 
     A latency model of another architecture is refused; one measured on another machine (processor, GPU,
-    cores, torch or runtime version) is used with a warning that names the differences.
+    cores, torch or runtime version) or on other kernels of top's (an older top) is used with a warning
+    that names the differences.
     """
     model = latency.read_latency_model(config.latency_model)
     latency.check_shape(model, student_config, f"--model {config.model}")
-    here = machine.timing_machine(model.machine.get("device", "cpu"), model.machine.get("runtime", "torch"))
+    here = latency.timing_conditions(machine.timing_machine(model.machine.get("device", "cpu"),
+                                                            model.machine.get("runtime", "torch")))
     here.pop("threads")  # the threads training runs on say nothing of the threads inference will run on
     different = latency.machine_differences(model, here)
     if different:
-        logger.warning("--latency-model %s was calibrated on another machine than this one (%s); the target speedup "
-                       "is %gx on that machine, at batch %d.", config.latency_model, "; ".join(different),
-                       config.target_speedup, model.batch_size)
+        logger.warning("--latency-model %s was calibrated on another machine or other kernels than here: %s. The "
+                       "target speedup is %gx there, at batch %d; `top calibrate` here for one that holds here.",
+                       config.latency_model, "; ".join(different), config.target_speedup, model.batch_size)
     tokenizer = load_tokenizer(student_dir, "--model", "give a model directory with one")
     mask = batching.encode(data.dev, tokenizer, config.max_seq_length)["attention_mask"]
     return latency.constraint_for(model, config.target_speedup, locations, student_config, mask, data.task_length)
