@@ -174,7 +174,14 @@ def test_what_listens_beyond_the_loopback_asks_for_the_token(head):
     wrong = _in_head_namespace(head, [str(RAY_BIN), "status", f"--address={address}"], RAY_AUTH_TOKEN="0" * 64)
     said = wrong.stdout + wrong.stderr
     assert wrong.returncode != 0 and "AuthenticationError" in said, said[-2000:]
-    right = _in_head_namespace(head, [str(RAY_BIN), "status", f"--address={address}"])
+    # The GCS can accept the token a few seconds before the raylet has reported the node's resources
+    # ("No cluster status"): ask again until it has, as `ray status` itself advises.
+    deadline = time.monotonic() + 60
+    while True:
+        right = _in_head_namespace(head, [str(RAY_BIN), "status", f"--address={address}"])
+        if "No cluster status" not in right.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert right.returncode == 0 and "Active:" in right.stdout, (right.stdout + right.stderr)[-2000:]
     agents = [port for _, port, program in head["rows"] if program == "ray::RuntimeEnvAgent"]
     assert agents
