@@ -291,20 +291,13 @@ def result_record(opts: BenchConfig, task, threads: int, loaded: Loaded, correct
         "task_length": task.task_length,
         "peak_memory_mb": memory[0],
         "peak_memory_measure": memory[1],
-        "compact_linear_kernels": linear_kernels(loaded.prepacked_bytes),
+        "compact_linear_kernels": prepacked.kernels() if loaded.prepacked_bytes else "F.linear",
         "prepacked_weight_mb": loaded.prepacked_bytes / 2**20,
         "dense_attention": getattr(loaded.dense.config, "_attn_implementation", None) or "eager",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "runtime": opts.runtime,
     }
-
-
-
-
-def linear_kernels(prepacked_bytes: int) -> str:
-    """What ``bench.json`` says compact's linear layers ran on."""
-    return prepacked.kernels() if prepacked_bytes else "F.linear"
 
 
 def bench(config: BenchConfig) -> BenchResult:
